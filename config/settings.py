@@ -1,0 +1,103 @@
+"""One typed Settings object, read from the environment and `.env`.
+
+Every setting is validated when the process starts; a wrong value stops the
+start with one line naming the setting (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from operations.errors import BadRequest
+from operations.names import validate_name
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class SettingsError(Exception):
+    """A setting is wrong; the message is one line meant for the operator."""
+
+
+class Settings(BaseSettings):
+    """All configuration of the service, the CLI and the benchmarks."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- model -----------------------------------------------------------
+    model_name: str = Field("RN50", description="cn_clip model name, or a label for a custom checkpoint")
+    model_checkpoint: Path | None = Field(None, description="local checkpoint file; unset = <download root>/<cn_clip file name>")
+    model_arch: str | None = Field(None, description="architecture: JSON config file, 'VISION@TEXT' struct or cn_clip name")
+    model_download_root: Path = Field(REPO_ROOT / "models" / "downloads", description="where cn_clip checkpoints are looked for (never downloaded)")
+    model_random_init: bool = Field(False, description="random weights (benchmarks and tests only)")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    half_precision: bool = Field(False, description="fp16 inference on GPU")
+
+    # --- Milvus ----------------------------------------------------------
+    milvus_uri: str = Field(str(REPO_ROOT / "data" / "milvus.db"), description="Milvus Lite file, or http://host:port of a server")
+    milvus_token: str = Field("", description="user:password or token for a secured Milvus")
+    milvus_timeout_s: float = Field(10.0, gt=0, le=600)
+    index_type: Literal["FLAT", "IVF_FLAT", "HNSW"] = "FLAT"
+    index_params: dict = Field(default_factory=dict, description='JSON, e.g. {"nlist":1024} or {"M":16,"efConstruction":200}')
+    search_params: dict = Field(default_factory=dict, description='JSON, e.g. {"nprobe":16} or {"ef":64}')
+
+    # --- SQL image store ---------------------------------------------------
+    mysql_url: str = Field("", description="mysql://user:pass@host:port/db; empty = SQLite")
+    sqlite_path: Path = Field(REPO_ROOT / "data" / "images.sqlite3")
+    sql_timeout_s: float = Field(10.0, gt=0, le=600)
+    sql_pool_size: int = Field(4, ge=1, le=64)
+
+    # --- service ---------------------------------------------------------
+    default_collection: str = "demo"
+    data_root: Path = Field(REPO_ROOT / "datasets" / "data", description="the only tree the server reads datasets from")
+    api_key: str = Field("", description="when set, load/add/delete/drop need header X-API-Key")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(40_000_000, ge=1024)
+    max_query_chars: int = Field(200, ge=1, le=10_000)
+    max_batch_upload: int = Field(256, ge=1, le=10_000)
+    inline_add_limit: int = Field(16, ge=0, description="uploads above this count become a background job")
+    worker_threads: int = Field(4, ge=1, le=64)
+    load_batch_size: int = Field(256, ge=1, le=10_000)
+    near_duplicate_threshold: float = Field(0.95, ge=0, le=1)
+    thumbnail_cache_items: int = Field(512, ge=0)
+
+    @field_validator("default_collection")
+    @classmethod
+    def _collection_name(cls, value: str) -> str:
+        try:
+            return validate_name(value)
+        except BadRequest as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("index_params", "search_params", mode="before")
+    @classmethod
+    def _json_dict(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
+        if not isinstance(value, dict):
+            raise ValueError("must be a JSON object")
+        return value
+
+    @property
+    def uses_milvus_lite(self) -> bool:
+        return not self.milvus_uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings, turning a validation error into one readable line."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ".".join(str(p) for p in first["loc"]).upper() or "settings"
+        raise SettingsError(f"setting {name}: {first['msg']} (got {first.get('input')!r})") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
