@@ -1,0 +1,267 @@
+"""Vector store over pymilvus' MilvusClient: Milvus Lite file or server URI.
+
+Why the choices here:
+- The primary key is the image id (no auto id), so a vector and its SQL row
+  share one key and a re-run load can upsert without duplicates.
+- Metric IP on L2-normalised vectors: the score is the cosine, best first.
+- Consistency "Session": this client reads its own writes (a deleted image is
+  gone from the very next search) without paying for "Strong" on every query.
+- Every call carries `timeout=`; a dead server otherwise hangs for minutes.
+- The model name and dim live in collection properties, so a collection can
+  refuse vectors from another model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+import numpy as np
+from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import MilvusException
+
+from operations.errors import DependencyUnavailable, InvalidInput, NotFound, ServiceError
+from operations.names import validate_name
+from operations.stores.milvus_filter import build_filter, encode_tags, ids_filter
+from operations.stores.vector_base import CollectionInfo, Hit, IndexSpec, SearchFilter, VectorAttrs, check_model
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# One insert message must stay under Milvus' 64 MB limit; 16 MB leaves room
+# for protobuf overhead and the scalar fields.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_TOPK = 16384  # Milvus' own limit for one search
+CONSISTENCY = "Session"
+PROP_MODEL, PROP_DIM, PROP_INDEX = "cnclip.model", "cnclip.dim", "cnclip.index"
+_NOT_FOUND_HINTS = ("not found", "not exist", "doesn't exist", "can't find")
+
+
+def _classify(exc: Exception, name: str | None) -> ServiceError:
+    text = str(exc)
+    if name and any(h in text.lower() for h in _NOT_FOUND_HINTS) and "collection" in text.lower():
+        return NotFound(f"collection {name!r} does not exist", collection=name)
+    return DependencyUnavailable("milvus", text.splitlines()[0][:300] if text else type(exc).__name__)
+
+
+class MilvusVectorStore:
+    """`VectorStore` backed by Milvus (Lite file or server)."""
+
+    def __init__(self, uri: str, token: str = "", timeout_s: float = 10.0) -> None:
+        self.uri = uri
+        self.timeout = timeout_s
+        self._token = token
+        self._client: MilvusClient | None = None
+        self._client_lock = threading.Lock()
+        self._loaded: set[str] = set()
+        self._info_cache: dict[str, CollectionInfo] = {}
+
+    # -- connection -------------------------------------------------------
+    @property
+    def is_lite(self) -> bool:
+        return not self.uri.startswith(("http://", "https://", "tcp://", "grpc://"))
+
+    def _connect(self) -> MilvusClient:
+        with self._client_lock:
+            if self._client is None:
+                if self.is_lite:
+                    Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    self._client = MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout)
+                except Exception as exc:  # connection refused, lite file locked, ...
+                    raise DependencyUnavailable("milvus", str(exc).splitlines()[0][:300]) from exc
+            return self._client
+
+    def _call(self, fn: Callable[[MilvusClient], T], name: str | None = None) -> T:
+        client = self._connect()
+        try:
+            return fn(client)
+        except ServiceError:
+            raise
+        except MilvusException as exc:
+            err = _classify(exc, name)
+            if isinstance(err, DependencyUnavailable):
+                # A server restart invalidates what we knew about load state.
+                self._loaded.clear()
+            raise err from exc
+        except Exception as exc:  # grpc errors, socket errors
+            self._loaded.clear()
+            raise DependencyUnavailable("milvus", f"{type(exc).__name__}: {exc}"[:300]) from exc
+
+    def ping(self) -> None:
+        self._call(lambda c: c.list_collections(timeout=self.timeout))
+
+    def close(self) -> None:
+        with self._client_lock:
+            if self._client is not None:
+                try:
+                    self._client.close()
+                except Exception:  # closing a dead connection must not fail shutdown
+                    pass
+                self._client = None
+
+    # -- collections ------------------------------------------------------
+    def create_collection(self, name: str, dim: int, model_name: str, index: IndexSpec) -> None:
+        validate_name(name)
+        index.check()
+        if self.has_collection(name):
+            check_model(self.describe(name), model_name, dim)
+            return
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
+                                            description=json.dumps({"model": model_name, "dim": dim}))
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("source", DataType.VARCHAR, max_length=256)
+        schema.add_field("tags", DataType.VARCHAR, max_length=2048)
+        schema.add_field("created_at", DataType.INT64)
+
+        def create(c: MilvusClient) -> None:
+            params = c.prepare_index_params()
+            params.add_index(field_name="vector", index_type=index.type, metric_type="IP",
+                             params=dict(index.build_params))
+            c.create_collection(name, schema=schema, index_params=params,
+                                consistency_level=CONSISTENCY, timeout=self.timeout)
+            c.alter_collection_properties(name, properties={
+                PROP_MODEL: model_name, PROP_DIM: str(dim),
+                PROP_INDEX: json.dumps({"type": index.type, "build": index.build_params,
+                                        "search": index.search_params}),
+            }, timeout=self.timeout)
+
+        self._call(create, name)
+        self._info_cache.pop(name, None)
+        self._ensure_loaded(name)
+
+    def has_collection(self, name: str) -> bool:
+        validate_name(name)
+        return bool(self._call(lambda c: c.has_collection(name, timeout=self.timeout), name))
+
+    def _meta(self, name: str) -> CollectionInfo:
+        """Model, dim and index of a collection (cached: they never change)."""
+        if name in self._info_cache:
+            return self._info_cache[name]
+        if not self.has_collection(name):
+            raise NotFound(f"collection {name!r} does not exist", collection=name)
+        desc = self._call(lambda c: c.describe_collection(name, timeout=self.timeout), name)
+        props = desc.get("properties") or {}
+        try:
+            described = json.loads(desc.get("description") or "{}")
+        except ValueError:
+            described = {}
+        model = props.get(PROP_MODEL) or described.get("model") or "unknown"
+        dim = next((f["params"].get("dim") for f in desc["fields"] if f["name"] == "vector"), None)
+        idx = json.loads(props.get(PROP_INDEX) or '{"type": "FLAT"}')
+        info = CollectionInfo(name, model, int(dim or described.get("dim") or 0),
+                              IndexSpec(idx.get("type", "FLAT"), idx.get("build", {}), idx.get("search", {})), 0)
+        self._info_cache[name] = info
+        return info
+
+    def describe(self, name: str) -> CollectionInfo:
+        meta = self._meta(name)
+        return CollectionInfo(meta.name, meta.model_name, meta.dim, meta.index, self.count(name))
+
+    def list_collections(self) -> list[str]:
+        return sorted(self._call(lambda c: c.list_collections(timeout=self.timeout)))
+
+    def drop_collection(self, name: str) -> None:
+        validate_name(name)
+        self._call(lambda c: c.drop_collection(name, timeout=self.timeout), name)
+        self._loaded.discard(name)
+        self._info_cache.pop(name, None)
+
+    def _ensure_loaded(self, name: str) -> None:
+        # A collection reopened from disk (or after a server restart) is
+        # "released" and refuses searches until loaded again.
+        if name in self._loaded:
+            return
+        self._call(lambda c: c.load_collection(name, timeout=self.timeout), name)
+        self._loaded.add(name)
+
+    # -- rows ---------------------------------------------------------------
+    def upsert(self, name: str, ids: Sequence[int], vectors: np.ndarray,
+               attrs: Sequence[VectorAttrs] | None = None) -> int:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        meta = self._meta(name)
+        if vectors.ndim != 2 or vectors.shape[1] != meta.dim or len(ids) != len(vectors):
+            raise InvalidInput(f"vectors must be ({len(ids)}, {meta.dim}), got {vectors.shape}")
+        self._ensure_loaded(name)
+        rows_per_message = max(1, MAX_MESSAGE_BYTES // (meta.dim * 4 + 2048))
+        total = 0
+        for start in range(0, len(ids), rows_per_message):
+            rows = []
+            for i in range(start, min(start + rows_per_message, len(ids))):
+                a = attrs[i] if attrs else VectorAttrs()
+                rows.append({"id": int(ids[i]), "vector": vectors[i].tolist(), "source": a.source,
+                             "tags": encode_tags(a.tags), "created_at": int(a.created_at)})
+            result = self._call(lambda c: c.upsert(name, rows, timeout=self.timeout), name)
+            count = int(result.get("upsert_count", len(rows)) if isinstance(result, dict) else len(rows))
+            if count != len(rows):
+                raise DependencyUnavailable("milvus", f"upserted {count} of {len(rows)} vectors")
+            total += count
+        return total
+
+    def delete(self, name: str, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        self._ensure_loaded(name)
+        for start in range(0, len(ids), 1000):
+            chunk = [int(i) for i in ids[start:start + 1000]]
+            self._call(lambda c: c.delete(name, ids=chunk, timeout=self.timeout), name)
+
+    def existing_ids(self, name: str, ids: Sequence[int]) -> set[int]:
+        if not ids:
+            return set()
+        self._ensure_loaded(name)
+        found: set[int] = set()
+        for start in range(0, len(ids), 1000):
+            expr = ids_filter(list(ids[start:start + 1000]))
+            rows = self._call(lambda c: c.query(name, filter=expr, output_fields=["id"],
+                                                 timeout=self.timeout), name)
+            found.update(int(r["id"]) for r in rows)
+        return found
+
+    def count(self, name: str) -> int:
+        self._ensure_loaded(name)
+        rows = self._call(lambda c: c.query(name, filter="", output_fields=["count(*)"],
+                                             timeout=self.timeout), name)
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    # -- search -------------------------------------------------------------
+    def _search_params(self, meta: CollectionInfo, extra: dict | None = None) -> dict:
+        return {"metric_type": "IP", "params": {**meta.index.search_params, **(extra or {})}}
+
+    def search(self, name: str, vectors: np.ndarray, top_k: int,
+               flt: SearchFilter | None = None) -> list[list[Hit]]:
+        if not 1 <= top_k <= MAX_TOPK:
+            raise InvalidInput(f"top_k must be in 1..{MAX_TOPK}")
+        meta = self._meta(name)
+        self._ensure_loaded(name)
+        expr, _ = build_filter(flt)
+        data = np.atleast_2d(np.asarray(vectors, dtype=np.float32)).tolist()
+        result = self._call(lambda c: c.search(
+            name, data=data, limit=top_k, filter=expr, output_fields=["id"],
+            search_params=self._search_params(meta), timeout=self.timeout), name)
+        return [_hits(row) for row in result]
+
+    def range_search(self, name: str, vector: np.ndarray, min_score: float, limit: int,
+                     flt: SearchFilter | None = None) -> list[Hit]:
+        meta = self._meta(name)
+        self._ensure_loaded(name)
+        expr, _ = build_filter(flt)
+        # For IP, Milvus returns radius < score <= range_filter; nudge the
+        # lower bound so a score exactly at the threshold is included.
+        params = self._search_params(meta, {"radius": float(min_score) - 1e-6, "range_filter": 1.0 + 1e-3})
+        result = self._call(lambda c: c.search(
+            name, data=[np.asarray(vector, np.float32).tolist()], limit=min(limit, MAX_TOPK),
+            filter=expr, output_fields=["id"], search_params=params, timeout=self.timeout), name)
+        return [h for h in _hits(result[0]) if h.score >= min_score]
+
+
+def _hits(row) -> list[Hit]:
+    hits = [Hit(int(h["id"]), float(h["distance"])) for h in row]
+    # Milvus orders by score; equal scores are ordered by id here so results
+    # are stable across Lite and server.
+    hits.sort(key=lambda h: (-h.score, h.id))
+    return hits

@@ -1,0 +1,249 @@
+"""Image store in SQL: MySQL (pymysql) or SQLite through one code path.
+
+One table per collection, named `img_<collection>` after `validate_name`.
+The image is kept as base64 text (the datasets' own form) in LONGTEXT, which
+holds real photos; sha256 is UNIQUE so the database itself guarantees one copy
+of each image, even for two identical uploads at the same moment.
+`indexed` is 0 until the vector is in Milvus: a load or add killed between the
+two stores leaves rows that the next run finds and finishes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+from operations.errors import NotFound
+from operations.names import validate_name
+from operations.stores.image_base import ImageRow, InsertResult
+from operations.stores.milvus_filter import build_filter, check_label, decode_tags, encode_tags
+from operations.stores.sql_pool import SqlPool, is_integrity_error
+from operations.stores.vector_base import SearchFilter
+
+_COLUMNS = ("id", "sha256", "mime", "width", "height", "source", "tags", "external_id",
+            "created_at", "added_at", "indexed")
+_CHUNK = 500
+
+
+def table_name(collection: str) -> str:
+    return "img_" + validate_name(collection)
+
+
+def _ddl(dialect: str, table: str) -> list[str]:
+    if dialect == "mysql":
+        return [f"""CREATE TABLE IF NOT EXISTS `{table}` (
+            id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+            sha256 CHAR(64) NOT NULL,
+            mime VARCHAR(32) NOT NULL DEFAULT 'image/jpeg',
+            width INT NOT NULL DEFAULT 0,
+            height INT NOT NULL DEFAULT 0,
+            source VARCHAR(256) NOT NULL DEFAULT '',
+            tags VARCHAR(2048) NOT NULL DEFAULT '',
+            external_id VARCHAR(256) NULL,
+            created_at BIGINT NOT NULL DEFAULT 0,
+            added_at BIGINT NOT NULL DEFAULT 0,
+            indexed TINYINT NOT NULL DEFAULT 0,
+            image_b64 LONGTEXT NOT NULL,
+            UNIQUE KEY uq_sha256 (sha256),
+            KEY ix_indexed (indexed),
+            KEY ix_source_created (source, created_at)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"""]
+    return [f"""CREATE TABLE IF NOT EXISTS "{table}" (
+            id INTEGER PRIMARY KEY,
+            sha256 TEXT NOT NULL UNIQUE,
+            mime TEXT NOT NULL DEFAULT 'image/jpeg',
+            width INTEGER NOT NULL DEFAULT 0,
+            height INTEGER NOT NULL DEFAULT 0,
+            source TEXT NOT NULL DEFAULT '',
+            tags TEXT NOT NULL DEFAULT '',
+            external_id TEXT NULL,
+            created_at INTEGER NOT NULL DEFAULT 0,
+            added_at INTEGER NOT NULL DEFAULT 0,
+            indexed INTEGER NOT NULL DEFAULT 0,
+            image_b64 TEXT NOT NULL)""",
+            f'CREATE INDEX IF NOT EXISTS "ix_{table}_indexed" ON "{table}" (indexed)',
+            f'CREATE INDEX IF NOT EXISTS "ix_{table}_src" ON "{table}" (source, created_at)']
+
+
+def _placeholders(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+class SqlImageStore:
+    """`ImageStore` over `SqlPool`."""
+
+    def __init__(self, pool: SqlPool) -> None:
+        self.pool = pool
+        self._known: set[str] = set()
+
+    @classmethod
+    def from_settings(cls, mysql_url: str, sqlite_path: Path, timeout_s: float, pool_size: int) -> "SqlImageStore":
+        return cls(SqlPool(mysql_url, sqlite_path if not mysql_url else None, timeout_s, pool_size))
+
+    def _q(self, name: str) -> str:
+        # Identifiers cannot be bound; the name was validated by table_name().
+        return f"`{name}`" if self.pool.dialect == "mysql" else f'"{name}"'
+
+    def _table(self, collection: str) -> str:
+        table = table_name(collection)
+        if collection not in self._known:
+            if not self.has_collection(collection):
+                raise NotFound(f"collection {collection!r} has no image table", collection=collection)
+            self._known.add(collection)
+        return self._q(table)
+
+    def ping(self) -> None:
+        self.pool.query("SELECT 1")
+
+    def ensure_collection(self, collection: str) -> None:
+        table = table_name(collection)
+        for statement in _ddl(self.pool.dialect, table):
+            self.pool.execute(statement)
+        self._known.add(collection)
+
+    def has_collection(self, collection: str) -> bool:
+        table = table_name(collection)
+        if self.pool.dialect == "mysql":
+            rows = self.pool.query("SELECT 1 FROM information_schema.tables "
+                                   "WHERE table_schema = DATABASE() AND table_name = ?", (table,))
+        else:
+            rows = self.pool.query("SELECT 1 FROM sqlite_master WHERE type='table' AND name = ?", (table,))
+        return bool(rows)
+
+    def drop_collection(self, collection: str) -> None:
+        self.pool.execute(f"DROP TABLE IF EXISTS {self._q(table_name(collection))}")
+        self._known.discard(collection)
+
+    # -- writes -----------------------------------------------------------------
+    def insert_rows(self, collection: str, rows: Sequence[ImageRow]) -> InsertResult:
+        """Insert rows with their own ids; existing ids and duplicate bytes are reported, not stored."""
+        table = self._table(collection)
+        ids = [int(r.id) for r in rows]  # type: ignore[arg-type]
+        present = self._existing(table, ids)
+        fresh = [r for r in rows if r.id not in present]
+        ignore = "INSERT IGNORE" if self.pool.dialect == "mysql" else "INSERT OR IGNORE"
+        now = int(time.time())
+        self.pool.executemany(
+            f"{ignore} INTO {table} (id, sha256, mime, width, height, source, tags, external_id, "
+            f"created_at, added_at, indexed, image_b64) VALUES ({_placeholders(12)})",
+            [(r.id, r.sha256, r.mime, r.width, r.height, r.source, encode_tags(r.tags), r.external_id,
+              r.created_at, r.added_at or now, 0, r.image_b64) for r in fresh])
+        stored = self._existing(table, [int(r.id) for r in fresh])  # type: ignore[arg-type]
+        dup_rows = [r for r in fresh if r.id not in stored]
+        duplicate_of: dict[int, int] = {}
+        for r in dup_rows:
+            holder = self.find_by_sha(collection, r.sha256)
+            if holder is not None:
+                duplicate_of[int(r.id)] = holder  # type: ignore[arg-type]
+        return InsertResult([int(r.id) for r in fresh if r.id in stored],  # type: ignore[arg-type]
+                            sorted(present), duplicate_of)
+
+    def insert_new(self, collection: str, row: ImageRow) -> tuple[int, bool]:
+        """Insert an upload, letting the database pick the id.
+
+        Returns (id, created). When the same bytes are already stored (even by
+        a concurrent request) the existing id comes back with created=False.
+        """
+        table = self._table(collection)
+        existing = self.find_by_sha(collection, row.sha256)
+        if existing is not None:
+            return existing, False
+        try:
+            with self.pool.transaction() as cur:
+                cur.execute(self.pool.sql(
+                    f"INSERT INTO {table} (sha256, mime, width, height, source, tags, external_id, "
+                    f"created_at, added_at, indexed, image_b64) VALUES ({_placeholders(11)})"),
+                    (row.sha256, row.mime, row.width, row.height, row.source, encode_tags(row.tags),
+                     row.external_id, row.created_at, row.added_at or int(time.time()), 0, row.image_b64))
+                new_id = int(cur.lastrowid)
+            return new_id, True
+        except Exception as exc:
+            if not is_integrity_error(exc):
+                raise
+            existing = self.find_by_sha(collection, row.sha256)
+            if existing is None:
+                raise
+            return existing, False
+
+    def mark_indexed(self, collection: str, ids: Sequence[int]) -> None:
+        table = self._table(collection)
+        for start in range(0, len(ids), _CHUNK):
+            chunk = [int(i) for i in ids[start:start + _CHUNK]]
+            self.pool.execute(f"UPDATE {table} SET indexed = 1 WHERE id IN ({_placeholders(len(chunk))})", chunk)
+
+    def unindexed_ids(self, collection: str, limit: int) -> list[int]:
+        table = self._table(collection)
+        return [int(r[0]) for r in self.pool.query(
+            f"SELECT id FROM {table} WHERE indexed = 0 ORDER BY id LIMIT ?", (int(limit),))]
+
+    def indexed_ids(self, collection: str, ids: Sequence[int]) -> set[int]:
+        table = self._table(collection)
+        found: set[int] = set()
+        for start in range(0, len(ids), _CHUNK):
+            chunk = [int(i) for i in ids[start:start + _CHUNK]]
+            found.update(int(r[0]) for r in self.pool.query(
+                f"SELECT id FROM {table} WHERE indexed = 1 AND id IN ({_placeholders(len(chunk))})", chunk))
+        return found
+
+    def delete(self, collection: str, ids: Sequence[int]) -> int:
+        table = self._table(collection)
+        removed = 0
+        for start in range(0, len(ids), _CHUNK):
+            chunk = [int(i) for i in ids[start:start + _CHUNK]]
+            removed += self.pool.execute(f"DELETE FROM {table} WHERE id IN ({_placeholders(len(chunk))})", chunk)
+        return removed
+
+    # -- reads ------------------------------------------------------------------
+    def _existing(self, table: str, ids: list[int]) -> set[int]:
+        found: set[int] = set()
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            found.update(int(r[0]) for r in self.pool.query(
+                f"SELECT id FROM {table} WHERE id IN ({_placeholders(len(chunk))})", chunk))
+        return found
+
+    def get_rows(self, collection: str, ids: Sequence[int], with_image: bool = False) -> dict[int, ImageRow]:
+        table = self._table(collection)
+        columns = ", ".join(_COLUMNS + (("image_b64",) if with_image else ()))
+        out: dict[int, ImageRow] = {}
+        for start in range(0, len(ids), _CHUNK):
+            chunk = [int(i) for i in ids[start:start + _CHUNK]]
+            for r in self.pool.query(f"SELECT {columns} FROM {table} WHERE id IN ({_placeholders(len(chunk))})",
+                                     chunk):
+                out[int(r[0])] = ImageRow(
+                    id=int(r[0]), sha256=r[1], mime=r[2], width=int(r[3]), height=int(r[4]), source=r[5],
+                    tags=decode_tags(r[6]), external_id=r[7], created_at=int(r[8]), added_at=int(r[9]),
+                    indexed=bool(r[10]), image_b64=r[11] if with_image else None)
+        return out
+
+    def find_by_sha(self, collection: str, sha256: str) -> int | None:
+        rows = self.pool.query(f"SELECT id FROM {self._table(collection)} WHERE sha256 = ?", (sha256,))
+        return int(rows[0][0]) if rows else None
+
+    def ids_matching(self, collection: str, flt: SearchFilter, limit: int) -> list[int]:
+        """Ids whose metadata matches `flt` (the same semantics as the Milvus filter)."""
+        build_filter(flt)  # validates every value the same way as for Milvus
+        table = self._table(collection)
+        where, params = ["1 = 1"], []
+        if flt.sources:
+            where.append(f"source IN ({_placeholders(len(flt.sources))})")
+            params += [check_label(s, "source") for s in flt.sources]
+        if flt.tags:
+            where.append("(" + " OR ".join(["tags LIKE ?"] * len(flt.tags)) + ")")
+            params += [f"%,{check_label(t, 'tag')},%" for t in flt.tags]
+        if flt.created_from is not None:
+            where.append("created_at >= ?")
+            params.append(int(flt.created_from))
+        if flt.created_to is not None:
+            where.append("created_at <= ?")
+            params.append(int(flt.created_to))
+        params.append(int(limit))
+        return [int(r[0]) for r in self.pool.query(
+            f"SELECT id FROM {table} WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", params)]
+
+    def count(self, collection: str) -> int:
+        return int(self.pool.query(f"SELECT COUNT(*) FROM {self._table(collection)}")[0][0])
+
+    def close(self) -> None:
+        self.pool.close()

@@ -1,0 +1,193 @@
+"""Pooled DB-API connections for MySQL (pymysql) and SQLite, one interface.
+
+Statements are written once with `?` placeholders; for pymysql they are
+rewritten to `%s`. Only constant SQL text from this package is rewritten, and
+every value is passed as a bound parameter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+from urllib.parse import unquote, urlparse
+
+import pymysql
+
+from operations.errors import DependencyUnavailable
+
+log = logging.getLogger(__name__)
+
+# Connections older than this are replaced: MySQL closes idle ones
+# ("server has gone away") after wait_timeout.
+RECYCLE_S = 1800
+
+
+@dataclass(frozen=True)
+class MySQLParams:
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+    unix_socket: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> "MySQLParams":
+        parsed = urlparse(url)
+        if parsed.scheme not in ("mysql", "mysql+pymysql", "mariadb"):
+            raise ValueError(f"MYSQL_URL must start with mysql://, got {parsed.scheme!r}")
+        database = parsed.path.lstrip("/")
+        if not database:
+            raise ValueError("MYSQL_URL needs a database name: mysql://user:pass@host:port/db")
+        return cls(parsed.hostname or "127.0.0.1", parsed.port or 3306, unquote(parsed.username or "root"),
+                   unquote(parsed.password or ""), database)
+
+
+class SqlPool:
+    """A small pool; `connection()` yields a live connection or raises 503."""
+
+    def __init__(self, mysql_url: str = "", sqlite_path: Path | None = None,
+                 timeout_s: float = 10.0, size: int = 4) -> None:
+        self.dialect = "mysql" if mysql_url else "sqlite"
+        self.timeout = timeout_s
+        self._mysql = MySQLParams.from_url(mysql_url) if mysql_url else None
+        self._sqlite_path = sqlite_path
+        if self._sqlite_path is not None:
+            Path(self._sqlite_path).parent.mkdir(parents=True, exist_ok=True)
+        self._idle: queue.LifoQueue = queue.LifoQueue(maxsize=size)
+        self._slots = threading.BoundedSemaphore(size)
+
+    def sql(self, statement: str) -> str:
+        return statement.replace("?", "%s") if self.dialect == "mysql" else statement
+
+    def _open(self) -> Any:
+        try:
+            if self._mysql is not None:
+                p = self._mysql
+                conn = pymysql.connect(
+                    host=p.host, port=p.port, user=p.user, password=p.password, database=p.database,
+                    charset="utf8mb4", autocommit=True, connect_timeout=max(1, int(self.timeout)),
+                    read_timeout=max(1, int(self.timeout)), write_timeout=max(1, int(self.timeout)),
+                )
+            else:
+                conn = sqlite3.connect(str(self._sqlite_path), timeout=self.timeout,
+                                       isolation_level=None, check_same_thread=False)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+        except (pymysql.Error, sqlite3.Error, OSError) as exc:
+            raise DependencyUnavailable(self.dialect, str(exc)[:300]) from exc
+        if self._mysql is not None:
+            conn._opened_at = time.monotonic()  # type: ignore[attr-defined]
+        return conn
+
+    def _healthy(self, conn: Any) -> bool:
+        if self._mysql is None:
+            return True
+        if time.monotonic() - getattr(conn, "_opened_at", 0) > RECYCLE_S:
+            return False
+        try:
+            conn.ping(reconnect=False)  # pre-ping: a restarted server killed it
+            return True
+        except pymysql.Error:
+            return False
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        if not self._slots.acquire(timeout=self.timeout):
+            raise DependencyUnavailable(self.dialect, "all SQL connections busy")
+        conn = None
+        try:
+            try:
+                conn = self._idle.get_nowait()
+                if not self._healthy(conn):
+                    _close_quietly(conn)
+                    conn = None
+            except queue.Empty:
+                pass
+            if conn is None:
+                conn = self._open()
+            try:
+                yield conn
+            except (pymysql.err.OperationalError, pymysql.err.InterfaceError, sqlite3.OperationalError) as exc:
+                _close_quietly(conn)
+                conn = None
+                if isinstance(exc, sqlite3.OperationalError) and "locked" not in str(exc):
+                    raise
+                raise DependencyUnavailable(self.dialect, str(exc)[:300]) from exc
+            except BaseException:
+                # Leave no half-finished transaction on a pooled connection.
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+                raise
+            if conn is not None:
+                self._idle.put_nowait(conn)
+                conn = None
+        finally:
+            if conn is not None:
+                _close_quietly(conn)
+            self._slots.release()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A cursor inside BEGIN/COMMIT; rolled back on any error."""
+        with self.connection() as conn:
+            cur = conn.cursor()
+            cur.execute("BEGIN")
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    cur.execute("ROLLBACK")
+                raise
+            finally:
+                cur.close()
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> int:
+        with self.connection() as conn:
+            cur = conn.cursor()
+            try:
+                cur.execute(self.sql(statement), tuple(params))
+                return cur.rowcount
+            finally:
+                cur.close()
+
+    def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> int:
+        if not rows:
+            return 0
+        with self.transaction() as cur:
+            cur.executemany(self.sql(statement), [tuple(r) for r in rows])
+            return cur.rowcount
+
+    def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self.connection() as conn:
+            cur = conn.cursor()
+            try:
+                cur.execute(self.sql(statement), tuple(params))
+                return list(cur.fetchall())
+            finally:
+                cur.close()
+
+    def close(self) -> None:
+        while True:
+            try:
+                _close_quietly(self._idle.get_nowait())
+            except queue.Empty:
+                return
+
+
+def _close_quietly(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
+def is_integrity_error(exc: BaseException) -> bool:
+    return isinstance(exc, (pymysql.err.IntegrityError, sqlite3.IntegrityError))
