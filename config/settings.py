@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     model_random_init: bool = Field(False, description="random weights (benchmarks and tests only)")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     half_precision: bool = Field(False, description="fp16 inference on GPU")
+    extra_models: dict = Field(default_factory=dict, description='JSON {"name": {"checkpoint": path, "arch": arch}} served beside the default model')
 
     # --- Milvus ----------------------------------------------------------
     milvus_uri: str = Field(str(REPO_ROOT / "data" / "milvus.db"), description="Milvus Lite file, or http://host:port of a server")
@@ -74,7 +75,7 @@ class Settings(BaseSettings):
         except BadRequest as exc:
             raise ValueError(exc.message) from None
 
-    @field_validator("index_params", "search_params", mode="before")
+    @field_validator("index_params", "search_params", "extra_models", mode="before")
     @classmethod
     def _json_dict(cls, value: object) -> object:
         if isinstance(value, str):

@@ -138,8 +138,8 @@ class MilvusVectorStore:
         validate_name(name)
         return bool(self._call(lambda c: c.has_collection(name, timeout=self.timeout), name))
 
-    def _meta(self, name: str) -> CollectionInfo:
-        """Model, dim and index of a collection (cached: they never change)."""
+    def describe_meta(self, name: str) -> CollectionInfo:
+        """Model, dim and index of a collection, count 0 (cached: they never change)."""
         if name in self._info_cache:
             return self._info_cache[name]
         if not self.has_collection(name):
@@ -159,7 +159,7 @@ class MilvusVectorStore:
         return info
 
     def describe(self, name: str) -> CollectionInfo:
-        meta = self._meta(name)
+        meta = self.describe_meta(name)
         return CollectionInfo(meta.name, meta.model_name, meta.dim, meta.index, self.count(name))
 
     def list_collections(self) -> list[str]:
@@ -183,7 +183,7 @@ class MilvusVectorStore:
     def upsert(self, name: str, ids: Sequence[int], vectors: np.ndarray,
                attrs: Sequence[VectorAttrs] | None = None) -> int:
         vectors = np.asarray(vectors, dtype=np.float32)
-        meta = self._meta(name)
+        meta = self.describe_meta(name)
         if vectors.ndim != 2 or vectors.shape[1] != meta.dim or len(ids) != len(vectors):
             raise InvalidInput(f"vectors must be ({len(ids)}, {meta.dim}), got {vectors.shape}")
         self._ensure_loaded(name)
@@ -222,6 +222,15 @@ class MilvusVectorStore:
             found.update(int(r["id"]) for r in rows)
         return found
 
+    def get_vectors(self, name: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
+        if not ids:
+            return {}
+        self._ensure_loaded(name)
+        expr = ids_filter(list(ids))
+        rows = self._call(lambda c: c.query(name, filter=expr, output_fields=["id", "vector"],
+                                             timeout=self.timeout), name)
+        return {int(r["id"]): np.asarray(r["vector"], dtype=np.float32) for r in rows}
+
     def count(self, name: str) -> int:
         self._ensure_loaded(name)
         rows = self._call(lambda c: c.query(name, filter="", output_fields=["count(*)"],
@@ -236,7 +245,7 @@ class MilvusVectorStore:
                flt: SearchFilter | None = None) -> list[list[Hit]]:
         if not 1 <= top_k <= MAX_TOPK:
             raise InvalidInput(f"top_k must be in 1..{MAX_TOPK}")
-        meta = self._meta(name)
+        meta = self.describe_meta(name)
         self._ensure_loaded(name)
         expr, _ = build_filter(flt)
         data = np.atleast_2d(np.asarray(vectors, dtype=np.float32)).tolist()
@@ -247,7 +256,7 @@ class MilvusVectorStore:
 
     def range_search(self, name: str, vector: np.ndarray, min_score: float, limit: int,
                      flt: SearchFilter | None = None) -> list[Hit]:
-        meta = self._meta(name)
+        meta = self.describe_meta(name)
         self._ensure_loaded(name)
         expr, _ = build_filter(flt)
         # For IP, Milvus returns radius < score <= range_filter; nudge the

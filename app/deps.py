@@ -1,0 +1,43 @@
+"""Dependency wiring: services built in the lifespan, injected per request."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from operations.context import Services
+from operations.errors import DependencyUnavailable, Unauthorized
+from operations.jobs import JobRunner
+from operations.names import validate_name
+
+
+def get_services(request: Request) -> Services:
+    svc = getattr(request.app.state, "services", None)
+    if svc is None:
+        raise DependencyUnavailable("model", "the service is still starting")
+    return svc
+
+
+def get_runner(request: Request) -> JobRunner:
+    runner = getattr(request.app.state, "runner", None)
+    if runner is None:
+        raise DependencyUnavailable("jobs", "the job runner is not running")
+    return runner
+
+
+def require_api_key(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> None:
+    """Writes (load, add, delete, drop) need X-API-Key when API_KEY is set."""
+    expected = get_services(request).settings.api_key
+    if expected and not hmac.compare_digest((x_api_key or "").encode(), expected.encode()):
+        raise Unauthorized("missing or wrong X-API-Key")
+
+
+SvcDep = Annotated[Services, Depends(get_services)]
+RunnerDep = Annotated[JobRunner, Depends(get_runner)]
+WriteAccess = Depends(require_api_key)
+
+
+def collection_name(svc: Services, name: str | None) -> str:
+    return validate_name(name or svc.settings.default_collection)

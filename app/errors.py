@@ -1,0 +1,62 @@
+"""The one place domain errors become HTTP responses."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from operations import errors as e
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    e.BadRequest: 400,
+    e.Unauthorized: 401,
+    e.NotFound: 404,
+    e.Conflict: 409,
+    e.PayloadTooLarge: 413,
+    e.UnsupportedMedia: 415,
+    e.InvalidInput: 422,
+    e.DependencyUnavailable: 503,
+}
+
+
+def status_of(exc: e.ServiceError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+def error_body(code: str, message: str, **details: object) -> dict:
+    return {"error": {"code": code, "message": message, **({"details": details} if details else {})}}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(e.ServiceError)
+    async def service_error(_: Request, exc: e.ServiceError) -> JSONResponse:
+        status = status_of(exc)
+        headers = {}
+        if isinstance(exc, e.DependencyUnavailable):
+            headers["Retry-After"] = str(exc.retry_after_s)
+            log.warning("dependency unavailable: %s", exc.message)
+        elif status == 500:
+            log.error("unmapped service error: %s", exc.message)
+        return JSONResponse(error_body(exc.code, exc.message, **exc.details), status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [{"field": ".".join(str(p) for p in err["loc"] if p != "body"), "problem": err["msg"]}
+                    for err in exc.errors()]
+        first = problems[0] if problems else {"field": "", "problem": "invalid request"}
+        return JSONResponse(error_body("invalid_input", f"{first['field']}: {first['problem']}",
+                                       problems=problems), 422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Anything else is our bug: log it, answer 500, keep serving.
+        log.exception("unexpected error")
+        return JSONResponse(error_body("internal_error", f"{type(exc).__name__}: internal error"), 500)

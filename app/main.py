@@ -1,0 +1,120 @@
+"""The FastAPI application: lifespan, middleware, routers, static page."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from app import errors
+from app.limits import BodyLimitMiddleware
+from app.routes import collections, health, images, jobs, scan, search, web
+from config.settings import Settings, get_settings
+from operations.context import Services
+from operations.errors import DependencyUnavailable, ServiceError
+from operations.stores.vector_base import check_model
+from operations.factory import build_services
+from operations.jobs import JobRunner
+
+log = logging.getLogger("app")
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+    """Build the app. Tests may pass ready-made `services` (e.g. in-memory stores)."""
+    settings = settings or (services.settings if services else get_settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        # Blocking work (decode, encode, SQL, Milvus) runs in sync routes on
+        # anyio's thread pool; bound it so a burst cannot start 40 encodes.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
+        svc = services or await anyio.to_thread.run_sync(build_services, settings)
+        app.state.services = svc
+        runner = None
+        if svc.jobs is not None:
+            try:
+                await anyio.to_thread.run_sync(svc.jobs.ensure_tables)
+                interrupted = await anyio.to_thread.run_sync(svc.jobs.mark_interrupted)
+                if interrupted:
+                    log.warning("jobs interrupted by the last stop, resumable: %s", interrupted)
+            except Exception as exc:  # SQL down at start: serve, report via /readyz, retry on use
+                log.error("job table not ready: %s", exc)
+            runner = JobRunner(svc)
+        app.state.runner = runner
+        try:
+            yield
+        finally:
+            if runner is not None:
+                await anyio.to_thread.run_sync(runner.shutdown)
+            svc.vectors.close()
+            svc.images.close()
+
+    app = FastAPI(
+        title="以文搜图 / 以图搜图 — Chinese-CLIP image search",
+        version="1.0.0",
+        description="Search images by Chinese text or by image, over Milvus (vectors) and MySQL/SQLite (images). "
+                    "Scores are cosine similarities, not probabilities.",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    single_image_limit = settings.max_upload_bytes + 1024 * 1024
+    batch_limit = settings.max_upload_bytes * 4 + settings.max_batch_upload * 2 * 1024 * 1024
+
+    def body_limit(path: str) -> int:
+        if path.startswith("/img/search/image"):
+            return single_image_limit
+        if path.startswith("/img/images/"):
+            return batch_limit
+        return 8 * 1024 * 1024
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    for module in (health, search, images, collections, jobs, scan, web):
+        app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def main() -> None:
+    """`python -m app.main`: serve with uvicorn (one worker: Milvus Lite is single-process)."""
+    import argparse
+
+    import uvicorn
+
+    from config.settings import SettingsError, load_settings
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+        services = preflight(settings)
+    except (SettingsError, ServiceError) as exc:
+        raise SystemExit(f"error: {getattr(exc, 'message', exc)}") from None
+    uvicorn.run(create_app(settings, services), host=args.host, port=args.port, workers=1)
+
+
+def preflight(settings: Settings) -> Services:
+    """Load the model and check it against the default collection before serving.
+
+    A mismatch (another model or dim) stops the start with one line, instead
+    of failing every request later.
+    """
+    svc = build_services(settings)
+    try:
+        if svc.vectors.has_collection(settings.default_collection):
+            check_model(svc.vectors.describe_meta(settings.default_collection), svc.encoder.model_name,
+                        svc.encoder.dim)
+    except DependencyUnavailable as exc:
+        log.warning("could not check the default collection now: %s", exc.message)
+    return svc
+
+
+if __name__ == "__main__":
+    main()

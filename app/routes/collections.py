@@ -1,0 +1,51 @@
+"""Collections: list, create, describe, count, drop."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.deps import SvcDep, WriteAccess
+from app.schemas import CollectionCreate, CollectionView
+from operations.collections import create_collection, describe_collection, drop_collection, list_collections
+from operations.stores.vector_base import IndexSpec
+
+router = APIRouter(prefix="/img", tags=["collections"])
+
+
+def _view(summary) -> CollectionView:
+    return CollectionView(**summary.__dict__)
+
+
+@router.get("/collections", response_model=list[CollectionView], summary="Collections with model, index and counts")
+def list_all(svc: SvcDep) -> list[CollectionView]:
+    return [_view(c) for c in list_collections(svc)]
+
+
+@router.post("/collections", response_model=CollectionView, status_code=201, dependencies=[WriteAccess],
+             summary="Create a collection for a model with a chosen index")
+def create(body: CollectionCreate, svc: SvcDep) -> CollectionView:
+    index = IndexSpec(body.index_type or svc.settings.index_type, dict(body.index_params),
+                      dict(body.search_params)) if body.index_type else None
+    return _view(create_collection(svc, body.name, body.model, index))
+
+
+@router.get("/collections/{name}", response_model=CollectionView, summary="One collection")
+def describe(name: str, svc: SvcDep) -> CollectionView:
+    return _view(describe_collection(svc, name))
+
+
+@router.get("/collections/{name}/count", summary="How many images a collection holds")
+def count(name: str, svc: SvcDep) -> dict:
+    summary = describe_collection(svc, name)
+    return {"collection": name, "vectors": summary.vectors, "images": summary.images}
+
+
+@router.delete("/collections/{name}", dependencies=[WriteAccess], summary="Drop a collection and its images")
+def drop(name: str, svc: SvcDep) -> dict:
+    drop_collection(svc, name)
+    return {"dropped": name}
+
+
+@router.get("/models", summary="Models this server can encode with")
+def models(svc: SvcDep) -> dict:
+    return {"default": svc.encoder.model_name, "dim": svc.encoder.dim, "available": svc.encoders.names()}

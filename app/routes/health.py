@@ -1,0 +1,32 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app.deps import SvcDep
+from operations.errors import ServiceError
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The process is up")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Milvus, SQL and the model are ready")
+def readyz(svc: SvcDep) -> JSONResponse:
+    checks: dict[str, str] = {"model": f"{svc.encoder.model_name} ({svc.encoder.dim}-d)"}
+    ok = True
+    for name, ping in (("milvus", svc.vectors.ping), ("sql", svc.images.ping)):
+        try:
+            ping()
+            checks[name] = "ok"
+        except ServiceError as exc:
+            checks[name] = exc.message
+            ok = False
+    headers = {} if ok else {"Retry-After": "5"}
+    return JSONResponse({"status": "ready" if ok else "unavailable", "checks": checks},
+                        200 if ok else 503, headers=headers)

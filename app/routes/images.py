@@ -1,0 +1,196 @@
+"""Images: fetch (original or thumbnail), add, delete."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
+
+from app.deps import RunnerDep, SvcDep, WriteAccess
+from app.routes.uploads import read_upload, split_list
+from app.routes.views import image_meta
+from app.schemas import AddItem, AddResponse, DeleteRequest, DeleteResponse, FolderAddRequest, ImageMeta
+from operations.context import Services, resolve_under
+from operations.delete import delete_ids, delete_matching
+from operations.errors import BadRequest, InvalidInput, NotFound
+from operations.images import thumbnail_jpeg
+from operations.ingest import Upload, add_images, check_metadata
+from operations.names import validate_name
+
+router = APIRouter(prefix="/img/images", tags=["images"])
+THUMB_SIZES = (64, 128, 256, 512)
+
+
+class ThumbnailCache:
+    """LRU of resized JPEGs keyed by (sha256, size): content-addressed, never stale."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int]) -> bytes | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key: tuple[str, int], value: bytes) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+
+def _cache(request: Request, svc: Services) -> ThumbnailCache:
+    if not hasattr(request.app.state, "thumbnails"):
+        request.app.state.thumbnails = ThumbnailCache(svc.settings.thumbnail_cache_items)
+    return request.app.state.thumbnails
+
+
+def _row(svc: Services, collection: str, image_id: int, with_image: bool):
+    validate_name(collection)
+    row = svc.images.get_rows(collection, [image_id], with_image=with_image).get(image_id)
+    if row is None:
+        raise NotFound(f"image {image_id} is not in collection {collection!r}", image_id=image_id)
+    return row
+
+
+@router.get("/{collection}/{image_id}", summary="The image's bytes, or a JPEG thumbnail with ?size=",
+            responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}})
+def get_image(collection: str, image_id: int, svc: SvcDep, request: Request,
+              size: Annotated[int | None, Query(description=f"thumbnail edge, one of {THUMB_SIZES}")] = None
+              ) -> Response:
+    if size is not None and size not in THUMB_SIZES:
+        raise InvalidInput(f"size must be one of {THUMB_SIZES}")
+    headers = {"Cache-Control": "private, max-age=3600"}
+    if size is None:
+        row = _row(svc, collection, image_id, with_image=True)
+        headers["ETag"] = f'"{row.sha256}"'
+        return Response(base64.b64decode(row.image_b64 or ""), media_type=row.mime, headers=headers)
+    meta = _row(svc, collection, image_id, with_image=False)
+    key = (meta.sha256, size)
+    headers["ETag"] = f'"{meta.sha256}-{size}"'
+    cache = _cache(request, svc)
+    thumb = cache.get(key)
+    if thumb is None:
+        row = _row(svc, collection, image_id, with_image=True)
+        thumb = thumbnail_jpeg(base64.b64decode(row.image_b64 or ""), size, svc.settings.max_image_pixels)
+        cache.put(key, thumb)
+    return Response(thumb, media_type="image/jpeg", headers=headers)
+
+
+@router.get("/{collection}/{image_id}/meta", response_model=ImageMeta, summary="An image's metadata")
+def get_meta(collection: str, image_id: int, svc: SvcDep) -> ImageMeta:
+    return image_meta(collection, _row(svc, collection, image_id, with_image=False))
+
+
+@router.post("/{collection}", response_model=AddResponse, dependencies=[WriteAccess],
+             summary="Add uploaded images (a large batch becomes a background job)",
+             responses={202: {"model": AddResponse}})
+def add(
+    collection: str,
+    svc: SvcDep,
+    runner: RunnerDep,
+    response: Response,
+    files: Annotated[list[UploadFile], File(description="one or many images")],
+    source: Annotated[str, Form()] = "upload",
+    tags: Annotated[str | None, Form(description="comma-separated")] = None,
+    created_at: Annotated[int | None, Form(ge=0, description="unix seconds (default: now)")] = None,
+    external_ids: Annotated[str | None, Form(description="JSON list, one per file")] = None,
+    near_duplicates: Annotated[bool, Form(description="report stored images above the near-duplicate threshold")] = False,
+) -> AddResponse:
+    validate_name(collection)
+    svc.require_collection(collection)
+    if not files or len(files) > svc.settings.max_batch_upload:
+        raise InvalidInput(f"send 1..{svc.settings.max_batch_upload} files")
+    tag_list = split_list(tags)
+    ext = _external_ids(external_ids, len(files))
+    check_metadata(source, tag_list, created_at, None)
+    uploads = [Upload(f.filename or f"file{i}", read_upload(f, svc.settings.max_upload_bytes), source, tag_list,
+                      created_at, ext[i]) for i, f in enumerate(files)]
+    if len(uploads) <= svc.settings.inline_add_limit:
+        results = add_images(svc, collection, uploads, near_duplicates=near_duplicates)
+        return AddResponse(collection=collection, results=[AddItem(**r.__dict__) for r in results])
+    job_id = _spool_and_submit(svc, runner, collection, uploads, source, tag_list, created_at)
+    response.status_code = status.HTTP_202_ACCEPTED
+    return AddResponse(collection=collection, job_id=job_id)
+
+
+def _external_ids(raw: str | None, n: int) -> list[str | None]:
+    if not raw:
+        return [None] * n
+    try:
+        values = json.loads(raw)
+    except ValueError:
+        raise InvalidInput("external_ids must be a JSON list") from None
+    if not isinstance(values, list) or len(values) != n:
+        raise InvalidInput("external_ids must be a JSON list with one entry per file")
+    return [None if v is None else str(v) for v in values]
+
+
+def _spool_and_submit(svc, runner, collection, uploads, source, tags, created_at) -> str:
+    """Write the batch to disk first, so the job can be resumed after a restart."""
+    spool_root = svc.settings.data_root / ".spool"
+    job_id = uuid.uuid4().hex
+    folder = spool_root / job_id
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {}
+    for i, up in enumerate(uploads):
+        name = f"{i:06d}{Path(up.filename).suffix.lower() or '.img'}"
+        if Path(name).suffix not in {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}:
+            name = f"{i:06d}.jpg"  # the content, not the name, decides what it is
+        (folder / name).write_bytes(up.data)
+        meta[name] = {"filename": up.filename, "source": source, "tags": list(tags), "created_at": created_at,
+                      "external_id": up.external_id}
+    params = {"folder": str(folder), "source": source, "tags": list(tags), "created_at": created_at,
+              "meta": meta, "spooled": True}
+    return runner.submit("add", collection, params, job_id=job_id).id
+
+
+@router.post("/{collection}/folder", status_code=202, dependencies=[WriteAccess],
+             summary="Add every image of a folder under DATA_ROOT (background job)")
+def add_folder_job(collection: str, body: FolderAddRequest, svc: SvcDep, runner: RunnerDep) -> dict:
+    validate_name(collection)
+    svc.require_collection(collection)
+    folder = resolve_under(svc.settings.data_root, body.folder)
+    if not folder.is_dir():
+        raise BadRequest(f"folder {body.folder!r} does not exist under the data root")
+    check_metadata(body.source, body.tags, body.created_at, None)
+    job = runner.submit("add", collection, {"folder": str(folder), "source": body.source, "tags": body.tags,
+                                            "created_at": body.created_at})
+    return {"job_id": job.id}
+
+
+@router.delete("/{collection}/{image_id}", response_model=DeleteResponse, dependencies=[WriteAccess],
+               summary="Delete one image from both stores")
+def delete_one(collection: str, image_id: int, svc: SvcDep) -> DeleteResponse:
+    validate_name(collection)
+    if delete_ids(svc, collection, [image_id]) == 0:
+        raise NotFound(f"image {image_id} is not in collection {collection!r}", image_id=image_id)
+    return DeleteResponse(collection=collection, deleted=1)
+
+
+@router.post("/{collection}/delete", response_model=DeleteResponse, dependencies=[WriteAccess],
+             summary="Delete many images, by ids or by filter")
+def delete_many(collection: str, body: DeleteRequest, svc: SvcDep) -> DeleteResponse:
+    validate_name(collection)
+    if bool(body.ids) == bool(body.filters):
+        raise InvalidInput("give either ids or filters")
+    if body.ids:
+        deleted = delete_ids(svc, collection, body.ids)
+    else:
+        deleted = delete_matching(svc, collection, body.filters.to_filter())  # type: ignore[union-attr]
+    return DeleteResponse(collection=collection, deleted=deleted)
+
+

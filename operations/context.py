@@ -1,0 +1,90 @@
+"""The services an operation works with, built once and passed in."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from config.settings import Settings
+from operations.encoding.base import Encoder
+from operations.errors import Conflict, NotFound
+from operations.stores.image_base import ImageStore
+from operations.stores.job_store import JobStore
+from operations.stores.vector_base import IndexSpec, VectorStore, check_model
+
+
+class EncoderRegistry:
+    """The default model plus any extra models, loaded on first use.
+
+    Each collection records its model; a search on it is answered by that
+    model, so collections of different models can be served side by side.
+    """
+
+    def __init__(self, default: Encoder, loaders: dict | None = None) -> None:
+        self.default = default
+        self._loaded: dict[str, Encoder] = {default.model_name: default}
+        self._loaders = dict(loaders or {})  # name -> zero-arg callable returning an Encoder
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        return sorted(set(self._loaded) | set(self._loaders))
+
+    def get(self, model_name: str) -> Encoder:
+        with self._lock:
+            if model_name not in self._loaded:
+                if model_name not in self._loaders:
+                    raise Conflict(f"model {model_name!r} is not configured on this server "
+                                   f"(available: {', '.join(self.names())})", model=model_name)
+                self._loaded[model_name] = self._loaders[model_name]()
+            return self._loaded[model_name]
+
+
+@dataclass
+class Services:
+    settings: Settings
+    encoders: EncoderRegistry
+    vectors: VectorStore
+    images: ImageStore
+    jobs: JobStore | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def encoder(self) -> Encoder:
+        return self.encoders.default
+
+    def default_index(self) -> IndexSpec:
+        s = self.settings
+        return IndexSpec(s.index_type, dict(s.index_params), dict(s.search_params)).check()
+
+    def encoder_for(self, collection: str) -> Encoder:
+        """The encoder of the model `collection` was built with (404 if unknown)."""
+        info = self.vectors.describe_meta(collection)
+        encoder = self.encoders.get(info.model_name)
+        check_model(info, encoder.model_name, encoder.dim)
+        return encoder
+
+    def ensure_collection(self, collection: str, encoder: Encoder | None = None,
+                          index: IndexSpec | None = None) -> Encoder:
+        """Create the collection in both stores if needed; refuse a model mismatch."""
+        encoder = encoder or self.encoder
+        self.vectors.create_collection(collection, encoder.dim, encoder.model_name, index or self.default_index())
+        self.images.ensure_collection(collection)
+        return encoder
+
+    def require_collection(self, collection: str) -> None:
+        if not self.vectors.has_collection(collection):
+            raise NotFound(f"collection {collection!r} does not exist", collection=collection)
+
+
+def resolve_under(root: Path, relative: str) -> Path:
+    """`relative` inside `root`, or BadRequest: the server reads nothing else."""
+    from operations.errors import BadRequest
+
+    if not isinstance(relative, str) or not relative or "\x00" in relative:
+        raise BadRequest("dataset path is empty or invalid")
+    root = root.resolve()
+    candidate = (root / relative).resolve()
+    if candidate != root and root not in candidate.parents:
+        raise BadRequest(f"path {relative!r} is outside the data root", path=relative)
+    return candidate

@@ -1,0 +1,38 @@
+"""Removing images for good from both stores."""
+
+from __future__ import annotations
+
+from operations.context import Services
+from operations.errors import InvalidInput
+from operations.stores.vector_base import SearchFilter
+
+CHUNK = 1000
+
+
+def delete_ids(svc: Services, collection: str, ids: list[int]) -> int:
+    """Delete images by id; returns how many rows existed.
+
+    The vector goes first, so no search can return an id whose row is gone;
+    Milvus' Session consistency makes the delete visible to the next search.
+    Deleting again is harmless, so an interrupted delete is finished by retrying.
+    """
+    svc.require_collection(collection)
+    ids = [int(i) for i in ids]
+    removed = 0
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start:start + CHUNK]
+        svc.vectors.delete(collection, chunk)
+        removed += svc.images.delete(collection, chunk)
+    return removed
+
+
+def delete_matching(svc: Services, collection: str, flt: SearchFilter) -> int:
+    """Delete every image whose metadata matches `flt` (which must not be empty)."""
+    if flt.is_empty():
+        raise InvalidInput("a delete by filter needs at least one condition; drop the collection to empty it")
+    svc.require_collection(collection)
+    removed = 0
+    while ids := svc.images.ids_matching(collection, flt, CHUNK):
+        svc.vectors.delete(collection, ids)
+        removed += svc.images.delete(collection, ids)
+    return removed

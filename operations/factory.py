@@ -1,0 +1,43 @@
+"""Builds encoders and stores from Settings (used by the app, CLI and benches)."""
+
+from __future__ import annotations
+
+from config.settings import Settings
+from operations.context import EncoderRegistry, Services
+from operations.encoding.clip_encoder import ClipEncoder, ModelSpec
+from operations.stores.job_store import JobStore
+from operations.stores.milvus_store import MilvusVectorStore
+from operations.stores.sql_image_store import SqlImageStore
+
+
+def model_spec(settings: Settings) -> ModelSpec:
+    return ModelSpec(name=settings.model_name, checkpoint=settings.model_checkpoint, arch=settings.model_arch,
+                     download_root=settings.model_download_root, device=settings.device,
+                     half=settings.half_precision, random_init=settings.model_random_init)
+
+
+def build_encoder(settings: Settings) -> ClipEncoder:
+    return ClipEncoder.load(model_spec(settings))
+
+
+def build_vector_store(settings: Settings) -> MilvusVectorStore:
+    return MilvusVectorStore(settings.milvus_uri, settings.milvus_token, settings.milvus_timeout_s)
+
+
+def build_image_store(settings: Settings) -> SqlImageStore:
+    return SqlImageStore.from_settings(settings.mysql_url, settings.sqlite_path, settings.sql_timeout_s,
+                                       settings.sql_pool_size)
+
+
+def build_services(settings: Settings, encoder=None) -> Services:
+    """Everything an operation needs; the stores connect lazily on first use."""
+    encoder = encoder or build_encoder(settings)
+    loaders = {}
+    for name, spec in settings.extra_models.items():
+        loaders[name] = (lambda spec=spec, name=name: ClipEncoder.load(ModelSpec(
+            name=name, checkpoint=spec.get("checkpoint"), arch=spec.get("arch"),
+            download_root=settings.model_download_root, device=settings.device,
+            random_init=bool(spec.get("random_init", False)))))
+    images = build_image_store(settings)
+    return Services(settings=settings, encoders=EncoderRegistry(encoder, loaders),
+                    vectors=build_vector_store(settings), images=images, jobs=JobStore(images.pool))

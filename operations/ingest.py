@@ -1,0 +1,213 @@
+"""Adding images: uploads, a server-side folder, and repair of unfinished rows.
+
+Each image goes SQL first (the UNIQUE sha256 decides, inside the database,
+whether it is new), then Milvus, then the row is marked indexed. Two identical
+uploads at the same moment therefore leave one row, and the loser gets the
+winner's id back as "present".
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from operations.context import Services
+from operations.errors import InvalidInput, ServiceError
+from operations.images import CheckedImage, check_image, decode_b64_image
+from operations.progress import Counter, Progress
+from operations.stores.image_base import ImageRow
+from operations.stores.milvus_filter import check_label
+from operations.stores.vector_base import VectorAttrs
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+BATCH = 32
+
+
+@dataclass
+class Upload:
+    filename: str
+    data: bytes
+    source: str = "upload"
+    tags: tuple[str, ...] = ()
+    created_at: int | None = None
+    external_id: str | None = None
+
+
+@dataclass
+class AddResult:
+    index: int
+    filename: str
+    status: str  # added | present | failed
+    id: int | None = None
+    error: str | None = None
+    near_duplicates: list[dict] = field(default_factory=list)
+
+
+def check_metadata(source: str, tags: Iterable[str], created_at: int | None, external_id: str | None) -> None:
+    """Validate metadata before anything is stored (the same charset as filters)."""
+    check_label(source, "source")
+    for tag in tags:
+        check_label(tag, "tag")
+    if created_at is not None and (not isinstance(created_at, int) or not 0 <= created_at < 2**62):
+        raise InvalidInput("created_at must be unix seconds")
+    if external_id is not None and (not isinstance(external_id, str) or len(external_id) > 256):
+        raise InvalidInput("external_id must be a string of at most 256 characters")
+
+
+def add_images(svc: Services, collection: str, uploads: list[Upload], *, near_duplicates: bool = False,
+               progress: Progress | None = None) -> list[AddResult]:
+    """Add uploads to `collection`; every upload gets a result, bad ones a reason."""
+    svc.require_collection(collection)
+    encoder = svc.encoder_for(collection)
+    progress = progress or Counter()
+    results: list[AddResult] = []
+    for start in range(0, len(uploads), BATCH):
+        if progress.cancelled():
+            break
+        results.extend(_add_batch(svc, collection, encoder, uploads[start:start + BATCH], start,
+                                  near_duplicates, progress))
+    progress.flush()
+    return results
+
+
+def _add_batch(svc, collection, encoder, batch: list[Upload], offset: int, near_duplicates: bool,
+               progress: Progress) -> list[AddResult]:
+    results: list[AddResult] = []
+    checked: list[tuple[AddResult, Upload, CheckedImage]] = []
+    for i, up in enumerate(batch):
+        result = AddResult(offset + i, up.filename, "failed")
+        results.append(result)
+        try:
+            check_metadata(up.source, up.tags, up.created_at, up.external_id)
+            checked.append((result, up, check_image(up.data, svc.settings.max_upload_bytes,
+                                                    svc.settings.max_image_pixels)))
+        except ServiceError as exc:
+            result.error = exc.message
+            progress.fail(up.filename, exc.message)
+    new: list[tuple[AddResult, Upload, CheckedImage]] = []
+    now = int(time.time())
+    for result, up, img in checked:
+        row = ImageRow(id=None, sha256=img.sha256, image_b64=img.b64, mime=img.mime, width=img.width,
+                       height=img.height, source=up.source, tags=tuple(up.tags), external_id=up.external_id,
+                       created_at=up.created_at if up.created_at is not None else now, added_at=now)
+        result.id, created = svc.images.insert_new(collection, row)
+        if created:
+            new.append((result, up, img))
+        else:
+            result.status = "present"
+            progress.advance(1)
+    if not new:
+        return results
+    try:
+        vectors = encoder.encode_images([img.image for _, _, img in new])
+        if near_duplicates:
+            _report_near_duplicates(svc, collection, new, vectors)
+        ids = [r.id for r, _, _ in new]
+        attrs = [VectorAttrs(up.source, tuple(up.tags), up.created_at if up.created_at is not None else now)
+                 for _, up, _ in new]
+        svc.vectors.upsert(collection, ids, vectors, attrs)  # type: ignore[arg-type]
+        svc.images.mark_indexed(collection, ids)  # type: ignore[arg-type]
+    except BaseException:
+        # Take the new rows back so a failed add leaves no image without vector.
+        try:
+            svc.images.delete(collection, [r.id for r, _, _ in new])  # type: ignore[misc]
+        except Exception:
+            log.exception("could not remove rows of a failed add; repair will index them")
+        raise
+    for result, _, _ in new:
+        result.status = "added"
+    progress.advance(len(new))
+    return results
+
+
+def _report_near_duplicates(svc, collection, new, vectors: np.ndarray) -> None:
+    threshold = svc.settings.near_duplicate_threshold
+    hits = svc.vectors.search(collection, vectors, 3)
+    for (result, _, _), row_hits in zip(new, hits):
+        result.near_duplicates = [{"id": h.id, "score": round(h.score, 4)}
+                                  for h in row_hits if h.score >= threshold and h.id != result.id]
+
+
+def iter_folder(folder: Path) -> Iterator[Path]:
+    """Image files under `folder`, in a stable order (so a resumed job repeats it)."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+            yield path
+
+
+def add_folder(svc: Services, collection: str, folder: Path, progress: Progress, *, source: str = "folder",
+               tags: tuple[str, ...] = (), created_at: int | None = None,
+               meta: dict[str, dict] | None = None) -> dict:
+    """Add every image under `folder` (a background job); returns counts."""
+    check_metadata(source, tags, created_at, None)
+    svc.require_collection(collection)
+    repair_unindexed(svc, collection)
+    files = list(iter_folder(folder))
+    progress.set_total(len(files))
+    added = present = 0
+    for start in range(0, len(files), BATCH):
+        if progress.cancelled():
+            break
+        uploads = []
+        for path in files[start:start + BATCH]:
+            m = (meta or {}).get(path.name, {})
+            if path.stat().st_size > svc.settings.max_upload_bytes:
+                progress.fail(path.name, f"file is over {svc.settings.max_upload_bytes} bytes")
+                continue
+            uploads.append(Upload(m.get("filename", path.name), path.read_bytes(), m.get("source", source),
+                                  tuple(m.get("tags", tags)), m.get("created_at", created_at),
+                                  m.get("external_id")))
+        for r in add_images(svc, collection, uploads, progress=_NoFlush(progress)):
+            added += r.status == "added"
+            present += r.status == "present"
+    progress.flush()
+    return {"added": added, "present": present, "failed": progress.failed, "total": len(files)}
+
+
+class _NoFlush:
+    """Passes progress through but leaves the final flush to the caller."""
+
+    def __init__(self, inner: Progress) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def flush(self) -> None:
+        return None
+
+
+def repair_unindexed(svc: Services, collection: str, batch: int = BATCH) -> int:
+    """Index rows a killed add or load left with indexed=0; returns how many."""
+    encoder = svc.encoder_for(collection)
+    repaired = 0
+    while ids := svc.images.unindexed_ids(collection, batch):
+        rows = svc.images.get_rows(collection, ids, with_image=True)
+        images, keep = [], []
+        for image_id in ids:
+            try:
+                images.append(decode_b64_image(rows[image_id].image_b64 or "", svc.settings.max_image_pixels))
+                keep.append(image_id)
+            except (ServiceError, ValueError, KeyError) as exc:
+                log.warning("row %s of %s cannot be decoded (%s); removing it", image_id, collection, exc)
+                svc.images.delete(collection, [image_id])
+        if keep:
+            attrs = [VectorAttrs(rows[i].source, rows[i].tags, rows[i].created_at) for i in keep]
+            svc.vectors.upsert(collection, keep, encoder.encode_images(images), attrs)
+            svc.images.mark_indexed(collection, keep)
+            repaired += len(keep)
+    return repaired
+
+
+def decode_upload_b64(b64: str) -> bytes:
+    try:
+        return base64.b64decode(b64, validate=True)
+    except ValueError:
+        raise InvalidInput("image is not valid base64") from None

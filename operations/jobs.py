@@ -1,0 +1,122 @@
+"""Background jobs: loads and bulk adds, recorded in the SQL job table.
+
+A job runs in a worker thread of this process, so it survives the client
+disconnecting. Its parameters are stored, so a job interrupted by a restart
+can be resumed and, because loads and adds are idempotent, finishes with
+nothing lost and nothing doubled.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from operations.context import Services
+from operations.errors import Conflict, ServiceError
+from operations.ingest import add_folder
+from operations.load import load_split
+from operations.progress import JobProgress
+from operations.stores.job_store import Job
+from operations.stores.vector_base import IndexSpec
+
+log = logging.getLogger(__name__)
+
+
+def _run_load(svc: Services, job: Job, progress: JobProgress) -> str:
+    p = job.params
+    index = IndexSpec(**p["index"]) if p.get("index") else None
+    report = load_split(svc, job.collection, Path(p["dataset_dir"]), p["split"], progress,
+                        source=p.get("source"), index=index)
+    return f"loaded {report.loaded}, already there {report.already_loaded}, failed {report.failed}"
+
+
+def _run_add_folder(svc: Services, job: Job, progress: JobProgress) -> str:
+    p = job.params
+    counts = add_folder(svc, job.collection, Path(p["folder"]), progress, source=p.get("source", "folder"),
+                        tags=tuple(p.get("tags", ())), created_at=p.get("created_at"), meta=p.get("meta"))
+    return f"added {counts['added']}, already present {counts['present']}, failed {counts['failed']}"
+
+
+RUNNERS: dict[str, Callable[[Services, Job, JobProgress], str]] = {
+    "load": _run_load,
+    "add": _run_add_folder,
+}
+
+
+class JobRunner:
+    """Runs jobs one at a time (they are I/O and CPU heavy on a small machine)."""
+
+    def __init__(self, svc: Services, workers: int = 1) -> None:
+        if svc.jobs is None:
+            raise ValueError("a JobRunner needs a job store")
+        self.svc = svc
+        self.jobs = svc.jobs
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
+        self._progress: dict[str, JobProgress] = {}
+        self._lock = threading.Lock()
+        self._shutting_down = False
+
+    def submit(self, kind: str, collection: str, params: dict, job_id: str | None = None) -> Job:
+        job = self.jobs.create(kind, collection, params, job_id)
+        self._start(job)
+        return job
+
+    def resume(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job.state not in ("interrupted", "failed"):
+            raise Conflict(f"job {job_id} is {job.state}; only interrupted or failed jobs can be resumed")
+        self._start(job)
+        return self.jobs.get(job_id)
+
+    def cancel(self, job_id: str) -> None:
+        with self._lock:
+            progress = self._progress.get(job_id)
+        if progress is None:
+            raise Conflict(f"job {job_id} is not running in this process")
+        progress.cancel()
+
+    def _start(self, job: Job) -> None:
+        progress = JobProgress(self.jobs, job.id)
+        with self._lock:
+            if job.id in self._progress:
+                raise Conflict(f"job {job.id} is already running")
+            self._progress[job.id] = progress
+        self.jobs.start(job.id)
+        self._pool.submit(self._run, job, progress)
+
+    def _run(self, job: Job, progress: JobProgress) -> None:
+        try:
+            message = RUNNERS[job.kind](self.svc, job, progress)
+            if job.params.get("spooled") and not progress.cancelled():
+                shutil.rmtree(job.params["folder"], ignore_errors=True)  # the copies are no longer needed
+            if progress.cancelled():
+                state = "interrupted" if self._shutting_down else "cancelled"
+            else:
+                state = "succeeded"
+            self.jobs.finish(job.id, state, message)
+        except ServiceError as exc:
+            log.warning("job %s failed: %s", job.id, exc.message)
+            self._finish_quietly(job.id, exc.message)
+        except Exception as exc:  # a job never takes the process down
+            log.exception("job %s crashed", job.id)
+            self._finish_quietly(job.id, f"{type(exc).__name__}: {exc}")
+        finally:
+            with self._lock:
+                self._progress.pop(job.id, None)
+
+    def _finish_quietly(self, job_id: str, message: str) -> None:
+        try:
+            self.jobs.finish(job_id, "failed", message)
+        except ServiceError:
+            log.error("could not record failure of job %s (SQL unavailable)", job_id)
+
+    def shutdown(self) -> None:
+        self._shutting_down = True
+        with self._lock:
+            for progress in self._progress.values():
+                progress.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,224 @@
+"""Load a Chinese-CLIP dataset split into both stores.
+
+Streaming in batches keeps memory bounded whatever the split's size: images
+come line by line from the tsv (or the LMDB), and each image's feature is read
+by id through `FeatureIndex` (offsets only, not features, are held).
+
+Order per batch: SQL rows (indexed=0) -> Milvus upsert -> mark indexed=1.
+A run killed anywhere leaves at worst rows not yet marked; running the load
+again skips what is marked, upserts the rest (upsert never duplicates) and
+marks it. So no vector is ever without its row, and the re-run finishes with
+no image row left without its vector. Three threads overlap reading/parsing,
+the SQL insert of batch N and the Milvus upsert of batch N-1.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from datasets.formats import BadRecord, FeatureIndex, ImageRecord, dataset_paths, iter_image_tsv
+from datasets.lmdb_io import iter_lmdb_images
+from operations.context import Services
+from operations.encoding.base import Encoder
+from operations.errors import NotFound, UnsupportedMedia
+from operations.images import decode_b64_image, probe, sha256_hex
+from operations.progress import Progress
+from operations.stores.image_base import ImageRow
+from operations.stores.milvus_filter import check_label
+from operations.stores.vector_base import IndexSpec, VectorAttrs
+
+log = logging.getLogger(__name__)
+_DONE = object()
+
+
+@dataclass
+class LoadReport:
+    collection: str
+    split: str
+    total: int | None
+    loaded: int = 0
+    already_loaded: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    failures: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["images_per_s"] = round((self.loaded + self.already_loaded) / self.seconds, 1) if self.seconds else None
+        return d
+
+
+@dataclass
+class _Batch:
+    rows: list[ImageRow]
+    vectors: np.ndarray
+    ids_to_index: list[int] = field(default_factory=list)
+
+
+def count_lines(path: Path) -> int:
+    """Non-empty lines, counted in 1 MB chunks (cheap next to loading)."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
+
+
+def _image_source(dataset_dir: Path, split: str) -> tuple[Iterator[ImageRecord | BadRecord], int | None, str]:
+    paths = dataset_paths(dataset_dir, split)
+    if paths.imgs_tsv.is_file():
+        return iter_image_tsv(paths.imgs_tsv), count_lines(paths.imgs_tsv), paths.imgs_tsv.name
+    if paths.lmdb_imgs.is_dir():
+        return iter_lmdb_images(paths.lmdb_split), None, f"lmdb/{split}/imgs"
+    raise NotFound(f"split {split!r} has neither {paths.imgs_tsv.name} nor lmdb/{split}/imgs in {dataset_dir}")
+
+
+def load_split(svc: Services, collection: str, dataset_dir: Path, split: str, progress: Progress, *,
+               source: str | None = None, batch_size: int | None = None,
+               index: IndexSpec | None = None, encoder: Encoder | None = None) -> LoadReport:
+    """Load `split` of `dataset_dir` into `collection`; see the module docstring."""
+    started = time.perf_counter()
+    if not Path(dataset_dir).is_dir():
+        raise NotFound(f"dataset directory {dataset_dir} does not exist")
+    source = check_label(source or Path(dataset_dir).name or "dataset", "source")
+    batch_size = batch_size or svc.settings.load_batch_size
+    encoder = svc.ensure_collection(collection, encoder, index)
+    records, total, origin = _image_source(Path(dataset_dir), split)
+    progress.set_total(total)
+    paths = dataset_paths(dataset_dir, split)
+    features = FeatureIndex(paths.img_feat, "image_id", encoder.dim) if paths.img_feat.is_file() else None
+    if features is not None:
+        for bad in features.bad:
+            if bad.record_id is None:
+                progress.fail(f"{paths.img_feat.name} line {bad.line_no}", bad.reason)
+    report = LoadReport(collection, split, total)
+    now = int(time.time())
+
+    def make_batch(chunk: list[ImageRecord]) -> _Batch | None:
+        rows, vectors, pending_images = [], [], []
+        looked_up = features.get_many([r.image_id for r in chunk]) if features else {}
+        for rec in chunk:
+            try:
+                mime, width, height = probe(rec.data)
+            except UnsupportedMedia as exc:
+                progress.fail(f"{origin} line {rec.line_no} (image {rec.image_id})", exc.message)
+                continue
+            if features is not None:
+                feat = looked_up.get(rec.image_id)
+                if feat is None:
+                    progress.fail(f"{origin} line {rec.line_no} (image {rec.image_id})",
+                                  f"no feature for image {rec.image_id} in {paths.img_feat.name}")
+                    continue
+                if isinstance(feat, BadRecord):
+                    progress.fail(f"{paths.img_feat.name} line {feat.line_no} (image {rec.image_id})", feat.reason)
+                    continue
+                if not np.isfinite(feat.vector).all() or not np.linalg.norm(feat.vector) > 0:
+                    progress.fail(f"{paths.img_feat.name} line {feat.line_no} (image {rec.image_id})",
+                                  "feature is all zeros or not finite")
+                    continue
+                vectors.append(feat.vector)
+            else:
+                try:
+                    pending_images.append(decode_b64_image(rec.b64, svc.settings.max_image_pixels))
+                except Exception as exc:  # each bad image is reported, the rest loads
+                    progress.fail(f"{origin} line {rec.line_no} (image {rec.image_id})",
+                                  getattr(exc, "message", str(exc)))
+                    continue
+            rows.append(ImageRow(id=rec.image_id, sha256=sha256_hex(rec.data), image_b64=rec.b64, mime=mime,
+                                 width=width, height=height, source=source, created_at=now, added_at=now))
+        if not rows:
+            return None
+        matrix = encoder.encode_images(pending_images) if features is None else np.stack(vectors)
+        return _Batch(rows, _renormalise(matrix))
+
+    sql_q: queue.Queue = queue.Queue(maxsize=2)
+    milvus_q: queue.Queue = queue.Queue(maxsize=2)
+    errors: list[BaseException] = []
+
+    def sql_stage() -> None:
+        try:
+            while (batch := sql_q.get()) is not _DONE:
+                if errors:
+                    continue
+                ids = [r.id for r in batch.rows]
+                done = svc.images.indexed_ids(collection, ids)
+                report.already_loaded += len(done)
+                progress.advance(len(done))
+                todo = [r for r in batch.rows if r.id not in done]
+                if not todo:
+                    continue
+                result = svc.images.insert_rows(collection, todo)
+                for dup, holder in result.duplicate_of.items():
+                    progress.fail(f"image {dup}", f"same bytes as stored image {holder}; not stored twice")
+                keep = set(result.inserted) | set(result.already_present)
+                mask = [r.id in keep for r in batch.rows]
+                batch.ids_to_index = [r.id for r, m in zip(batch.rows, mask) if m]
+                batch.vectors = batch.vectors[np.array(mask, dtype=bool)]
+                batch.rows = [r for r, m in zip(batch.rows, mask) if m]
+                milvus_q.put(batch)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            milvus_q.put(_DONE)
+
+    def milvus_stage() -> None:
+        try:
+            while (batch := milvus_q.get()) is not _DONE:
+                if errors or not batch.ids_to_index:
+                    continue
+                attrs = [VectorAttrs(r.source, r.tags, r.created_at) for r in batch.rows]
+                svc.vectors.upsert(collection, batch.ids_to_index, batch.vectors, attrs)
+                svc.images.mark_indexed(collection, batch.ids_to_index)
+                report.loaded += len(batch.ids_to_index)
+                progress.advance(len(batch.ids_to_index))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=sql_stage, name="load-sql", daemon=True),
+               threading.Thread(target=milvus_stage, name="load-milvus", daemon=True)]
+    for t in threads:
+        t.start()
+    try:
+        chunk: list[ImageRecord] = []
+        for rec in records:
+            if errors or progress.cancelled():
+                break
+            if isinstance(rec, BadRecord):
+                progress.fail(f"{origin} line {rec.line_no}", rec.reason)
+                continue
+            chunk.append(rec)
+            if len(chunk) >= batch_size:
+                if (batch := make_batch(chunk)) is not None:
+                    sql_q.put(batch)
+                chunk = []
+        if chunk and not errors and (batch := make_batch(chunk)) is not None:
+            sql_q.put(batch)
+    finally:
+        sql_q.put(_DONE)
+        for t in threads:
+            t.join()
+        if features is not None:
+            features.close()
+        progress.flush()
+    if errors:
+        raise errors[0]
+    report.failed = progress.failed
+    report.failures = [{"item": i, "reason": r} for i, r in getattr(progress, "failures", [])[:100]]
+    report.seconds = time.perf_counter() - started
+    log.info("load %s/%s into %s: %s", dataset_dir, split, collection, report.as_dict())
+    return report
+
+
+def _renormalise(matrix: np.ndarray) -> np.ndarray:
+    """Features files should be normalised; make sure, in float32 (the metric is IP)."""
+    matrix = np.asarray(matrix, dtype=np.float32)
+    return matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
