@@ -21,7 +21,8 @@ def build_encoder(settings: Settings) -> ClipEncoder:
 
 
 def build_vector_store(settings: Settings) -> MilvusVectorStore:
-    return MilvusVectorStore(settings.milvus_uri, settings.milvus_token, settings.milvus_timeout_s)
+    return MilvusVectorStore(settings.milvus_uri, settings.milvus_token, settings.milvus_timeout_s,
+                             settings.milvus_consistency)
 
 
 def build_image_store(settings: Settings) -> SqlImageStore:

@@ -24,6 +24,9 @@ from pathlib import Path
 
 from datasets.formats import dataset_paths
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DATASET = REPO_ROOT / "datasets" / "data" / "demo"
+
 
 def _print(obj: dict) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False, indent=2) + "\n")
@@ -31,8 +34,8 @@ def _print(obj: dict) -> None:
 
 
 def _dataset_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset-dir", type=Path, default=Path("datasets/data/demo"),
-                   help="directory with ${split}_imgs.tsv etc. (default: datasets/data/demo)")
+    p.add_argument("--dataset-dir", type=Path, default=DEFAULT_DATASET,
+                   help="directory with ${split}_imgs.tsv etc. (default: <repo>/datasets/data/demo)")
     p.add_argument("--split", default="valid", help="dataset split (default: valid)")
 
 
@@ -202,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build-lmdb", help="build cn_clip's LMDB from tsv/jsonl")
-    p.add_argument("--dataset-dir", type=Path, default=Path("datasets/data/demo"))
+    p.add_argument("--dataset-dir", type=Path, default=DEFAULT_DATASET,
+                   help="default: <repo>/datasets/data/demo")
     p.add_argument("--splits", default="valid", help="comma-separated splits (default: valid)")
     p.add_argument("--lmdb-dir", type=Path, default=None, help="default: <dataset-dir>/lmdb")
     p.set_defaults(func=cmd_build_lmdb)

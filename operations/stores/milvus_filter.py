@@ -39,14 +39,21 @@ def _check_int(value: object, what: str) -> int:
     return value
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t"}
+
+
 def _quote(value: str) -> str:
-    # check_label already excludes quotes and backslashes; escaping anyway
-    # keeps the builder safe even if that charset is ever widened.
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A double-quoted Milvus string literal.
+
+    check_label already excludes quotes, backslashes and control characters;
+    escaping anyway keeps the builder safe if that charset is ever widened.
+    (Not json.dumps: Milvus Lite rejects its \\uXXXX escapes.)
+    """
+    return '"' + "".join(_ESCAPES.get(ch, ch) for ch in value) + '"'
 
 
 def encode_tags(tags: tuple[str, ...] | list[str]) -> str:
-    """Tags as stored in Milvus: ',a,b,' so that one tag matches with LIKE."""
+    """Tags as stored in SQL: ',a,b,' so that one tag matches with LIKE."""
     return TAG_SEPARATOR + TAG_SEPARATOR.join(tags) + TAG_SEPARATOR if tags else ""
 
 
@@ -72,11 +79,8 @@ def build_filter(flt: SearchFilter | None, templates: bool = False) -> tuple[str
         literal = "[" + ", ".join(_quote(s) for s in flt.sources) + "]"
         parts.append("source in " + value("sources", literal, list(flt.sources)))
     if flt.tags:
-        likes = []
-        for i, tag in enumerate(flt.tags):
-            pattern = "%" + TAG_SEPARATOR + tag + TAG_SEPARATOR + "%"
-            likes.append("tags like " + value(f"tag{i}", _quote(pattern), pattern))
-        parts.append("(" + " or ".join(likes) + ")")
+        literal = "[" + ", ".join(_quote(t) for t in flt.tags) + "]"
+        parts.append("array_contains_any(tags, " + value("tags", literal, list(flt.tags)) + ")")
     if flt.created_from is not None:
         v = _check_int(flt.created_from, "created_from")
         parts.append("created_at >= " + value("created_from", str(v), v))

@@ -4,8 +4,9 @@ Why the choices here:
 - The primary key is the image id (no auto id), so a vector and its SQL row
   share one key and a re-run load can upsert without duplicates.
 - Metric IP on L2-normalised vectors: the score is the cosine, best first.
-- Consistency "Session": this client reads its own writes (a deleted image is
-  gone from the very next search) without paying for "Strong" on every query.
+- Consistency "Strong" by default: measured on the 2.3 server, "Session" still
+  returned an id right after this very client deleted it (tests/MILVUS_NOTES.md).
+  MILVUS_CONSISTENCY can relax it where a few seconds of staleness are fine.
 - Every call carries `timeout=`; a dead server otherwise hangs for minutes.
 - The model name and dim live in collection properties, so a collection can
   refuse vectors from another model.
@@ -25,7 +26,7 @@ from pymilvus.exceptions import MilvusException
 
 from operations.errors import DependencyUnavailable, InvalidInput, NotFound, ServiceError
 from operations.names import validate_name
-from operations.stores.milvus_filter import build_filter, encode_tags, ids_filter
+from operations.stores.milvus_filter import build_filter, ids_filter
 from operations.stores.vector_base import CollectionInfo, Hit, IndexSpec, SearchFilter, VectorAttrs, check_model
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ T = TypeVar("T")
 # for protobuf overhead and the scalar fields.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_TOPK = 16384  # Milvus' own limit for one search
-CONSISTENCY = "Session"
+CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
+MAX_TAGS = 64
 PROP_MODEL, PROP_DIM, PROP_INDEX = "cnclip.model", "cnclip.dim", "cnclip.index"
 _NOT_FOUND_HINTS = ("not found", "not exist", "doesn't exist", "can't find")
 
@@ -50,8 +52,11 @@ def _classify(exc: Exception, name: str | None) -> ServiceError:
 class MilvusVectorStore:
     """`VectorStore` backed by Milvus (Lite file or server)."""
 
-    def __init__(self, uri: str, token: str = "", timeout_s: float = 10.0) -> None:
+    def __init__(self, uri: str, token: str = "", timeout_s: float = 10.0, consistency: str = "Strong") -> None:
+        if consistency not in CONSISTENCY_LEVELS:
+            raise ValueError(f"consistency must be one of {CONSISTENCY_LEVELS}")
         self.uri = uri
+        self.consistency = consistency
         self.timeout = timeout_s
         self._token = token
         self._client: MilvusClient | None = None
@@ -115,7 +120,9 @@ class MilvusVectorStore:
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field("source", DataType.VARCHAR, max_length=256)
-        schema.add_field("tags", DataType.VARCHAR, max_length=2048)
+        # An ARRAY, not a delimited string: the 2.3 server has no infix LIKE.
+        schema.add_field("tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_TAGS,
+                         max_length=64)
         schema.add_field("created_at", DataType.INT64)
 
         def create(c: MilvusClient) -> None:
@@ -123,7 +130,7 @@ class MilvusVectorStore:
             params.add_index(field_name="vector", index_type=index.type, metric_type="IP",
                              params=dict(index.build_params))
             c.create_collection(name, schema=schema, index_params=params,
-                                consistency_level=CONSISTENCY, timeout=self.timeout)
+                                consistency_level=self.consistency, timeout=self.timeout)
             c.alter_collection_properties(name, properties={
                 PROP_MODEL: model_name, PROP_DIM: str(dim),
                 PROP_INDEX: json.dumps({"type": index.type, "build": index.build_params,
@@ -194,7 +201,7 @@ class MilvusVectorStore:
             for i in range(start, min(start + rows_per_message, len(ids))):
                 a = attrs[i] if attrs else VectorAttrs()
                 rows.append({"id": int(ids[i]), "vector": vectors[i].tolist(), "source": a.source,
-                             "tags": encode_tags(a.tags), "created_at": int(a.created_at)})
+                             "tags": list(a.tags)[:MAX_TAGS], "created_at": int(a.created_at)})
             result = self._call(lambda c: c.upsert(name, rows, timeout=self.timeout), name)
             count = int(result.get("upsert_count", len(rows)) if isinstance(result, dict) else len(rows))
             if count != len(rows):
@@ -218,7 +225,7 @@ class MilvusVectorStore:
         for start in range(0, len(ids), 1000):
             expr = ids_filter(list(ids[start:start + 1000]))
             rows = self._call(lambda c: c.query(name, filter=expr, output_fields=["id"],
-                                                 timeout=self.timeout), name)
+                                                 consistency_level=self.consistency, timeout=self.timeout), name)
             found.update(int(r["id"]) for r in rows)
         return found
 
@@ -228,13 +235,13 @@ class MilvusVectorStore:
         self._ensure_loaded(name)
         expr = ids_filter(list(ids))
         rows = self._call(lambda c: c.query(name, filter=expr, output_fields=["id", "vector"],
-                                             timeout=self.timeout), name)
+                                             consistency_level=self.consistency, timeout=self.timeout), name)
         return {int(r["id"]): np.asarray(r["vector"], dtype=np.float32) for r in rows}
 
     def count(self, name: str) -> int:
         self._ensure_loaded(name)
         rows = self._call(lambda c: c.query(name, filter="", output_fields=["count(*)"],
-                                             timeout=self.timeout), name)
+                                             consistency_level=self.consistency, timeout=self.timeout), name)
         return int(rows[0]["count(*)"]) if rows else 0
 
     # -- search -------------------------------------------------------------
@@ -251,7 +258,8 @@ class MilvusVectorStore:
         data = np.atleast_2d(np.asarray(vectors, dtype=np.float32)).tolist()
         result = self._call(lambda c: c.search(
             name, data=data, limit=top_k, filter=expr, output_fields=["id"],
-            search_params=self._search_params(meta), timeout=self.timeout), name)
+            search_params=self._search_params(meta), consistency_level=self.consistency,
+            timeout=self.timeout), name)
         return [_hits(row) for row in result]
 
     def range_search(self, name: str, vector: np.ndarray, min_score: float, limit: int,
@@ -264,7 +272,8 @@ class MilvusVectorStore:
         params = self._search_params(meta, {"radius": float(min_score) - 1e-6, "range_filter": 1.0 + 1e-3})
         result = self._call(lambda c: c.search(
             name, data=[np.asarray(vector, np.float32).tolist()], limit=min(limit, MAX_TOPK),
-            filter=expr, output_fields=["id"], search_params=params, timeout=self.timeout), name)
+            filter=expr, output_fields=["id"], search_params=params, consistency_level=self.consistency,
+            timeout=self.timeout), name)
         return [h for h in _hits(result[0]) if h.score >= min_score]
 
 

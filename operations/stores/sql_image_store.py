@@ -230,8 +230,9 @@ class SqlImageStore:
             where.append(f"source IN ({_placeholders(len(flt.sources))})")
             params += [check_label(s, "source") for s in flt.sources]
         if flt.tags:
-            where.append("(" + " OR ".join(["tags LIKE ?"] * len(flt.tags)) + ")")
-            params += [f"%,{check_label(t, 'tag')},%" for t in flt.tags]
+            # "_" is a LIKE wildcard and may appear in a tag: escape it.
+            where.append("(" + " OR ".join(["tags LIKE ? ESCAPE '!'"] * len(flt.tags)) + ")")
+            params += [f"%,{check_label(t, 'tag').replace('_', '!_')},%" for t in flt.tags]
         if flt.created_from is not None:
             where.append("created_at >= ?")
             params.append(int(flt.created_from))
