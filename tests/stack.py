@@ -1,0 +1,78 @@
+"""Helpers to build a real service stack for tests (no pytest import)."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from config.settings import Settings, load_settings
+from datasets.formats import write_features_jsonl, write_image_tsv
+from operations.context import Services
+from operations.encoding.clip_encoder import ClipEncoder, ModelSpec
+from operations.factory import build_services
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_ARCH = REPO / "tests" / "data" / "tiny-arch.json"
+
+
+@lru_cache(maxsize=1)
+def tiny_encoder() -> ClipEncoder:
+    """A random-weight cn_clip model (32-d), deterministic, loads in a second."""
+    return ClipEncoder.load(ModelSpec(name="tiny", arch=str(TINY_ARCH), random_init=True, seed=0, device="cpu"))
+
+
+def unique(prefix: str = "c") -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def make_settings(tmp: Path, milvus_uri: str | None = None, mysql_url: str = "", **overrides) -> Settings:
+    base = dict(model_name="tiny", model_arch=str(TINY_ARCH), model_random_init=True,
+                milvus_uri=milvus_uri or str(tmp / "milvus.db"), mysql_url=mysql_url,
+                sqlite_path=tmp / "images.sqlite3", data_root=tmp / "data", milvus_timeout_s=5,
+                sql_timeout_s=5, default_collection="test")
+    base.update(overrides)
+    (tmp / "data").mkdir(parents=True, exist_ok=True)
+    return load_settings(**base)
+
+
+def make_services(settings: Settings) -> Services:
+    svc = build_services(settings, encoder=tiny_encoder())
+    if svc.jobs is not None:
+        svc.jobs.ensure_tables()
+    return svc
+
+
+def jpeg(seed: int, size: int = 48) -> bytes:
+    """A small distinct JPEG: random blocks of colour."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8).repeat(size // 4, 0).repeat(size // 4, 1)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG", quality=90)
+    return out.getvalue()
+
+
+def unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
+    m = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+def write_dataset(dataset_dir: Path, split: str, n: int, dim: int, seed: int = 0,
+                  first_id: int = 1) -> tuple[list[int], np.ndarray]:
+    """A split with n images and precomputed unit features; returns (ids, features)."""
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    ids = list(range(first_id, first_id + n))
+    feats = unit_rows(n, dim, seed)
+    write_image_tsv(dataset_dir / f"{split}_imgs.tsv", [(i, jpeg(seed * 100_000 + i)) for i in ids])
+    write_features_jsonl(dataset_dir / f"{split}_imgs.img_feat.jsonl", "image_id", ids, feats)
+    return ids, feats
+
+
+def exact_top_k(query: np.ndarray, ids: list[int], feats: np.ndarray, k: int) -> list[int]:
+    scores = feats @ query
+    order = sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i]))
+    return [ids[i] for i in order[:k]]

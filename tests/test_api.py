@@ -1,0 +1,262 @@
+"""End to end through HTTP on both backend pairs: load, search, add, delete, filters, scan, errors."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.stack import exact_top_k, jpeg, tiny_encoder, unique, write_dataset
+
+N = 120
+
+
+def wait_job(client, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = client.get(f"/img/jobs/{job_id}").json()
+        if job["state"] not in ("queued", "running"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+@pytest.fixture
+def loaded(client):
+    """A split of N images with precomputed features, loaded through the API."""
+    settings = client.services.settings
+    collection = unique("api")
+    ids, feats = write_dataset(settings.data_root / "ds", "valid", N, tiny_encoder().dim, seed=5)
+    r = client.post("/img/load", json={"dataset": "ds", "split": "valid", "collection": collection})
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["id"])
+    assert job["state"] == "succeeded", job
+    assert (job["processed"], job["failed"], job["total"]) == (N, 0, N)
+    return collection, ids, feats
+
+
+def test_text_search_equals_exact_knn_over_the_same_features(client, loaded):
+    collection, ids, feats = loaded
+    for query in ["左边有一个红色的圆形", "蓝色的三角形在右边", "两只猫"]:
+        r = client.post("/img/search", json={"query": query, "top_k": 10, "collection": collection})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        qvec = tiny_encoder().encode_texts([query])[0]
+        assert [x["id"] for x in body["results"]] == exact_top_k(qvec, ids, feats, 10)
+        assert [x["rank"] for x in body["results"]] == list(range(1, 11))
+        np.testing.assert_allclose([x["score"] for x in body["results"]],
+                                   sorted((feats @ qvec).tolist(), reverse=True)[:10], atol=1e-4)
+        assert body["model"] == "tiny"
+        assert set(body["timings_ms"]) >= {"encode", "vector_search", "image_fetch", "total"}
+
+
+def test_result_urls_serve_the_original_bytes_and_thumbnails(client, loaded):
+    collection, ids, _ = loaded
+    r = client.post("/img/search", json={"query": "红色", "top_k": 3, "collection": collection,
+                                         "with_image": True})
+    first = r.json()["results"][0]
+    original = client.get(first["url"])
+    assert original.status_code == 200 and original.headers["content-type"] == "image/jpeg"
+    assert original.content == jpeg(5 * 100_000 + first["id"])
+    import base64
+    assert base64.b64decode(first["image_b64"]) == original.content
+    thumb = client.get(first["thumbnail_url"])
+    assert thumb.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(thumb.content)).size) <= 256
+    meta = client.get(first["url"] + "/meta").json()
+    assert meta["id"] == first["id"] and meta["indexed"] is True
+
+
+def test_loading_the_same_split_twice_keeps_one_copy(client, loaded):
+    collection, _, _ = loaded
+    r = client.post("/img/load", json={"dataset": "ds", "split": "valid", "collection": collection})
+    job = wait_job(client, r.json()["id"])
+    assert job["state"] == "succeeded" and job["processed"] == N
+    counts = client.get(f"/img/collections/{collection}/count").json()
+    assert counts == {"collection": collection, "vectors": N, "images": N}
+
+
+def test_bad_records_are_reported_with_line_numbers_and_the_rest_loads(client):
+    settings = client.services.settings
+    d = settings.data_root / "bad"
+    write_dataset(d, "test", 20, tiny_encoder().dim, seed=9)
+    tsv = (d / "test_imgs.tsv").read_text().splitlines()
+    tsv[3] = "4\tnot base64 at all!!"
+    tsv[6] = "seven\t" + tsv[6].split("\t")[1]
+    (d / "test_imgs.tsv").write_text("\n".join(tsv) + "\n")
+    feats = (d / "test_imgs.img_feat.jsonl").read_text().splitlines()
+    feats[10] = json.dumps({"image_id": 11, "feature": [0.1] * 5})
+    feats[12] = '{"image_id": 13, "feature": [0.1, '
+    (d / "test_imgs.img_feat.jsonl").write_text("\n".join(feats) + "\n")
+    collection = unique("bad")
+    job = wait_job(client, client.post("/img/load", json={"dataset": "bad", "split": "test",
+                                                          "collection": collection}).json()["id"])
+    assert job["state"] == "succeeded"
+    assert job["processed"] == 16 and job["failed"] == 4, job
+    items = " | ".join(f["item"] + ": " + f["reason"] for f in job["failures"])
+    assert "line 4" in items and "line 7" in items and "line 11" in items and "line 13" in items
+    assert client.get(f"/img/collections/{collection}/count").json()["images"] == 16
+
+
+def test_image_search_by_upload_and_by_stored_id(client, loaded):
+    collection, ids, _ = loaded
+    stored = client.post("/img/search/image", data={"image_id": str(ids[0]), "collection": collection,
+                                                    "top_k": "5"})
+    assert stored.status_code == 200, stored.text
+    assert ids[0] not in [x["id"] for x in stored.json()["results"]]
+    assert len(stored.json()["results"]) == 5
+    photo = jpeg(777)
+    up = client.post("/img/search/image", files={"file": ("q.jpg", photo, "image/jpeg")},
+                     data={"collection": collection, "top_k": "4"})
+    assert up.status_code == 200 and len(up.json()["results"]) == 4
+    qvec = tiny_encoder().encode_images([Image.open(io.BytesIO(photo)).convert("RGB")])[0]
+    assert up.json()["results"][0]["score"] == pytest.approx(
+        float(np.max(client.services.vectors.get_vectors(collection, ids)[up.json()["results"][0]["id"]] @ qvec)),
+        abs=1e-4)
+
+
+def test_add_dedupe_filter_delete_round_trip(client, loaded):
+    collection, ids, _ = loaded
+    files = [("files", ("a.jpg", jpeg(9001), "image/jpeg")), ("files", ("b.jpg", jpeg(9002), "image/jpeg")),
+             ("files", ("a-again.jpg", jpeg(9001), "image/jpeg")), ("files", ("x.txt", b"hello", "text/plain"))]
+    r = client.post(f"/img/images/{collection}", files=files,
+                    data={"source": "shop", "tags": "sale,红色", "created_at": "1800000000"})
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    assert [x["status"] for x in res] == ["added", "added", "present", "failed"]
+    assert res[2]["id"] == res[0]["id"] and "not an image" in res[3]["error"]
+    new_ids = {res[0]["id"], res[1]["id"]}
+    flt = {"sources": ["shop"]}
+    found = client.post("/img/search", json={"query": "红色", "top_k": 50, "collection": collection,
+                                             "filters": flt}).json()["results"]
+    assert {x["id"] for x in found} == new_ids
+    found = client.post("/img/search", json={"query": "红色", "top_k": 50, "collection": collection,
+                                             "filters": {"tags": ["红色"], "created_from": 1799999999}}).json()
+    assert {x["id"] for x in found["results"]} == new_ids
+    assert client.delete(f"/img/images/{collection}/{res[0]['id']}").status_code == 200
+    found = client.post("/img/search", json={"query": "红色", "top_k": 50, "collection": collection,
+                                             "filters": flt}).json()["results"]
+    assert {x["id"] for x in found} == {res[1]["id"]}
+    assert client.get(f"/img/images/{collection}/{res[0]['id']}").status_code == 404
+    r = client.post(f"/img/images/{collection}/delete", json={"filters": flt})
+    assert r.json()["deleted"] == 1
+    counts = client.get(f"/img/collections/{collection}/count").json()
+    assert counts["images"] == counts["vectors"] == N
+
+
+def test_min_score_and_scan(client, loaded):
+    collection, ids, feats = loaded
+    descriptions = ["红色的圆形", "黑色的星形"]
+    qv = tiny_encoder().encode_texts(descriptions)
+    threshold = float(np.sort((feats @ qv[0]))[-8])  # about 8 images reach it for the first text
+    r = client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
+                                       "collection": collection, "limit": 1000})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    want = {(int(ids[i]), d) for d in range(2) for i in np.flatnonzero(feats @ qv[d] >= threshold - 1e-6)}
+    assert {(h["image_id"], h["description_index"]) for h in body["hits"]} == want
+    assert body["total"] == len(want)
+    scores = [h["score"] for h in body["hits"]]
+    assert scores == sorted(scores, reverse=True)
+    page = client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
+                                          "collection": collection, "offset": 2, "limit": 3}).json()
+    assert [h["image_id"] for h in page["hits"]] == [h["image_id"] for h in body["hits"][2:5]]
+    csv_text = client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
+                                              "collection": collection, "format": "csv"}).text
+    assert csv_text.splitlines()[0].startswith("image_id,score") and len(csv_text.splitlines()) == len(want) + 1
+    jsonl = client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
+                                           "collection": collection, "format": "jsonl"}).text
+    assert len(jsonl.splitlines()) == len(want)
+    r = client.post("/img/search", json={"query": descriptions[0], "top_k": 100, "collection": collection,
+                                         "min_score": threshold})
+    assert {x["id"] for x in r.json()["results"]} == {i for i, d in want if d == 0}
+
+
+def _png(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (width, height)).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("case", ["not_image", "truncated", "too_many_bytes", "too_many_pixels", "empty_query",
+                                  "top_k", "long_query", "bad_filter", "bad_collection_name", "unknown_collection",
+                                  "unknown_image", "path_escape", "extra_field"])
+def test_bad_input_gets_a_clear_error_and_changes_nothing(client, loaded, case):
+    collection, ids, _ = loaded
+    settings = client.services.settings
+    full = jpeg(31337, size=96)
+
+    def search(**body):
+        return client.post("/img/search", json={"collection": collection, "query": "红色", **body})
+
+    def upload(data: bytes):
+        return client.post(f"/img/images/{collection}", files={"files": ("f.jpg", data, "image/jpeg")})
+
+    expected, response = {
+        "not_image": lambda: (415, client.post("/img/search/image", files={"file": ("a.jpg", b"%PDF-1.4", "x")},
+                                               data={"collection": collection})),
+        "truncated": lambda: (422, client.post("/img/search/image", files={"file": ("a.jpg", full[:len(full) // 2],
+                                                                                    "image/jpeg")},
+                                               data={"collection": collection})),
+        "too_many_bytes": lambda: (413, client.post("/img/search/image", files={
+            "file": ("a.jpg", b"\xff" * (settings.max_upload_bytes + 2 * 1024 * 1024), "image/jpeg")},
+            data={"collection": collection})),
+        "too_many_pixels": lambda: (413, client.post("/img/search/image", files={
+            "file": ("a.png", _png(8000, 6000), "image/png")}, data={"collection": collection})),
+        "empty_query": lambda: (422, search(query="")),
+        "top_k": lambda: (422, search(top_k=0)),
+        "long_query": lambda: (422, search(query="很长的句子" * 20)),
+        "bad_filter": lambda: (422, search(filters={"sources": ['a" or id > 0 or "']})),
+        "bad_collection_name": lambda: (400, search(collection="x;drop")),
+        "unknown_collection": lambda: (404, search(collection=unique("nope"))),
+        "unknown_image": lambda: (404, client.get(f"/img/images/{collection}/987654321")),
+        "path_escape": lambda: (400, client.post("/img/load", json={"dataset": "../../etc", "split": "valid",
+                                                                    "collection": collection})),
+        "extra_field": lambda: (422, search(unexpected=1)),
+    }[case]()
+    assert response.status_code == expected, response.text
+    err = response.json()["error"]
+    assert err["code"] and err["message"]
+    # The service still answers and nothing was stored or lost.
+    assert client.get("/healthz").status_code == 200
+    counts = client.get(f"/img/collections/{collection}/count").json()
+    assert counts["images"] == counts["vectors"] == N
+    assert upload(full).json()["results"][0]["status"] == "added"
+
+
+def test_writes_need_the_api_key_when_configured(client, loaded):
+    collection, ids, _ = loaded
+    client.services.settings.api_key = "s3cret"
+    try:
+        assert client.delete(f"/img/images/{collection}/{ids[0]}").status_code == 401
+        assert client.delete(f"/img/collections/{collection}").status_code == 401
+        ok = client.delete(f"/img/images/{collection}/{ids[0]}", headers={"X-API-Key": "s3cret"})
+        assert ok.status_code == 200
+        assert client.post("/img/search", json={"query": "红色", "collection": collection}).status_code == 200
+    finally:
+        client.services.settings.api_key = ""
+
+
+def test_collections_with_chosen_index_and_drop(client):
+    name = unique("hnsw")
+    r = client.post("/img/collections", json={"name": name, "index_type": "HNSW",
+                                              "index_params": {"M": 8, "efConstruction": 64},
+                                              "search_params": {"ef": 32}})
+    assert r.status_code == 201, r.text
+    assert r.json()["index_type"] == "HNSW" and r.json()["dim"] == tiny_encoder().dim
+    bad = client.post("/img/collections", json={"name": unique("x"), "index_type": "HNSW",
+                                                "index_params": {"nlist": 8}})
+    assert bad.status_code == 422
+    assert name in [c["name"] for c in client.get("/img/collections").json()]
+    assert client.delete(f"/img/collections/{name}").status_code == 200
+    assert client.get(f"/img/collections/{name}").status_code == 404
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["checks"]["milvus"] == "ok"

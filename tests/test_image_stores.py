@@ -1,0 +1,113 @@
+"""The SQL image store behaves the same on SQLite and on a real MariaDB."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+
+import pytest
+
+from operations.errors import BadRequest, NotFound
+from operations.stores.image_base import ImageRow
+from operations.stores.sql_image_store import SqlImageStore
+from operations.stores.sql_pool import SqlPool
+from operations.stores.vector_base import SearchFilter
+from tests.stack import jpeg, unique
+
+
+@pytest.fixture(params=["sqlite", "mariadb"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = SqlImageStore(SqlPool("", tmp_path / "i.sqlite3", 5, 4))
+    else:
+        s = SqlImageStore(SqlPool(request.getfixturevalue("mariadb").create_database(), None, 5, 8))
+    yield s
+    s.close()
+
+
+def _row(i: int, data: bytes | None = None, **kw) -> ImageRow:
+    data = data if data is not None else jpeg(i)
+    return ImageRow(id=i, sha256=hashlib.sha256(data).hexdigest(), image_b64=base64.b64encode(data).decode(),
+                    source=kw.pop("source", "商城"), tags=kw.pop("tags", ("red", "a_b")),
+                    created_at=kw.pop("created_at", 1000 + i), **kw)
+
+
+def test_insert_is_idempotent_and_reports_duplicate_bytes(store):
+    c = unique()
+    store.ensure_collection(c)
+    first = store.insert_rows(c, [_row(i) for i in range(1, 6)])
+    assert first.inserted == [1, 2, 3, 4, 5] and not first.already_present
+    again = store.insert_rows(c, [_row(i) for i in range(1, 6)] + [_row(9, jpeg(2))])
+    assert again.already_present == [1, 2, 3, 4, 5] and again.inserted == []
+    assert again.duplicate_of == {9: 2}
+    assert store.count(c) == 5
+
+
+def test_rows_round_trip_with_real_photo_sizes(store):
+    c = unique()
+    store.ensure_collection(c)
+    big = os.urandom(3 * 1024 * 1024)  # a 3 MB "photo" must fit the column
+    store.insert_rows(c, [_row(7, big, external_id="sku-1", mime="image/png", width=10, height=20)])
+    got = store.get_rows(c, [7, 8], with_image=True)
+    assert list(got) == [7]
+    r = got[7]
+    assert base64.b64decode(r.image_b64) == big
+    assert (r.source, r.tags, r.external_id, r.mime, r.width, r.height) == ("商城", ("red", "a_b"), "sku-1",
+                                                                             "image/png", 10, 20)
+    assert store.get_rows(c, [7])[7].image_b64 is None
+
+
+def test_indexed_flag_tracks_rows_waiting_for_their_vector(store):
+    c = unique()
+    store.ensure_collection(c)
+    store.insert_rows(c, [_row(i) for i in range(1, 5)])
+    assert store.unindexed_ids(c, 10) == [1, 2, 3, 4]
+    store.mark_indexed(c, [1, 3])
+    assert store.unindexed_ids(c, 10) == [2, 4]
+    assert store.indexed_ids(c, [1, 2, 3]) == {1, 3}
+
+
+def test_same_upload_at_the_same_moment_is_stored_once(store):
+    c = unique()
+    store.ensure_collection(c)
+    data = jpeg(42)
+    results, barrier = [], threading.Barrier(8)
+
+    def worker():
+        barrier.wait()
+        results.append(store.insert_new(c, _row(0, data).__class__(
+            id=None, sha256=hashlib.sha256(data).hexdigest(), image_b64=base64.b64encode(data).decode())))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({image_id for image_id, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    assert store.count(c) == 1
+
+
+def test_ids_matching_uses_the_same_filter_semantics(store):
+    c = unique()
+    store.ensure_collection(c)
+    store.insert_rows(c, [_row(1, tags=("a_b",)), _row(2, tags=("axb",)), _row(3, source="news", tags=()),
+                          _row(4, created_at=5000, tags=("z",))])
+    assert store.ids_matching(c, SearchFilter(tags=("a_b",)), 10) == [1]  # "_" is not a wildcard
+    assert store.ids_matching(c, SearchFilter(sources=("news",)), 10) == [3]
+    assert store.ids_matching(c, SearchFilter(created_from=2000), 10) == [4]
+    assert store.delete(c, [1, 2, 99]) == 2
+    assert store.count(c) == 2
+
+
+def test_names_are_validated_and_unknown_collections_are_404(store):
+    with pytest.raises(BadRequest):
+        store.ensure_collection("x; DROP TABLE jobs")
+    with pytest.raises(NotFound):
+        store.count(unique("missing"))
+    c = unique()
+    store.ensure_collection(c)
+    store.drop_collection(c)
+    assert not store.has_collection(c)

@@ -1,0 +1,122 @@
+"""Congruence: the Milvus store (Lite and server) answers like the exact in-memory store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from operations.errors import BadRequest, Conflict, NotFound
+from operations.stores.milvus_store import MilvusVectorStore
+from operations.stores.vector_base import IndexSpec, InMemoryVectorStore, SearchFilter, VectorAttrs
+from tests.stack import unique, unit_rows
+
+DIM = 16
+
+
+@pytest.fixture(params=["memory", "lite", "server"])
+def store(request, tmp_path):
+    if request.param == "memory":
+        s = InMemoryVectorStore()
+    elif request.param == "lite":
+        s = MilvusVectorStore(str(tmp_path / "v.db"), timeout_s=5)
+    else:
+        s = MilvusVectorStore(request.getfixturevalue("milvus_server").uri, timeout_s=10)
+    yield s
+    s.close()
+
+
+def _attrs(i: int) -> VectorAttrs:
+    return VectorAttrs(source=["商城", "news", "risk_a"][i % 3], tags=(("red",) if i % 2 else ("blue", "big_one")),
+                       created_at=1_700_000_000 + i)
+
+
+@pytest.fixture
+def filled(store):
+    name = unique("v")
+    ids = list(range(100, 160))
+    vecs = unit_rows(len(ids), DIM, seed=1)
+    ref = InMemoryVectorStore()
+    for s in (store, ref):
+        s.create_collection(name, DIM, "m1", IndexSpec())
+        assert s.upsert(name, ids, vecs, [_attrs(i) for i in ids]) == len(ids)
+    yield store, ref, name, ids, vecs
+    store.drop_collection(name)
+
+
+FILTERS = [
+    None,
+    SearchFilter(sources=("商城",)),
+    SearchFilter(sources=("news", "risk_a"), created_from=1_700_000_120),
+    SearchFilter(tags=("big_one",)),
+    SearchFilter(tags=("red", "nothing")),
+    SearchFilter(created_from=1_700_000_110, created_to=1_700_000_130),
+    SearchFilter(exclude_ids=(100, 101, 102)),
+]
+
+
+@pytest.mark.parametrize("flt", FILTERS, ids=lambda f: "none" if f is None else repr(f)[:40])
+def test_search_matches_exact_reference(filled, flt):
+    store, ref, name, ids, vecs = filled
+    queries = unit_rows(3, DIM, seed=7)
+    got = store.search(name, queries, 10, flt)
+    want = ref.search(name, queries, 10, flt)
+    for g, w in zip(got, want):
+        assert [h.id for h in g] == [h.id for h in w]
+        np.testing.assert_allclose([h.score for h in g], [h.score for h in w], atol=1e-5)
+        if flt is not None:
+            assert all(flt.matches(h.id, _attrs(h.id)) for h in g)
+
+
+def test_upsert_is_idempotent_and_delete_is_visible_at_once(filled):
+    store, _, name, ids, vecs = filled
+    store.upsert(name, ids[:10], vecs[:10], [_attrs(i) for i in ids[:10]])
+    assert store.count(name) == len(ids)
+    top = store.search(name, vecs[:1], 1)[0][0]
+    assert top.id == ids[0] and top.score == pytest.approx(1.0, abs=1e-5)
+    store.delete(name, [ids[0]])
+    assert all(h.id != ids[0] for h in store.search(name, vecs[:1], 5)[0])
+    assert store.count(name) == len(ids) - 1
+    assert store.existing_ids(name, [ids[0], ids[1], 999]) == {ids[1]}
+    got = store.get_vectors(name, [ids[1]])
+    np.testing.assert_allclose(got[ids[1]], vecs[1], atol=1e-6)
+
+
+def test_range_search_matches_reference(filled):
+    store, ref, name, ids, vecs = filled
+    got = store.range_search(name, vecs[3], 0.2, 1000)
+    want = ref.range_search(name, vecs[3], 0.2, 1000)
+    assert [h.id for h in got] == [h.id for h in want]
+    assert all(h.score >= 0.2 for h in got)
+
+
+def test_collection_records_its_model(filled):
+    store, _, name, _, _ = filled
+    info = store.describe(name)
+    assert (info.model_name, info.dim, info.count) == ("m1", DIM, 60)
+    with pytest.raises(Conflict):
+        store.create_collection(name, DIM * 2, "m1", IndexSpec())
+    with pytest.raises(Conflict):
+        store.create_collection(name, DIM, "other-model", IndexSpec())
+    assert name in store.list_collections()
+
+
+def test_unknown_and_invalid_names(store):
+    with pytest.raises(NotFound):
+        store.search(unique("missing"), unit_rows(1, DIM, 0), 3)
+    with pytest.raises(BadRequest):
+        store.has_collection("bad name; drop")
+
+
+@pytest.mark.parametrize("index", [IndexSpec("IVF_FLAT", {"nlist": 8}, {"nprobe": 8}),
+                                   IndexSpec("HNSW", {"M": 8, "efConstruction": 64}, {"ef": 64})])
+def test_approximate_indexes_find_the_exact_neighbours(store, index):
+    name = unique("ix")
+    vecs = unit_rows(300, DIM, seed=3)
+    store.create_collection(name, DIM, "m1", index)
+    store.upsert(name, list(range(300)), vecs)
+    try:
+        assert store.describe(name).index.type == index.type
+        hits = store.search(name, vecs[:20], 5)
+        assert sum(h[0].id == i for i, h in enumerate(hits)) >= 19  # each vector finds itself
+    finally:
+        store.drop_collection(name)
