@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 import numpy as np
-from pymilvus import DataType, MilvusClient
-from pymilvus.exceptions import MilvusException
 
 from operations.errors import DependencyUnavailable, InvalidInput, NotFound, ServiceError
 from operations.names import validate_name
 from operations.stores.milvus_filter import build_filter, ids_filter
+from operations.stores.pymilvus_guard import DataType, MilvusClient, MilvusException
 from operations.stores.vector_base import CollectionInfo, Hit, IndexSpec, SearchFilter, VectorAttrs, check_model
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,83 @@
+"""Fixtures shared by the whole test suite.
+
+Real services (MariaDB, Milvus 2.3 server) start once per session, on first use. They are
+skipped only when SKIP_REAL_SERVICES=1; otherwise a service that fails to start is a test
+ERROR, so CI really runs them. Tests that use them get the `real_services` marker.
+
+Add your own fixtures in tests/fixtures_<area>.py and list the module in `pytest_plugins`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import services
+
+pytest_plugins: list[str] = [
+    "tests.fixtures_stack",
+]
+
+SKIP_ENV = "SKIP_REAL_SERVICES"
+_REAL_SERVICE_FIXTURES = {"mariadb", "milvus_server"}
+
+
+def _skip_if_disabled(what: str) -> None:
+    if os.environ.get(SKIP_ENV) == "1":
+        pytest.skip(f"{what} not started: {SKIP_ENV}=1")
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[services.MariaDBServer]:
+    """A private MariaDB: `.url` (mysql://user:pass@127.0.0.1:port/db), `.stop()`, `.start()`,
+    `.restart()`, `.kill()`, `.pause()`, `with .down():`, `.connect()`, `.create_database()`."""
+    _skip_if_disabled("MariaDB")
+    server = services.MariaDBServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def milvus_server() -> Iterator[services.MilvusTestServer]:
+    """The Milvus 2.3.5 server: `.uri` (http://127.0.0.1:19541), `.stop()`, `.start()`,
+    `.restart()`, `.kill()`, `.pause()`, `with .down():`, `.drop_all_collections()`."""
+    _skip_if_disabled("Milvus server")
+    server = services.MilvusTestServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(autouse=True)
+def _real_services_back_up() -> Iterator[None]:
+    """A test that stopped or paused a session server (and failed before undoing it) must not
+    break the tests after it."""
+    yield
+    for server in services.active_services():
+        server.ensure_running()
+
+
+@pytest.fixture
+def milvus_lite_uri(tmp_path: Path) -> str:
+    """A fresh Milvus Lite file for this test (a Lite file stays locked by this process)."""
+    return str(tmp_path / "milvus.db")
+
+
+@pytest.fixture
+def sqlite_path(tmp_path: Path) -> Path:
+    """A path for a fresh SQLite database file (not created yet)."""
+    return tmp_path / "images.sqlite3"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _REAL_SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.real_services)
