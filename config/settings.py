@@ -43,8 +43,9 @@ class Settings(BaseSettings):
     milvus_uri: str = Field(str(REPO_ROOT / "data" / "milvus.db"), description="Milvus Lite file, or http://host:port of a server")
     milvus_token: str = Field("", description="user:password or token for a secured Milvus")
     milvus_timeout_s: float = Field(10.0, gt=0, le=600)
-    milvus_consistency: Literal["Strong", "Session", "Bounded", "Eventually"] = Field(
-        "Strong", description="read consistency; Strong makes a delete or add visible to the next search")
+    milvus_consistency: Literal["Adaptive", "Strong", "Session", "Bounded", "Eventually"] = Field(
+        "Adaptive", description="Adaptive: Strong reads for 10 s after this process wrote to a collection, "
+                                "Bounded otherwise; Strong: always")
     index_type: Literal["FLAT", "IVF_FLAT", "HNSW"] = "FLAT"
     index_params: dict = Field(default_factory=dict, description='JSON, e.g. {"nlist":1024} or {"M":16,"efConstruction":200}')
     search_params: dict = Field(default_factory=dict, description='JSON, e.g. {"nprobe":16} or {"ef":64}')

@@ -44,8 +44,9 @@ def probe(data: bytes) -> tuple[str, int, int]:
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt, size = im.format, im.size
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UnsupportedMedia(f"not an image: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        # Pillow's message names a memory address; say what matters instead.
+        raise UnsupportedMedia("not an image: the bytes are not in a known image format") from None
     if fmt not in MIME_BY_FORMAT:
         raise UnsupportedMedia(f"unsupported image format {fmt}")
     return MIME_BY_FORMAT[fmt], size[0], size[1]

@@ -28,6 +28,16 @@ def stack_settings(request, tmp_path):
     return backend_settings(request, tmp_path, request.param)
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_client(request, tmp_path_factory):
+    """One app per backend for a whole module (creating Milvus collections takes seconds)."""
+    settings = backend_settings(request, tmp_path_factory.mktemp("stack"), request.param)
+    svc = make_services(settings)
+    with TestClient(create_app(settings, svc)) as c:
+        c.services = svc
+        yield c
+
+
 @pytest.fixture
 def services(stack_settings):
     svc = make_services(stack_settings)

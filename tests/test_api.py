@@ -25,9 +25,14 @@ def wait_job(client, job_id: str, timeout: float = 120) -> dict:
     raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
+def client(module_client):
+    return module_client
+
+
+@pytest.fixture(scope="module")
 def loaded(client):
-    """A split of N images with precomputed features, loaded through the API."""
+    """A split of N images with precomputed features, loaded through the API (once per backend)."""
     settings = client.services.settings
     collection = unique("api")
     ids, feats = write_dataset(settings.data_root / "ds", "valid", N, tiny_encoder().dim, seed=5)
@@ -184,7 +189,7 @@ def _png(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize("case", ["not_image", "truncated", "too_many_bytes", "too_many_pixels", "empty_query",
                                   "top_k", "long_query", "bad_filter", "bad_collection_name", "unknown_collection",
-                                  "unknown_image", "path_escape", "extra_field"])
+                                  "unknown_image", "path_escape", "extra_field", "bad_upload_in_batch"])
 def test_bad_input_gets_a_clear_error_and_changes_nothing(client, loaded, case):
     collection, ids, _ = loaded
     settings = client.services.settings
@@ -193,50 +198,54 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(client, loaded, case):
     def search(**body):
         return client.post("/img/search", json={"collection": collection, "query": "红色", **body})
 
-    def upload(data: bytes):
-        return client.post(f"/img/images/{collection}", files={"files": ("f.jpg", data, "image/jpeg")})
+    def image_search(name: str, data: bytes, mime: str = "image/jpeg"):
+        return client.post("/img/search/image", files={"file": (name, data, mime)}, data={"collection": collection})
 
-    expected, response = {
-        "not_image": lambda: (415, client.post("/img/search/image", files={"file": ("a.jpg", b"%PDF-1.4", "x")},
-                                               data={"collection": collection})),
-        "truncated": lambda: (422, client.post("/img/search/image", files={"file": ("a.jpg", full[:len(full) // 2],
-                                                                                    "image/jpeg")},
-                                               data={"collection": collection})),
-        "too_many_bytes": lambda: (413, client.post("/img/search/image", files={
-            "file": ("a.jpg", b"\xff" * (settings.max_upload_bytes + 2 * 1024 * 1024), "image/jpeg")},
-            data={"collection": collection})),
-        "too_many_pixels": lambda: (413, client.post("/img/search/image", files={
-            "file": ("a.png", _png(8000, 6000), "image/png")}, data={"collection": collection})),
-        "empty_query": lambda: (422, search(query="")),
-        "top_k": lambda: (422, search(top_k=0)),
-        "long_query": lambda: (422, search(query="很长的句子" * 20)),
-        "bad_filter": lambda: (422, search(filters={"sources": ['a" or id > 0 or "']})),
-        "bad_collection_name": lambda: (400, search(collection="x;drop")),
-        "unknown_collection": lambda: (404, search(collection=unique("nope"))),
-        "unknown_image": lambda: (404, client.get(f"/img/images/{collection}/987654321")),
-        "path_escape": lambda: (400, client.post("/img/load", json={"dataset": "../../etc", "split": "valid",
+    requests = {
+        "not_image": (415, lambda: image_search("a.jpg", b"%PDF-1.4 not an image")),
+        "truncated": (422, lambda: image_search("a.jpg", full[: len(full) // 2])),
+        "too_many_bytes": (413, lambda: image_search("a.jpg", b"\xff" * (settings.max_upload_bytes + 2 * 1024 * 1024))),
+        "too_many_pixels": (413, lambda: image_search("a.png", _png(8000, 6000), "image/png")),
+        "empty_query": (422, lambda: search(query="")),
+        "top_k": (422, lambda: search(top_k=0)),
+        "long_query": (422, lambda: search(query="很长的句子" * 20)),
+        "bad_filter": (422, lambda: search(filters={"sources": ['a" or id > 0 or "']})),
+        "bad_collection_name": (400, lambda: search(collection="x;drop")),
+        "unknown_collection": (404, lambda: search(collection=unique("nope"))),
+        "unknown_image": (404, lambda: client.get(f"/img/images/{collection}/987654321")),
+        "path_escape": (400, lambda: client.post("/img/load", json={"dataset": "../../etc", "split": "valid",
                                                                     "collection": collection})),
-        "extra_field": lambda: (422, search(unexpected=1)),
-    }[case]()
+        "extra_field": (422, lambda: search(unexpected=1)),
+        "bad_upload_in_batch": (413, lambda: client.post(f"/img/images/{collection}", files=[
+            ("files", ("ok.jpg", jpeg(555), "image/jpeg")),
+            ("files", ("huge.jpg", b"\xff" * (settings.max_upload_bytes + 1), "image/jpeg"))])),
+    }
+    before = client.get(f"/img/collections/{collection}/count").json()
+    expected, send = requests[case]
+    response = send()
     assert response.status_code == expected, response.text
     err = response.json()["error"]
     assert err["code"] and err["message"]
     # The service still answers and nothing was stored or lost.
     assert client.get("/healthz").status_code == 200
-    counts = client.get(f"/img/collections/{collection}/count").json()
-    assert counts["images"] == counts["vectors"] == N
-    assert upload(full).json()["results"][0]["status"] == "added"
+    assert client.get(f"/img/collections/{collection}/count").json() == before
+    assert search(top_k=3).status_code == 200
 
 
-def test_writes_need_the_api_key_when_configured(client, loaded):
-    collection, ids, _ = loaded
+def test_writes_need_the_api_key_when_configured(client):
+    collection = unique("key")
+    assert client.post("/img/collections", json={"name": collection}).status_code == 201
+    added = client.post(f"/img/images/{collection}", files={"files": ("k.jpg", jpeg(4242), "image/jpeg")}).json()
+    image_id = added["results"][0]["id"]
     client.services.settings.api_key = "s3cret"
     try:
-        assert client.delete(f"/img/images/{collection}/{ids[0]}").status_code == 401
-        assert client.delete(f"/img/collections/{collection}").status_code == 401
-        ok = client.delete(f"/img/images/{collection}/{ids[0]}", headers={"X-API-Key": "s3cret"})
+        assert client.delete(f"/img/images/{collection}/{image_id}").status_code == 401
+        assert client.delete(f"/img/collections/{collection}", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.post("/img/load", json={"dataset": "ds", "split": "valid"}).status_code == 401
+        ok = client.delete(f"/img/images/{collection}/{image_id}", headers={"X-API-Key": "s3cret"})
         assert ok.status_code == 200
         assert client.post("/img/search", json={"query": "红色", "collection": collection}).status_code == 200
+        assert client.delete(f"/img/collections/{collection}", headers={"X-API-Key": "s3cret"}).status_code == 200
     finally:
         client.services.settings.api_key = ""
 

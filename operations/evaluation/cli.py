@@ -34,8 +34,12 @@ def _print(obj: dict) -> None:
 
 
 def _dataset_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset-dir", type=Path, default=DEFAULT_DATASET,
-                   help="directory with ${split}_imgs.tsv etc. (default: <repo>/datasets/data/demo)")
+    p.add_argument(
+        "--dataset-dir",
+        type=Path,
+        default=DEFAULT_DATASET,
+        help="directory with ${split}_imgs.tsv etc. (default: <repo>/datasets/data/demo)",
+    )
     p.add_argument("--split", default="valid", help="dataset split (default: valid)")
 
 
@@ -46,16 +50,23 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", help="MODEL_ARCH: JSON config file, 'VISION@TEXT' struct or cn_clip name")
     g.add_argument("--device", help="DEVICE: auto, cpu, cuda, cuda:N")
     g.add_argument("--half", action="store_true", default=None, help="fp16 inference (GPU only)")
-    g.add_argument("--random-init", action="store_true", default=None,
-                   help="random weights (benchmarks/tests only)")
+    g.add_argument(
+        "--random-init", action="store_true", default=None, help="random weights (benchmarks/tests only)"
+    )
 
 
 def _settings(args: argparse.Namespace):
     from config.settings import load_settings
 
     overrides = {}
-    for flag, key in (("model_name", "model_name"), ("checkpoint", "model_checkpoint"), ("arch", "model_arch"),
-                      ("device", "device"), ("half", "half_precision"), ("random_init", "model_random_init")):
+    for flag, key in (
+        ("model_name", "model_name"),
+        ("checkpoint", "model_checkpoint"),
+        ("arch", "model_arch"),
+        ("device", "device"),
+        ("half", "half_precision"),
+        ("random_init", "model_random_init"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
@@ -71,10 +82,17 @@ def _encoder(args: argparse.Namespace):
     except ImportError:  # before the factory existed
         from operations.encoding.clip_encoder import ClipEncoder, ModelSpec
 
-        return ClipEncoder.load(ModelSpec(name=settings.model_name, checkpoint=settings.model_checkpoint,
-                                          arch=settings.model_arch, download_root=settings.model_download_root,
-                                          device=settings.device, half=settings.half_precision,
-                                          random_init=settings.model_random_init))
+        return ClipEncoder.load(
+            ModelSpec(
+                name=settings.model_name,
+                checkpoint=settings.model_checkpoint,
+                arch=settings.model_arch,
+                download_root=settings.model_download_root,
+                device=settings.device,
+                half=settings.half_precision,
+                random_init=settings.model_random_init,
+            )
+        )
     return build_encoder(settings)
 
 
@@ -112,14 +130,25 @@ def cmd_extract(args: argparse.Namespace) -> int:
     encoder = _encoder(args)
     out: dict = {"model": encoder.model_name, "dim": encoder.dim}
     if args.texts:
-        report = extract_text_features(encoder, args.text_data or paths.texts_jsonl,
-                                       args.text_feat_output or paths.txt_feat, args.text_batch_size,
-                                       args.text_preprocess, progress=not args.quiet)
+        report = extract_text_features(
+            encoder,
+            args.text_data or paths.texts_jsonl,
+            args.text_feat_output or paths.txt_feat,
+            args.text_batch_size,
+            args.text_preprocess,
+            progress=not args.quiet,
+        )
         out["texts"] = report.as_dict()
     if args.images:
         source = args.image_data or (paths.imgs_tsv if args.image_source == "tsv" else paths.lmdb_imgs)
-        report = extract_image_features(encoder, source, args.image_feat_output or paths.img_feat,
-                                        args.img_batch_size, args.workers, progress=not args.quiet)
+        report = extract_image_features(
+            encoder,
+            source,
+            args.image_feat_output or paths.img_feat,
+            args.img_batch_size,
+            args.workers,
+            progress=not args.quiet,
+        )
         out["images"] = {"source": str(source), **report.as_dict()}
     _print(out)
     return 0
@@ -132,10 +161,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not args.via_store:
         from operations.evaluation.knn import predict_files
 
-        output = args.output or (paths.predictions if args.direction == "t2i"
-                                 else paths.dataset_dir / f"{args.split}_predictions.tr.jsonl")
-        _print(predict_files(image_feats, text_feats, output, args.top_k, args.direction,
-                             args.query_chunk, args.index_chunk, progress=not args.quiet))
+        output = args.output or (
+            paths.predictions
+            if args.direction == "t2i"
+            else paths.dataset_dir / f"{args.split}_predictions.tr.jsonl"
+        )
+        _print(
+            predict_files(
+                image_feats,
+                text_feats,
+                output,
+                args.top_k,
+                args.direction,
+                args.query_chunk,
+                args.index_chunk,
+                progress=not args.quiet,
+            )
+        )
         return 0
     if args.direction != "t2i":
         raise SystemExit("--via-store predicts text->image only (the store holds image vectors)")
@@ -150,15 +192,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         if args.load or args.recreate:
             settings = _settings(args)
-            index = IndexSpec(args.index_type or settings.index_type,
-                              json.loads(args.index_params) if args.index_params else dict(settings.index_params),
-                              json.loads(args.search_params) if args.search_params else dict(settings.search_params))
-            result["load"] = load_features_into_store(store, collection, image_feats,
-                                                      args.store_model_name or settings.model_name,
-                                                      index.check(), args.load_batch_size,
-                                                      recreate=args.recreate)
-        result["predict"] = predict_files_via_store(store, collection, text_feats, output, args.top_k,
-                                                    args.search_batch_size, progress=not args.quiet)
+            index = IndexSpec(
+                args.index_type or settings.index_type,
+                json.loads(args.index_params) if args.index_params else dict(settings.index_params),
+                json.loads(args.search_params) if args.search_params else dict(settings.search_params),
+            )
+            result["load"] = load_features_into_store(
+                store,
+                collection,
+                image_feats,
+                args.store_model_name or settings.model_name,
+                index.check(),
+                args.load_batch_size,
+                recreate=args.recreate,
+            )
+        result["predict"] = predict_files_via_store(
+            store, collection, text_feats, output, args.top_k, args.search_batch_size, progress=not args.quiet
+        )
     finally:
         store.close()
     _print(result)
@@ -199,14 +249,18 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m operations.evaluation.cli", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m operations.evaluation.cli",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("build-lmdb", help="build cn_clip's LMDB from tsv/jsonl")
-    p.add_argument("--dataset-dir", type=Path, default=DEFAULT_DATASET,
-                   help="default: <repo>/datasets/data/demo")
+    p.add_argument(
+        "--dataset-dir", type=Path, default=DEFAULT_DATASET, help="default: <repo>/datasets/data/demo"
+    )
     p.add_argument("--splits", default="valid", help="comma-separated splits (default: valid)")
     p.add_argument("--lmdb-dir", type=Path, default=None, help="default: <dataset-dir>/lmdb")
     p.set_defaults(func=cmd_build_lmdb)
@@ -216,8 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--images", action="store_true", help="extract image features (default: both)")
     p.add_argument("--texts", action="store_true", help="extract text features (default: both)")
-    p.add_argument("--image-source", choices=("lmdb", "tsv"), default="lmdb",
-                   help="read images from lmdb/${split}/imgs (default) or ${split}_imgs.tsv")
+    p.add_argument(
+        "--image-source",
+        choices=("lmdb", "tsv"),
+        default="lmdb",
+        help="read images from lmdb/${split}/imgs (default) or ${split}_imgs.tsv",
+    )
     p.add_argument("--image-data", type=Path, help="explicit LMDB dir or tsv file")
     p.add_argument("--text-data", type=Path, help="explicit texts jsonl")
     p.add_argument("--image-feat-output", type=Path, help="default ${split}_imgs.img_feat.jsonl")
@@ -225,8 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-batch-size", type=int, default=64)
     p.add_argument("--text-batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="image decode threads (default 2)")
-    p.add_argument("--text-preprocess", choices=("cn_clip", "none"), default="cn_clip",
-                   help="cn_clip: eval's lower()+quote normalisation (default); none: as service queries")
+    p.add_argument(
+        "--text-preprocess",
+        choices=("cn_clip", "none"),
+        default="cn_clip",
+        help="cn_clip: eval's lower()+quote normalisation (default); none: as service queries",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
 
@@ -234,8 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     _dataset_args(p)
     p.add_argument("--image-feats", type=Path)
     p.add_argument("--text-feats", type=Path)
-    p.add_argument("--output", type=Path, help="default ${split}_predictions.jsonl "
-                   "(--via-store: ${split}_predictions.store.jsonl)")
+    p.add_argument(
+        "--output",
+        type=Path,
+        help="default ${split}_predictions.jsonl (--via-store: ${split}_predictions.store.jsonl)",
+    )
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--direction", choices=("t2i", "i2t"), default="t2i")
     p.add_argument("--query-chunk", type=int, default=1024, help="exact: queries per matrix product")
@@ -259,8 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     _dataset_args(p)
     p.add_argument("--texts", type=Path, help="ground truth: ${split}_texts.jsonl")
     p.add_argument("--predictions", type=Path, help="default ${split}_predictions.jsonl")
-    p.add_argument("--direction", choices=("t2i", "i2t"), default="t2i",
-                   help="i2t: predictions {image_id, text_ids} (evaluation_tr.py)")
+    p.add_argument(
+        "--direction",
+        choices=("t2i", "i2t"),
+        default="t2i",
+        help="i2t: predictions {image_id, text_ids} (evaluation_tr.py)",
+    )
     p.add_argument("--output", type=Path, help="also write the JSON here (cn_clip's output file)")
     p.set_defaults(func=cmd_evaluate)
 
@@ -269,8 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", type=Path, help="reference predictions (e.g. exact)")
     p.add_argument("b", type=Path, help="predictions to check (e.g. via the store)")
     p.add_argument("--tie-eps", type=float, default=1e-6, help="scores closer than this are tied")
-    p.add_argument("--rescore", action="store_true",
-                   help="recompute scores from the feature files instead of trusting the files' scores")
+    p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="recompute scores from the feature files instead of trusting the files' scores",
+    )
     p.add_argument("--image-feats", type=Path)
     p.add_argument("--text-feats", type=Path)
     p.add_argument("--examples", type=int, default=5, help="disagreeing queries to show")
@@ -281,8 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     from config.settings import SettingsError
     from operations.errors import ServiceError
 

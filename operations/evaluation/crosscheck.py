@@ -15,8 +15,8 @@ items or which of several tied items made the cut at rank k.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -73,8 +73,9 @@ def compare_one(a: Ranked, b: Ranked, tie_eps: float = 1e-6) -> dict:
 Scorer = Callable[[int, Sequence[int]], Sequence[float]]
 
 
-def feature_scorer(query_ids: np.ndarray, query_feats: np.ndarray, item_ids: np.ndarray,
-                   item_feats: np.ndarray) -> Scorer:
+def feature_scorer(
+    query_ids: np.ndarray, query_feats: np.ndarray, item_ids: np.ndarray, item_feats: np.ndarray
+) -> Scorer:
     """A scorer giving the true inner product of (query, item) from feature matrices.
 
     With it the cross-check does not trust the scores written in either file.
@@ -89,9 +90,15 @@ def feature_scorer(query_ids: np.ndarray, query_feats: np.ndarray, item_ids: np.
     return score
 
 
-def crosscheck(a: PathLike | Mapping, b: PathLike | Mapping, tie_eps: float = 1e-6,
-               query_key: str = "text_id", result_key: str = "image_ids", max_examples: int = 5,
-               rescore: Scorer | None = None) -> dict:
+def crosscheck(
+    a: PathLike | Mapping,
+    b: PathLike | Mapping,
+    tie_eps: float = 1e-6,
+    query_key: str = "text_id",
+    result_key: str = "image_ids",
+    max_examples: int = 5,
+    rescore: Scorer | None = None,
+) -> dict:
     """Summary of how far prediction set `b` agrees with reference set `a`.
 
     Each side is a predictions file or a mapping query id -> ids,
@@ -114,8 +121,15 @@ def crosscheck(a: PathLike | Mapping, b: PathLike | Mapping, tie_eps: float = 1e
         identical += m["identical"]
         tie_aware += m["tie_aware"]
         if not m["tie_aware"] and len(examples) < max_examples:
-            examples.append({"query_id": qid, "a": list(pa[qid].ids), "b": list(pb[qid].ids),
-                             "a_scores": pa[qid].scores, "b_scores": pb[qid].scores})
+            examples.append(
+                {
+                    "query_id": qid,
+                    "a": list(pa[qid].ids),
+                    "b": list(pb[qid].ids),
+                    "a_scores": pa[qid].scores,
+                    "b_scores": pb[qid].scores,
+                }
+            )
     n = len(common)
     return {
         "queries": n,
@@ -124,8 +138,8 @@ def crosscheck(a: PathLike | Mapping, b: PathLike | Mapping, tie_eps: float = 1e
         **{f"mean_{key}": (v / n if n else None) for key, v in sums.items()},
         "identical_order_fraction": identical / n if n else None,
         "tie_aware_agreement": tie_aware / n if n else None,
-        "scores_available": bool(n) and all(pa[q].scores is not None and pb[q].scores is not None
-                                            for q in common),
+        "scores_available": bool(n)
+        and all(pa[q].scores is not None and pb[q].scores is not None for q in common),
         "tie_eps": tie_eps,
         "rescored": rescore is not None,
         "disagreements": n - tie_aware,

@@ -16,17 +16,25 @@ import io
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
-from datasets.formats import (BadRecord, FeatureWriter, ImageRecord, PathLike, TextRecord,
-                              iter_image_tsv, iter_texts)
+from datasets.formats import (
+    BadRecord,
+    FeatureWriter,
+    ImageRecord,
+    PathLike,
+    TextRecord,
+    iter_image_tsv,
+    iter_texts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +57,16 @@ class ExtractReport:
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
-        return {"output": self.output, "written": self.written, "bad": len(self.bad),
-                "bad_examples": [{"line_no": b.line_no, "reason": b.reason, "record_id": b.record_id}
-                                 for b in self.bad[:10]],
-                "seconds": round(self.seconds, 3),
-                "per_second": round(self.written / self.seconds, 2) if self.seconds else None}
+        return {
+            "output": self.output,
+            "written": self.written,
+            "bad": len(self.bad),
+            "bad_examples": [
+                {"line_no": b.line_no, "reason": b.reason, "record_id": b.record_id} for b in self.bad[:10]
+            ],
+            "seconds": round(self.seconds, 3),
+            "per_second": round(self.written / self.seconds, 2) if self.seconds else None,
+        }
 
 
 def cn_clip_text_preprocess(text: str) -> str:
@@ -80,20 +93,35 @@ def decode_image(data: bytes) -> Image.Image:
     return image
 
 
-def _prepare(encoder: PixelEncoder, batch: list[ImageRecord]) -> tuple[list[int], torch.Tensor | None, list[BadRecord]]:
-    ids, images, bad = [], [], []
+def _prepare(
+    encoder: PixelEncoder, batch: list[ImageRecord]
+) -> tuple[list[int], torch.Tensor | None, list[BadRecord]]:
+    decoded: list[tuple[ImageRecord, Image.Image]] = []
+    bad: list[BadRecord] = []
     for rec in batch:
         try:
-            images.append(decode_image(rec.data))
-            ids.append(rec.image_id)
-        except Exception as exc:  # any undecodable image is one bad record
+            decoded.append((rec, decode_image(rec.data)))
+        except Exception as exc:  # noqa: BLE001 (PIL raises many types; one bad record)
             bad.append(BadRecord(rec.line_no, f"cannot decode image: {exc}", rec.image_id))
-    pixels = encoder.preprocess_images(images) if images else None
-    return ids, pixels, bad
+    if not decoded:
+        return [], None, bad
+    try:
+        return [r.image_id for r, _ in decoded], encoder.preprocess_images([im for _, im in decoded]), bad
+    except Exception:  # noqa: BLE001, S110 (an odd image can fail the transform: find which, below)
+        pass
+    ids, tensors = [], []
+    for rec, image in decoded:
+        try:
+            tensors.append(encoder.preprocess_images([image]))
+            ids.append(rec.image_id)
+        except Exception as exc:  # noqa: BLE001
+            bad.append(BadRecord(rec.line_no, f"cannot preprocess image: {exc}", rec.image_id))
+    return ids, (torch.cat(tensors) if tensors else None), bad
 
 
-def _batches(records: Iterable[ImageRecord | BadRecord], size: int, bad: list[BadRecord]
-             ) -> Iterator[list[ImageRecord]]:
+def _batches(
+    records: Iterable[ImageRecord | BadRecord], size: int, bad: list[BadRecord]
+) -> Iterator[list[ImageRecord]]:
     batch: list[ImageRecord] = []
     for rec in records:
         if isinstance(rec, BadRecord):
@@ -107,9 +135,14 @@ def _batches(records: Iterable[ImageRecord | BadRecord], size: int, bad: list[Ba
         yield batch
 
 
-def iter_image_features(encoder: PixelEncoder, records: Iterable[ImageRecord | BadRecord],
-                        batch_size: int = 64, workers: int = 2, prefetch: int | None = None,
-                        bad: list[BadRecord] | None = None) -> Iterator[tuple[list[int], np.ndarray]]:
+def iter_image_features(
+    encoder: PixelEncoder,
+    records: Iterable[ImageRecord | BadRecord],
+    batch_size: int = 64,
+    workers: int = 2,
+    prefetch: int | None = None,
+    bad: list[BadRecord] | None = None,
+) -> Iterator[tuple[list[int], np.ndarray]]:
     """Yield (image ids, features) per batch, decoding ahead in a thread pool.
 
     At most `prefetch` (default workers + 1) batches are decoded ahead, which
@@ -136,18 +169,26 @@ def iter_image_features(encoder: PixelEncoder, records: Iterable[ImageRecord | B
                 yield ids, encoder.encode_pixels(pixels)
 
 
-def extract_image_features(encoder: PixelEncoder, source: PathLike, output: PathLike,
-                           batch_size: int = 64, workers: int = 2, progress: bool = True) -> ExtractReport:
+def extract_image_features(
+    encoder: PixelEncoder,
+    source: PathLike,
+    output: PathLike,
+    batch_size: int = 64,
+    workers: int = 2,
+    progress: bool = True,
+) -> ExtractReport:
     """Write `{"image_id", "feature"}` lines for every readable image of `source`."""
     report = ExtractReport(str(output))
     start = time.perf_counter()
     bar = None
     if progress:
         from tqdm import tqdm
+
         bar = tqdm(unit="img", desc="image features")
     with FeatureWriter(output, "image_id") as writer:
-        for ids, feats in iter_image_features(encoder, iter_image_source(source), batch_size,
-                                              workers, bad=report.bad):
+        for ids, feats in iter_image_features(
+            encoder, iter_image_source(source), batch_size, workers, bad=report.bad
+        ):
             writer.write(ids, feats)
             if bar is not None:
                 bar.update(len(ids))
@@ -160,9 +201,14 @@ def extract_image_features(encoder: PixelEncoder, source: PathLike, output: Path
     return report
 
 
-def extract_text_features(encoder: PixelEncoder, texts_jsonl: PathLike, output: PathLike,
-                          batch_size: int = 64, preprocess: str = "cn_clip",
-                          progress: bool = True) -> ExtractReport:
+def extract_text_features(
+    encoder: PixelEncoder,
+    texts_jsonl: PathLike,
+    output: PathLike,
+    batch_size: int = 64,
+    preprocess: str = "cn_clip",
+    progress: bool = True,
+) -> ExtractReport:
     """Write `{"text_id", "feature"}` lines for every readable text of `texts_jsonl`.
 
     preprocess "cn_clip" applies cn_clip eval's text normalisation (the
@@ -176,6 +222,7 @@ def extract_text_features(encoder: PixelEncoder, texts_jsonl: PathLike, output: 
     bar = None
     if progress:
         from tqdm import tqdm
+
         bar = tqdm(unit="text", desc="text features")
 
     def flush(batch: list[TextRecord]) -> None:

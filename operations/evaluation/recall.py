@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from datasets.formats import PathLike
 
@@ -54,8 +54,13 @@ def read_i2t_reference(texts_jsonl: PathLike) -> dict[int, list[int]]:
     return reference
 
 
-def read_submission(path: PathLike, reference: Mapping[int, Sequence[int]], k: int = NUM_K,
-                    query_key: str = "text_id", result_key: str = "image_ids") -> dict[int, list[int]]:
+def read_submission(
+    path: PathLike,
+    reference: Mapping[int, Sequence[int]],
+    k: int = NUM_K,
+    query_key: str = "text_id",
+    result_key: str = "image_ids",
+) -> dict[int, list[int]]:
     """Read and validate a predictions file with the checks and messages of cn_clip's script."""
     q_name = query_key.capitalize()
     item = result_key[:-4]  # "image" / "text"
@@ -67,45 +72,58 @@ def read_submission(path: PathLike, reference: Mapping[int, Sequence[int]], k: i
             line = line.strip()
             try:
                 obj = json.loads(line)
-            except Exception:
+            except (ValueError, RecursionError):  # cn_clip: a bare except
                 raise EvaluationError(f"Cannot parse this line into json object: {line}") from None
             if not isinstance(obj, dict) or query_key not in obj:
                 raise EvaluationError(f"There exists one line not containing {query_key}: {line}")
             qid = obj[query_key]
             if not isinstance(qid, int):
-                raise EvaluationError(f"Found an invalid {query_key} {qid}, it should be an integer "
-                                      "(not string), please check your schema")
+                raise EvaluationError(
+                    f"Found an invalid {query_key} {qid}, it should be an integer "
+                    "(not string), please check your schema"
+                )
             if result_key not in obj:
-                raise EvaluationError(f"There exists one line not containing the predicted {result_key}: {line}")
+                raise EvaluationError(
+                    f"There exists one line not containing the predicted {result_key}: {line}"
+                )
             ids = obj[result_key]
             submission_check(qid, ids, k, q_name, item, result_key)
             submission[qid] = ids
     missing = set(reference) - set(submission)
     if missing:
-        raise EvaluationError(f"The following {query_key}s have no prediction in your submission, "
-                              f"please check again: {', '.join(str(i) for i in missing)}")
+        raise EvaluationError(
+            f"The following {query_key}s have no prediction in your submission, "
+            f"please check again: {', '.join(str(i) for i in missing)}"
+        )
     return submission
 
 
-def submission_check(qid: int, ids: object, k: int, q_name: str = "Text_id", item: str = "image",
-                     result_key: str = "image_ids") -> None:
+def submission_check(
+    qid: int, ids: object, k: int, q_name: str = "Text_id", item: str = "image", result_key: str = "image_ids"
+) -> None:
     if not isinstance(ids, list):
-        raise EvaluationError(f"The {result_key} field of {q_name.lower()} {qid} is not a list, "
-                              "please check your schema")
+        raise EvaluationError(
+            f"The {result_key} field of {q_name.lower()} {qid} is not a list, please check your schema"
+        )
     if len(ids) != k:
-        raise EvaluationError(f"{q_name} {qid} has wrong number of predicted {result_key}! "
-                              f"Require {k}, but {len(ids)} founded.")
+        raise EvaluationError(
+            f"{q_name} {qid} has wrong number of predicted {result_key}! Require {k}, but {len(ids)} founded."
+        )
     for rank, i in enumerate(ids):
         if not isinstance(i, int):
-            raise EvaluationError(f"{q_name} {qid} has an invalid predicted {item}_id {i} at rank "
-                                  f"{rank + 1}, it should be an integer (not string), please check your schema")
+            raise EvaluationError(
+                f"{q_name} {qid} has an invalid predicted {item}_id {i} at rank "
+                f"{rank + 1}, it should be an integer (not string), please check your schema"
+            )
     if len(set(ids)) != k:
-        raise EvaluationError(f"{q_name} {qid} has duplicate topk {item}s in your prediction. "
-                              "Pleace check again!")
+        raise EvaluationError(
+            f"{q_name} {qid} has duplicate topk {item}s in your prediction. Pleace check again!"
+        )
 
 
-def recall_scores(reference: Mapping[int, Sequence[int]], predictions: Mapping[int, Sequence[int]]
-                  ) -> tuple[float, float, float]:
+def recall_scores(
+    reference: Mapping[int, Sequence[int]], predictions: Mapping[int, Sequence[int]]
+) -> tuple[float, float, float]:
     """(r1, r5, r10) as fractions; every reference query counts."""
     if not reference:
         raise EvaluationError("The reference holds no queries")
@@ -123,9 +141,17 @@ def recall_scores(reference: Mapping[int, Sequence[int]], predictions: Mapping[i
 def score_json(r1: float, r5: float, r10: float) -> dict:
     """cn_clip's `report_score` dict (percentages)."""
     mean_recall = (r1 + r5 + r10) / 3.0
-    return {"success": True, "score": mean_recall * 100,
-            "scoreJson": {"score": mean_recall * 100, "mean_recall": mean_recall * 100,
-                          "r1": r1 * 100, "r5": r5 * 100, "r10": r10 * 100}}
+    return {
+        "success": True,
+        "score": mean_recall * 100,
+        "scoreJson": {
+            "score": mean_recall * 100,
+            "mean_recall": mean_recall * 100,
+            "r1": r1 * 100,
+            "r5": r5 * 100,
+            "r10": r10 * 100,
+        },
+    }
 
 
 def error_json(message: str) -> dict:

@@ -9,7 +9,7 @@ it with the exact predictions.
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -18,10 +18,16 @@ from operations.evaluation.knn import TopK, _iter_chunks
 from operations.stores.vector_base import IndexSpec, VectorStore
 
 
-def load_features_into_store(store: VectorStore, collection: str, image_feats: PathLike,
-                             model_name: str, index: IndexSpec | None = None,
-                             batch_size: int = 1000, recreate: bool = False,
-                             expected_dim: int | None = None) -> dict:
+def load_features_into_store(
+    store: VectorStore,
+    collection: str,
+    image_feats: PathLike,
+    model_name: str,
+    index: IndexSpec | None = None,
+    batch_size: int = 1000,
+    recreate: bool = False,
+    expected_dim: int | None = None,
+) -> dict:
     """Upsert every good line of an image feature file into `collection`.
 
     The collection is created (with `index`, default FLAT) when missing, or
@@ -47,8 +53,9 @@ def load_features_into_store(store: VectorStore, collection: str, image_feats: P
         if dim is None:
             dim = rec.vector.shape[0]
         if rec.vector.shape[0] != dim:
-            bad.append(BadRecord(rec.line_no, f"feature has dimension {rec.vector.shape[0]}, expected {dim}",
-                                 rec.id))
+            bad.append(
+                BadRecord(rec.line_no, f"feature has dimension {rec.vector.shape[0]}, expected {dim}", rec.id)
+            )
             continue
         if written == 0 and not ids:
             store.create_collection(collection, dim, model_name, index)
@@ -59,12 +66,24 @@ def load_features_into_store(store: VectorStore, collection: str, image_feats: P
             ids, rows = [], []
     if ids:
         written += flush()
-    return {"collection": collection, "upserted": written, "dim": dim, "bad": len(bad),
-            "bad_examples": [repr(b) for b in bad[:5]], "seconds": round(time.perf_counter() - start, 3)}
+    return {
+        "collection": collection,
+        "upserted": written,
+        "dim": dim,
+        "bad": len(bad),
+        "bad_examples": [repr(b) for b in bad[:5]],
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
-def predict_via_store(store: VectorStore, collection: str, query_feats: np.ndarray, k: int = 10,
-                      query_ids: np.ndarray | None = None, batch_size: int = 256) -> TopK:
+def predict_via_store(
+    store: VectorStore,
+    collection: str,
+    query_feats: np.ndarray,
+    k: int = 10,
+    query_ids: np.ndarray | None = None,
+    batch_size: int = 256,
+) -> TopK:
     """Top-k of each query row from `store.search`, batched; ids best first.
 
     A query the store answers with fewer than k hits is padded with id -1 and
@@ -77,7 +96,7 @@ def predict_via_store(store: VectorStore, collection: str, query_feats: np.ndarr
     ids = np.full((n, k), -1, np.int64)
     scores = np.full((n, k), -np.inf, np.float32)
     for start in range(0, n, batch_size):
-        hits = store.search(collection, query_feats[start:start + batch_size], k)
+        hits = store.search(collection, query_feats[start : start + batch_size], k)
         for row, row_hits in enumerate(hits):
             for col, hit in enumerate(row_hits[:k]):
                 ids[start + row, col] = hit.id
@@ -85,9 +104,15 @@ def predict_via_store(store: VectorStore, collection: str, query_feats: np.ndarr
     return TopK(np.asarray(query_ids, np.int64), ids, scores)
 
 
-def predict_files_via_store(store: VectorStore, collection: str, text_feats: PathLike,
-                            output: PathLike, k: int = 10, batch_size: int = 256,
-                            progress: bool = False) -> dict:
+def predict_files_via_store(
+    store: VectorStore,
+    collection: str,
+    text_feats: PathLike,
+    output: PathLike,
+    k: int = 10,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> dict:
     """Text->image predictions file answered by the store (text features streamed).
 
     A short answer (fewer than k hits) is written short, counted in
@@ -111,9 +136,17 @@ def predict_files_via_store(store: VectorStore, collection: str, text_feats: Pat
     it = rows()
     if progress:
         from tqdm import tqdm
+
         it = tqdm(it, unit="query", desc="store top-k")
     n = write_predictions_jsonl(output, it)
     seconds = time.perf_counter() - start
-    return {"output": str(output), "collection": collection, "k": k, "queries": n,
-            "short_answers": short, "bad_query_records": len(bad), "seconds": round(seconds, 3),
-            "queries_per_second": round(n / seconds, 1) if seconds else None}
+    return {
+        "output": str(output),
+        "collection": collection,
+        "k": k,
+        "queries": n,
+        "short_answers": short,
+        "bad_query_records": len(bad),
+        "seconds": round(seconds, 3),
+        "queries_per_second": round(n / seconds, 1) if seconds else None,
+    }

@@ -4,9 +4,14 @@ Why the choices here:
 - The primary key is the image id (no auto id), so a vector and its SQL row
   share one key and a re-run load can upsert without duplicates.
 - Metric IP on L2-normalised vectors: the score is the cosine, best first.
-- Consistency "Strong" by default: measured on the 2.3 server, "Session" still
-  returned an id right after this very client deleted it (tests/MILVUS_NOTES.md).
-  MILVUS_CONSISTENCY can relax it where a few seconds of staleness are fine.
+- Consistency "Adaptive" by default: measured on the 2.3 server, "Session" still
+  returned an id right after this very client deleted it, and "Strong" costs
+  ~200 ms a search (it waits for the next time tick) against ~5 ms for
+  "Bounded" (tests/MILVUS_NOTES.md, bench/). So reads of a collection this
+  process wrote to in the last STRONG_WINDOW_S seconds are Strong (a delete or
+  add is visible to the very next search); other reads are Bounded. Writes by
+  another process become visible within Milvus' bounded staleness (~5 s).
+  MILVUS_CONSISTENCY=Strong makes every read Strong.
 - Every call carries `timeout=`; a dead server otherwise hangs for minutes.
 - The model name and dim live in collection properties, so a collection can
   refuse vectors from another model.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
@@ -35,7 +41,9 @@ T = TypeVar("T")
 # for protobuf overhead and the scalar fields.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_TOPK = 16384  # Milvus' own limit for one search
-CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
+CONSISTENCY_LEVELS = ("Adaptive", "Strong", "Session", "Bounded", "Eventually")
+# Longer than Milvus' default bounded staleness (gracefulTime, 5 s) plus a time tick.
+STRONG_WINDOW_S = 10.0
 MAX_TAGS = 64
 PROP_MODEL, PROP_DIM, PROP_INDEX = "cnclip.model", "cnclip.dim", "cnclip.index"
 _NOT_FOUND_HINTS = ("not found", "not exist", "doesn't exist", "can't find")
@@ -51,7 +59,7 @@ def _classify(exc: Exception, name: str | None) -> ServiceError:
 class MilvusVectorStore:
     """`VectorStore` backed by Milvus (Lite file or server)."""
 
-    def __init__(self, uri: str, token: str = "", timeout_s: float = 10.0, consistency: str = "Strong") -> None:
+    def __init__(self, uri: str, token: str = "", timeout_s: float = 10.0, consistency: str = "Adaptive") -> None:
         if consistency not in CONSISTENCY_LEVELS:
             raise ValueError(f"consistency must be one of {CONSISTENCY_LEVELS}")
         self.uri = uri
@@ -62,6 +70,17 @@ class MilvusVectorStore:
         self._client_lock = threading.Lock()
         self._loaded: set[str] = set()
         self._info_cache: dict[str, CollectionInfo] = {}
+        self._last_write: dict[str, float] = {}
+
+    def _wrote(self, name: str) -> None:
+        self._last_write[name] = time.monotonic()
+
+    def _read_level(self, name: str) -> str:
+        """The consistency level for a read of `name` (see the module docstring)."""
+        if self.consistency != "Adaptive":
+            return self.consistency
+        recent = time.monotonic() - self._last_write.get(name, -1e9) < STRONG_WINDOW_S
+        return "Strong" if recent else "Bounded"
 
     # -- connection -------------------------------------------------------
     @property
@@ -129,7 +148,8 @@ class MilvusVectorStore:
             params.add_index(field_name="vector", index_type=index.type, metric_type="IP",
                              params=dict(index.build_params))
             c.create_collection(name, schema=schema, index_params=params,
-                                consistency_level=self.consistency, timeout=self.timeout)
+                                consistency_level="Bounded" if self.consistency == "Adaptive" else self.consistency,
+                                timeout=self.timeout)
             c.alter_collection_properties(name, properties={
                 PROP_MODEL: model_name, PROP_DIM: str(dim),
                 PROP_INDEX: json.dumps({"type": index.type, "build": index.build_params,
@@ -201,6 +221,7 @@ class MilvusVectorStore:
                 a = attrs[i] if attrs else VectorAttrs()
                 rows.append({"id": int(ids[i]), "vector": vectors[i].tolist(), "source": a.source,
                              "tags": list(a.tags)[:MAX_TAGS], "created_at": int(a.created_at)})
+            self._wrote(name)
             result = self._call(lambda c: c.upsert(name, rows, timeout=self.timeout), name)
             count = int(result.get("upsert_count", len(rows)) if isinstance(result, dict) else len(rows))
             if count != len(rows):
@@ -214,6 +235,7 @@ class MilvusVectorStore:
         self._ensure_loaded(name)
         for start in range(0, len(ids), 1000):
             chunk = [int(i) for i in ids[start:start + 1000]]
+            self._wrote(name)
             self._call(lambda c: c.delete(name, ids=chunk, timeout=self.timeout), name)
 
     def existing_ids(self, name: str, ids: Sequence[int]) -> set[int]:
@@ -224,7 +246,7 @@ class MilvusVectorStore:
         for start in range(0, len(ids), 1000):
             expr = ids_filter(list(ids[start:start + 1000]))
             rows = self._call(lambda c: c.query(name, filter=expr, output_fields=["id"],
-                                                 consistency_level=self.consistency, timeout=self.timeout), name)
+                                                 consistency_level=self._read_level(name), timeout=self.timeout), name)
             found.update(int(r["id"]) for r in rows)
         return found
 
@@ -234,13 +256,13 @@ class MilvusVectorStore:
         self._ensure_loaded(name)
         expr = ids_filter(list(ids))
         rows = self._call(lambda c: c.query(name, filter=expr, output_fields=["id", "vector"],
-                                             consistency_level=self.consistency, timeout=self.timeout), name)
+                                             consistency_level=self._read_level(name), timeout=self.timeout), name)
         return {int(r["id"]): np.asarray(r["vector"], dtype=np.float32) for r in rows}
 
     def count(self, name: str) -> int:
         self._ensure_loaded(name)
         rows = self._call(lambda c: c.query(name, filter="", output_fields=["count(*)"],
-                                             consistency_level=self.consistency, timeout=self.timeout), name)
+                                             consistency_level=self._read_level(name), timeout=self.timeout), name)
         return int(rows[0]["count(*)"]) if rows else 0
 
     # -- search -------------------------------------------------------------
@@ -257,7 +279,7 @@ class MilvusVectorStore:
         data = np.atleast_2d(np.asarray(vectors, dtype=np.float32)).tolist()
         result = self._call(lambda c: c.search(
             name, data=data, limit=top_k, filter=expr, output_fields=["id"],
-            search_params=self._search_params(meta), consistency_level=self.consistency,
+            search_params=self._search_params(meta), consistency_level=self._read_level(name),
             timeout=self.timeout), name)
         return [_hits(row) for row in result]
 
@@ -271,7 +293,7 @@ class MilvusVectorStore:
         params = self._search_params(meta, {"radius": float(min_score) - 1e-6, "range_filter": 1.0 + 1e-3})
         result = self._call(lambda c: c.search(
             name, data=[np.asarray(vector, np.float32).tolist()], limit=min(limit, MAX_TOPK),
-            filter=expr, output_fields=["id"], search_params=params, consistency_level=self.consistency,
+            filter=expr, output_fields=["id"], search_params=params, consistency_level=self._read_level(name),
             timeout=self.timeout), name)
         return [h for h in _hits(result[0]) if h.score >= min_score]
 
