@@ -1,0 +1,78 @@
+"""The encoder: local loading only, normalised float32, golden outputs, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cn_clip.clip import tokenize
+from operations.encoding.clip_encoder import ClipEncoder, ModelSpec, ModelUnavailable, resolve_architecture
+from operations.errors import InvalidInput
+from tests.stack import TINY_ARCH, tiny_encoder
+
+
+def test_outputs_are_normalised_float32_and_batch_independent():
+    enc = tiny_encoder()
+    texts = ["红色的圆形", "一只在草地上奔跑的小狗，旁边有一个蓝色的球", "猫"]
+    batch = enc.encode_texts(texts)
+    assert batch.dtype == np.float32 and batch.shape == (3, enc.dim)
+    np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1, atol=1e-5)
+    one_by_one = np.stack([enc.encode_texts([t])[0] for t in texts])
+    np.testing.assert_allclose(batch, one_by_one, atol=1e-5)
+    images = [Image.new("RGB", (40 + 7 * i, 30), (40 * i, 90, 200)) for i in range(3)]
+    feats = enc.encode_images(images)
+    assert feats.dtype == np.float32 and feats.shape == (3, enc.dim)
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-5)
+
+
+def test_trimmed_padding_gives_the_published_full_context_features():
+    enc = tiny_encoder()
+    texts = ["左边有一个红色的圆形", "蓝色"]
+    with torch.no_grad():
+        full = enc.model.encode_text(tokenize(texts, 52)).float().numpy()
+    full /= np.linalg.norm(full, axis=1, keepdims=True)
+    np.testing.assert_allclose(enc.encode_texts(texts), full, atol=1e-5)
+
+
+def test_golden_outputs_are_stable():
+    """Stored embeddings pin the whole path: tokenizer, model build, seed, transform, normalisation."""
+    golden = json.loads((TINY_ARCH.parent / "golden_tiny.json").read_text(encoding="utf-8"))
+    enc = ClipEncoder.load(ModelSpec(name="tiny", arch=str(TINY_ARCH), random_init=True, seed=0, device="cpu"))
+    np.testing.assert_allclose(enc.encode_texts(golden["texts"]), golden["text_features"], atol=1e-5)
+    image = Image.new("RGB", (64, 48), (200, 30, 30))
+    np.testing.assert_allclose(enc.encode_images([image]), golden["image_features"], atol=1e-5)
+
+
+def test_too_long_or_empty_query_is_an_error_not_a_silent_truncation():
+    enc = tiny_encoder()
+    enc.check_text("五十个字以内的句子")
+    with pytest.raises(InvalidInput, match="52"):
+        enc.check_text("很" * 51)
+    with pytest.raises(InvalidInput):
+        enc.check_text("   ")
+
+
+def test_missing_checkpoints_fail_with_one_clear_message(tmp_path):
+    with pytest.raises(ModelUnavailable, match="no download is attempted"):
+        ClipEncoder.load(ModelSpec(name="RN50", download_root=tmp_path))
+    with pytest.raises(ModelUnavailable, match="not a cn_clip model"):
+        ClipEncoder.load(ModelSpec(name="my-model", download_root=tmp_path))
+    with pytest.raises(ModelUnavailable):
+        resolve_architecture(str(tmp_path / "missing.json"))
+
+
+def test_checkpoint_round_trip_through_the_download_root_layout(tmp_path):
+    src = tiny_encoder()
+    ckpt = tmp_path / "tiny.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in src.model.state_dict().items()}}, ckpt)
+    loaded = ClipEncoder.load(ModelSpec(name="tiny", checkpoint=ckpt, arch=str(TINY_ARCH), device="cpu"))
+    np.testing.assert_allclose(loaded.encode_texts(["图片"]), src.encode_texts(["图片"]), atol=1e-6)
+    assert resolve_architecture("RN50")["embed_dim"] == 1024
+    bad = tmp_path / "bad.pt"
+    torch.save({"state_dict": {"nope": torch.zeros(1)}}, bad)
+    with pytest.raises(ModelUnavailable, match="does not fit"):
+        ClipEncoder.load(ModelSpec(name="tiny", checkpoint=bad, arch=str(TINY_ARCH), device="cpu"))
