@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -14,6 +15,7 @@ from operations.stores.image_base import ImageRow
 from operations.stores.vector_base import SearchFilter
 
 MAX_TOP_K = 100
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,7 +67,10 @@ def search_vector(svc: Services, collection: str, vector: np.ndarray, top_k: int
     matches = [Match(0, h.score, rows[h.id]) for h in hits if h.id in rows]
     for rank, m in enumerate(matches, 1):
         m.rank = rank
-    return SearchOutcome(collection, model, matches, timer.finish())
+    timings = timer.finish()
+    # Per-stage timings in the log, so a slow request explains itself.
+    log.info("search %s top_k=%d hits=%d %s", collection, top_k, len(matches), timings)
+    return SearchOutcome(collection, model, matches, timings)
 
 
 def search_text(svc: Services, collection: str, query: str, top_k: int = 10, flt: SearchFilter | None = None,

@@ -269,3 +269,19 @@ def test_health_and_readiness(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["checks"]["milvus"] == "ok"
+
+
+def test_concurrent_searches_give_the_sequential_answers(client, loaded):
+    from concurrent.futures import ThreadPoolExecutor
+
+    collection, _, _ = loaded
+    queries = ["红色的圆形", "蓝色的正方形在右边", "黄色的星形", "两个绿色的三角形"] * 4
+
+    def ids(q):
+        r = client.post("/img/search", json={"query": q, "top_k": 5, "collection": collection})
+        assert r.status_code == 200
+        return [x["id"] for x in r.json()["results"]]
+
+    sequential = [ids(q) for q in queries]
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(ids, queries)) == sequential
