@@ -285,3 +285,27 @@ def test_concurrent_searches_give_the_sequential_answers(client, loaded):
     sequential = [ids(q) for q in queries]
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(ids, queries)) == sequential
+
+
+def test_the_same_image_uploaded_at_the_same_moment_is_stored_once(client, loaded):
+    import threading
+
+    collection, _, _ = loaded
+    before = client.get(f"/img/collections/{collection}/count").json()
+    data, results, barrier = jpeg(60606), [], threading.Barrier(6)
+
+    def upload():
+        barrier.wait()
+        r = client.post(f"/img/images/{collection}", files={"files": ("same.jpg", data, "image/jpeg")})
+        results.append(r.json()["results"][0])
+
+    threads = [threading.Thread(target=upload) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r["status"] for r in results) == ["added"] + ["present"] * 5
+    assert len({r["id"] for r in results}) == 1
+    after = client.get(f"/img/collections/{collection}/count").json()
+    assert after["images"] == after["vectors"] == before["images"] + 1
+    assert client.delete(f"/img/images/{collection}/{results[0]['id']}").status_code == 200
