@@ -309,3 +309,29 @@ def test_the_same_image_uploaded_at_the_same_moment_is_stored_once(client, loade
     after = client.get(f"/img/collections/{collection}/count").json()
     assert after["images"] == after["vectors"] == before["images"] + 1
     assert client.delete(f"/img/images/{collection}/{results[0]['id']}").status_code == 200
+
+
+def test_folder_under_the_data_root_is_added_as_a_job(client):
+    settings = client.services.settings
+    collection = unique("folder")
+    assert client.post("/img/collections", json={"name": collection}).status_code == 201
+    folder = settings.data_root / "incoming" / collection
+    (folder / "sub").mkdir(parents=True)
+    for i in range(3):
+        (folder / ("sub" if i else "") / f"p{i}.jpg").write_bytes(jpeg(8800 + i))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "notes.txt").write_text("not an image, not even looked at")
+    r = client.post(f"/img/images/{collection}/folder", json={"folder": f"incoming/{collection}",
+                                                              "source": "camera", "tags": ["2026"]})
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["job_id"])
+    assert (job["state"], job["processed"], job["failed"], job["total"]) == ("succeeded", 3, 1, 4), job
+    assert job["failures"][0]["item"] == "broken.jpg"
+    found = client.post("/img/search", json={"query": "照片", "collection": collection,
+                                             "filters": {"sources": ["camera"], "tags": ["2026"]}}).json()
+    assert len(found["results"]) == 3
+    again = wait_job(client, client.post(f"/img/images/{collection}/folder",
+                                         json={"folder": f"incoming/{collection}"}).json()["job_id"])
+    assert again["processed"] == 3 and "already present 3" in again["message"]
+    assert client.get(f"/img/collections/{collection}/count").json()["images"] == 3
+    assert client.post(f"/img/images/{collection}/folder", json={"folder": "../.."}).status_code == 400
