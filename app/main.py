@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     errors.install(app)
     single_image_limit = settings.max_upload_bytes + 1024 * 1024
-    batch_limit = settings.max_upload_bytes * 4 + settings.max_batch_upload * 2 * 1024 * 1024
+    batch_limit = settings.max_request_bytes
 
     def body_limit(path: str) -> int:
         if path.startswith("/img/search/image"):

@@ -60,7 +60,8 @@ class Settings(BaseSettings):
     default_collection: str = "demo"
     data_root: Path = Field(REPO_ROOT / "datasets" / "data", description="the only tree the server reads datasets from")
     api_key: str = Field("", description="when set, load/add/delete/drop need header X-API-Key")
-    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="bytes of one uploaded image")
+    max_request_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="bytes of one multi-image add request")
     max_image_pixels: int = Field(40_000_000, ge=1024)
     max_query_chars: int = Field(200, ge=1, le=10_000)
     max_batch_upload: int = Field(256, ge=1, le=10_000)

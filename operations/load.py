@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import orjson
 
 from datasets.formats import BadRecord, FeatureIndex, ImageRecord, dataset_paths, iter_image_tsv
 from datasets.lmdb_io import iter_lmdb_images
 from operations.context import Services
 from operations.encoding.base import Encoder
-from operations.errors import NotFound, UnsupportedMedia
+from operations.errors import Conflict, NotFound, UnsupportedMedia
 from operations.images import decode_b64_image, probe, sha256_hex
 from operations.progress import Progress
 from operations.stores.image_base import ImageRow
@@ -97,6 +98,8 @@ def load_split(svc: Services, collection: str, dataset_dir: Path, split: str, pr
     paths = dataset_paths(dataset_dir, split)
     features = FeatureIndex(paths.img_feat, "image_id", encoder.dim) if paths.img_feat.is_file() else None
     if features is not None:
+        _check_feature_dim(paths.img_feat, encoder)
+    if features is not None:
         for bad in features.bad:
             if bad.record_id is None:
                 progress.fail(f"{paths.img_feat.name} line {bad.line_no}", bad.reason)
@@ -159,6 +162,8 @@ def load_split(svc: Services, collection: str, dataset_dir: Path, split: str, pr
                 result = svc.images.insert_rows(collection, todo)
                 for dup, holder in result.duplicate_of.items():
                     progress.fail(f"image {dup}", f"same bytes as stored image {holder}; not stored twice")
+                for image_id, reason in result.rejected.items():
+                    progress.fail(f"image {image_id}", reason)
                 keep = set(result.inserted) | set(result.already_present)
                 mask = [r.id in keep for r in batch.rows]
                 batch.ids_to_index = [r.id for r, m in zip(batch.rows, mask) if m]
@@ -216,6 +221,20 @@ def load_split(svc: Services, collection: str, dataset_dir: Path, split: str, pr
     report.seconds = time.perf_counter() - started
     log.info("load %s/%s into %s: %s", dataset_dir, split, collection, report.as_dict())
     return report
+
+
+def _check_feature_dim(path: Path, encoder: Encoder) -> None:
+    """Refuse a features file of another model at once, not as one failure per line."""
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                dim = len(orjson.loads(line)["feature"])
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                continue  # a broken line is reported with its number later
+            if dim != encoder.dim:
+                raise Conflict(f"{path.name} holds {dim}-d features; the model {encoder.model_name} makes "
+                               f"{encoder.dim}-d vectors: extract features with this model or load another one")
+            return
 
 
 def _renormalise(matrix: np.ndarray) -> np.ndarray:

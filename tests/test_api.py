@@ -335,3 +335,13 @@ def test_folder_under_the_data_root_is_added_as_a_job(client):
     assert again["processed"] == 3 and "already present 3" in again["message"]
     assert client.get(f"/img/collections/{collection}/count").json()["images"] == 3
     assert client.post(f"/img/images/{collection}/folder", json={"folder": "../.."}).status_code == 400
+
+
+def test_a_features_file_of_another_model_is_refused_at_once(client):
+    settings = client.services.settings
+    write_dataset(settings.data_root / "other_dim", "valid", 5, tiny_encoder().dim * 2, seed=1)
+    collection = unique("dim")
+    job = wait_job(client, client.post("/img/load", json={"dataset": "other_dim", "split": "valid",
+                                                          "collection": collection}).json()["id"])
+    assert job["state"] == "failed" and "64-d features" in job["message"], job
+    assert job["processed"] == 0

@@ -111,3 +111,23 @@ def test_names_are_validated_and_unknown_collections_are_404(store):
     store.ensure_collection(c)
     store.drop_collection(c)
     assert not store.has_collection(c)
+
+
+def test_rows_over_mysql_max_allowed_packet_are_refused_clearly(request):
+    from operations.errors import PayloadTooLarge
+
+    db = request.getfixturevalue("mariadb")
+    store = SqlImageStore(SqlPool(db.create_database(), None, 5, 2))
+    try:
+        assert store.max_image_b64_bytes() > 1024 * 1024  # read from the server
+        store._max_packet = 200 * 1024  # as if the server allowed 200 KB a packet
+        c = unique()
+        store.ensure_collection(c)
+        big, small = _row(1, os.urandom(300 * 1024)), _row(2)
+        with pytest.raises(PayloadTooLarge, match="max_allowed_packet"):
+            store.insert_new(c, ImageRow(id=None, sha256=big.sha256, image_b64=big.image_b64))
+        result = store.insert_rows(c, [big, small])
+        assert result.inserted == [2] and "max_allowed_packet" in result.rejected[1]
+        assert store.count(c) == 1
+    finally:
+        store.close()

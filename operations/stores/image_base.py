@@ -34,6 +34,7 @@ class InsertResult:
     inserted: list[int]
     already_present: list[int]  # same id existed (a re-run load)
     duplicate_of: dict[int, int]  # id -> existing id holding the same bytes
+    rejected: dict[int, str] = field(default_factory=dict)  # id -> why the row cannot be stored
 
 
 class ImageStore(Protocol):

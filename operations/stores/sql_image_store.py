@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from operations.errors import NotFound
+from operations.errors import NotFound, PayloadTooLarge
 from operations.names import validate_name
 from operations.stores.image_base import ImageRow, InsertResult
 from operations.stores.milvus_filter import build_filter, check_label, decode_tags, encode_tags
@@ -76,6 +76,7 @@ class SqlImageStore:
     def __init__(self, pool: SqlPool) -> None:
         self.pool = pool
         self._known: set[str] = set()
+        self._max_packet: int | None = None
 
     @classmethod
     def from_settings(cls, mysql_url: str, sqlite_path: Path, timeout_s: float, pool_size: int) -> "SqlImageStore":
@@ -95,6 +96,20 @@ class SqlImageStore:
 
     def ping(self) -> None:
         self.pool.query("SELECT 1")
+
+    def max_image_b64_bytes(self) -> int | None:
+        """The largest base64 image one row can take (MySQL's max_allowed_packet), None = no limit."""
+        if self.pool.dialect != "mysql":
+            return None
+        if self._max_packet is None:
+            self._max_packet = int(self.pool.query("SELECT @@max_allowed_packet")[0][0])
+        return self._max_packet - 64 * 1024  # room for the other columns and the statement
+
+    def _check_size(self, row: ImageRow) -> None:
+        limit = self.max_image_b64_bytes()
+        if limit is not None and len(row.image_b64 or "") > limit:
+            raise PayloadTooLarge(f"image is {len(row.image_b64 or '')} bytes as base64; this MySQL server takes "
+                                  f"at most {limit} (max_allowed_packet)")
 
     def ensure_collection(self, collection: str) -> None:
         table = table_name(collection)
@@ -121,7 +136,15 @@ class SqlImageStore:
         table = self._table(collection)
         ids = [int(r.id) for r in rows]  # type: ignore[arg-type]
         present = self._existing(table, ids)
-        fresh = [r for r in rows if r.id not in present]
+        fresh, rejected = [], {}
+        for r in rows:
+            if r.id in present:
+                continue
+            try:
+                self._check_size(r)
+                fresh.append(r)
+            except PayloadTooLarge as exc:
+                rejected[int(r.id)] = exc.message  # type: ignore[arg-type]
         ignore = "INSERT IGNORE" if self.pool.dialect == "mysql" else "INSERT OR IGNORE"
         now = int(time.time())
         self.pool.executemany(
@@ -137,7 +160,7 @@ class SqlImageStore:
             if holder is not None:
                 duplicate_of[int(r.id)] = holder  # type: ignore[arg-type]
         return InsertResult([int(r.id) for r in fresh if r.id in stored],  # type: ignore[arg-type]
-                            sorted(present), duplicate_of)
+                            sorted(present), duplicate_of, rejected)
 
     def insert_new(self, collection: str, row: ImageRow) -> tuple[int, bool]:
         """Insert an upload, letting the database pick the id.
@@ -146,6 +169,7 @@ class SqlImageStore:
         a concurrent request) the existing id comes back with created=False.
         """
         table = self._table(collection)
+        self._check_size(row)
         existing = self.find_by_sha(collection, row.sha256)
         if existing is not None:
             return existing, False
