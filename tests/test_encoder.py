@@ -76,3 +76,8 @@ def test_checkpoint_round_trip_through_the_download_root_layout(tmp_path):
     torch.save({"state_dict": {"nope": torch.zeros(1)}}, bad)
     with pytest.raises(ModelUnavailable, match="does not fit"):
         ClipEncoder.load(ModelSpec(name="tiny", checkpoint=bad, arch=str(TINY_ARCH), device="cpu"))
+
+
+def test_text_is_prepared_as_cn_clip_prepares_it():
+    enc = tiny_encoder()
+    np.testing.assert_allclose(enc.encode_texts(["“红色”的CAR"]), enc.encode_texts(['"红色"的car']), atol=1e-6)

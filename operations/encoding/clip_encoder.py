@@ -94,6 +94,14 @@ def _checkpoint_state_dict(path: Path) -> dict:
     return {k: v for k, v in state.items() if "bert.pooler" not in k}
 
 
+def normalise_text(text: str) -> str:
+    """cn_clip's own text preparation (training and eval): lower-case, curly quotes to '"'.
+
+    Without it a query with “引号” tokenises to [UNK] where the model learnt '"'.
+    """
+    return text.lower().replace("\u201c", '"').replace("\u201d", '"')
+
+
 def _pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -165,7 +173,7 @@ class ClipEncoder:
     def check_text(self, text: str) -> None:
         if not text or not text.strip():
             raise InvalidInput("query text is empty")
-        n_tokens = len(_tokenizer.tokenize(text)) + 2  # [CLS] and [SEP]
+        n_tokens = len(_tokenizer.tokenize(normalise_text(text))) + 2  # [CLS] and [SEP]
         if n_tokens > self.context_length:
             raise InvalidInput(
                 f"query is {n_tokens} tokens; the model reads at most "
@@ -177,7 +185,8 @@ class ClipEncoder:
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         out = []
         for start in range(0, len(texts), batch_size):
-            tokens = tokenize(list(texts[start:start + batch_size]), self.context_length)
+            batch = [normalise_text(t) for t in texts[start:start + batch_size]]
+            tokens = tokenize(batch, self.context_length)
             # Drop the all-padding tail: padding is masked out of attention and
             # positions are absolute, so the features are the same, and a short
             # query costs a quarter of the full 52-token pass.
