@@ -28,7 +28,7 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-PY="${PYTHON:-python}"
+PY="${PYTHON:-python3}"
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
@@ -63,7 +63,7 @@ export MODEL_ARCH="${MODEL_ARCH:-$REPO/config/model_configs/demo-tiny.json}"
 
 if [[ ! -f "$DATASET/${SPLIT}_imgs.tsv" || ! -f "$DATASET/${SPLIT}_texts.jsonl" ]]; then
   echo "no $DATASET/${SPLIT}_imgs.tsv or ${SPLIT}_texts.jsonl; for the demo data run:" >&2
-  echo "  python -m datasets.demo_generator --out $DATASET" >&2
+  echo "  python3 -m datasets.demo_generator --out $DATASET" >&2
   exit 2
 fi
 mkdir -p "$WORK"

@@ -8,4 +8,4 @@
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python}" -m operations.evaluation.cli evaluate "$@"
+exec "${PYTHON:-python3}" -m operations.evaluation.cli evaluate "$@"
