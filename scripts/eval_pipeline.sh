@@ -61,6 +61,9 @@ export MODEL_NAME="${MODEL_NAME:-demo-tiny}"
 export MODEL_CHECKPOINT="${MODEL_CHECKPOINT:-$REPO/models/demo/demo-tiny.pt}"
 export MODEL_ARCH="${MODEL_ARCH:-$REPO/config/model_configs/demo-tiny.json}"
 
+if [[ "$DATASET" == "$REPO/datasets/data/demo" ]]; then
+  "$PY" -m datasets.demo_generator --out "$DATASET" --if-missing >&2  # the offline demo: make it if missing
+fi
 if [[ ! -f "$DATASET/${SPLIT}_imgs.tsv" || ! -f "$DATASET/${SPLIT}_texts.jsonl" ]]; then
   echo "no $DATASET/${SPLIT}_imgs.tsv or ${SPLIT}_texts.jsonl; for the demo data run:" >&2
   echo "  python3 -m datasets.demo_generator --out $DATASET" >&2
