@@ -131,3 +131,14 @@ def test_rows_over_mysql_max_allowed_packet_are_refused_clearly(request):
         assert store.count(c) == 1
     finally:
         store.close()
+
+
+def test_an_id_holding_another_image_is_never_overwritten(store):
+    c = unique()
+    store.ensure_collection(c)
+    upload_id, _ = store.insert_new(c, ImageRow(id=None, sha256=_row(1).sha256, image_b64=_row(1).image_b64))
+    clash = _row(upload_id, jpeg(12345))  # a dataset image that happens to carry the same id
+    result = store.insert_rows(c, [clash])
+    assert result.inserted == [] and result.already_present == []
+    assert "different image" in result.rejected[upload_id]
+    assert store.get_rows(c, [upload_id])[upload_id].sha256 == _row(1).sha256

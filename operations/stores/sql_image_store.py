@@ -135,10 +135,13 @@ class SqlImageStore:
         """Insert rows with their own ids; existing ids and duplicate bytes are reported, not stored."""
         table = self._table(collection)
         ids = [int(r.id) for r in rows]  # type: ignore[arg-type]
-        present = self._existing(table, ids)
+        present_sha = self._existing_sha(table, ids)
         fresh, rejected = [], {}
         for r in rows:
-            if r.id in present:
+            if r.id in present_sha:
+                if present_sha[r.id] != r.sha256:
+                    # e.g. an upload took this id: never overwrite its vector with another image's
+                    rejected[int(r.id)] = f"id {r.id} already holds a different image"  # type: ignore[arg-type]
                 continue
             try:
                 self._check_size(r)
@@ -160,7 +163,8 @@ class SqlImageStore:
             if holder is not None:
                 duplicate_of[int(r.id)] = holder  # type: ignore[arg-type]
         return InsertResult([int(r.id) for r in fresh if r.id in stored],  # type: ignore[arg-type]
-                            sorted(present), duplicate_of, rejected)
+                            sorted(i for i, sha in present_sha.items() if int(i) not in rejected),
+                            duplicate_of, rejected)
 
     def insert_new(self, collection: str, row: ImageRow) -> tuple[int, bool]:
         """Insert an upload, letting the database pick the id.
@@ -219,6 +223,14 @@ class SqlImageStore:
         return removed
 
     # -- reads ------------------------------------------------------------------
+    def _existing_sha(self, table: str, ids: list[int]) -> dict[int, str]:
+        found: dict[int, str] = {}
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            found.update((int(r[0]), r[1]) for r in self.pool.query(
+                f"SELECT id, sha256 FROM {table} WHERE id IN ({_placeholders(len(chunk))})", chunk))
+        return found
+
     def _existing(self, table: str, ids: list[int]) -> set[int]:
         found: set[int] = set()
         for start in range(0, len(ids), _CHUNK):
