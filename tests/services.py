@@ -704,11 +704,21 @@ class MilvusTestServer(_Service):
                 f"stop it or set {MILVUS_PORT_ENV}"
             )
         self._server.wait_for_started = False
-        try:
-            self._server.start()
-        except RuntimeError as exc:  # the package's "bind failed" for a forced port
-            raise ServiceError(f"cannot start Milvus on port {self.port}: {exc}") from exc
-        self._wait_healthy(timeout)
+        # A restart can die at once while etcd still holds the previous process's
+        # session (it then dials the dead coordinator); that session expires
+        # within its 10 s lease, so a second or third attempt starts cleanly.
+        for attempt in range(3):
+            try:
+                self._server.start()
+            except RuntimeError as exc:  # the package's "bind failed" for a forced port
+                raise ServiceError(f"cannot start Milvus on port {self.port}: {exc}") from exc
+            try:
+                self._wait_healthy(timeout)
+                break
+            except ServiceError:
+                if attempt == 2:
+                    raise
+                time.sleep(12)
         self.wait_ready(timeout=timeout)
 
     def _wait_healthy(self, timeout: float) -> None:
