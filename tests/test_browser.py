@@ -383,7 +383,7 @@ def test_bulk_add_inline_and_as_a_job(page, site, tmp_path):
     from datasets.demo_generator import encode_jpeg, render_scene, simple_scene
 
     combos = [("circle", "red"), ("square", "blue"), ("star", "yellow"), ("heart", "pink"), ("cross", "green"),
-              ("hexagon", "purple")]
+              ("diamond", "purple")]
     photos = []
     for i, (shape, colour) in enumerate(combos):
         path = tmp_path / f"photo-{i}.jpg"
