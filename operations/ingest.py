@@ -73,6 +73,8 @@ def add_images(svc: Services, collection: str, uploads: list[Upload], *, near_du
             break
         results.extend(_add_batch(svc, collection, encoder, uploads[start:start + BATCH], start,
                                   near_duplicates, progress))
+    if any(r.status == "added" for r in results):
+        svc.vectors.flush(collection)
     progress.flush()
     return results
 

@@ -229,6 +229,13 @@ class MilvusVectorStore:
             total += count
         return total
 
+    def flush(self, name: str) -> None:
+        """Seal what was written. Milvus Lite searches unflushed rows in Python,
+        row by row (measured: ~1 s a search with 5,000 unflushed rows, 42 ms
+        after a flush), so writers call this after a load or an add batch."""
+        if self.is_lite:
+            self._call(lambda c: c.flush(name, timeout=self.timeout), name)
+
     def delete(self, name: str, ids: Sequence[int]) -> None:
         if not ids:
             return

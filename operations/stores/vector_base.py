@@ -107,6 +107,7 @@ class VectorStore(Protocol):
     def upsert(self, name: str, ids: Sequence[int], vectors: np.ndarray,
                attrs: Sequence[VectorAttrs] | None = None) -> int: ...
     def delete(self, name: str, ids: Sequence[int]) -> None: ...
+    def flush(self, name: str) -> None: ...
     def existing_ids(self, name: str, ids: Sequence[int]) -> set[int]: ...
     def count(self, name: str) -> int: ...
     def search(self, name: str, vectors: np.ndarray, top_k: int,
@@ -175,6 +176,9 @@ class InMemoryVectorStore:
             c["vectors"][int(image_id)] = vectors[i]
             c["attrs"][int(image_id)] = attrs[i] if attrs else VectorAttrs()
         return len(ids)
+
+    def flush(self, name) -> None:
+        self._get(name)
 
     def delete(self, name, ids) -> None:
         c = self._get(name)

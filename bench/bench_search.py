@@ -1,0 +1,373 @@
+"""End-to-end text search latency: `POST /img/search` through a real uvicorn server.
+
+    python -m bench.bench_search [--quick] [--n 31783] [--queries 200] [--warmup 20]
+
+Set-up: a private MariaDB and the Milvus 2.3 server (tests.services); the
+31,783-image split of bench.gen_split loaded with our loader
+(`operations.load.load_split`, collection FLAT, model name "RN50"). Two
+servers run the real entry point `python -m app.main` (uvicorn, one worker),
+with MODEL_NAME=RN50 and random weights (MODEL_RANDOM_INIT=true: the real
+RN50 architecture and compute, 1024-d like the features), on CPU:
+
+- MILVUS_CONSISTENCY=Strong (the default): every search waits until the
+  query node has caught up with "now".
+- MILVUS_CONSISTENCY=Session: waits only for this client's own writes.
+
+An httpx client (keep-alive) sends the same varied Chinese sentences to both,
+alternating blocks of 10 queries between the servers so a drift of the
+machine hits both alike, after a warm-up on each. Reported per server: median,
+p90, p99, and each stage's median from the response's `timings_ms` (encode,
+vector_search, image_fetch; "other in operation" = total - stages, mostly the
+encoder lookup and token check) plus HTTP overhead (client latency - total:
+routing, validation, JSON, the socket and the client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench._common import UvicornProcess, last_json, machine, median, other_load, pct, run_child, table
+
+OUT = REPO / "bench" / "out"
+COLLECTION = "bench_search"
+
+WHO = [
+    "一个男人",
+    "一个女人",
+    "两个孩子",
+    "一位老人",
+    "一只黑色的狗",
+    "一只白色的猫",
+    "一群年轻人",
+    "一个穿红色衣服的女孩",
+    "一个戴帽子的男孩",
+    "一名骑手",
+    "几个工人",
+    "一对情侣",
+    "一个小婴儿",
+    "一位厨师",
+    "一名足球运动员",
+    "一个穿蓝色衬衫的人",
+]
+WHAT = [
+    "在草地上奔跑",
+    "骑着自行车",
+    "在街上散步",
+    "坐在长椅上",
+    "在海边玩耍",
+    "在厨房里做饭",
+    "站在雪地里",
+    "在舞台上唱歌",
+    "在河里游泳",
+    "在公园里踢足球",
+    "抱着一个篮球",
+    "在商店门口等待",
+    "在山路上行走",
+    "看着手机",
+    "在桌子旁吃饭",
+    "在水里冲浪",
+]
+WHEN = [
+    "",
+    "，阳光很好",
+    "，天在下雨",
+    "，傍晚时分",
+    "，背景是高楼",
+    "，周围有很多人",
+    "，旁边有一棵大树",
+    "，在夜晚的灯光下",
+]
+
+
+def queries(n: int, seed: int = 0) -> list[str]:
+    """`n` distinct, varied Chinese sentences (deterministic)."""
+    all_q = [w + a + c for w in WHO for a in WHAT for c in WHEN]
+    random.Random(seed).shuffle(all_q)
+    return all_q[:n]
+
+
+def encode_check(qs: list[str], rounds: int = 3) -> dict:
+    """In-process: the server's text encode (tokens padded to 52) against the same tokens
+    with the all-padding tail trimmed (padding is masked out, so [CLS] is unchanged:
+    checked with allclose). Evidence for a possible change, not what the server does."""
+    import numpy as np
+    import torch
+    from cn_clip.clip import tokenize
+
+    from operations.encoding.base import l2_normalise
+    from operations.encoding.clip_encoder import ClipEncoder, ModelSpec
+
+    enc = ClipEncoder.load(ModelSpec(name="RN50", random_init=True, device="cpu"))
+    padded, trimmed, max_diff = [], [], 0.0
+    for q in qs[:5]:
+        enc.encode_texts([q])  # warm-up
+    for _ in range(rounds):
+        for q in qs:
+            t = time.perf_counter()
+            a = enc.encode_texts([q])
+            padded.append((time.perf_counter() - t) * 1000)
+            t = time.perf_counter()
+            tokens = tokenize([q], enc.context_length)
+            used = int((tokens != 0).sum(1).max())
+            with torch.no_grad():
+                b = l2_normalise(enc.model.encode_text(tokens[:, :used]).float().numpy())
+            trimmed.append((time.perf_counter() - t) * 1000)
+            max_diff = max(max_diff, float(np.abs(a - b).max()))
+    return {
+        "padded_ms": round(median(padded), 2),
+        "trimmed_ms": round(median(trimmed), 2),
+        "speedup": round(median(padded) / median(trimmed), 2),
+        "max_abs_diff": max_diff,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def load_collection(mv, db, info) -> dict:
+    rc, out, err, _maxrss, _wall = run_child(
+        [
+            "-m",
+            "bench.bench_load",
+            "--child",
+            "ours",
+            "--milvus-uri",
+            mv.uri,
+            "--mysql-url",
+            db.url,
+            "--dataset",
+            str(info.dataset_dir),
+            "--split",
+            info.split,
+            "--collection",
+            COLLECTION,
+        ]
+    )
+    if rc != 0:
+        raise RuntimeError(f"load failed:\n{err[-3000:]}")
+    res = last_json(out)
+    res["rate"] = res["loaded"] / res["seconds"]
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--quick", action="store_true", help="1,000 images, 20 queries, warm-up 3, no encode check"
+    )
+    ap.add_argument("--n", type=int, default=31_783)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--top-k", type=int, default=10)
+    ap.add_argument("--levels", default="Strong,Session", help="comma-separated MILVUS_CONSISTENCY values")
+    ap.add_argument(
+        "--torch-threads",
+        default="default",
+        help="OMP_NUM_THREADS for the servers ('default' = unset: torch uses every core)",
+    )
+    ap.add_argument(
+        "--no-encode-check",
+        action="store_true",
+        help="skip the in-process check of text encode time, padded vs trimmed tokens",
+    )
+    args = ap.parse_args()
+    from bench.gen_split import QUICK_N, QUICK_POOL, ensure_split
+
+    n = QUICK_N if args.quick else args.n
+    n_queries = 20 if args.quick else args.queries
+    warmup = 3 if args.quick else args.warmup
+    levels = [lv.strip() for lv in args.levels.split(",") if lv.strip()]
+
+    import httpx
+
+    from bench._common import services
+
+    info = ensure_split(n, args.seed, pool_size=QUICK_POOL if args.quick else 300)
+    qs = queries(n_queries + warmup, args.seed)
+    warm, measured = qs[:warmup], qs[warmup:]
+    print(f"load average before start: {other_load():.2f} (2 cores)")
+    t_all = time.perf_counter()
+    lat: dict[str, list[float]] = {lv: [] for lv in levels}
+    stages: dict[str, list[dict]] = {lv: [] for lv in levels}
+    rss: dict[str, float] = {}
+    with services() as (db, mv):
+        load = load_collection(mv, db, info)
+        print(
+            f"loaded {load['loaded']:,} images in {load['seconds']:.1f} s ({load['rate']:.0f} img/s)",
+            flush=True,
+        )
+        servers: dict[str, UvicornProcess] = {}
+        try:
+            for lv in levels:
+                env = {
+                    "MODEL_NAME": "RN50",
+                    "MODEL_RANDOM_INIT": "true",
+                    "DEVICE": "cpu",
+                    "MILVUS_URI": mv.uri,
+                    "MYSQL_URL": db.url,
+                    "DEFAULT_COLLECTION": COLLECTION,
+                    "MILVUS_CONSISTENCY": lv,
+                    "DATA_ROOT": str(OUT / "data"),
+                }
+                if args.torch_threads != "default":
+                    env["OMP_NUM_THREADS"] = args.torch_threads
+                servers[lv] = UvicornProcess(env, OUT / f"search_server_{lv}.log", wait=False)
+            t = time.perf_counter()
+            for lv in levels:  # started together, so their model loads overlap
+                servers[lv].wait_ready()
+                print(
+                    f"server {lv} up on {servers[lv].url} after {time.perf_counter() - t:.1f} s", flush=True
+                )
+            clients = {lv: httpx.Client(base_url=servers[lv].url, timeout=60) for lv in levels}
+
+            def ask(lv: str, q: str) -> tuple[float, dict]:
+                t = time.perf_counter()
+                r = clients[lv].post(
+                    "/img/search", json={"query": q, "top_k": args.top_k, "collection": COLLECTION}
+                )
+                dt = (time.perf_counter() - t) * 1000
+                if r.status_code != 200:
+                    raise RuntimeError(f"{lv}: HTTP {r.status_code}: {r.text[:500]}")
+                body = r.json()
+                if len(body["results"]) != args.top_k:
+                    raise RuntimeError(f"{lv}: {len(body['results'])} results, expected {args.top_k}")
+                return dt, body["timings_ms"]
+
+            for lv in levels:
+                for q in warm:
+                    ask(lv, q)
+            block = 10
+            for start in range(0, len(measured), block):
+                order = levels if (start // block) % 2 == 0 else list(reversed(levels))
+                for lv in order:
+                    for q in measured[start : start + block]:
+                        dt, tm = ask(lv, q)
+                        lat[lv].append(dt)
+                        stages[lv].append(tm)
+            for lv in levels:
+                rss[lv] = servers[lv].peak_rss_kb() / 1024
+            for c in clients.values():
+                c.close()
+        finally:
+            for s in servers.values():
+                s.close()
+
+    rows, summary = [], {}
+    for lv in levels:
+        L = lat[lv]
+        med = median(L)
+        st = {
+            k: median([s.get(k, 0.0) for s in stages[lv]])
+            for k in ("encode", "vector_search", "image_fetch", "total")
+        }
+        other = median(
+            [
+                s["total"] - s.get("encode", 0) - s.get("vector_search", 0) - s.get("image_fetch", 0)
+                for s in stages[lv]
+            ]
+        )
+        http = median([l - s["total"] for l, s in zip(L, stages[lv])])
+        summary[lv] = {
+            "median_ms": round(med, 2),
+            "p90_ms": round(pct(L, 90), 2),
+            "p99_ms": round(pct(L, 99), 2),
+            "mean_ms": round(sum(L) / len(L), 2),
+            "encode_ms": round(st["encode"], 2),
+            "vector_search_ms": round(st["vector_search"], 2),
+            "image_fetch_ms": round(st["image_fetch"], 2),
+            "other_in_operation_ms": round(other, 2),
+            "http_overhead_ms": round(http, 2),
+            "server_total_ms": round(st["total"], 2),
+            "server_peak_rss_mb": round(rss.get(lv, 0), 0),
+            "queries": len(L),
+        }
+        rows.append(
+            [
+                f"MILVUS_CONSISTENCY={lv}",
+                len(L),
+                med,
+                pct(L, 90),
+                pct(L, 99),
+                st["encode"],
+                st["vector_search"],
+                st["image_fetch"],
+                other,
+                http,
+            ]
+        )
+    print()
+    print(
+        f"POST /img/search, {info.n:,} images (Milvus 2.3 server FLAT + MariaDB), RN50 random weights on CPU "
+        f"(torch threads: {args.torch_threads}), "
+        f"top_k={args.top_k}, {n_queries} queries each after {warmup} warm-up; milliseconds"
+    )
+    print(
+        table(
+            [
+                "server",
+                "queries",
+                "median",
+                "p90",
+                "p99",
+                "encode",
+                "vector_search",
+                "image_fetch",
+                "other in op",
+                "HTTP overhead",
+            ],
+            rows,
+        )
+    )
+    print("(stage columns are medians of each stage; shares of the median latency:)")
+    for lv in levels:
+        s = summary[lv]
+        parts = {
+            k: s[k + "_ms"] / s["median_ms"]
+            for k in ("encode", "vector_search", "image_fetch", "other_in_operation", "http_overhead")
+        }
+        print(f"  {lv:<8} " + "  ".join(f"{k} {v:.0%}" for k, v in parts.items()))
+        summary[lv]["shares"] = {k: round(v, 3) for k, v in parts.items()}
+    if "Strong" in summary and "Session" in summary:
+        print(
+            f"Strong / Session median latency: {summary['Strong']['median_ms'] / summary['Session']['median_ms']:.2f}x"
+        )
+    default = summary.get("Strong") or next(iter(summary.values()))
+    print(
+        f"target median < 50 ms (default Strong): {'met' if default['median_ms'] < 50 else 'NOT met'} "
+        f"({default['median_ms']:.1f} ms)"
+    )
+    enc = None
+    if not (args.no_encode_check or args.quick):
+        enc = encode_check(measured[:50])
+        print(
+            f"text encode in-process (RN50 text tower, {enc['torch_threads']} torch threads), median: padded to 52 "
+            f"tokens {enc['padded_ms']:.1f} ms, padding trimmed {enc['trimmed_ms']:.1f} ms "
+            f"({enc['speedup']:.2f}x; max |diff| {enc['max_abs_diff']:.1e})"
+        )
+    print(f"total bench time {time.perf_counter() - t_all:.0f} s; load average now {other_load():.2f}")
+    print(
+        json.dumps(
+            {
+                "bench": "search",
+                "n": info.n,
+                "quick": args.quick,
+                "machine": machine(),
+                "load_rate": round(load["rate"], 1),
+                "torch_threads": args.torch_threads,
+                "levels": summary,
+                "encode_check": enc,
+            },
+            ensure_ascii=False,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
