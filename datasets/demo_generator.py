@@ -5,7 +5,8 @@ Writes Chinese-CLIP's own layout (see GUIDE.md section 2) into an output dir:
 - ``${split}_imgs.tsv``      ``image_id<TAB>base64 of the JPEG bytes``
 - ``${split}_texts.jsonl``   ``{"text_id", "text", "image_ids"}`` (ensure_ascii=False)
 - ``${split}_scenes.jsonl``  our own metadata: the scene behind each image
-  (objects, background), for sanity checks such as image-to-image tests.
+  (objects, background, family), for training and sanity checks such as
+  image-to-image tests; Chinese-CLIP's tools ignore it.
 
 Ids: image ids and text ids both start at ``SPLIT_ID_BASE[split]``
 (train 1, valid 1_000_001, test 2_000_001), so they are unique across splits;
@@ -26,6 +27,11 @@ every full scene signature (the set of (shape, colour, position) triples) is
 assigned to exactly one split by a seeded hash, so no valid or test scene
 has the same object layout as any train scene.
 
+Train scenes come in families of ``TRAIN_FAMILY_SIZE`` look-alikes (a base
+scene and variants that change one object's shape, colour or position), so
+the trainer can put hard negatives in one batch. Valid and test scenes are
+drawn independently (each image its own family).
+
 Every random choice comes from a generator seeded by (seed, split), so the
 same seed gives byte-identical files, and one split can be generated alone.
 Small jitter (position, size, rotation, colour, pixel noise) makes every
@@ -45,9 +51,9 @@ import math
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -64,6 +70,8 @@ MAX_CAPTION_CHARS = 50
 # never seen in train.
 HELD_OUT_SCENE_SHARE = 0.35
 HELD_OUT_TRIPLE_SHARE = 0.08
+# Train scenes come in families of look-alikes (see `_variant`).
+TRAIN_FAMILY_SIZE = 3
 
 # --- vocabulary: key -> (canonical Chinese name, synonyms used in captions) --
 
@@ -73,7 +81,7 @@ SHAPES: dict[str, tuple[str, ...]] = {
     "triangle": ("三角形", "三角"),
     "star": ("星形", "星星", "五角星"),
     "diamond": ("菱形",),
-    "hexagon": ("六边形", "六角形"),
+    "crescent": ("月牙", "月牙形", "弯月"),
     "cross": ("十字形", "十字"),
     "heart": ("心形", "爱心"),
 }
@@ -116,8 +124,8 @@ POSITIONS: dict[str, tuple[tuple[int, int], tuple[str, ...]]] = {
 SIZES: dict[str, tuple[str, tuple[float, float]]] = {
     # radius as a fraction of the image side; the ranges are far apart so
     # "大"/"小" stay true after jitter.
-    "big": ("大", (0.10, 0.125)),
-    "small": ("小", (0.058, 0.07)),
+    "big": ("大", (0.115, 0.135)),
+    "small": ("小", (0.072, 0.084)),
 }
 
 COUNT_WORDS = {1: "一", 2: "两", 3: "三"}
@@ -155,7 +163,7 @@ class Scene:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> "Scene":
+    def from_json(cls, data: dict) -> Scene:
         return cls(
             objects=tuple(SceneObject(**o) for o in data["objects"]),
             bg_colour=data["bg_colour"],
@@ -227,7 +235,7 @@ def held_out_triples(seed: int = DEFAULT_SEED) -> frozenset[tuple[str, str, str]
     """(shape, colour, position) triples that never occur in train."""
     rng = np.random.default_rng([seed, 7919])
     triples = [(s, c, p) for s in SHAPES for c in COLOURS for p in POSITIONS]
-    n = int(round(len(triples) * HELD_OUT_TRIPLE_SHARE))
+    n = round(len(triples) * HELD_OUT_TRIPLE_SHARE)
     picked = rng.choice(len(triples), size=n, replace=False)
     return frozenset(triples[i] for i in sorted(picked))
 
@@ -269,17 +277,53 @@ def _sample_scene(rng: np.random.Generator, split: str, seed: int,
                 cells.append(obj.position)
                 continue
             objects.append(obj)
-        if not all(_contrast_ok(o.colour, bg_colour) for o in objects):
-            continue
-        triples = {o.triple() for o in objects}
-        if split == "train" and triples & held_out:
-            continue
-        if plant and not triples & held_out:
-            continue
         scene = Scene(tuple(objects), bg_colour, bg_pattern)
-        if signature_split(scene.signature(), seed) != split:
+        if not _scene_ok(scene, split, seed, held_out):
+            continue
+        if plant and not {o.triple() for o in objects} & held_out:
             continue
         return scene
+
+
+def _scene_ok(scene: Scene, split: str, seed: int, held_out: frozenset) -> bool:
+    objects = scene.objects
+    if len({(o.shape, o.colour) for o in objects}) != len(objects):
+        return False
+    if len({o.position for o in objects}) != len(objects):
+        return False
+    if not all(_contrast_ok(o.colour, scene.bg_colour) for o in objects):
+        return False
+    if split == "train" and {o.triple() for o in objects} & held_out:
+        return False
+    return signature_split(scene.signature(), seed) == split
+
+
+def _variant(scene: Scene, rng: np.random.Generator, split: str, seed: int,
+             held_out: frozenset) -> Scene | None:
+    """`scene` with one change: an object's shape (most often), colour or position.
+
+    Train scenes come in such families, so a training batch holds look-alike
+    images whose captions differ in one word: without them colour and place
+    alone tell the images of a random batch apart, and the model never has to
+    learn shapes.
+    """
+    for _attempt in range(30):
+        i = int(rng.integers(len(scene.objects)))
+        obj = scene.objects[i]
+        u = rng.random()
+        if u < 0.6:
+            new = replace(obj, shape=_pick(rng, [k for k in SHAPES if k != obj.shape]))
+        elif u < 0.8:
+            new = replace(obj, colour=_pick(rng, [k for k in COLOURS if k != obj.colour]))
+        else:
+            taken = {o.position for o in scene.objects}
+            new = replace(obj, position=_pick(rng, [k for k in POSITIONS if k not in taken]))
+        objects = list(scene.objects)
+        objects[i] = new
+        candidate = Scene(tuple(objects), scene.bg_colour, scene.bg_pattern)
+        if _scene_ok(candidate, split, seed, held_out):
+            return candidate
+    return None
 
 
 # --- rendering -----------------------------------------------------------------
@@ -300,14 +344,24 @@ def _shape_points(shape: str, r: float, rot: float) -> list[tuple[float, float]]
         pts = _regular_polygon(4, r * 1.1, up + rot)
         return [(x * 0.75, y) for x, y in pts]
     if shape == "triangle":
-        pts = _regular_polygon(3, r * 1.25, up + rot)
+        pts = _regular_polygon(3, r * 1.2, up + rot)
         return [(x, y + r * 0.2) for x, y in pts]
-    if shape == "hexagon":
-        return _regular_polygon(6, r * 1.08, rot)
+    if shape == "crescent":
+        # outer disc minus a smaller disc shifted right: opens to the right, like "C"
+        big_r, small_r, d = r * 1.15, r * 1.15 * 0.85, r * 1.15 * 0.45
+        x = (big_r**2 - small_r**2 + d**2) / (2 * d)
+        t0 = math.atan2(math.sqrt(big_r**2 - x**2), x)
+        p0 = math.atan2(math.sqrt(big_r**2 - x**2), x - d)
+        outer = [t0 + (2 * math.pi - 2 * t0) * k / 40 for k in range(41)]
+        inner = [2 * math.pi - p0 - (2 * math.pi - 2 * p0) * k / 40 for k in range(41)]
+        pts = [(big_r * math.cos(a), big_r * math.sin(a)) for a in outer]
+        pts += [(d + small_r * math.cos(a), small_r * math.sin(a)) for a in inner]
+        c, s = math.cos(rot), math.sin(rot)
+        return [(x * c - y * s + r * 0.15, x * s + y * c) for x, y in pts]
     if shape == "star":
         pts = []
         for k in range(10):
-            rr = r * 1.25 if k % 2 == 0 else r * 0.5
+            rr = r * 1.2 if k % 2 == 0 else r * 0.5
             a = up + rot + math.pi * k / 5
             pts.append((rr * math.cos(a), rr * math.sin(a)))
         return pts
@@ -395,8 +449,8 @@ def render_scene(scene: Scene, rng: np.random.Generator | int | None = 0,
         (col, row), _ = POSITIONS[obj.position]
         lo, hi = SIZES[obj.size][1]
         r = rng.uniform(lo, hi) * big
-        cx = (col + 0.5) * cell + rng.uniform(-0.03, 0.03) * big
-        cy = (row + 0.5) * cell + rng.uniform(-0.03, 0.03) * big
+        cx = (col + 0.5) * cell + rng.uniform(-0.02, 0.02) * big
+        cy = (row + 0.5) * cell + rng.uniform(-0.02, 0.02) * big
         # Squares and diamonds only rotate a little so one never looks like the other.
         max_rot = 0.12 if obj.shape in ("square", "diamond") else 0.25
         rot = rng.uniform(-max_rot, max_rot)
@@ -552,6 +606,7 @@ class SplitData:
     scenes: list[Scene]
     jpegs: list[bytes]
     texts: list[dict] = field(default_factory=list)  # text_id, text, image_ids
+    families: list[int] = field(default_factory=list)  # look-alike group of each image
 
 
 def generate_split(split: str, n_images: int, seed: int = DEFAULT_SEED,
@@ -565,12 +620,22 @@ def generate_split(split: str, n_images: int, seed: int = DEFAULT_SEED,
     held_out = held_out_triples(seed)
     held_out_list = sorted(held_out)
     base = SPLIT_ID_BASE[split]
-    scenes, jpegs, image_ids = [], [], []
-    for i in range(n_images):
-        scene = _sample_scene(rng, split, seed, held_out, held_out_list)
-        scenes.append(scene)
-        jpegs.append(encode_jpeg(render_scene(scene, rng, image_size)))
-        image_ids.append(base + i)
+    scenes: list[Scene] = []
+    families: list[int] = []
+    n_families = 0
+    while len(scenes) < n_images:
+        family = [_sample_scene(rng, split, seed, held_out, held_out_list)]
+        if split == "train":
+            for _ in range(TRAIN_FAMILY_SIZE - 1):
+                variant = _variant(family[0], rng, split, seed, held_out)
+                if variant is not None and variant not in family:
+                    family.append(variant)
+        family = family[:n_images - len(scenes)]
+        families += [n_families] * len(family)
+        n_families += 1
+        scenes += family
+    image_ids = [base + i for i in range(n_images)]
+    jpegs = [encode_jpeg(render_scene(scene, rng, image_size)) for scene in scenes]
 
     by_keys: dict[frozenset, list[int]] = defaultdict(list)
     for idx, scene in enumerate(scenes):
@@ -588,7 +653,7 @@ def generate_split(split: str, n_images: int, seed: int = DEFAULT_SEED,
             texts.append({"text_id": base + len(texts), "text": text, "image_ids": matches})
     if len(texts) >= 1_000_000:
         raise ValueError("too many texts for the split's id range")
-    return SplitData(split, image_ids, scenes, jpegs, texts)
+    return SplitData(split, image_ids, scenes, jpegs, texts, families)
 
 
 def write_split(data: SplitData, out_dir: Path) -> None:
@@ -602,8 +667,8 @@ def write_split(data: SplitData, out_dir: Path) -> None:
         ),
         f"{data.split}_texts.jsonl": "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in data.texts),
         f"{data.split}_scenes.jsonl": "".join(
-            json.dumps({"image_id": iid, **s.to_json()}, ensure_ascii=False) + "\n"
-            for iid, s in zip(data.image_ids, data.scenes)
+            json.dumps({"image_id": iid, "family": fam, **s.to_json()}, ensure_ascii=False) + "\n"
+            for iid, fam, s in zip(data.image_ids, data.families, data.scenes)
         ),
     }
     for name, content in files.items():
@@ -666,6 +731,13 @@ def read_scenes(out_dir: Path | str, split: str) -> dict[int, Scene]:
     with open(Path(out_dir) / f"{split}_scenes.jsonl", encoding="utf-8") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
     return {r["image_id"]: Scene.from_json(r) for r in rows}
+
+
+def read_families(out_dir: Path | str, split: str) -> dict[int, int]:
+    """image_id -> family (look-alike group; every valid/test image is its own)."""
+    with open(Path(out_dir) / f"{split}_scenes.jsonl", encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    return {r["image_id"]: r["family"] for r in rows}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,14 +26,15 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from datasets.demo_generator import (  # noqa: E402
+from datasets import demo_generator as g
+from datasets.demo_generator import (
     DEFAULT_SIZES,
     ensure_demo_data,
     read_images,
     read_scenes,
     read_texts,
 )
-from operations.encoding.clip_encoder import ClipEncoder, ModelSpec  # noqa: E402
+from operations.encoding.clip_encoder import ClipEncoder, ModelSpec
 
 DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "demo" / "demo-tiny.pt"
 DEFAULT_ARCH = REPO_ROOT / "config" / "model_configs" / "demo-tiny.json"
@@ -79,18 +80,46 @@ def main_object(scene) -> tuple[str, str]:
     return obj.shape, obj.colour
 
 
+def _pairs(scene) -> set[tuple[str, str]]:
+    return {(o.shape, o.colour) for o in scene.objects}
+
+
 def image_to_image_sanity(img_feats: np.ndarray, image_ids: list[int], scenes: dict, k: int = 5) -> dict[str, float]:
-    """Share of top-k neighbours (self excluded) holding the query's main object."""
+    """Top-k neighbours of every image (self excluded): share holding the
+    query's main object, share sharing any (shape, colour) object with it."""
     sims = img_feats @ img_feats.T
     np.fill_diagonal(sims, -np.inf)
     order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    shares, top1 = [], []
+    main_hits, any_hits = [], []
     for i, iid in enumerate(image_ids):
         key = main_object(scenes[iid])
-        hits = [key in {(o.shape, o.colour) for o in scenes[image_ids[j]].objects} for j in order[i]]
-        shares.append(np.mean(hits))
-        top1.append(hits[0])
-    return {f"share_top{k}_with_main_object": float(np.mean(shares)), "top1_with_main_object": float(np.mean(top1))}
+        pairs = _pairs(scenes[iid])
+        main_hits += [key in _pairs(scenes[image_ids[j]]) for j in order[i]]
+        any_hits += [bool(pairs & _pairs(scenes[image_ids[j]])) for j in order[i]]
+    return {f"top{k}_share_with_main_object": float(np.mean(main_hits)),
+            f"top{k}_share_with_any_common_object": float(np.mean(any_hits))}
+
+
+def object_probes(encoder: ClipEncoder, img_feats: np.ndarray, image_ids: list[int], scenes: dict,
+                  k: int = 5) -> dict[str, float]:
+    """For every (shape, colour) held by at least k images of the split: a text
+    query "一个<colour>的<shape>" and a freshly rendered one-object photo; the
+    share of their top-k images that hold that object."""
+    holders: dict[tuple[str, str], int] = {}
+    for sc in scenes.values():
+        for pair in _pairs(sc):
+            holders[pair] = holders.get(pair, 0) + 1
+    pairs = sorted(p for p, n in holders.items() if n >= k)
+    texts = [f"一个{g.COLOURS[c][0]}的{g.SHAPES[s][0]}" for s, c in pairs]
+    photos = [g.render_scene(g.simple_scene(s, c, "center", bg_colour="beige"), rng=10_000 + n)
+              for n, (s, c) in enumerate(pairs)]
+    out = {}
+    for name, feats in (("text", encoder.encode_texts(texts)), ("photo", encoder.encode_images(photos))):
+        top = np.argsort(-(feats @ img_feats.T), axis=1, kind="stable")[:, :k]
+        hits = [pair in _pairs(scenes[image_ids[j]]) for pair, row in zip(pairs, top) for j in row]
+        out[f"{name}_query_top{k}_share_with_object"] = float(np.mean(hits))
+    out["objects_probed"] = len(pairs)
+    return out
 
 
 def evaluate(encoder: ClipEncoder, data_dir: Path, split: str = "valid") -> dict:
@@ -111,6 +140,7 @@ def evaluate(encoder: ClipEncoder, data_dir: Path, split: str = "valid") -> dict
         "t2i": text_to_image_recall(sims, image_ids, [t["image_ids"] for t in texts]),
         "i2t": image_to_text_recall(sims, image_ids, texts),
         "i2i": image_to_image_sanity(img, image_ids, scenes),
+        "object_probes": object_probes(encoder, img, image_ids, scenes),
         "encode_seconds": round(encode_s, 2),
     }
 

@@ -138,6 +138,31 @@ def test_valid_and_test_hold_combinations_unseen_in_train(demo_dir):
         assert not {sc.signature() for sc in scenes[split].values()} & train_signatures
 
 
+def test_train_families_are_one_change_look_alikes(demo_dir):
+    scenes = g.read_scenes(demo_dir, "train")
+    families = g.read_families(demo_dir, "train")
+    groups: dict[int, list[g.Scene]] = {}
+    for iid in sorted(scenes):
+        groups.setdefault(families[iid], []).append(scenes[iid])
+    assert sum(len(m) > 1 for m in groups.values()) >= 0.8 * len(groups)
+    kinds = set()
+    for members in groups.values():
+        base = members[0]
+        for other in members[1:]:
+            assert other != base
+            assert (other.bg_colour, other.bg_pattern) == (base.bg_colour, base.bg_pattern)
+            changed = [(a, b) for a, b in zip(base.objects, other.objects) if a != b]
+            assert len(changed) == 1
+            a, b = changed[0]
+            diff = [f for f in ("shape", "colour", "position", "size") if getattr(a, f) != getattr(b, f)]
+            assert len(diff) == 1
+            kinds.add(diff[0])
+    assert kinds == {"shape", "colour", "position"}
+    for split in ("valid", "test"):  # drawn independently
+        fams = list(g.read_families(demo_dir, split).values())
+        assert len(set(fams)) == len(fams)
+
+
 # --- ground truth checked by an independent reading of the caption words ---------
 
 _SHAPE_WORDS = sorted(((w, k) for k, ws in g.SHAPES.items() for w in ws), key=lambda x: -len(x[0]))
