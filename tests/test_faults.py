@@ -21,7 +21,13 @@ def client(request, tmp_path, milvus_server, mariadb):
     svc = make_services(settings)
     with TestClient(create_app(settings, svc), raise_server_exceptions=False) as c:
         c.collection = unique("fault")
-        assert c.post("/img/collections", json={"name": c.collection}).status_code == 201
+        # The previous fault test may leave Milvus still reloading (503s for a while,
+        # as designed); set up once it answers again.
+        deadline = time.time() + 120
+        while (r := c.post("/img/collections", json={"name": c.collection})).status_code == 503:
+            assert time.time() < deadline, r.text
+            time.sleep(2)
+        assert r.status_code == 201, r.text
         added = c.post(f"/img/images/{c.collection}", files=[("files", (f"{i}.jpg", jpeg(70 + i), "image/jpeg"))
                                                              for i in range(3)])
         assert [r["status"] for r in added.json()["results"]] == ["added"] * 3
