@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from config.settings import Settings
 from operations.context import EncoderRegistry, Services
-from operations.encoding.clip_encoder import ClipEncoder, ModelSpec
+from operations.encoding.clip_encoder import ClipEncoder, LazyClipEncoder, ModelSpec
 from operations.stores.job_store import JobStore
 from operations.stores.milvus_store import MilvusVectorStore
 from operations.stores.sql_image_store import SqlImageStore
@@ -30,9 +30,14 @@ def build_image_store(settings: Settings) -> SqlImageStore:
                                        settings.sql_pool_size)
 
 
-def build_services(settings: Settings, encoder=None) -> Services:
-    """Everything an operation needs; the stores connect lazily on first use."""
-    encoder = encoder or build_encoder(settings)
+def build_services(settings: Settings, encoder=None, lazy_model: bool = False) -> Services:
+    """Everything an operation needs; the stores connect lazily on first use.
+
+    `lazy_model`: read the model's weights on the first encode (command-line
+    work that may never encode); the server loads them at start instead, so
+    /readyz means ready and the first search is not slow.
+    """
+    encoder = encoder or (LazyClipEncoder(model_spec(settings)) if lazy_model else build_encoder(settings))
     loaders = {}
     for name, spec in settings.extra_models.items():
         loaders[name] = (lambda spec=spec, name=name: ClipEncoder.load(ModelSpec(

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings()
-        svc = build_services(settings)
+        svc = build_services(settings, lazy_model=True)
         collection = getattr(args, "collection", None) or settings.default_collection
         if args.command == "load":
             progress = TqdmProgress(f"load {args.split}")

@@ -81,3 +81,46 @@ def test_checkpoint_round_trip_through_the_download_root_layout(tmp_path):
 def test_text_is_prepared_as_cn_clip_prepares_it():
     enc = tiny_encoder()
     np.testing.assert_allclose(enc.encode_texts(["“红色”的CAR"]), enc.encode_texts(['"红色"的car']), atol=1e-6)
+
+
+def test_lazy_encoder_reads_weights_on_first_encode_only(tmp_path):
+    """The CLI's encoder: name and dim without the weights; the same features once used."""
+    from operations.encoding.clip_encoder import LazyClipEncoder
+
+    ckpt = tmp_path / "tiny.pt"
+    torch.save({"state_dict": tiny_encoder().model.state_dict()}, ckpt)
+    spec = ModelSpec(name="tiny", checkpoint=ckpt, arch=str(TINY_ARCH), device="cpu")
+    lazy = LazyClipEncoder(spec)
+    assert (lazy.model_name, lazy.dim, lazy.loaded) == ("tiny", tiny_encoder().dim, False)
+    texts = ["红色的圆形", "猫"]
+    np.testing.assert_allclose(lazy.encode_texts(texts), ClipEncoder.load(spec).encode_texts(texts), atol=1e-6)
+    assert lazy.loaded
+    with pytest.raises(ModelUnavailable, match="not found"):
+        LazyClipEncoder(ModelSpec(name="tiny", checkpoint=tmp_path / "missing.pt", arch=str(TINY_ARCH)))
+    with pytest.raises(ModelUnavailable, match="no download"):
+        LazyClipEncoder(ModelSpec(name="RN50", download_root=tmp_path))
+
+
+def test_loading_precomputed_features_never_reads_the_model(tmp_path):
+    """`scripts.cli load` of a split with features keeps the model's weights
+    out of memory (lazy encoder); the rows and vectors still all arrive."""
+    from operations.encoding.clip_encoder import LazyClipEncoder
+    from operations.factory import build_services
+    from operations.load import load_split
+    from operations.progress import TqdmProgress
+    from tests.stack import make_settings, write_dataset
+
+    ckpt = tmp_path / "tiny.pt"
+    torch.save({"state_dict": tiny_encoder().model.state_dict()}, ckpt)
+    settings = make_settings(tmp_path, model_random_init=False, model_checkpoint=ckpt)
+    svc = build_services(settings, lazy_model=True)
+    assert isinstance(svc.encoder, LazyClipEncoder)
+    ids, _ = write_dataset(settings.data_root / "ds", "valid", 12, svc.encoder.dim)
+    try:
+        report = load_split(svc, "lazy", settings.data_root / "ds", "valid", TqdmProgress("test"))
+        assert (report.loaded, report.failed) == (12, 0)
+        assert svc.vectors.count("lazy") == svc.images.count("lazy") == 12
+        assert not svc.encoder.loaded
+    finally:
+        svc.vectors.close()
+        svc.images.close()
