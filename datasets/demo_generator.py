@@ -681,6 +681,27 @@ def split_files(out_dir: Path, split: str) -> list[Path]:
     return [out_dir / f"{split}_imgs.tsv", out_dir / f"{split}_texts.jsonl", out_dir / f"{split}_scenes.jsonl"]
 
 
+def _stamp_path(out_dir: Path, split: str) -> Path:
+    return out_dir / f"{split}_generator.json"
+
+
+def _stamp(split: str, n: int, seed: int) -> dict:
+    """What made a split: a split left by an older version of this generator
+    (or another seed or size) is stale, and training on it silently gives
+    another model than the committed one."""
+    source = Path(__file__).read_bytes()
+    return {"split": split, "images": n, "seed": seed, "generator_sha256": hashlib.sha256(source).hexdigest()}
+
+
+def _is_current(out_dir: Path, split: str, n: int, seed: int) -> bool:
+    if not all(p.is_file() for p in split_files(out_dir, split)):
+        return False
+    try:
+        return json.loads(_stamp_path(out_dir, split).read_text()) == _stamp(split, n, seed)
+    except (OSError, ValueError):
+        return False
+
+
 def generate(out_dir: Path | str = DEFAULT_OUT, seed: int = DEFAULT_SEED,
              sizes: dict[str, int] | None = None, verbose: bool = False) -> dict[str, SplitData]:
     """Generate and write every split named in `sizes` (default: all three)."""
@@ -691,6 +712,7 @@ def generate(out_dir: Path | str = DEFAULT_OUT, seed: int = DEFAULT_SEED,
         t0 = time.perf_counter()
         data = generate_split(split, n, seed)
         write_split(data, out_dir)
+        _stamp_path(out_dir, split).write_text(json.dumps(_stamp(split, n, seed)) + "\n")
         result[split] = data
         if verbose:
             print(f"{split}: {len(data.image_ids)} images, {len(data.texts)} texts "
@@ -700,10 +722,11 @@ def generate(out_dir: Path | str = DEFAULT_OUT, seed: int = DEFAULT_SEED,
 
 def ensure_demo_data(out_dir: Path | str = DEFAULT_OUT, seed: int = DEFAULT_SEED,
                      sizes: dict[str, int] | None = None, verbose: bool = False) -> Path:
-    """Generate the splits whose files are missing; return `out_dir`."""
+    """Generate the splits whose files are missing or were made by another
+    version of this generator, seed or size; return `out_dir`."""
     out_dir = Path(out_dir)
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
-    missing = {s: n for s, n in sizes.items() if not all(p.is_file() for p in split_files(out_dir, s))}
+    missing = {s: n for s, n in sizes.items() if not _is_current(out_dir, s, n, seed)}
     if missing:
         generate(out_dir, seed, missing, verbose)
     return out_dir
@@ -747,7 +770,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=DEFAULT_SIZES["train"])
     parser.add_argument("--valid", type=int, default=DEFAULT_SIZES["valid"])
     parser.add_argument("--test", type=int, default=DEFAULT_SIZES["test"])
-    parser.add_argument("--if-missing", action="store_true", help="only generate splits whose files are missing")
+    parser.add_argument("--if-missing", action="store_true", help="only generate splits that are missing or stale")
     args = parser.parse_args(argv)
     sizes = {"train": args.train, "valid": args.valid, "test": args.test}
     if args.if_missing:

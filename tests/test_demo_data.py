@@ -64,6 +64,21 @@ def test_ensure_demo_data_only_fills_in_missing_splits(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_ensure_demo_data_replaces_a_stale_split(tmp_path):
+    """A split made by another generator version, seed or size is made again."""
+    sizes = {"valid": 5}
+    g.ensure_demo_data(tmp_path, SEED, sizes)
+    valid = tmp_path / "valid_imgs.tsv"
+    fresh = valid.read_bytes()
+    valid.write_text("1000001\tc3RhbGU=\n", encoding="utf-8")  # as if an older generator had written it
+    stamp = tmp_path / "valid_generator.json"
+    stamp.write_text(stamp.read_text().replace('"generator_sha256": "', '"generator_sha256": "0'))
+    g.ensure_demo_data(tmp_path, SEED, sizes)
+    assert valid.read_bytes() == fresh
+    g.ensure_demo_data(tmp_path, SEED, {"valid": 6})  # another size
+    assert len(valid.read_text().splitlines()) == 6
+
+
 def test_layout_and_formats(demo_dir):
     for split in g.SPLITS:
         lines = (demo_dir / f"{split}_imgs.tsv").read_text(encoding="utf-8").splitlines()
