@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, default=REPO_ROOT / "datasets" / "data" / "demo")
     parser.add_argument("--config", type=Path, default=REPO_ROOT / "config" / "model_configs" / "demo-tiny.json")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "demo" / "demo-tiny.pt")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=36)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
