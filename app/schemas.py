@@ -136,12 +136,16 @@ class JobView(BaseModel):
 class CollectionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"name": "products", "index_type": "HNSW", "index_params": {"M": 16, "efConstruction": 200},
-                      "search_params": {"ef": 64}}]})
+                      "search_params": {"ef": 64}, "source_partitions": 16}]})
     name: str
     model: str | None = Field(None, description="a model the server has configured (default: its main model)")
     index_type: Literal["FLAT", "IVF_FLAT", "HNSW"] | None = None
     index_params: dict[str, int] = Field(default_factory=dict)
     search_params: dict[str, int] = Field(default_factory=dict)
+    source_partitions: int | None = Field(
+        None, ge=0, le=1024, description="N > 0: partition by source (Milvus partition key, N partitions), so a "
+                                         "search filtered by source reads only its partitions; 0: none; "
+                                         "default: the server's SOURCE_PARTITIONS")
 
 
 class CollectionView(BaseModel):
@@ -151,6 +155,7 @@ class CollectionView(BaseModel):
     index_type: str
     index_params: dict
     search_params: dict
+    source_partitions: int
     vectors: int
     images: int
 

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     index_type: Literal["FLAT", "IVF_FLAT", "HNSW"] = "FLAT"
     index_params: dict = Field(default_factory=dict, description='JSON, e.g. {"nlist":1024} or {"M":16,"efConstruction":200}')
     search_params: dict = Field(default_factory=dict, description='JSON, e.g. {"nprobe":16} or {"ef":64}')
+    source_partitions: int = Field(0, ge=0, le=1024, description="new collections: 0 = no partitions; N = Milvus "
+                                   "partition key on source, N partitions (source filters read only theirs)")
 
     # --- SQL image store ---------------------------------------------------
     mysql_url: str = Field("", description="mysql://user:pass@host:port/db; empty = SQLite")

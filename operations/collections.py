@@ -18,6 +18,7 @@ class CollectionSummary:
     index_type: str
     index_params: dict
     search_params: dict
+    source_partitions: int
     vectors: int
     images: int
 
@@ -36,7 +37,7 @@ def describe_collection(svc: Services, name: str) -> CollectionSummary:
     info = svc.vectors.describe(name)
     images = svc.images.count(name) if svc.images.has_collection(name) else 0
     return CollectionSummary(info.name, info.model_name, info.dim, info.index.type, info.index.build_params,
-                             info.index.search_params, info.count, images)
+                             info.index.search_params, info.index.source_partitions, info.count, images)
 
 
 def list_collections(svc: Services) -> list[CollectionSummary]:

@@ -55,7 +55,7 @@ class Services:
 
     def default_index(self) -> IndexSpec:
         s = self.settings
-        return IndexSpec(s.index_type, dict(s.index_params), dict(s.search_params)).check()
+        return IndexSpec(s.index_type, dict(s.index_params), dict(s.search_params), s.source_partitions).check()
 
     def encoder_for(self, collection: str) -> Encoder:
         """The encoder of the model `collection` was built with (404 if unknown)."""

@@ -265,6 +265,31 @@ def test_collections_with_chosen_index_and_drop(client):
     assert client.get(f"/img/collections/{name}").status_code == 404
 
 
+def test_collection_partitioned_by_source(client):
+    """Created through the API with a partition key on source: adds land in it,
+    and source filters give exactly that source's images."""
+    name = unique("part")
+    r = client.post("/img/collections", json={"name": name, "source_partitions": 16})
+    assert r.status_code == 201, r.text
+    assert r.json()["source_partitions"] == 16
+    assert client.post("/img/collections", json={"name": unique("x"), "source_partitions": 5000}).status_code == 422
+    added = {}
+    for source, seeds in (("商城", (31, 32, 33)), ("news", (41, 42)), ("risk", (51,))):
+        files = [("files", (f"{s}.jpg", jpeg(s), "image/jpeg")) for s in seeds]
+        res = client.post(f"/img/images/{name}", files=files, data={"source": source}).json()["results"]
+        assert [x["status"] for x in res] == ["added"] * len(seeds), res
+        added[source] = {x["id"] for x in res}
+    for sources in (["商城"], ["news", "risk"]):
+        found = client.post("/img/search", json={"query": "红色", "top_k": 50, "collection": name,
+                                                 "filters": {"sources": sources}}).json()["results"]
+        assert {x["id"] for x in found} == set().union(*(added[s] for s in sources))
+    assert client.post("/img/search", json={"query": "红色", "top_k": 50, "collection": name}).json()[
+        "results"].__len__() == 6
+    listed = next(c for c in client.get("/img/collections").json() if c["name"] == name)
+    assert (listed["source_partitions"], listed["images"], listed["vectors"]) == (16, 6, 6)
+    assert client.delete(f"/img/collections/{name}").status_code == 200
+
+
 def test_health_and_readiness(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")

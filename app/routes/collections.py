@@ -24,8 +24,11 @@ def list_all(svc: SvcDep) -> list[CollectionView]:
 @router.post("/collections", response_model=CollectionView, status_code=201, dependencies=[WriteAccess],
              summary="Create a collection for a model with a chosen index")
 def create(body: CollectionCreate, svc: SvcDep) -> CollectionView:
-    index = IndexSpec(body.index_type or svc.settings.index_type, dict(body.index_params),
-                      dict(body.search_params)) if body.index_type else None
+    default = svc.default_index()
+    index = IndexSpec(body.index_type or default.type,
+                      dict(body.index_params) if body.index_type else default.build_params,
+                      dict(body.search_params) if body.index_type else default.search_params,
+                      default.source_partitions if body.source_partitions is None else body.source_partitions)
     return _view(create_collection(svc, body.name, body.model, index))
 
 

@@ -15,6 +15,8 @@ from operations.errors import Conflict, NotFound
 from operations.names import validate_name
 
 INDEX_TYPES = ("FLAT", "IVF_FLAT", "HNSW")
+# Milvus caps partitions per collection (rootCoord.maxPartitionNum, 1024 on small setups).
+MAX_SOURCE_PARTITIONS = 1024
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,10 @@ class IndexSpec:
     type: str = "FLAT"
     build_params: dict = field(default_factory=dict)
     search_params: dict = field(default_factory=dict)
+    # > 0: Milvus hashes `source` into this many partitions (a partition key),
+    # so a search filtered by source reads only its partitions. Large
+    # libraries with many sources; results are the same either way.
+    source_partitions: int = 0
 
     def check(self) -> "IndexSpec":
         from operations.errors import InvalidInput
@@ -39,6 +45,9 @@ class IndexSpec:
                     raise InvalidInput(f"{self.type} takes no {what} parameter {key!r}")
                 if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65536:
                     raise InvalidInput(f"{self.type} {key} must be an integer in 1..65536")
+        n = self.source_partitions
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_SOURCE_PARTITIONS:
+            raise InvalidInput(f"source_partitions must be an integer in 0..{MAX_SOURCE_PARTITIONS} (0 = none)")
         return self
 
 
