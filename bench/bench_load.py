@@ -47,7 +47,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._common import last_json, machine, median, other_load, proc_status_kb, run_child, table
+from bench._common import BULK_MARIADB_ARGS, last_json, machine, median, other_load, proc_status_kb, run_child, table
 
 OUT = REPO / "bench" / "out"
 
@@ -88,6 +88,17 @@ class _StubEncoder:
         raise AssertionError("a load with features must not encode images")
 
 
+# The indexes the benches compare: FLAT (exact) and HNSW with Milvus' usual parameters.
+INDEXES = {"FLAT": ("FLAT", {}, {}), "HNSW": ("HNSW", {"M": 16, "efConstruction": 200}, {"ef": 64})}
+
+
+def index_spec(name: str | None):
+    from operations.stores.vector_base import IndexSpec
+
+    kind, build, search = INDEXES[name or "FLAT"]
+    return IndexSpec(kind, dict(build), dict(search)).check()
+
+
 def child_ours(args) -> dict:
     from config.settings import load_settings
     from operations.context import EncoderRegistry, Services
@@ -95,7 +106,6 @@ def child_ours(args) -> dict:
     from operations.progress import Counter
     from operations.stores.milvus_store import MilvusVectorStore
     from operations.stores.sql_image_store import SqlImageStore
-    from operations.stores.vector_base import IndexSpec
 
     settings = load_settings(
         milvus_uri=args.milvus_uri,
@@ -142,7 +152,7 @@ def child_ours(args) -> dict:
     cpu0 = _cpu_self()
     t0 = time.perf_counter()
     report = load_split(
-        svc, args.collection, Path(args.dataset), args.split, progress, index=IndexSpec("FLAT")
+        svc, args.collection, Path(args.dataset), args.split, progress, index=index_spec(args.index)
     )
     seconds = time.perf_counter() - t0
     cpu = _cpu_self() - cpu0
@@ -645,6 +655,7 @@ def main() -> None:
     ap.add_argument("--child", choices=["ours", "naive", "ceiling"])
     for name in ("--milvus-uri", "--mysql-url", "--dataset", "--split", "--collection"):
         ap.add_argument(name)
+    ap.add_argument("--index", choices=sorted(INDEXES), default="FLAT", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.child:
@@ -669,7 +680,7 @@ def main() -> None:
     profile = None
     t_all = time.perf_counter()
     print(f"load average before start: {other_load():.2f} (2 cores; >0.5 means something else is running)")
-    with services(mariadb_args=tuple(args.mysql_arg)) as (db, mv):
+    with services(mariadb_args=BULK_MARIADB_ARGS + tuple(args.mysql_arg)) as (db, mv):
         for run in range(1, runs + 1):
             results.append(run_one("ours", full, mv, db, run, extra))
             if not args.no_naive:

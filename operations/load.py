@@ -216,7 +216,7 @@ def load_split(svc: Services, collection: str, dataset_dir: Path, split: str, pr
         progress.flush()
     if errors:
         raise errors[0]
-    svc.vectors.flush(collection)
+    svc.vectors.flush(collection, bulk=True)
     report.failed = progress.failed
     report.failures = [{"item": i, "reason": r} for i, r in getattr(progress, "failures", [])[:100]]
     report.seconds = time.perf_counter() - started
