@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     inline_add_limit: int = Field(16, ge=0, description="uploads above this count become a background job")
     worker_threads: int = Field(4, ge=1, le=64)
     load_batch_size: int = Field(256, ge=1, le=10_000)
+    load_sql_writers: int = Field(2, ge=1, le=16, description="MySQL connections inserting load batches at "
+                                  "once (SQLite: always 1)")
     near_duplicate_threshold: float = Field(0.95, ge=0, le=1)
     thumbnail_cache_items: int = Field(512, ge=0)
 

@@ -8,8 +8,11 @@ Order per batch: SQL rows (indexed=0) -> Milvus upsert -> mark indexed=1.
 A run killed anywhere leaves at worst rows not yet marked; running the load
 again skips what is marked, upserts the rest (upsert never duplicates) and
 marks it. So no vector is ever without its row, and the re-run finishes with
-no image row left without its vector. Three threads overlap reading/parsing,
-the SQL insert of batch N and the Milvus upsert of batch N-1.
+no image row left without its vector. Threads overlap reading/parsing, the
+SQL inserts and the Milvus upserts. On MySQL several SQL writers (connections)
+insert different batches at once: one connection waits while the server
+stores ~13 MB of base64, so a second keeps the other core busy. Batches are
+independent (distinct ids), so their order does not matter.
 """
 
 from __future__ import annotations
@@ -143,54 +146,57 @@ def load_split(svc: Services, collection: str, dataset_dir: Path, split: str, pr
         matrix = encoder.encode_images(pending_images) if features is None else np.stack(vectors)
         return _Batch(rows, _renormalise(matrix))
 
-    sql_q: queue.Queue = queue.Queue(maxsize=2)
+    writers = svc.settings.load_sql_writers if getattr(svc.images, "parallel_writes", False) else 1
+    sql_q: queue.Queue = queue.Queue(maxsize=writers + 1)
     milvus_q: queue.Queue = queue.Queue(maxsize=2)
     errors: list[BaseException] = []
+    counts_lock = threading.Lock()
 
-    def sql_stage() -> None:
-        try:
-            while (batch := sql_q.get()) is not _DONE:
-                if errors:
-                    continue
-                ids = [r.id for r in batch.rows]
-                done = svc.images.indexed_ids(collection, ids)
-                report.already_loaded += len(done)
-                progress.advance(len(done))
-                todo = [r for r in batch.rows if r.id not in done]
-                if not todo:
-                    continue
-                result = svc.images.insert_rows(collection, todo)
-                for dup, holder in result.duplicate_of.items():
-                    progress.fail(f"image {dup}", f"same bytes as stored image {holder}; not stored twice")
-                for image_id, reason in result.rejected.items():
-                    progress.fail(f"image {image_id}", reason)
-                keep = set(result.inserted) | set(result.already_present)
-                mask = [r.id in keep for r in batch.rows]
-                batch.ids_to_index = [r.id for r, m in zip(batch.rows, mask) if m]
-                batch.vectors = batch.vectors[np.array(mask, dtype=bool)]
-                batch.rows = [r for r, m in zip(batch.rows, mask) if m]
-                milvus_q.put(batch)
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            milvus_q.put(_DONE)
+    def sql_batch(batch: _Batch) -> None:
+        ids = [r.id for r in batch.rows]
+        done = svc.images.indexed_ids(collection, ids)
+        with counts_lock:
+            report.already_loaded += len(done)
+        progress.advance(len(done))
+        todo = [r for r in batch.rows if r.id not in done]
+        if not todo:
+            return
+        result = svc.images.insert_rows(collection, todo)
+        for dup, holder in result.duplicate_of.items():
+            progress.fail(f"image {dup}", f"same bytes as stored image {holder}; not stored twice")
+        for image_id, reason in result.rejected.items():
+            progress.fail(f"image {image_id}", reason)
+        keep = set(result.inserted) | set(result.already_present)
+        mask = [r.id in keep for r in batch.rows]
+        batch.ids_to_index = [r.id for r, m in zip(batch.rows, mask) if m]
+        batch.vectors = batch.vectors[np.array(mask, dtype=bool)]
+        batch.rows = [r for r, m in zip(batch.rows, mask) if m]
+        milvus_q.put(batch)
 
-    def milvus_stage() -> None:
-        try:
-            while (batch := milvus_q.get()) is not _DONE:
-                if errors or not batch.ids_to_index:
-                    continue
-                attrs = [VectorAttrs(r.source, r.tags, r.created_at) for r in batch.rows]
-                svc.vectors.upsert(collection, batch.ids_to_index, batch.vectors, attrs)
-                svc.images.mark_indexed(collection, batch.ids_to_index)
-                report.loaded += len(batch.ids_to_index)
-                progress.advance(len(batch.ids_to_index))
-        except BaseException as exc:
-            errors.append(exc)
+    def milvus_batch(batch: _Batch) -> None:
+        if not batch.ids_to_index:
+            return
+        attrs = [VectorAttrs(r.source, r.tags, r.created_at) for r in batch.rows]
+        svc.vectors.upsert(collection, batch.ids_to_index, batch.vectors, attrs)
+        svc.images.mark_indexed(collection, batch.ids_to_index)
+        with counts_lock:
+            report.loaded += len(batch.ids_to_index)
+        progress.advance(len(batch.ids_to_index))
 
-    threads = [threading.Thread(target=sql_stage, name="load-sql", daemon=True),
-               threading.Thread(target=milvus_stage, name="load-milvus", daemon=True)]
-    for t in threads:
+    def stage(q: queue.Queue, work) -> None:
+        # Keep draining after an error so a producer never blocks on a full queue.
+        while (batch := q.get()) is not _DONE:
+            if errors:
+                continue
+            try:
+                work(batch)
+            except BaseException as exc:
+                errors.append(exc)
+
+    sql_threads = [threading.Thread(target=stage, args=(sql_q, sql_batch), name=f"load-sql-{i}", daemon=True)
+                   for i in range(writers)]
+    milvus_thread = threading.Thread(target=stage, args=(milvus_q, milvus_batch), name="load-milvus", daemon=True)
+    for t in (*sql_threads, milvus_thread):
         t.start()
     try:
         chunk: list[ImageRecord] = []
@@ -208,9 +214,12 @@ def load_split(svc: Services, collection: str, dataset_dir: Path, split: str, pr
         if chunk and not errors and (batch := make_batch(chunk)) is not None:
             sql_q.put(batch)
     finally:
-        sql_q.put(_DONE)
-        for t in threads:
+        for _ in sql_threads:
+            sql_q.put(_DONE)
+        for t in sql_threads:
             t.join()
+        milvus_q.put(_DONE)
+        milvus_thread.join()
         if features is not None:
             features.close()
         progress.flush()

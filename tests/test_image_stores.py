@@ -142,3 +142,65 @@ def test_an_id_holding_another_image_is_never_overwritten(store):
     assert result.inserted == [] and result.already_present == []
     assert "different image" in result.rejected[upload_id]
     assert store.get_rows(c, [upload_id])[upload_id].sha256 == _row(1).sha256
+
+
+def test_concurrent_batch_inserts_from_two_connections(store):
+    """Loads insert batches over several connections at once on MySQL: every
+    row arrives once, also when the two batches share an image's bytes."""
+    name = unique("par")
+    store.ensure_collection(name)
+    batches = [[_row(1000 * b + i) for i in range(1, 61)] for b in range(4)]
+    batches[3][0] = _row(3001, data=jpeg(1))  # the same bytes as batch 0's first row
+    results = {}
+
+    def insert(b):
+        results[b] = store.insert_rows(name, batches[b])
+
+    threads = [threading.Thread(target=insert, args=(b,)) for b in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4
+    assert store.count(name) == 4 * 60 - 1
+    assert 3001 in results[3].duplicate_of or 1 in results[0].duplicate_of
+
+
+def test_a_deadlocked_batch_insert_is_retried(tmp_path, monkeypatch):
+    """MySQL rolls a deadlock victim back whole; executemany runs it again."""
+    import pymysql
+
+    from operations.errors import DependencyUnavailable
+
+    pool = SqlPool("", tmp_path / "x.sqlite3", 5, 2)
+    pool.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    real = pool.transaction
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) == 1:
+            try:
+                raise pymysql.err.OperationalError(1213, "Deadlock found when trying to get lock")
+            except pymysql.err.OperationalError as exc:
+                raise DependencyUnavailable("mysql", "deadlock") from exc
+        return real()
+
+    monkeypatch.setattr(pool, "transaction", flaky)
+    assert pool.executemany("INSERT INTO t (id) VALUES (?)", [(1,), (2,)]) == 2
+    assert len(calls) == 2 and pool.query("SELECT COUNT(*) FROM t")[0][0] == 2
+    calls.clear()
+    monkeypatch.setattr(pool, "transaction", lambda: (_ for _ in ()).throw(
+        DependencyUnavailable("mysql", "server gone")))
+    with pytest.raises(DependencyUnavailable):  # anything else is not retried
+        pool.executemany("INSERT INTO t (id) VALUES (?)", [(3,)])
+
+
+def test_image_id_zero_keeps_its_id(store):
+    """MySQL would turn an explicit 0 into the next auto-increment id, parting the
+    row from its vector (id 0); the pool's session sql_mode prevents that."""
+    name = unique("zero")
+    store.ensure_collection(name)
+    store.insert_rows(name, [_row(5), _row(0)])
+    assert set(store.get_rows(name, [0, 5])) == {0, 5}
+    assert store.count(name) == 2

@@ -78,6 +78,11 @@ class SqlImageStore:
         self._known: set[str] = set()
         self._max_packet: int | None = None
 
+    @property
+    def parallel_writes(self) -> bool:
+        """Several connections may insert at once (SQLite serialises writers anyway)."""
+        return self.pool.dialect == "mysql"
+
     @classmethod
     def from_settings(cls, mysql_url: str, sqlite_path: Path, timeout_s: float, pool_size: int) -> "SqlImageStore":
         return cls(SqlPool(mysql_url, sqlite_path if not mysql_url else None, timeout_s, pool_size))

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # Connections older than this are replaced: MySQL closes idle ones
 # ("server has gone away") after wait_timeout.
 RECYCLE_S = 1800
+DEADLOCK_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class SqlPool:
                 conn = pymysql.connect(
                     host=p.host, port=p.port, user=p.user, password=p.password, database=p.database,
                     charset="utf8mb4", autocommit=True, connect_timeout=max(1, int(self.timeout)),
+                    # A dataset may hold image id 0; without this MySQL would
+                    # store it under the next auto-increment id instead.
+                    init_command="SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_AUTO_VALUE_ON_ZERO')",
                     read_timeout=max(1, int(self.timeout)), write_timeout=max(1, int(self.timeout)),
                 )
             else:
@@ -161,11 +165,22 @@ class SqlPool:
                 cur.close()
 
     def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> int:
+        """All rows in one transaction; retried when MySQL picks it as a deadlock
+        victim (it was rolled back whole, so running it again is safe)."""
         if not rows:
             return 0
-        with self.transaction() as cur:
-            cur.executemany(self.sql(statement), [tuple(r) for r in rows])
-            return cur.rowcount
+        params = [tuple(r) for r in rows]
+        for attempt in range(DEADLOCK_RETRIES + 1):
+            try:
+                with self.transaction() as cur:
+                    cur.executemany(self.sql(statement), params)
+                    return cur.rowcount
+            except DependencyUnavailable as exc:
+                if attempt == DEADLOCK_RETRIES or not _is_deadlock(exc.__cause__):
+                    raise
+                log.info("deadlock on a batch insert; retrying (%d)", attempt + 1)
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self.connection() as conn:
@@ -187,6 +202,11 @@ class SqlPool:
 def _close_quietly(conn: Any) -> None:
     with contextlib.suppress(Exception):
         conn.close()
+
+
+def _is_deadlock(exc: BaseException | None) -> bool:
+    # 1213: deadlock found; 1205: lock wait timeout (both roll the statement back).
+    return isinstance(exc, pymysql.err.OperationalError) and bool(exc.args) and exc.args[0] in (1213, 1205)
 
 
 def is_integrity_error(exc: BaseException) -> bool:
