@@ -114,6 +114,7 @@ def child_ours(args) -> dict:
         milvus_timeout_s=120,
         sql_timeout_s=120,
         **({"load_batch_size": args.batch_size} if args.batch_size else {}),
+        **({"load_sql_writers": 1} if args.experiment == "one-writer" else {}),
     )
     vectors = MilvusVectorStore(
         settings.milvus_uri, "", settings.milvus_timeout_s, settings.milvus_consistency
@@ -640,10 +641,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--experiment",
-        choices=["no-mark"],
+        choices=["no-mark", "one-writer"],
         default=None,
         help="also run ours with a change, alternating with the real one (measurement only): "
-        "no-mark = skip mark_indexed (rows stay indexed=0, so the row check is skipped)",
+        "no-mark = skip mark_indexed (rows stay indexed=0, so the row check is skipped); "
+        "one-writer = LOAD_SQL_WRITERS=1 (one MySQL connection inserting instead of two)",
     )
     ap.add_argument(
         "--mysql-arg",
