@@ -15,6 +15,7 @@ from operations.context import Services
 from operations.errors import InvalidInput
 from operations.stores.milvus_store import MAX_TOPK
 from operations.stores.vector_base import SearchFilter
+from operations.vector_filter import filter_for_vectors
 
 MAX_DESCRIPTIONS = 50
 
@@ -59,10 +60,11 @@ def scan(svc: Services, collection: str, descriptions: list[str], threshold: flo
             raise InvalidInput(f"each description is a string of at most {svc.settings.max_query_chars} characters")
         encoder.check_text(text)
     vectors = encoder.encode_texts(descriptions)
+    flt, nothing = filter_for_vectors(svc, collection, flt)
     hits: list[ScanHit] = []
     truncated = False
     for i, (text, vector) in enumerate(zip(descriptions, vectors)):
-        found = svc.vectors.range_search(collection, vector, threshold, MAX_TOPK, flt)
+        found = [] if nothing else svc.vectors.range_search(collection, vector, threshold, MAX_TOPK, flt)
         truncated |= len(found) >= MAX_TOPK
         hits.extend(ScanHit(h.id, round(h.score, 6), i, text) for h in found)
     hits.sort(key=lambda h: (-h.score, h.image_id, h.description_index))

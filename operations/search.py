@@ -13,6 +13,7 @@ from operations.errors import InvalidInput, NotFound
 from operations.images import check_image
 from operations.stores.image_base import ImageRow
 from operations.stores.vector_base import SearchFilter
+from operations.vector_filter import filter_for_vectors
 
 MAX_TOP_K = 100
 log = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ def search_vector(svc: Services, collection: str, vector: np.ndarray, top_k: int
                   min_score: float | None, with_image: bool, timer: _Timer, model: str) -> SearchOutcome:
     """Nearest images to `vector`, best first, joined with their SQL rows."""
     t = time.perf_counter()
-    hits = svc.vectors.search(collection, vector[None, :], top_k, flt)[0]
+    flt, nothing = filter_for_vectors(svc, collection, flt)
+    hits = [] if nothing else svc.vectors.search(collection, vector[None, :], top_k, flt)[0]
     if min_score is not None:
         hits = [h for h in hits if h.score >= min_score]
     timer.stage("vector_search", t)

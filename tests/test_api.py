@@ -290,6 +290,46 @@ def test_collection_partitioned_by_source(client):
     assert client.delete(f"/img/collections/{name}").status_code == 200
 
 
+def test_tag_filters_on_lite_are_resolved_in_sql(client, monkeypatch):
+    """On Milvus Lite a search with tags asks SQL for the matching ids and searches
+    those (Lite evaluates array filters row by row); the answers are the same
+    as the server's own tag filter gives."""
+    name = unique("tags")
+    assert client.post("/img/collections", json={"name": name}).status_code == 201
+    added = {}
+    for tag, seeds in (("红色", (61, 62)), ("蓝色", (63,))):
+        files = [("files", (f"{s}.jpg", jpeg(s), "image/jpeg")) for s in seeds]
+        res = client.post(f"/img/images/{name}", files=files, data={"tags": f"{tag},x_y"}).json()["results"]
+        added[tag] = {x["id"] for x in res}
+    vectors = client.services.vectors
+    seen = []
+    real_search, real_range = vectors.search, vectors.range_search
+    monkeypatch.setattr(vectors, "search", lambda c, v, k, flt=None: seen.append(flt) or real_search(c, v, k, flt))
+    monkeypatch.setattr(vectors, "range_search",
+                        lambda c, v, s, n, flt=None: seen.append(flt) or real_range(c, v, s, n, flt))
+
+    def search(tags):
+        r = client.post("/img/search", json={"query": "红色", "top_k": 10, "collection": name,
+                                             "filters": {"tags": tags}})
+        assert r.status_code == 200, r.text
+        return {x["id"] for x in r.json()["results"]}
+
+    assert search(["红色"]) == added["红色"]
+    assert search(["蓝色", "红色"]) == added["红色"] | added["蓝色"]
+    assert search(["x_y"]) == added["红色"] | added["蓝色"]
+    scan = client.post("/img/scan", json={"descriptions": ["红色"], "threshold": -1.0, "collection": name,
+                                          "filters": {"tags": ["蓝色"]}}).json()
+    assert {h["image_id"] for h in scan["hits"]} == added["蓝色"]
+    if vectors.is_lite:
+        assert all(f.tags == () and f.only_ids for f in seen), seen
+        seen.clear()
+        assert search(["没有"]) == set()
+        assert seen == []  # nothing matches in SQL: Milvus is not asked
+    else:
+        assert all(f.tags and f.only_ids is None for f in seen), seen
+    assert client.delete(f"/img/collections/{name}").status_code == 200
+
+
 def test_health_and_readiness(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")

@@ -51,6 +51,8 @@ FILTERS = [
     SearchFilter(tags=("red", "nothing")),
     SearchFilter(created_from=1_700_000_110, created_to=1_700_000_130),
     SearchFilter(exclude_ids=(100, 101, 102)),
+    SearchFilter(only_ids=(100, 103, 117, 131, 159, 999), exclude_ids=(103,)),
+    SearchFilter(only_ids=(101, 104, 110), sources=("news",)),
 ]
 
 

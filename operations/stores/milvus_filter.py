@@ -21,6 +21,8 @@ from operations.stores.vector_base import SearchFilter
 _LABEL = re.compile(r"^[\w\-.:/ ]{1,64}$", re.UNICODE)
 TAG_SEPARATOR = ","
 MAX_FILTER_VALUES = 64
+# An `id in [...]` list (Lite tag filters resolved in SQL, see operations.search).
+MAX_ONLY_IDS = 20_000
 INT64_MAX = 2**63 - 1
 
 
@@ -90,6 +92,11 @@ def build_filter(flt: SearchFilter | None, templates: bool = False) -> tuple[str
     if flt.exclude_ids:
         ids = [_check_int(i, "image id") for i in flt.exclude_ids]
         parts.append("id not in " + value("exclude_ids", "[" + ", ".join(map(str, ids)) + "]", ids))
+    if flt.only_ids is not None:
+        if not flt.only_ids or len(flt.only_ids) > MAX_ONLY_IDS:
+            raise InvalidInput(f"only_ids must hold 1..{MAX_ONLY_IDS} ids")
+        ids = [_check_int(i, "image id") for i in flt.only_ids]
+        parts.append("id in " + value("only_ids", "[" + ", ".join(map(str, ids)) + "]", ids))
     return " and ".join(parts), params
 
 

@@ -69,9 +69,11 @@ class SearchFilter:
     created_from: int | None = None
     created_to: int | None = None
     exclude_ids: tuple[int, ...] = ()
+    # Only these ids (resolved from the SQL store beforehand); None = any id.
+    only_ids: tuple[int, ...] | None = None
 
     def is_empty(self) -> bool:
-        return not (self.sources or self.tags or self.exclude_ids
+        return not (self.sources or self.tags or self.exclude_ids or self.only_ids is not None
                     or self.created_from is not None or self.created_to is not None)
 
     def matches(self, image_id: int, attrs: VectorAttrs) -> bool:
@@ -83,6 +85,8 @@ class SearchFilter:
         if self.created_from is not None and attrs.created_at < self.created_from:
             return False
         if self.created_to is not None and attrs.created_at > self.created_to:
+            return False
+        if self.only_ids is not None and image_id not in self.only_ids:
             return False
         return image_id not in self.exclude_ids
 
