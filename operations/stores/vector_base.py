@@ -109,6 +109,10 @@ class CollectionInfo:
 class VectorStore(Protocol):
     """Vectors keyed by image id, one collection per library and model."""
 
+    # True when array filters (tags) cost a pass over every row in Python
+    # (Milvus Lite): searches then resolve tags in SQL (operations.vector_filter).
+    slow_array_filters: bool
+
     def ping(self) -> None: ...
     def create_collection(self, name: str, dim: int, model_name: str, index: IndexSpec) -> None: ...
     def has_collection(self, name: str) -> bool: ...
@@ -151,6 +155,8 @@ class InMemoryVectorStore:
         if name not in self._collections:
             raise NotFound(f"collection {name!r} does not exist", collection=name)
         return self._collections[name]
+
+    slow_array_filters = False
 
     def ping(self) -> None:
         return None
