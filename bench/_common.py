@@ -159,6 +159,12 @@ def proc_meminfo_kb(field: str) -> int:
     return 0
 
 
+def add_torch_threads_arg(ap, who: str) -> None:
+    """`--torch-threads`: OMP_NUM_THREADS for the server processes a bench starts."""
+    ap.add_argument("--torch-threads", default="default",
+                    help=f"OMP_NUM_THREADS for {who} ('default' = unset: torch uses every core)")
+
+
 def other_load() -> float:
     """1-minute load average: a busy machine (other tests running) skews every number."""
     return os.getloadavg()[0]

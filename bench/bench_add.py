@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._common import UvicornProcess, machine, median, other_load, table
+from bench._common import UvicornProcess, add_torch_threads_arg, machine, median, other_load, table
 
 OUT = REPO / "bench" / "out"
 COLLECTION = "bench_add"
@@ -165,11 +165,7 @@ def main() -> None:
         action="store_true",
         help="skip the in-process encode check (ms/image by batch size and thread count)",
     )
-    ap.add_argument(
-        "--torch-threads",
-        default="default",
-        help="OMP_NUM_THREADS for the server ('default' = unset: torch uses every core)",
-    )
+    add_torch_threads_arg(ap, "the server")
     args = ap.parse_args()
     batch = 8 if args.quick else args.batch
     runs = 1 if args.quick else args.runs

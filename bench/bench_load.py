@@ -388,6 +388,13 @@ def verify_and_drop(mv_uri: str, db, collection: str, expect: int, expect_indexe
     return {"vectors": int(vec), "rows": int(rows), "indexed": int(indexed or 0), "ok": ok}
 
 
+def child_argv(kind: str, mv, db, info, collection: str, *extra: str) -> list[str]:
+    """Arguments (after the interpreter) of a child loading `info` into `collection`:
+    `-m bench.bench_load --child KIND ...`; also used by bench_search."""
+    return ["-m", "bench.bench_load", "--child", kind, "--milvus-uri", mv.uri, "--mysql-url", db.url,
+            "--dataset", str(info.dataset_dir), "--split", info.split, "--collection", collection, *extra]
+
+
 def profile_ours(info, mv, db, extra: list[str]) -> dict:
     """Run ours once under `py-spy record --threads` (on-CPU samples only) and summarise per thread."""
     import shutil
@@ -408,20 +415,7 @@ def profile_ours(info, mv, db, extra: list[str]) -> dict:
         str(raw),
         "--",
         sys.executable,
-        "-m",
-        "bench.bench_load",
-        "--child",
-        "ours",
-        "--milvus-uri",
-        mv.uri,
-        "--mysql-url",
-        db.url,
-        "--dataset",
-        str(info.dataset_dir),
-        "--split",
-        info.split,
-        "--collection",
-        collection,
+        *child_argv("ours", mv, db, info, collection),
         *extra,
     ]
     rc, out, err, _, _ = run_child_exe(shutil.which("py-spy"), args)
@@ -532,18 +526,6 @@ def _attribute(frames: list[str]) -> str:
 
 def run_one(kind: str, info, mv, db, run: int, extra: list[str], label: str | None = None) -> dict:
     collection = f"bl_{(label or kind).replace('-', '_')}_{info.n}_{run}"
-    common = [
-        "--milvus-uri",
-        mv.uri,
-        "--mysql-url",
-        db.url,
-        "--dataset",
-        str(info.dataset_dir),
-        "--split",
-        info.split,
-        "--collection",
-        collection,
-    ]
     if kind == "cli":
         env = {
             "MODEL_NAME": "RN50",
@@ -582,7 +564,7 @@ def run_one(kind: str, info, mv, db, run: int, extra: list[str], label: str | No
         }
     else:
         cpu_db, cpu_mv = _cpu_of(db.pid), _cpu_of(mv.pid)
-        rc, out, err, maxrss, wall = run_child(["-m", "bench.bench_load", "--child", kind, *common, *extra])
+        rc, out, err, maxrss, wall = run_child(child_argv(kind, mv, db, info, collection, *extra))
         server_cpu = {
             "mariadbd_cpu_s": round(_cpu_of(db.pid) - cpu_db, 2),
             "milvus_cpu_s": round(_cpu_of(mv.pid) - cpu_mv, 2),

@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._common import UvicornProcess, last_json, machine, median, other_load, pct, run_child, table
+from bench._common import UvicornProcess, add_torch_threads_arg, last_json, machine, median, other_load, pct, run_child, table
 
 OUT = REPO / "bench" / "out"
 COLLECTION = "bench_search"
@@ -131,25 +131,10 @@ def encode_check(qs: list[str], rounds: int = 3) -> dict:
 
 
 def load_collection(mv, db, info, index: str) -> dict:
+    from bench.bench_load import child_argv
+
     rc, out, err, _maxrss, _wall = run_child(
-        [
-            "-m",
-            "bench.bench_load",
-            "--child",
-            "ours",
-            "--milvus-uri",
-            mv.uri,
-            "--mysql-url",
-            db.url,
-            "--dataset",
-            str(info.dataset_dir),
-            "--split",
-            info.split,
-            "--collection",
-            f"{COLLECTION}_{index.lower()}",
-            "--index",
-            index,
-        ]
+        child_argv("ours", mv, db, info, f"{COLLECTION}_{index.lower()}", "--index", index)
     )
     if rc != 0:
         raise RuntimeError(f"load failed:\n{err[-3000:]}")
@@ -171,11 +156,7 @@ def main() -> None:
     ap.add_argument("--levels", default="Adaptive", help="comma-separated MILVUS_CONSISTENCY values")
     ap.add_argument("--indexes", default="FLAT,HNSW",
                     help="comma-separated index types, one collection each (HNSW: M=16, efConstruction=200, ef=64)")
-    ap.add_argument(
-        "--torch-threads",
-        default="default",
-        help="OMP_NUM_THREADS for the servers ('default' = unset: torch uses every core)",
-    )
+    add_torch_threads_arg(ap, "the servers")
     ap.add_argument(
         "--no-encode-check",
         action="store_true",
