@@ -26,6 +26,7 @@ from typing import IO, Self
 
 import numpy as np
 import orjson
+import pybase64
 
 PathLike = str | os.PathLike
 
@@ -36,6 +37,9 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 # cn_clip decodes with base64.urlsafe_b64decode, which accepts both the
 # standard and the URL-safe alphabet; accept exactly those two, strictly.
 _URLSAFE_TO_STD = bytes.maketrans(b"-_", b"+/")
+_READ_BUFFER = 1 << 20
+# get_many reads adjacent lines with one call, up to this many bytes.
+_MAX_READ_SPAN = 8 << 20
 
 
 # --------------------------------------------------------------------------
@@ -54,7 +58,7 @@ class BadRecord:
 
 @dataclass(frozen=True, slots=True)
 class ImageRecord:
-    """One image: `b64` as found in the file, `data` the decoded image bytes."""
+    """One image: `b64` as found in the file but in the standard alphabet, `data` the decoded bytes."""
 
     line_no: int
     image_id: int
@@ -108,14 +112,40 @@ def is_int(value: object) -> bool:
 
 def decode_b64(b64: bytes | str) -> bytes:
     """Strictly decode standard or URL-safe base64; raise ValueError on anything else."""
+    return decode_b64_standard(b64)[0]
+
+
+def decode_b64_standard(b64: bytes | str) -> tuple[bytes, bytes]:
+    """(decoded bytes, the same base64 in the standard alphabet), strictly.
+
+    pybase64 (SIMD) validates and decodes 67 KB in ~7 us where the standard
+    library's validating decode takes ~270 us (a regex pass, then the decode):
+    it was the loader's largest cost per image. URL-safe input is translated
+    once, so what is stored is always standard base64, which every decoder
+    (the API's, the browser's) reads.
+    """
     if isinstance(b64, str):
         b64 = b64.encode("ascii")
     if not b64:
         raise ValueError("empty base64")
     try:
-        return base64.b64decode(b64.translate(_URLSAFE_TO_STD), validate=True)
+        return pybase64.b64decode(b64, validate=True), b64
+    except binascii.Error:
+        pass
+    standard = b64.translate(_URLSAFE_TO_STD)
+    try:
+        return pybase64.b64decode(standard, validate=True), standard
+    except binascii.Error as exc:
+        raise ValueError(f"bad base64: {_b64_problem(standard) or exc}") from None
+
+
+def _b64_problem(b64: bytes) -> str | None:
+    """The standard library's clearer message for invalid base64 (error path only)."""
+    try:
+        base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"bad base64: {exc}") from None
+        return str(exc)
+    return None
 
 
 def parse_image_id(raw: bytes | str) -> int:
@@ -133,7 +163,9 @@ def parse_image_id(raw: bytes | str) -> int:
 
 def _lines(path: PathLike) -> Iterator[tuple[int, bytes]]:
     """(1-based line number, stripped bytes) of every non-blank line."""
-    with open(path, "rb") as f:
+    # A 1 MB buffer: image lines are ~70 KB, and with the default 8 KB each
+    # line took ~9 read calls (each a GIL hand-off to the load's other threads).
+    with open(path, "rb", buffering=_READ_BUFFER) as f:
         for line_no, raw in enumerate(f, 1):
             line = raw.strip()
             if line:
@@ -164,9 +196,8 @@ def parse_image_line(line_no: int, line: bytes) -> ImageRecord | BadRecord:
         image_id = parse_image_id(parts[0])
     except ValueError as exc:
         return BadRecord(line_no, str(exc))
-    b64 = parts[1].strip()
     try:
-        data = decode_b64(b64)
+        data, b64 = decode_b64_standard(parts[1].strip())
     except ValueError as exc:
         return BadRecord(line_no, str(exc), image_id)
     if not data:
@@ -420,19 +451,51 @@ class FeatureIndex:
         pos = self._position(record_id)
         if pos is None:
             return None
+        raw = os.pread(self._open_fd(), int(self._lengths[pos]), int(self._offsets[pos]))
+        return self._parse(pos, raw, record_id)
+
+    def get_many(self, record_ids: Iterable[int]) -> dict[int, FeatureRecord | BadRecord]:
+        """Several ids at once; absent ids are left out.
+
+        Lines that lie next to each other in the file (the usual case: features
+        written in the images' order) are read with one call per run of lines
+        instead of one per line.
+        """
+        wanted = np.fromiter((int(r) for r in record_ids), dtype=np.int64)
+        if not len(wanted) or not len(self._ids):
+            return {}
+        pos = np.minimum(np.searchsorted(self._ids, wanted), len(self._ids) - 1)
+        hit = self._ids[pos] == wanted
+        pos, wanted = pos[hit], wanted[hit]
+        order = np.argsort(self._offsets[pos], kind="stable")
+        pos, wanted = pos[order], wanted[order]
+        starts, lengths = self._offsets[pos], self._lengths[pos]
+        fd = self._open_fd()
+        out: dict[int, FeatureRecord | BadRecord] = {}
+        i = 0
+        while i < len(pos):
+            # Extend the run while the next line starts where this one ends.
+            j, end = i + 1, int(starts[i] + lengths[i])
+            while j < len(pos) and starts[j] == end and end - starts[i] < _MAX_READ_SPAN:
+                end += int(lengths[j])
+                j += 1
+            block = os.pread(fd, end - int(starts[i]), int(starts[i]))
+            for k in range(i, j):
+                at = int(starts[k] - starts[i])
+                out[int(wanted[k])] = self._parse(int(pos[k]), block[at:at + int(lengths[k])], int(wanted[k]))
+            i = j
+        return out
+
+    def _open_fd(self) -> int:
         if self._fd is None:
             raise ValueError("FeatureIndex is closed")
-        raw = os.pread(self._fd, int(self._lengths[pos]), int(self._offsets[pos]))
+        return self._fd
+
+    def _parse(self, pos: int, raw: bytes, record_id: int) -> FeatureRecord | BadRecord:
         rec = parse_feature_line(int(self._line_nos[pos]), raw.strip(), self.id_key, self.expected_dim)
         if isinstance(rec, FeatureRecord) and rec.id != record_id:
             return BadRecord(rec.line_no, f"{self.id_key} is ambiguous on this line", record_id)
         return rec
-
-    def get_many(self, record_ids: Iterable[int]) -> dict[int, FeatureRecord | BadRecord]:
-        """Several ids at once, read in file order; absent ids are left out."""
-        found = [(pos, rid) for rid in record_ids if (pos := self._position(int(rid))) is not None]
-        found.sort(key=lambda p: self._offsets[p[0]])
-        return {rid: self.get(rid) for _, rid in found}  # type: ignore[misc]
 
     def close(self) -> None:
         if self._fd is not None:

@@ -36,7 +36,7 @@ from datasets.formats import (
     PathLike,
     TextRecord,
     dataset_paths,
-    decode_b64,
+    decode_b64_standard,
     iter_image_tsv,
     iter_texts,
     parse_image_id,
@@ -190,8 +190,8 @@ class LmdbImages:
         except ValueError as exc:
             return BadRecord(ordinal, str(exc))
         try:
-            b64 = value.decode("ascii")
-            data = decode_b64(value)
+            data, standard = decode_b64_standard(value)
+            b64 = standard.decode("ascii")
         except (UnicodeDecodeError, ValueError) as exc:
             return BadRecord(ordinal, str(exc), image_id)
         return ImageRecord(ordinal, image_id, b64, data)

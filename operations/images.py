@@ -7,7 +7,7 @@ is caught by forcing a full decode.
 
 from __future__ import annotations
 
-import base64
+import pybase64
 import hashlib
 import io
 import warnings
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from datasets.formats import decode_b64
 from operations.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
 
 MIME_BY_FORMAT = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif",
@@ -32,7 +33,7 @@ class CheckedImage:
 
     @property
     def b64(self) -> str:
-        return base64.b64encode(self.data).decode("ascii")
+        return pybase64.b64encode(self.data).decode("ascii")
 
 
 def sha256_hex(data: bytes) -> str:
@@ -78,9 +79,15 @@ def check_image(data: bytes, max_bytes: int, max_pixels: int) -> CheckedImage:
     return CheckedImage(data, rgb, mime, width, height, sha256_hex(data))
 
 
+def stored_image_bytes(b64: str) -> bytes:
+    """The bytes of a stored base64 image (rows loaded before images were kept
+    in the standard alphabet may be URL-safe; both decode)."""
+    return decode_b64(b64)
+
+
 def decode_b64_image(b64: str, max_pixels: int) -> Image.Image:
     """Decode a stored base64 image to RGB (for re-encoding and thumbnails)."""
-    data = base64.b64decode(b64)
+    data = stored_image_bytes(b64)
     return check_image(data, max_bytes=len(data) + 1, max_pixels=max_pixels).image
 
 

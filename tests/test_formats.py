@@ -86,6 +86,8 @@ def test_image_tsv_bad_lines_reported_rest_kept(tmp_path):
     good, bad = split_bad(list(iter_image_tsv(path)))
     assert [(r.image_id, r.line_no) for r in good] == [(1, 1), (7, 8), (9, 10)]
     assert good[0].data == data and good[1].data == tricky
+    # Kept in the standard alphabet, which every decoder reads.
+    assert good[1].b64 == base64.b64encode(tricky).decode()
     assert [b.line_no for b in bad] == [2, 3, 4, 5, 7, 9, 11]
     by_line = {b.line_no: b for b in bad}
     assert "base64" in by_line[2].reason and by_line[2].record_id == 2
@@ -209,6 +211,33 @@ def test_feature_index(tmp_path):
         many = index.get_many([30, 10, 999])
         assert set(many) == {30, 10}
         np.testing.assert_allclose(many[30].vector, m[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("span", [1, 1 << 20])
+def test_feature_index_get_many_reads_runs_of_lines_as_get_does(tmp_path, monkeypatch, span):
+    """get_many reads adjacent lines in one call (runs cut at gaps, at blank or
+    broken lines and at the span limit); every answer equals get's."""
+    import datasets.formats as formats
+
+    monkeypatch.setattr(formats, "_MAX_READ_SPAN", span)
+    rng = np.random.default_rng(2)
+    path = tmp_path / "f.jsonl"
+    lines = [json.dumps({"image_id": i, "feature": rng.standard_normal(8).tolist()}) for i in range(100, 160)]
+    lines[7] = "{broken"
+    lines[20] = json.dumps({"image_id": 120, "feature": [1.0]})  # wrong dim
+    lines.insert(30, "")
+    path.write_text("\n".join(lines) + "\n")
+    with FeatureIndex(path, "image_id", expected_dim=8) as index:
+        wanted = [int(i) for i in rng.permutation(np.arange(95, 165))] + [130, 130]
+        many = index.get_many(wanted)
+        assert set(many) == {i for i in range(100, 160) if i != 107}
+        for i, rec in many.items():
+            one = index.get(i)
+            assert type(rec) is type(one) and rec.line_no == one.line_no
+            if isinstance(rec, FeatureRecord):
+                assert rec.id == i and np.array_equal(rec.vector, one.vector)
+        assert isinstance(many[120], BadRecord) and "dimension" in many[120].reason
+        assert index.get_many([]) == {} and index.get_many([1, 2]) == {}
 
 
 # -- predictions ----------------------------------------------------------------

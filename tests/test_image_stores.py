@@ -204,3 +204,45 @@ def test_image_id_zero_keeps_its_id(store):
     store.insert_rows(name, [_row(5), _row(0)])
     assert set(store.get_rows(name, [0, 5])) == {0, 5}
     assert store.count(name) == 2
+
+
+def test_bulk_inserts_read_literals_as_bytes_and_give_the_connection_back_as_it_was(request):
+    """Batch inserts switch the MySQL session to character_set_client=binary (the
+    server then skips a utf8mb4 scan of every base64 character). Chinese text
+    must still land as the same characters, the one pooled connection must come
+    back with its own character set, and a failing batch must not leave it
+    switched. Tables made before the image column became LONGBLOB still work."""
+    from operations.stores.sql_image_store import table_name
+
+    db = request.getfixturevalue("mariadb")
+    store = SqlImageStore(SqlPool(db.create_database(), None, 5, 1))  # one connection: every call reuses it
+    session = "SELECT @@character_set_client, @@character_set_connection, @@collation_connection"
+    try:
+        before = store.pool.query(session)
+        assert before[0][0] == "utf8mb4"
+        c = unique()
+        store.ensure_collection(c)
+        column = store.pool.query("SELECT DATA_TYPE FROM information_schema.columns WHERE table_schema = DATABASE()"
+                                  " AND table_name = ? AND column_name = 'image_b64'", (table_name(c),))
+        assert column == [("longblob",)]
+        rows = [_row(i, source="图片库 上海", tags=("红色", "夏季_新品"), external_id=f"货号-{i}") for i in (1, 2)]
+        assert store.insert_rows(c, rows).inserted == [1, 2]
+        assert store.pool.query(session) == before
+        got = store.get_rows(c, [1, 2], with_image=True)
+        assert [(g.source, g.tags, g.external_id, g.image_b64) for g in got.values()] == \
+            [(r.source, r.tags, r.external_id, r.image_b64) for r in rows]
+        assert isinstance(got[1].image_b64, str)
+        # Text comparisons after the switch back use the connection's utf8mb4.
+        assert store.ids_matching(c, SearchFilter(sources=("图片库 上海",), tags=("夏季_新品",)), 10) == [1, 2]
+
+        with pytest.raises(Exception):
+            store.pool.executemany("INSERT INTO no_such_table (id) VALUES (?)", [(1,)], bulk_literals=True)
+        assert store.pool.query(session) == before
+
+        legacy = unique("legacy")
+        store.ensure_collection(legacy)
+        store.pool.execute(f"ALTER TABLE `{table_name(legacy)}` MODIFY image_b64 LONGTEXT NOT NULL")
+        assert store.insert_rows(legacy, rows).inserted == [1, 2]
+        assert store.get_rows(legacy, [2], with_image=True)[2].image_b64 == rows[1].image_b64
+    finally:
+        store.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 import threading
@@ -19,7 +18,7 @@ from app.schemas import AddItem, AddResponse, DeleteRequest, DeleteResponse, Fol
 from operations.context import Services, resolve_under
 from operations.delete import delete_ids, delete_matching
 from operations.errors import BadRequest, InvalidInput, NotFound
-from operations.images import thumbnail_jpeg
+from operations.images import stored_image_bytes, thumbnail_jpeg
 from operations.ingest import Upload, add_images, check_metadata
 from operations.names import validate_name
 
@@ -77,7 +76,7 @@ def get_image(collection: str, image_id: int, svc: SvcDep, request: Request,
     if size is None:
         row = _row(svc, collection, image_id, with_image=True)
         headers["ETag"] = f'"{row.sha256}"'
-        return Response(base64.b64decode(row.image_b64 or ""), media_type=row.mime, headers=headers)
+        return Response(stored_image_bytes(row.image_b64 or ""), media_type=row.mime, headers=headers)
     meta = _row(svc, collection, image_id, with_image=False)
     key = (meta.sha256, size)
     headers["ETag"] = f'"{meta.sha256}-{size}"'
@@ -85,7 +84,7 @@ def get_image(collection: str, image_id: int, svc: SvcDep, request: Request,
     thumb = cache.get(key)
     if thumb is None:
         row = _row(svc, collection, image_id, with_image=True)
-        thumb = thumbnail_jpeg(base64.b64decode(row.image_b64 or ""), size, svc.settings.max_image_pixels)
+        thumb = thumbnail_jpeg(stored_image_bytes(row.image_b64 or ""), size, svc.settings.max_image_pixels)
         cache.put(key, thumb)
     return Response(thumb, media_type="image/jpeg", headers=headers)
 

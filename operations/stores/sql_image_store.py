@@ -1,8 +1,10 @@
 """Image store in SQL: MySQL (pymysql) or SQLite through one code path.
 
 One table per collection, named `img_<collection>` after `validate_name`.
-The image is kept as base64 text (the datasets' own form) in LONGTEXT, which
-holds real photos; sha256 is UNIQUE so the database itself guarantees one copy
+The image is kept as base64 (the datasets' own form). On MySQL it is a
+LONGBLOB, which holds real photos: base64 is ASCII, and a binary column spares
+the server a utf8mb4 check of every character (tables made before, with
+LONGTEXT, are read and written the same way); sha256 is UNIQUE so the database itself guarantees one copy
 of each image, even for two identical uploads at the same moment.
 `indexed` is 0 until the vector is in Milvus: a load or add killed between the
 two stores leaves rows that the next run finds and finishes.
@@ -44,7 +46,7 @@ def _ddl(dialect: str, table: str) -> list[str]:
             created_at BIGINT NOT NULL DEFAULT 0,
             added_at BIGINT NOT NULL DEFAULT 0,
             indexed TINYINT NOT NULL DEFAULT 0,
-            image_b64 LONGTEXT NOT NULL,
+            image_b64 LONGBLOB NOT NULL,
             UNIQUE KEY uq_sha256 (sha256),
             KEY ix_indexed (indexed),
             KEY ix_source_created (source, created_at)
@@ -64,6 +66,11 @@ def _ddl(dialect: str, table: str) -> list[str]:
             image_b64 TEXT NOT NULL)""",
             f'CREATE INDEX IF NOT EXISTS "ix_{table}_indexed" ON "{table}" (indexed)',
             f'CREATE INDEX IF NOT EXISTS "ix_{table}_src" ON "{table}" (source, created_at)']
+
+
+def _as_text(b64: bytes | str) -> str:
+    # A LONGBLOB column gives bytes; base64 is ASCII either way.
+    return b64.decode("ascii") if isinstance(b64, (bytes, bytearray)) else b64
 
 
 def _placeholders(n: int) -> str:
@@ -159,7 +166,8 @@ class SqlImageStore:
             f"{ignore} INTO {table} (id, sha256, mime, width, height, source, tags, external_id, "
             f"created_at, added_at, indexed, image_b64) VALUES ({_placeholders(12)})",
             [(r.id, r.sha256, r.mime, r.width, r.height, r.source, encode_tags(r.tags), r.external_id,
-              r.created_at, r.added_at or now, 0, r.image_b64) for r in fresh])
+              r.created_at, r.added_at or now, 0, r.image_b64) for r in fresh],
+            bulk_literals=True)
         stored = self._existing(table, [int(r.id) for r in fresh])  # type: ignore[arg-type]
         dup_rows = [r for r in fresh if r.id not in stored]
         duplicate_of: dict[int, int] = {}
@@ -255,7 +263,7 @@ class SqlImageStore:
                 out[int(r[0])] = ImageRow(
                     id=int(r[0]), sha256=r[1], mime=r[2], width=int(r[3]), height=int(r[4]), source=r[5],
                     tags=decode_tags(r[6]), external_id=r[7], created_at=int(r[8]), added_at=int(r[9]),
-                    indexed=bool(r[10]), image_b64=r[11] if with_image else None)
+                    indexed=bool(r[10]), image_b64=_as_text(r[11]) if with_image else None)
         return out
 
     def find_by_sha(self, collection: str, sha256: str) -> int | None:
