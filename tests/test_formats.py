@@ -402,3 +402,14 @@ def test_lmdb_bad_entries_reported(tmp_path):
     recs = list(iter_lmdb_images(tmp_path / "imgs"))
     assert [type(r).__name__ for r in recs] == ["ImageRecord", "BadRecord", "BadRecord"]
     assert recs[1].record_id == 2 and recs[1].line_no == 2
+
+
+def test_stored_images_decode_in_either_alphabet():
+    """Rows loaded before loads kept the standard alphabet may hold URL-safe base64."""
+    from operations.images import stored_image_bytes
+
+    data = bytes([0xFB, 0xFF, 0xFE] * 50) + image_bytes()
+    assert stored_image_bytes(base64.b64encode(data).decode()) == data
+    assert stored_image_bytes(base64.urlsafe_b64encode(data).decode()) == data
+    with pytest.raises(ValueError, match="base64"):
+        stored_image_bytes("abc*")
