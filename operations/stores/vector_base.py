@@ -14,7 +14,7 @@ import numpy as np
 from operations.errors import Conflict, NotFound
 from operations.names import validate_name
 
-INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW")
+INDEX_TYPES = ("FLAT", "IVF_FLAT", "HNSW")
 # Milvus caps partitions per collection (rootCoord.maxPartitionNum, 1024 on small setups).
 MAX_SOURCE_PARTITIONS = 1024
 
@@ -36,7 +36,7 @@ class IndexSpec:
 
         if self.type not in INDEX_TYPES:
             raise InvalidInput(f"index type must be one of {INDEX_TYPES}, not {self.type!r}")
-        allowed = {"FLAT": (set(), set()), "IVF_FLAT": ({"nlist"}, {"nprobe"}), "IVF_SQ8": ({"nlist"}, {"nprobe"}),
+        allowed = {"FLAT": (set(), set()), "IVF_FLAT": ({"nlist"}, {"nprobe"}),
                    "HNSW": ({"M", "efConstruction"}, {"ef"})}[self.type]
         for given, ok, what in ((self.build_params, allowed[0], "build"),
                                 (self.search_params, allowed[1], "search")):
