@@ -13,7 +13,8 @@ from operations.stores.sql_image_store import SqlImageStore
 def model_spec(settings: Settings) -> ModelSpec:
     return ModelSpec(name=settings.model_name, checkpoint=settings.model_checkpoint, arch=settings.model_arch,
                      download_root=settings.model_download_root, device=settings.device,
-                     half=settings.half_precision, random_init=settings.model_random_init)
+                     half=settings.half_precision, random_init=settings.model_random_init,
+                     text_int8=settings.text_int8)
 
 
 def build_encoder(settings: Settings) -> ClipEncoder:

@@ -112,3 +112,32 @@ def test_a_text_query_ranks_its_object_far_above_chance(encoder, valid):
     hit_rate = np.mean([key in _objects(scenes[image_ids[j]]) for key, row in zip(keys, top) for j in row])
     base_rate = np.mean([holders[k] / len(scenes) for k in keys])
     assert hit_rate >= 3 * base_rate, (hit_rate, base_rate)
+
+
+def test_int8_text_tower_keeps_retrieval_and_leaves_images_alone(encoder, valid):
+    """TEXT_INT8 quantises only the text tower's Linear layers: image vectors are
+    unchanged, text vectors stay close to float32, and text-to-image retrieval on
+    the valid split keeps its recall and nearly all of its top 10."""
+    image_ids, img, texts, _ = valid
+    int8 = ClipEncoder.load(ModelSpec(name="demo-tiny", checkpoint=CHECKPOINT, arch=str(ARCH), device="cpu",
+                                      text_int8=True))
+    assert int8.text_int8 and not encoder.text_int8
+    quantized = [m for m in int8.model.bert.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")]
+    assert quantized, "no quantized layers in the text tower"
+    assert not any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in int8.model.visual.modules())
+    scenes_img = [g.render_scene(g.simple_scene("circle", "red", "left"), 1)]
+    assert np.array_equal(int8.encode_images(scenes_img), encoder.encode_images(scenes_img))
+
+    queries = [t["text"] for t in texts[:600]]
+    fp, q8 = encoder.encode_texts(queries), int8.encode_texts(queries)
+    assert np.allclose(np.linalg.norm(q8, axis=1), 1.0, atol=1e-5)
+    cos = np.sum(fp * q8, axis=1)
+    assert cos.min() > 0.98 and np.median(cos) > 0.995, (cos.min(), np.median(cos))
+    top_fp = np.argsort(-(fp @ img.T), axis=1)[:, :10]
+    top_q8 = np.argsort(-(q8 @ img.T), axis=1)[:, :10]
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_fp, top_q8)])
+    assert overlap > 0.9, overlap
+    sub = texts[:600]
+    r10_fp = _recall_at(fp @ img.T, image_ids, sub, 10)
+    r10_q8 = _recall_at(q8 @ img.T, image_ids, sub, 10)
+    assert abs(r10_fp - r10_q8) <= 0.02, (r10_fp, r10_q8)
