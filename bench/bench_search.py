@@ -1,6 +1,7 @@
 """End-to-end text search latency: `POST /img/search` through a real uvicorn server.
 
     python -m bench.bench_search [--quick] [--n 31783] [--queries 200] [--warmup 20]
+                                 [--indexes FLAT,HNSW] [--texts fp32,int8] [--levels Adaptive]
 
 Set-up: a private MariaDB and the Milvus 2.3 server (tests.services); the
 31,783-image split of bench.gen_split loaded with our loader
@@ -10,7 +11,10 @@ consistency level (`--levels`, default the service's default, Adaptive:
 Strong reads for 10 s after this process wrote, Bounded otherwise) runs the
 real entry point `python -m app.main` (uvicorn, one worker), with
 MODEL_NAME=RN50 and random weights (MODEL_RANDOM_INIT=true: the real RN50
-architecture and compute, 1024-d like the features), on CPU.
+architecture and compute, 1024-d like the features), on CPU; one server per
+text tower (`--texts`): fp32 (the default) and int8 (TEXT_INT8=true). Timing
+starts once Milvus' query nodes serve every row from sealed, indexed
+segments (the wait is printed; until then they search growing segments).
 
 An httpx client (keep-alive) sends the same varied Chinese sentences to every
 (level, index) variant, alternating blocks of 10 queries between variants so a
@@ -19,7 +23,8 @@ variant: median, p90, p99, and each stage's median from the response's
 `timings_ms` (encode, vector_search, image_fetch; "other in operation" =
 total - stages) plus HTTP overhead (client latency - total: routing,
 validation, JSON, the socket and the client). For HNSW, its recall@k against
-FLAT's answers to the same queries.
+FLAT's answers to the same queries; for int8, its top-k overlap with the fp32
+tower's answers.
 """
 
 from __future__ import annotations
