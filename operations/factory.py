@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from config.settings import Settings
 from operations.context import EncoderRegistry, Services
-from operations.encoding.clip_encoder import ClipEncoder, LazyClipEncoder, ModelSpec
+from operations.encoding.model_files import LazyClipEncoder, ModelSpec
 from operations.stores.job_store import JobStore
 from operations.stores.milvus_store import MilvusVectorStore
 from operations.stores.sql_image_store import SqlImageStore
+
+if TYPE_CHECKING:
+    from operations.encoding.clip_encoder import ClipEncoder
 
 
 def model_spec(settings: Settings) -> ModelSpec:
@@ -17,8 +22,16 @@ def model_spec(settings: Settings) -> ModelSpec:
                      text_int8=settings.text_int8)
 
 
-def build_encoder(settings: Settings) -> ClipEncoder:
-    return ClipEncoder.load(model_spec(settings))
+def build_encoder(settings: Settings) -> "ClipEncoder":
+    return _load(model_spec(settings))
+
+
+def _load(spec: ModelSpec) -> "ClipEncoder":
+    # Imported here: torch and cn_clip cost ~500 MB, which command-line work
+    # that never encodes (LazyClipEncoder) does not pay.
+    from operations.encoding.clip_encoder import ClipEncoder
+
+    return ClipEncoder.load(spec)
 
 
 def build_vector_store(settings: Settings) -> MilvusVectorStore:
@@ -41,7 +54,7 @@ def build_services(settings: Settings, encoder=None, lazy_model: bool = False) -
     encoder = encoder or (LazyClipEncoder(model_spec(settings)) if lazy_model else build_encoder(settings))
     loaders = {}
     for name, spec in settings.extra_models.items():
-        loaders[name] = (lambda spec=spec, name=name: ClipEncoder.load(ModelSpec(
+        loaders[name] = (lambda spec=spec, name=name: _load(ModelSpec(
             name=name, checkpoint=spec.get("checkpoint"), arch=spec.get("arch"),
             download_root=settings.model_download_root, device=settings.device,
             random_init=bool(spec.get("random_init", False)))))

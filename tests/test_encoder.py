@@ -124,3 +124,26 @@ def test_loading_precomputed_features_never_reads_the_model(tmp_path):
     finally:
         svc.vectors.close()
         svc.images.close()
+
+
+def test_model_lookup_and_the_command_line_need_no_torch():
+    """Name, dim and files of a model come from cn_clip's tables without importing
+    torch (~500 MB), so `scripts.cli load` of precomputed features stays light; the
+    tables read from cn_clip's source equal the imported ones."""
+    import subprocess
+    import sys
+
+    from cn_clip.clip.utils import _MODEL_INFO, _MODELS
+
+    from operations.encoding.model_files import cn_clip_tables
+
+    assert cn_clip_tables() == (_MODELS, _MODEL_INFO)
+    code = ("import sys, scripts.cli\n"
+            "from operations.encoding.model_files import LazyClipEncoder, ModelSpec\n"
+            "e = LazyClipEncoder(ModelSpec(name='RN50', random_init=True))\n"
+            "assert (e.model_name, e.dim) == ('RN50', 1024), (e.model_name, e.dim)\n"
+            "print(sorted(m for m in ('torch', 'torchvision', 'cn_clip.clip') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=str(TINY_ARCH.parents[2]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

@@ -8,11 +8,9 @@ network.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -22,69 +20,19 @@ from PIL import Image
 
 from cn_clip.clip import _tokenizer, image_transform, tokenize
 from cn_clip.clip.model import CLIP
-from cn_clip.clip.utils import _MODEL_INFO, _MODELS
 
 from operations.encoding.base import l2_normalise
-from operations.errors import InvalidInput, ServiceError
+from operations.encoding.model_files import (  # noqa: F401 (re-exported: the encoder's public names)
+    CONTEXT_LENGTH,
+    LazyClipEncoder,
+    ModelSpec,
+    ModelUnavailable,
+    locate_model,
+    resolve_architecture,
+)
+from operations.errors import InvalidInput
 
 log = logging.getLogger(__name__)
-
-CN_CLIP_CONFIG_DIR = Path(__import__("cn_clip.clip", fromlist=["x"]).__file__).parent / "model_configs"
-CONTEXT_LENGTH = 52
-
-
-class ModelUnavailable(ServiceError):
-    """The model's files are not where the settings say (a start-up error)."""
-
-    code = "model_unavailable"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Where a model comes from; see `resolve_architecture` for `arch`."""
-
-    name: str = "RN50"
-    checkpoint: Path | None = None
-    arch: str | None = None
-    download_root: Path = Path("./models")
-    device: str = "auto"
-    half: bool = False
-    random_init: bool = False
-    seed: int = 0
-    text_int8: bool = False
-
-
-def resolve_architecture(arch: str) -> dict:
-    """Return CLIP(**kwargs) for `arch`.
-
-    `arch` is a JSON file holding the kwargs (our small demo model), or a cn_clip
-    struct such as "RN50@RBT3-chinese", or a cn_clip model name ("RN50").
-    """
-    if arch in _MODEL_INFO:
-        arch = _MODEL_INFO[arch]["struct"]
-    path = Path(arch)
-    if path.suffix == ".json":
-        if not path.is_file():
-            raise ModelUnavailable(f"architecture file not found: {path}")
-        info = json.loads(path.read_text(encoding="utf-8"))
-    elif "@" in arch:
-        vision, text = arch.split("@", 1)
-        info = {}
-        for part in (vision, text):
-            cfg = CN_CLIP_CONFIG_DIR / f"{part.replace('/', '-')}.json"
-            if not cfg.is_file():
-                raise ModelUnavailable(f"unknown cn_clip architecture part {part!r}")
-            info.update(json.loads(cfg.read_text(encoding="utf-8")))
-    else:
-        raise ModelUnavailable(
-            f"architecture {arch!r} is neither a .json file, a cn_clip model name "
-            "nor a 'VISION@TEXT' struct"
-        )
-    if isinstance(info.get("vision_layers"), str):
-        # cn_clip stores ResNet layer counts as a string like "[3,4,6,3]".
-        info["vision_layers"] = json.loads(info["vision_layers"])
-    return info
-
 
 def _checkpoint_state_dict(path: Path) -> dict:
     # weights_only: a checkpoint is data, never code to run.
@@ -108,31 +56,6 @@ def _pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def locate_model(spec: ModelSpec) -> tuple[Path | None, str, dict]:
-    """(checkpoint or None for random weights, architecture, CLIP kwargs) of
-    `spec`, or ModelUnavailable naming the missing file. Reads no weights."""
-    checkpoint = spec.checkpoint
-    if checkpoint is None and not spec.random_init:
-        if spec.name not in _MODELS:
-            raise ModelUnavailable(
-                f"model {spec.name!r} is not a cn_clip model ({', '.join(_MODELS)}); "
-                "set MODEL_CHECKPOINT and MODEL_ARCH for a custom model"
-            )
-        checkpoint = spec.download_root / _MODELS[spec.name][1]
-        if not checkpoint.is_file():
-            raise ModelUnavailable(
-                f"checkpoint for {spec.name} not found at {checkpoint}; copy "
-                f"{_MODELS[spec.name][1]} there (no download is attempted)"
-            )
-    arch = spec.arch or spec.name
-    info = resolve_architecture(arch)
-    if spec.random_init:
-        return None, arch, info
-    if not Path(checkpoint).is_file():
-        raise ModelUnavailable(f"checkpoint not found: {checkpoint}")
-    return Path(checkpoint), arch, info
 
 
 class ClipEncoder:
@@ -250,47 +173,3 @@ class ClipEncoder:
             for start in range(0, len(images), batch_size)
         ]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
-
-
-class LazyClipEncoder:
-    """A `ClipEncoder` whose weights are read on the first encode.
-
-    Name and dim come from the architecture, and a missing checkpoint fails at
-    once as with the eager encoder. For the command line: a load of
-    precomputed features never encodes, so it never pays the model's memory
-    (RN50: peak RSS 1.2 GB with the model vs 0.3 GB without).
-    """
-
-    def __init__(self, spec: ModelSpec) -> None:
-        _, _, info = locate_model(spec)
-        self.spec = spec
-        self.model_name = spec.name
-        self.dim = int(info["embed_dim"])
-        self.context_length = CONTEXT_LENGTH
-        self._encoder: ClipEncoder | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def loaded(self) -> bool:
-        return self._encoder is not None
-
-    def _get(self) -> ClipEncoder:
-        with self._lock:
-            if self._encoder is None:
-                self._encoder = ClipEncoder.load(self.spec)
-            return self._encoder
-
-    def check_text(self, text: str) -> None:
-        self._get().check_text(text)
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self._get().encode_texts(texts)
-
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self._get().encode_images(images)
-
-    def __getattr__(self, name: str):
-        # Everything else (preprocess, encode_pixels, ...) is the real encoder's.
-        if name.startswith("_") or name == "spec":
-            raise AttributeError(name)
-        return getattr(self._get(), name)
