@@ -21,8 +21,8 @@ of that child) is its own. Rows:
 - ours, 1/4 split: the same loader on a split a quarter the size: its peak RSS
   should be the same (streaming), its rate about the same.
 - CLI: `python -m scripts.cli load` as a user runs it (MODEL_NAME=RN50 with
-  random weights: the CLI builds the encoder even when features exist), on the
-  1/4 split, to show what the whole process costs, imports and model included.
+  random weights configured; with features it never encodes, so it never
+  imports torch), on the 1/4 split, to show what the whole process costs.
 - ceilings (1/4 split): each store alone with the data already in memory, the
   same statements as ours: MySQL INSERT of the rows (256 per transaction) and
   `MilvusVectorStore.upsert` of the vectors. No loader can beat these here.
@@ -727,7 +727,7 @@ def main() -> None:
         ("ours", full.n): "ours (load_split)",
         ("naive", full.n): "naive baseline",
         ("ours", quarter.n): "ours, 1/4 split",
-        ("cli", quarter.n): "scripts.cli load, 1/4 split (RN50 built)",
+        ("cli", quarter.n): "scripts.cli load, 1/4 split (RN50 configured)",
     }
     print()
     print(
