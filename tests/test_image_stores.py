@@ -239,6 +239,16 @@ def test_bulk_inserts_read_literals_as_bytes_and_give_the_connection_back_as_it_
             store.pool.executemany("INSERT INTO no_such_table (id) VALUES (?)", [(1,)], bulk_literals=True)
         assert store.pool.query(session) == before
 
+        # A server that refuses the switch still gets the rows, as utf8mb4 text.
+        import operations.stores.sql_pool as sql_pool
+
+        refused = "SET character_set_client = no_such_charset"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(sql_pool, "_SWITCH_TO_BINARY", refused)
+            assert store.insert_rows(c, [_row(3, source="图片库 上海")]).inserted == [3]
+        assert store.get_rows(c, [3])[3].source == "图片库 上海"
+        assert store.pool.query(session) == before
+
         legacy = unique("legacy")
         store.ensure_collection(legacy)
         store.pool.execute(f"ALTER TABLE `{table_name(legacy)}` MODIFY image_b64 LONGTEXT NOT NULL")

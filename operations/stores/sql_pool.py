@@ -212,22 +212,33 @@ class SqlPool:
                 return
 
 
+# Saved in the same statement that switches, so restoring is exact.
+_SWITCH_TO_BINARY = ("SET @imgsearch_cs_client = @@character_set_client, "
+                     "@imgsearch_collation = @@collation_connection, "
+                     "character_set_client = binary, character_set_connection = binary")
+_SWITCH_BACK = "SET character_set_client = @imgsearch_cs_client, collation_connection = @imgsearch_collation"
+
+
 @contextlib.contextmanager
 def _binary_client(cur: Any) -> Iterator[None]:
     """Let the server read statements as bytes; put the session back after.
 
-    Restoring goes through session variables saved in the same statement, so a
-    pooled connection goes back exactly as it came; on any error the pool
-    closes the connection instead of reusing it.
+    A pooled connection goes back exactly as it came; on any error the pool
+    closes the connection instead of reusing it. A server that refuses the
+    switch (a failed SET changes nothing) gets the batch as utf8mb4 text, as
+    before: slower, same rows.
     """
-    cur.execute("SET @imgsearch_cs_client = @@character_set_client, "
-                "@imgsearch_collation = @@collation_connection, "
-                "character_set_client = binary, character_set_connection = binary")
+    try:
+        cur.execute(_SWITCH_TO_BINARY)
+        switched = True
+    except pymysql.err.MySQLError as exc:
+        log.warning("MySQL refused character_set_client=binary (%s); batch inserts stay utf8mb4", exc)
+        switched = False
     try:
         yield
     finally:
-        cur.execute("SET character_set_client = @imgsearch_cs_client, "
-                    "collation_connection = @imgsearch_collation")
+        if switched:
+            cur.execute(_SWITCH_BACK)
 
 
 def _close_quietly(conn: Any) -> None:
