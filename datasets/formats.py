@@ -40,6 +40,7 @@ _URLSAFE_TO_STD = bytes.maketrans(b"-_", b"+/")
 _READ_BUFFER = 1 << 20
 # get_many reads adjacent lines with one call, up to this many bytes.
 _MAX_READ_SPAN = 8 << 20
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 # --------------------------------------------------------------------------
@@ -461,7 +462,9 @@ class FeatureIndex:
         written in the images' order) are read with one call per run of lines
         instead of one per line.
         """
-        wanted = np.fromiter((int(r) for r in record_ids), dtype=np.int64)
+        # An id outside int64 cannot be in the index (ids are read as int64):
+        # absent, as get() would say, rather than an OverflowError.
+        wanted = np.fromiter((r for r in map(int, record_ids) if _INT64_MIN <= r <= _INT64_MAX), dtype=np.int64)
         if not len(wanted) or not len(self._ids):
             return {}
         pos = np.minimum(np.searchsorted(self._ids, wanted), len(self._ids) - 1)
@@ -474,7 +477,9 @@ class FeatureIndex:
         out: dict[int, FeatureRecord | BadRecord] = {}
         i = 0
         while i < len(pos):
-            # Extend the run while the next line starts where this one ends.
+            # Extend the run while the next line starts where this one ends
+            # and the run is under the span (so a run ends at most one line
+            # past _MAX_READ_SPAN).
             j, end = i + 1, int(starts[i] + lengths[i])
             while j < len(pos) and starts[j] == end and end - starts[i] < _MAX_READ_SPAN:
                 end += int(lengths[j])

@@ -57,6 +57,7 @@ def build_services(settings: Settings, encoder=None, lazy_model: bool = False) -
         loaders[name] = (lambda spec=spec, name=name: _load(ModelSpec(
             name=name, checkpoint=spec.get("checkpoint"), arch=spec.get("arch"),
             download_root=settings.model_download_root, device=settings.device,
+            half=settings.half_precision, text_int8=settings.text_int8,
             random_init=bool(spec.get("random_init", False)))))
     images = build_image_store(settings)
     return Services(settings=settings, encoders=EncoderRegistry(encoder, loaders),

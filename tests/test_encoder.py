@@ -140,10 +140,26 @@ def test_model_lookup_and_the_command_line_need_no_torch():
     assert cn_clip_tables() == (_MODELS, _MODEL_INFO)
     code = ("import sys, scripts.cli\n"
             "from operations.encoding.model_files import LazyClipEncoder, ModelSpec\n"
-            "e = LazyClipEncoder(ModelSpec(name='RN50', random_init=True))\n"
-            "assert (e.model_name, e.dim) == ('RN50', 1024), (e.model_name, e.dim)\n"
+            "e = LazyClipEncoder(ModelSpec(name='RN50', random_init=True, text_int8=True))\n"
+            "assert (e.model_name, e.dim, e.text_int8) == ('RN50', 1024, True), (e.model_name, e.dim)\n"
             "print(sorted(m for m in ('torch', 'torchvision', 'cn_clip.clip') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          cwd=str(TINY_ARCH.parents[2]))
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_model_tables_fall_back_to_importing_cn_clip(tmp_path, monkeypatch):
+    """Should cn_clip's utils.py stop holding its tables as plain literals, the
+    lookup imports the module instead of failing."""
+    from cn_clip.clip.utils import _MODEL_INFO, _MODELS
+
+    from operations.encoding import model_files
+
+    (tmp_path / "utils.py").write_text("_MODELS = dict(**{'RN50': ('x', 'y')})\n_MODEL_INFO = {}\n")
+    monkeypatch.setattr(model_files, "cn_clip_dir", lambda: tmp_path)
+    model_files.cn_clip_tables.cache_clear()
+    try:
+        assert model_files.cn_clip_tables() == (_MODELS, _MODEL_INFO)
+    finally:
+        model_files.cn_clip_tables.cache_clear()

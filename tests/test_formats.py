@@ -238,6 +238,9 @@ def test_feature_index_get_many_reads_runs_of_lines_as_get_does(tmp_path, monkey
                 assert rec.id == i and np.array_equal(rec.vector, one.vector)
         assert isinstance(many[120], BadRecord) and "dimension" in many[120].reason
         assert index.get_many([]) == {} and index.get_many([1, 2]) == {}
+        # Ids no int64 can hold are absent, as get says, not an OverflowError.
+        assert set(index.get_many([1 << 63, -(1 << 63) - 1, 100])) == {100}
+        assert index.get(1 << 63) is None
 
 
 # -- predictions ----------------------------------------------------------------

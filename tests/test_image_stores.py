@@ -235,18 +235,19 @@ def test_bulk_inserts_read_literals_as_bytes_and_give_the_connection_back_as_it_
         # Text comparisons after the switch back use the connection's utf8mb4.
         assert store.ids_matching(c, SearchFilter(sources=("图片库 上海",), tags=("夏季_新品",)), 10) == [1, 2]
 
+        # The count is the batch's own, not the restoring SET's (which is 0).
+        raw = [(10 + i, f"{i:064x}", "src", 0, "", "", "QUJD") for i in range(3)]
+        statement = (f"INSERT INTO `{table_name(c)}` (id, sha256, source, indexed, tags, external_id, image_b64)"
+                     " VALUES (?, ?, ?, ?, ?, ?, ?)")
+        assert store.pool.executemany(statement, raw, bulk_literals=True) == 3
+
+        # A failing batch leaves nothing switched: the pool closes that
+        # connection (a new connection id) and the next one starts as utf8mb4.
+        (first_id,), = store.pool.query("SELECT CONNECTION_ID()")
         with pytest.raises(Exception):
             store.pool.executemany("INSERT INTO no_such_table (id) VALUES (?)", [(1,)], bulk_literals=True)
-        assert store.pool.query(session) == before
-
-        # A server that refuses the switch still gets the rows, as utf8mb4 text.
-        import operations.stores.sql_pool as sql_pool
-
-        refused = "SET character_set_client = no_such_charset"
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(sql_pool, "_SWITCH_TO_BINARY", refused)
-            assert store.insert_rows(c, [_row(3, source="图片库 上海")]).inserted == [3]
-        assert store.get_rows(c, [3])[3].source == "图片库 上海"
+        (second_id,), = store.pool.query("SELECT CONNECTION_ID()")
+        assert second_id != first_id
         assert store.pool.query(session) == before
 
         legacy = unique("legacy")
@@ -254,5 +255,49 @@ def test_bulk_inserts_read_literals_as_bytes_and_give_the_connection_back_as_it_
         store.pool.execute(f"ALTER TABLE `{table_name(legacy)}` MODIFY image_b64 LONGTEXT NOT NULL")
         assert store.insert_rows(legacy, rows).inserted == [1, 2]
         assert store.get_rows(legacy, [2], with_image=True)[2].image_b64 == rows[1].image_b64
+
+        # A server that refuses the switch still gets the rows, as utf8mb4
+        # text, and is not asked again for later batches.
+        import operations.stores.sql_pool as sql_pool
+
+        refused = "SET character_set_client = no_such_charset"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(sql_pool, "_SWITCH_TO_BINARY", refused)
+            assert store.insert_rows(c, [_row(3, source="图片库 上海")]).inserted == [3]
+            assert store.pool._binary_refused
+            asked_before = int(store.pool.query("SHOW SESSION STATUS LIKE 'Com_set_option'")[0][1])
+            assert store.insert_rows(c, [_row(4, source="图片库 上海")]).inserted == [4]
+            asked_after = int(store.pool.query("SHOW SESSION STATUS LIKE 'Com_set_option'")[0][1])
+            assert asked_after == asked_before  # no SET in the second batch
+        assert store.get_rows(c, [3, 4])[3].source == "图片库 上海"
+        assert store.pool.query(session) == before
     finally:
         store.close()
+
+
+def test_only_the_server_can_refuse_the_binary_switch():
+    """A lost connection while switching (client error 2013) is not a refusal:
+    it propagates, so the pool drops the connection and the batch is retried or
+    reported, and later batches still ask for the fast path. An error from the
+    server itself (1115, unknown character set) is a refusal, remembered."""
+    import pymysql
+
+    from operations.stores.sql_pool import _binary_client
+
+    class FailingCursor:
+        def __init__(self, code: int) -> None:
+            self.code = code
+
+        def execute(self, statement: str) -> None:
+            raise pymysql.err.OperationalError(self.code, "from the test")
+
+    pool = SqlPool("mysql://user@127.0.0.1:1/db")  # never connects here
+    with pytest.raises(pymysql.err.OperationalError):
+        with _binary_client(FailingCursor(2013), pool):
+            pytest.fail("the batch must not run on a lost connection")
+    assert not pool._binary_refused
+
+    ran = []
+    with _binary_client(FailingCursor(1115), pool):
+        ran.append(True)
+    assert ran == [True] and pool._binary_refused

@@ -26,9 +26,6 @@ from operations.errors import ServiceError
 if TYPE_CHECKING:
     from operations.encoding.clip_encoder import ClipEncoder
 
-# cn_clip's package directory, found without importing cn_clip.clip (torch).
-CN_CLIP_DIR = Path(importlib.util.find_spec("cn_clip").submodule_search_locations[0]) / "clip"
-CN_CLIP_CONFIG_DIR = CN_CLIP_DIR / "model_configs"
 CONTEXT_LENGTH = 52
 
 
@@ -36,6 +33,15 @@ class ModelUnavailable(ServiceError):
     """The model's files are not where the settings say (a start-up error)."""
 
     code = "model_unavailable"
+
+
+@functools.cache
+def cn_clip_dir() -> Path:
+    """cn_clip's `clip` package directory, found without importing it (torch)."""
+    found = importlib.util.find_spec("cn_clip")
+    if found is None or not found.submodule_search_locations:
+        raise ModelUnavailable("cn_clip is not installed: pip install -r requirements.txt")
+    return Path(list(found.submodule_search_locations)[0]) / "clip"
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,7 @@ def resolve_architecture(arch: str) -> dict:
         vision, text = arch.split("@", 1)
         info = {}
         for part in (vision, text):
-            cfg = CN_CLIP_CONFIG_DIR / f"{part.replace('/', '-')}.json"
+            cfg = cn_clip_dir() / "model_configs" / f"{part.replace('/', '-')}.json"
             if not cfg.is_file():
                 raise ModelUnavailable(f"unknown cn_clip architecture part {part!r}")
             info.update(json.loads(cfg.read_text(encoding="utf-8")))
@@ -90,13 +96,22 @@ def resolve_architecture(arch: str) -> dict:
 def cn_clip_tables() -> tuple[dict, dict]:
     """cn_clip's `_MODELS` (name -> (hub id, file name)) and `_MODEL_INFO`
     (name -> struct, resolution), read as literals from cn_clip/clip/utils.py:
-    importing that module imports torch. A test checks them against the import."""
-    tree = ast.parse((CN_CLIP_DIR / "utils.py").read_text(encoding="utf-8"))
+    importing that module imports torch. A test checks them against the import.
+    Should a cn_clip release write them in a way this reading does not follow,
+    the module is imported after all (slower and heavier, still right)."""
     found = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            if node.targets[0].id in ("_MODELS", "_MODEL_INFO"):
-                found[node.targets[0].id] = ast.literal_eval(node.value)
+    try:
+        tree = ast.parse((cn_clip_dir() / "utils.py").read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                if node.targets[0].id in ("_MODELS", "_MODEL_INFO"):
+                    found[node.targets[0].id] = ast.literal_eval(node.value)
+    except (OSError, SyntaxError, ValueError):
+        found = {}
+    if set(found) != {"_MODELS", "_MODEL_INFO"}:
+        from cn_clip.clip import utils  # imports torch
+
+        return dict(utils._MODELS), dict(utils._MODEL_INFO)
     return found["_MODELS"], found["_MODEL_INFO"]
 
 
@@ -147,6 +162,12 @@ class LazyClipEncoder:
     @property
     def loaded(self) -> bool:
         return self._encoder is not None
+
+    @property
+    def text_int8(self) -> bool:
+        # Read without loading the model (/readyz asks): what the settings ask
+        # until loaded, then what the encoder did (int8 is CPU only).
+        return self._encoder.text_int8 if self._encoder is not None else bool(self.spec.text_int8)
 
     def _get(self) -> "ClipEncoder":
         with self._lock:

@@ -64,6 +64,9 @@ class SqlPool:
             Path(self._sqlite_path).parent.mkdir(parents=True, exist_ok=True)
         self._idle: queue.LifoQueue = queue.LifoQueue(maxsize=size)
         self._slots = threading.BoundedSemaphore(size)
+        # Set once a server refuses character_set_client=binary, so later
+        # batches do not ask again (see _binary_client).
+        self._binary_refused = False
 
     def sql(self, statement: str) -> str:
         return statement.replace("?", "%s") if self.dialect == "mysql" else statement
@@ -182,12 +185,16 @@ class SqlPool:
         for attempt in range(DEADLOCK_RETRIES + 1):
             try:
                 with self.transaction() as cur:
-                    if bulk_literals and self.dialect == "mysql":
-                        with _binary_client(cur):
+                    if bulk_literals and self.dialect == "mysql" and not self._binary_refused:
+                        with _binary_client(cur, self):
                             cur.executemany(self.sql(statement), params)
+                            # Read before the restoring SET, which is then the
+                            # cursor's last statement (its rowcount is 0).
+                            count = cur.rowcount
                     else:
                         cur.executemany(self.sql(statement), params)
-                    return cur.rowcount
+                        count = cur.rowcount
+                return count
             except DependencyUnavailable as exc:
                 if attempt == DEADLOCK_RETRIES or not _is_deadlock(exc.__cause__):
                     raise
@@ -220,25 +227,35 @@ _SWITCH_BACK = "SET character_set_client = @imgsearch_cs_client, collation_conne
 
 
 @contextlib.contextmanager
-def _binary_client(cur: Any) -> Iterator[None]:
+def _binary_client(cur: Any, pool: SqlPool) -> Iterator[None]:
     """Let the server read statements as bytes; put the session back after.
 
-    A pooled connection goes back exactly as it came; on any error the pool
-    closes the connection instead of reusing it. A server that refuses the
-    switch (a failed SET changes nothing) gets the batch as utf8mb4 text, as
-    before: slower, same rows.
+    The session is restored only when the batch succeeded: after an error the
+    pool closes the connection anyway, and a restoring SET on a broken
+    connection would replace the batch's own error (which the deadlock retry
+    inspects). A server that refuses the switch with an error of its own (codes
+    below 2000; a failed SET changes nothing) gets this batch and every later
+    one as utf8mb4 text, as before: slower, same rows. Client-side errors (lost
+    connection, 2006/2013) are not a refusal and propagate.
     """
     try:
         cur.execute(_SWITCH_TO_BINARY)
-        switched = True
     except pymysql.err.MySQLError as exc:
+        if not _is_server_error(exc):
+            raise
         log.warning("MySQL refused character_set_client=binary (%s); batch inserts stay utf8mb4", exc)
-        switched = False
-    try:
+        pool._binary_refused = True
         yield
-    finally:
-        if switched:
-            cur.execute(_SWITCH_BACK)
+        return
+    yield
+    cur.execute(_SWITCH_BACK)
+
+
+def _is_server_error(exc: BaseException) -> bool:
+    # MySQL numbers its server errors below 2000 and its client errors
+    # (CR_SERVER_GONE_ERROR 2006, CR_SERVER_LOST 2013, ...) from 2000.
+    code = exc.args[0] if exc.args else None
+    return isinstance(code, int) and 0 < code < 2000
 
 
 def _close_quietly(conn: Any) -> None:
