@@ -165,3 +165,27 @@ def test_partitioned_by_source_answers_like_the_exact_store(store):
 def test_partition_count_is_validated(store):
     with pytest.raises(InvalidInput):
         store.create_collection(unique("pk"), DIM, "m1", IndexSpec(source_partitions=5000))
+
+
+def test_a_new_server_collection_takes_writes_while_it_loads_and_a_bulk_flush_ends_loaded(milvus_server):
+    """On a server the collection's load (~2.5-3 s of the coordinator's time)
+    runs while the first batches are written; a bulk load's final flush waits
+    for it, so the load ends searchable."""
+    s = MilvusVectorStore(milvus_server.uri, timeout_s=10)
+    name = unique("loading")
+    try:
+        s.create_collection(name, 8, "tiny", IndexSpec("FLAT", {}, {}))
+        assert name not in s._loaded  # creation did not wait for the load
+        rng = np.random.default_rng(0)
+        vectors = rng.standard_normal((20, 8)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        assert s.upsert(name, list(range(20)), vectors) == 20
+        assert name not in s._loaded  # nor did the write
+        s.flush(name, bulk=True)
+        state = s._connect().get_load_state(name)["state"]
+        assert str(state).endswith("Loaded") and "NotLoad" not in str(state)
+        hits = s.search(name, vectors[3:4], 1)[0]
+        assert hits[0].id == 3
+    finally:
+        s.drop_collection(name)
+        s.close()
