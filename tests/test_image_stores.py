@@ -206,20 +206,17 @@ def test_image_id_zero_keeps_its_id(store):
     assert store.count(name) == 2
 
 
-def test_bulk_inserts_read_literals_as_bytes_and_give_the_connection_back_as_it_was(request):
-    """Batch inserts switch the MySQL session to character_set_client=binary (the
-    server then skips a utf8mb4 scan of every base64 character). Chinese text
-    must still land as the same characters, the one pooled connection must come
-    back with its own character set, and a failing batch must not leave it
-    switched. Tables made before the image column became LONGBLOB still work."""
+def test_mysql_batch_inserts_keep_text_and_images_exact(request):
+    """Batch inserts go through prepared statements (values as bytes, never
+    lexed; tests/test_mysql_prepared.py). Through the store: Chinese text lands
+    as the same characters and is found by filters, images come back as str,
+    the image column of new tables is LONGBLOB, and tables made before it was
+    (LONGTEXT) still work."""
     from operations.stores.sql_image_store import table_name
 
     db = request.getfixturevalue("mariadb")
-    store = SqlImageStore(SqlPool(db.create_database(), None, 5, 1))  # one connection: every call reuses it
-    session = "SELECT @@character_set_client, @@character_set_connection, @@collation_connection"
+    store = SqlImageStore(SqlPool(db.create_database(), None, 5, 1))
     try:
-        before = store.pool.query(session)
-        assert before[0][0] == "utf8mb4"
         c = unique()
         store.ensure_collection(c)
         column = store.pool.query("SELECT DATA_TYPE FROM information_schema.columns WHERE table_schema = DATABASE()"
@@ -227,28 +224,14 @@ def test_bulk_inserts_read_literals_as_bytes_and_give_the_connection_back_as_it_
         assert column == [("longblob",)]
         rows = [_row(i, source="图片库 上海", tags=("红色", "夏季_新品"), external_id=f"货号-{i}") for i in (1, 2)]
         assert store.insert_rows(c, rows).inserted == [1, 2]
-        assert store.pool.query(session) == before
         got = store.get_rows(c, [1, 2], with_image=True)
         assert [(g.source, g.tags, g.external_id, g.image_b64) for g in got.values()] == \
             [(r.source, r.tags, r.external_id, r.image_b64) for r in rows]
         assert isinstance(got[1].image_b64, str)
-        # Text comparisons after the switch back use the connection's utf8mb4.
         assert store.ids_matching(c, SearchFilter(sources=("图片库 上海",), tags=("夏季_新品",)), 10) == [1, 2]
-
-        # The count is the batch's own, not the restoring SET's (which is 0).
-        raw = [(10 + i, f"{i:064x}", "src", 0, "", "", "QUJD") for i in range(3)]
-        statement = (f"INSERT INTO `{table_name(c)}` (id, sha256, source, indexed, tags, external_id, image_b64)"
-                     " VALUES (?, ?, ?, ?, ?, ?, ?)")
-        assert store.pool.executemany(statement, raw, bulk_literals=True) == 3
-
-        # A failing batch leaves nothing switched: the pool closes that
-        # connection (a new connection id) and the next one starts as utf8mb4.
-        (first_id,), = store.pool.query("SELECT CONNECTION_ID()")
-        with pytest.raises(Exception):
-            store.pool.executemany("INSERT INTO no_such_table (id) VALUES (?)", [(1,)], bulk_literals=True)
-        (second_id,), = store.pool.query("SELECT CONNECTION_ID()")
-        assert second_id != first_id
-        assert store.pool.query(session) == before
+        # Again: nothing new, nothing failed.
+        again = store.insert_rows(c, rows)
+        assert again.inserted == [] and again.already_present == [1, 2]
 
         legacy = unique("legacy")
         store.ensure_collection(legacy)
@@ -256,48 +239,6 @@ def test_bulk_inserts_read_literals_as_bytes_and_give_the_connection_back_as_it_
         assert store.insert_rows(legacy, rows).inserted == [1, 2]
         assert store.get_rows(legacy, [2], with_image=True)[2].image_b64 == rows[1].image_b64
 
-        # A server that refuses the switch still gets the rows, as utf8mb4
-        # text, and is not asked again for later batches.
-        import operations.stores.sql_pool as sql_pool
-
-        refused = "SET character_set_client = no_such_charset"
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(sql_pool, "_SWITCH_TO_BINARY", refused)
-            assert store.insert_rows(c, [_row(3, source="图片库 上海")]).inserted == [3]
-            assert store.pool._binary_refused
-            asked_before = int(store.pool.query("SHOW SESSION STATUS LIKE 'Com_set_option'")[0][1])
-            assert store.insert_rows(c, [_row(4, source="图片库 上海")]).inserted == [4]
-            asked_after = int(store.pool.query("SHOW SESSION STATUS LIKE 'Com_set_option'")[0][1])
-            assert asked_after == asked_before  # no SET in the second batch
-        assert store.get_rows(c, [3, 4])[3].source == "图片库 上海"
-        assert store.pool.query(session) == before
     finally:
         store.close()
 
-
-def test_only_the_server_can_refuse_the_binary_switch():
-    """A lost connection while switching (client error 2013) is not a refusal:
-    it propagates, so the pool drops the connection and the batch is retried or
-    reported, and later batches still ask for the fast path. An error from the
-    server itself (1115, unknown character set) is a refusal, remembered."""
-    import pymysql
-
-    from operations.stores.sql_pool import _binary_client
-
-    class FailingCursor:
-        def __init__(self, code: int) -> None:
-            self.code = code
-
-        def execute(self, statement: str) -> None:
-            raise pymysql.err.OperationalError(self.code, "from the test")
-
-    pool = SqlPool("mysql://user@127.0.0.1:1/db")  # never connects here
-    with pytest.raises(pymysql.err.OperationalError):
-        with _binary_client(FailingCursor(2013), pool):
-            pytest.fail("the batch must not run on a lost connection")
-    assert not pool._binary_refused
-
-    ran = []
-    with _binary_client(FailingCursor(1115), pool):
-        ran.append(True)
-    assert ran == [True] and pool._binary_refused

@@ -160,14 +160,16 @@ class SqlImageStore:
                 fresh.append(r)
             except PayloadTooLarge as exc:
                 rejected[int(r.id)] = exc.message  # type: ignore[arg-type]
-        ignore = "INSERT IGNORE" if self.pool.dialect == "mysql" else "INSERT OR IGNORE"
         now = int(time.time())
-        self.pool.executemany(
-            f"{ignore} INTO {table} (id, sha256, mime, width, height, source, tags, external_id, "
-            f"created_at, added_at, indexed, image_b64) VALUES ({_placeholders(12)})",
+        limit = self.max_image_b64_bytes()
+        self.pool.insert_many(
+            table, ("id", "sha256", "mime", "width", "height", "source", "tags", "external_id",
+                    "created_at", "added_at", "indexed", "image_b64"),
             [(r.id, r.sha256, r.mime, r.width, r.height, r.source, encode_tags(r.tags), r.external_id,
               r.created_at, r.added_at or now, 0, r.image_b64) for r in fresh],
-            bulk_literals=True)
+            ignore=True, max_group_bytes=min(4 << 20, limit) if limit else 4 << 20,
+            # base64 is ASCII: as bytes the server does not check it as utf8mb4.
+            binary_columns=("image_b64",))
         stored = self._existing(table, [int(r.id) for r in fresh])  # type: ignore[arg-type]
         dup_rows = [r for r in fresh if r.id not in stored]
         duplicate_of: dict[int, int] = {}

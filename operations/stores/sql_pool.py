@@ -15,12 +15,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import unquote, urlparse
 
 import pymysql
 
 from operations.errors import DependencyUnavailable
+from operations.stores import mysql_prepared
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +65,9 @@ class SqlPool:
             Path(self._sqlite_path).parent.mkdir(parents=True, exist_ok=True)
         self._idle: queue.LifoQueue = queue.LifoQueue(maxsize=size)
         self._slots = threading.BoundedSemaphore(size)
-        # Set once a server refuses character_set_client=binary, so later
-        # batches do not ask again (see _binary_client).
-        self._binary_refused = False
+        # Set once a server refuses prepared statements, so later batches do
+        # not ask again (see insert_many).
+        self._prepare_refused = False
 
     def sql(self, statement: str) -> str:
         return statement.replace("?", "%s") if self.dialect == "mysql" else statement
@@ -167,34 +168,68 @@ class SqlPool:
             finally:
                 cur.close()
 
-    def executemany(self, statement: str, rows: Sequence[Sequence[Any]], *, bulk_literals: bool = False) -> int:
-        """All rows in one transaction; retried when MySQL picks it as a deadlock
-        victim (it was rolled back whole, so running it again is safe).
-
-        `bulk_literals` (MySQL): the statement's values are read by the server
-        as raw bytes (character_set_client = binary) instead of utf8mb4. With
-        base64 images of ~67 KB a row, about half of mariadbd's CPU went into
-        lexing those literals character by character as utf8mb4 (perf, bench/
-        README.md); as bytes the lexer does not look for multi-byte characters.
-        Text values are sent as UTF-8, so text columns still get the same
-        characters. The connection's own character set is restored after.
-        """
+    def executemany(self, statement: str, rows: Sequence[Sequence[Any]]) -> int:
+        """All rows in one transaction (deadlock victims retried, see _with_retries)."""
         if not rows:
             return 0
         params = [tuple(r) for r in rows]
+
+        def work(cur: Any) -> int:
+            cur.executemany(self.sql(statement), params)
+            return cur.rowcount
+
+        return self._with_retries(work)
+
+    def insert_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *,
+                    ignore: bool = False, max_group_bytes: int = 4 << 20,
+                    binary_columns: Sequence[str] = ()) -> int:
+        """INSERT [IGNORE] of many rows in one transaction; the inserted count.
+
+        `table` must be a validated, quoted name. On MySQL the rows go through
+        server-side prepared multi-row INSERTs (mysql_prepared: values are
+        sent as bytes, never lexed: with ~67 KB base64 images the lexer was
+        most of mariadbd's CPU). A server that refuses to prepare (an error
+        of its own, codes below 2000) gets ordinary executemany from then on:
+        slower, same rows. SQLite: executemany. `max_group_bytes`: one
+        prepared execution carries at most this many bytes of values (or one
+        larger row alone); keep it under the server's max_allowed_packet.
+        `binary_columns` (MySQL): str values of these columns are sent as
+        bytes, for binary columns (LONGBLOB) that hold ASCII such as base64.
+        """
+        if not rows:
+            return 0
+        names = ", ".join(columns)
+        params = [tuple(r) for r in rows]
+        if self.dialect == "sqlite" or self._prepare_refused:
+            verb = ("INSERT IGNORE" if self.dialect == "mysql" else "INSERT OR IGNORE") if ignore else "INSERT"
+            return self.executemany(f"{verb} INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})",
+                                    params)
+
+        def work(cur: Any) -> int:
+            return mysql_prepared.insert_rows(cur.connection, f"{'IGNORE ' if ignore else ''}INTO {table}",
+                                              names, params, max_bytes=max_group_bytes,
+                                              binary=[columns.index(c) for c in binary_columns])
+
+        try:
+            return self._with_retries(work)
+        except (DependencyUnavailable, pymysql.err.MySQLError) as exc:
+            # The pool reports server errors of the OperationalError kind as
+            # DependencyUnavailable (503), with the server's error as cause.
+            cause = exc.__cause__ if isinstance(exc, DependencyUnavailable) else exc
+            if not _refused_prepare(cause):
+                raise
+            log.warning("MySQL refused a prepared INSERT (%s); batch inserts use the text protocol", exc)
+            self._prepare_refused = True
+            return self.insert_many(table, columns, rows, ignore=ignore, max_group_bytes=max_group_bytes,
+                                    binary_columns=binary_columns)
+
+    def _with_retries(self, work: Callable[[Any], int]) -> int:
+        """`work(cursor)` inside one transaction, retried when MySQL picks it as
+        a deadlock victim (it was rolled back whole, so running it again is safe)."""
         for attempt in range(DEADLOCK_RETRIES + 1):
             try:
                 with self.transaction() as cur:
-                    if bulk_literals and self.dialect == "mysql" and not self._binary_refused:
-                        with _binary_client(cur, self):
-                            cur.executemany(self.sql(statement), params)
-                            # Read before the restoring SET, which is then the
-                            # cursor's last statement (its rowcount is 0).
-                            count = cur.rowcount
-                    else:
-                        cur.executemany(self.sql(statement), params)
-                        count = cur.rowcount
-                return count
+                    return work(cur)
             except DependencyUnavailable as exc:
                 if attempt == DEADLOCK_RETRIES or not _is_deadlock(exc.__cause__):
                     raise
@@ -219,43 +254,18 @@ class SqlPool:
                 return
 
 
-# Saved in the same statement that switches, so restoring is exact.
-_SWITCH_TO_BINARY = ("SET @imgsearch_cs_client = @@character_set_client, "
-                     "@imgsearch_collation = @@collation_connection, "
-                     "character_set_client = binary, character_set_connection = binary")
-_SWITCH_BACK = "SET character_set_client = @imgsearch_cs_client, collation_connection = @imgsearch_collation"
+def _refused_prepare(exc: BaseException | None) -> bool:
+    # Only the server's own refusal (e.g. 1295 "not supported in the prepared
+    # statement protocol" behind a proxy); a lost connection (client errors
+    # from 2000) or a bad row (duplicate key, data too long) is not one.
+    if not isinstance(exc, pymysql.err.MySQLError) or not exc.args:
+        return False
+    return exc.args[0] in _PREPARE_REFUSALS
 
 
-@contextlib.contextmanager
-def _binary_client(cur: Any, pool: SqlPool) -> Iterator[None]:
-    """Let the server read statements as bytes; put the session back after.
-
-    The session is restored only when the batch succeeded: after an error the
-    pool closes the connection anyway, and a restoring SET on a broken
-    connection would replace the batch's own error (which the deadlock retry
-    inspects). A server that refuses the switch with an error of its own (codes
-    below 2000; a failed SET changes nothing) gets this batch and every later
-    one as utf8mb4 text, as before: slower, same rows. Client-side errors (lost
-    connection, 2006/2013) are not a refusal and propagate.
-    """
-    try:
-        cur.execute(_SWITCH_TO_BINARY)
-    except pymysql.err.MySQLError as exc:
-        if not _is_server_error(exc):
-            raise
-        log.warning("MySQL refused character_set_client=binary (%s); batch inserts stay utf8mb4", exc)
-        pool._binary_refused = True
-        yield
-        return
-    yield
-    cur.execute(_SWITCH_BACK)
-
-
-def _is_server_error(exc: BaseException) -> bool:
-    # MySQL numbers its server errors below 2000 and its client errors
-    # (CR_SERVER_GONE_ERROR 2006, CR_SERVER_LOST 2013, ...) from 2000.
-    code = exc.args[0] if exc.args else None
-    return isinstance(code, int) and 0 < code < 2000
+# ER_UNSUPPORTED_PS, ER_PS_MANY_PARAM, ER_MAX_PREPARED_STMT_COUNT_REACHED,
+# ER_NOT_SUPPORTED_YET (proxies answer COM_STMT_* this way)
+_PREPARE_REFUSALS = {1295, 1390, 1461, 1235, 1047}
 
 
 def _close_quietly(conn: Any) -> None:
