@@ -223,7 +223,10 @@ def test_mysql_batch_inserts_keep_text_and_images_exact(request):
                                   " AND table_name = ? AND column_name = 'image_b64'", (table_name(c),))
         assert column == [("longblob",)]
         rows = [_row(i, source="图片库 上海", tags=("红色", "夏季_新品"), external_id=f"货号-{i}") for i in (1, 2)]
+        executions = "SHOW SESSION STATUS LIKE 'Com_stmt_execute'"
+        before = int(store.pool.query(executions)[0][1])
         assert store.insert_rows(c, rows).inserted == [1, 2]
+        assert int(store.pool.query(executions)[0][1]) == before + 1  # the prepared path, one 2-row INSERT
         got = store.get_rows(c, [1, 2], with_image=True)
         assert [(g.source, g.tags, g.external_id, g.image_b64) for g in got.values()] == \
             [(r.source, r.tags, r.external_id, r.image_b64) for r in rows]

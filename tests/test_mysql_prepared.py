@@ -44,7 +44,7 @@ def test_values_come_back_exactly_as_sent(pool):
     executions = "SHOW SESSION STATUS LIKE 'Com_stmt_execute'"
     before = int(pool.query(executions)[0][1])
     assert pool.insert_many(table, COLUMNS, rows) == 3
-    assert int(pool.query(executions)[0][1]) == before + 1  # one prepared multi-row INSERT
+    assert int(pool.query(executions)[0][1]) == before + 2  # 3 rows: a 2-row and a 1-row statement
     got = pool.query(f"SELECT id, label, note, data, text_blob FROM {table} ORDER BY id")
     assert [tuple(g) for g in got] == sorted(rows)
 
@@ -62,14 +62,16 @@ def test_groups_respect_row_and_byte_limits_and_ignore_counts_only_new_rows(pool
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(mysql_prepared, "_run", counting)
         assert pool.insert_many(table, COLUMNS, rows, max_group_bytes=5 * 1004) == 40
-    assert executed == [5] * 8  # 1,004 bytes a row: 5 rows fit in 5,020
+    # 1,000 bytes + 5 x 11 of parameter overhead a row: 4 rows fit, as one
+    # statement of 4 rows (the shapes are 16, 8, 4, 2, 1)
+    assert executed == [4] * 10
 
     executed.clear()
     again = rows[35:] + [(40 + i, f"r{40 + i}", None, b"y", "t") for i in range(20)]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(mysql_prepared, "_run", counting)
         assert pool.insert_many(table, COLUMNS, again, ignore=True) == 20  # 5 already there
-    assert executed == [16, 9]  # at most 16 rows an execution
+    assert executed == [16, 8, 1]  # at most 16 rows an execution; 9 as 8 + 1
     assert pool.query(f"SELECT COUNT(*) FROM {table}")[0][0] == 60
 
 
@@ -124,3 +126,59 @@ def test_prepared_statements_are_prepared_once_per_connection(pool):
     assert before >= 1
     pool.insert_many(table, COLUMNS, [(100 + i, "a", None, b"", "") for i in range(16)])
     assert int(pool.query(status)[0][1]) == before
+
+
+def test_cached_statements_follow_a_table_that_is_dropped_recreated_or_altered(pool):
+    """Delete a collection and load it again: the connection's cached
+    statements name a table that was dropped and made anew (or altered); the
+    server re-prepares them and the rows land in the new table."""
+    table = _table(pool)
+    assert pool.insert_many(table, COLUMNS, [(1, "a", None, b"\x01", "t")]) == 1
+    pool.execute(f"DROP TABLE {table}")
+    pool.execute(f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, label VARCHAR(64) NOT NULL, "
+                 "note VARCHAR(64) NULL, data LONGTEXT NOT NULL, text_blob LONGBLOB NOT NULL) "
+                 "DEFAULT CHARSET=utf8mb4")
+    assert pool.insert_many(table, COLUMNS, [(1, "新", None, "QUJD", "t")]) == 1
+    pool.execute(f"ALTER TABLE {table} ADD COLUMN extra INT NOT NULL DEFAULT 7")
+    assert pool.insert_many(table, COLUMNS, [(2, "b", "n", "x", "y")]) == 1
+    assert [tuple(r) for r in pool.query(f"SELECT id, label, data, text_blob, extra FROM {table} ORDER BY id")] == \
+        [(1, "新", "QUJD", b"t", 7), (2, "b", "x", b"y", 7)]
+
+
+def test_a_connection_keeps_few_statements_however_many_tables(pool):
+    """Statement shapes are 16/8/4/2/1 rows a table and a connection keeps
+    at most 20, closing the least recently used: the server-wide
+    max_prepared_stmt_count is shared with every client."""
+    tables = [_table(pool) for _ in range(8)]
+    for table in tables:
+        assert pool.insert_many(table, COLUMNS, [(i, "a", None, b"", "") for i in range(31)]) == 31  # 16+8+4+2+1
+    with pool.connection() as conn:
+        cache = getattr(conn, mysql_prepared._CACHE_ATTR)
+        assert len(cache) == mysql_prepared._CACHE_SIZE
+    closed = int(pool.query("SHOW SESSION STATUS LIKE 'Com_stmt_close'")[0][1])
+    assert closed == 8 * 5 - mysql_prepared._CACHE_SIZE
+
+
+def test_a_null_past_the_first_byte_of_the_null_bitmap(pool):
+    """The NULL bitmap spans bytes from the 9th parameter on; numpy integers
+    are sent as integers, as the text protocol did; an int beyond int64 is
+    refused before anything is sent."""
+    import numpy as np
+
+    name = f"`{unique('wide')}`"
+    pool.execute(f"CREATE TABLE {name} (" + ", ".join(f"c{i} BIGINT NULL" for i in range(10)) + ")")
+    columns = [f"c{i}" for i in range(10)]
+    row = (np.int64(1), 2, 3, 4, 5, 6, 7, 8, None, np.int32(10))
+    assert pool.insert_many(name, columns, [row, tuple(range(10))]) == 2
+    assert pool.query(f"SELECT * FROM {name} ORDER BY c0") == [(0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
+                                                              (1, 2, 3, 4, 5, 6, 7, 8, None, 10)]
+    with pytest.raises(ValueError, match="64-bit"):
+        pool.insert_many(name, columns, [(1 << 63,) + (0,) * 9])
+
+
+@pytest.mark.parametrize("n, encoded", [
+    (250, b"\xfa"), (251, b"\xfc\xfb\x00"), (65535, b"\xfc\xff\xff"), (65536, b"\xfd\x00\x00\x01"),
+    ((1 << 24) - 1, b"\xfd\xff\xff\xff"), (1 << 24, b"\xfe" + (1 << 24).to_bytes(8, "little")),
+])
+def test_length_prefixes_at_their_edges(n, encoded):
+    assert mysql_prepared._lenenc(n) == encoded

@@ -189,3 +189,54 @@ def test_a_new_server_collection_takes_writes_while_it_loads_and_a_bulk_flush_en
     finally:
         s.drop_collection(name)
         s.close()
+
+
+@pytest.mark.parametrize("kind", ["lite", "server"])
+def test_a_collection_left_without_its_index_is_mended(kind, request, tmp_path):
+    """A creation interrupted after Milvus made the collection but before its
+    index leaves a collection that can never load; the next create_collection
+    (every load and add calls it) gives it the index, and it then works."""
+    from pymilvus import DataType, MilvusClient
+
+    uri = str(tmp_path / "v.db") if kind == "lite" else request.getfixturevalue("milvus_server").uri
+    s = MilvusVectorStore(uri, timeout_s=10)
+    name = unique("noindex")
+    try:
+        spec = IndexSpec("FLAT", {}, {})
+        s.create_collection(name, 8, "tiny", spec)
+        s._call(lambda c: c.release_collection(name))
+        s._call(lambda c: c.drop_index(name, "vector"))
+        s._loaded.clear()
+        assert not s._call(lambda c: c.list_indexes(name, field_name="vector"))
+        s.create_collection(name, 8, "tiny", spec)
+        assert s._call(lambda c: c.list_indexes(name, field_name="vector"))
+        vectors = np.eye(8, dtype=np.float32)
+        s.upsert(name, list(range(8)), vectors)
+        s.flush(name, bulk=True)
+        assert s.search(name, vectors[5:6], 1)[0][0].id == 5
+    finally:
+        s.drop_collection(name)
+        s.close()
+
+
+def test_a_collection_dropped_while_it_loads_can_be_made_again(milvus_server):
+    s = MilvusVectorStore(milvus_server.uri, timeout_s=10)
+    name = unique("reload")
+    try:
+        spec = IndexSpec("FLAT", {}, {})
+        s.create_collection(name, 8, "tiny", spec)
+        s.drop_collection(name)  # its load is still running on the server
+        s.create_collection(name, 8, "tiny", spec)
+        vectors = np.eye(8, dtype=np.float32)
+        s.upsert(name, list(range(8)), vectors)
+        # Another process (the API beside a CLI load) reads it while it may
+        # still be loading: the read waits for the load.
+        other = MilvusVectorStore(milvus_server.uri, timeout_s=10, consistency="Strong")
+        try:
+            assert other.count(name) == 8
+        finally:
+            other.close()
+        assert s.search(name, vectors[2:3], 1)[0][0].id == 2
+    finally:
+        s.drop_collection(name)
+        s.close()

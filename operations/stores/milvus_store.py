@@ -136,7 +136,8 @@ class MilvusVectorStore:
         validate_name(name)
         index.check()
         if self.has_collection(name):
-            check_model(self.describe(name), model_name, dim)
+            self._repair_index(name, index)
+            check_model(self.describe_meta(name), model_name, dim)
             return
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
                                             description=json.dumps({"model": model_name, "dim": dim}))
@@ -159,24 +160,25 @@ class MilvusVectorStore:
                                 consistency_level="Bounded" if self.consistency == "Adaptive" else self.consistency,
                                 timeout=self.timeout,
                                 **({"num_partitions": index.source_partitions} if index.source_partitions else {}))
+            # The index at once: a collection without one can never load (and
+            # _repair_index mends one that a failure left here without it).
+            # On a server, do not wait for it: an empty collection has
+            # nothing to build.
+            c.create_index(name, params, timeout=self.timeout, **({} if self.is_lite else {"sync": False}))
             c.alter_collection_properties(name, properties={
                 PROP_MODEL: model_name, PROP_DIM: str(dim),
                 PROP_INDEX: json.dumps({"type": index.type, "build": index.build_params,
                                         "search": index.search_params,
                                         "source_partitions": index.source_partitions}),
             }, timeout=self.timeout)
-            if self.is_lite:
-                c.create_index(name, params, timeout=self.timeout)
-                return
-            # On a server, loading a new collection takes ~2.5-3 s (measured
-            # on the 2.3 test server), most of it the query coordinator's
-            # scheduling, not data. Writes do not need a loaded collection, so
-            # the load runs on the server while a bulk load writes; the first
-            # read (or the bulk load's final flush) waits for it
-            # (_ensure_loaded). The index on an empty collection needs no
-            # build to wait for either.
-            c.create_index(name, params, timeout=self.timeout, sync=False)
-            c.load_collection(name, timeout=self.timeout, _async=True)
+            if not self.is_lite:
+                # On a server, loading a new collection takes ~2.5-3 s (measured
+                # on the 2.3 test server), most of it the query coordinator's
+                # scheduling, not data. Writes do not need a loaded collection,
+                # so the load runs on the server while a bulk load writes; the
+                # first read (or the bulk load's final flush) waits for it
+                # (_ensure_loaded).
+                c.load_collection(name, timeout=self.timeout, _async=True)
 
         self._call(create, name)
         self._info_cache.pop(name, None)
@@ -221,12 +223,26 @@ class MilvusVectorStore:
         self._loaded.discard(name)
         self._info_cache.pop(name, None)
 
-    def _ensure_loaded(self, name: str) -> None:
+    def _repair_index(self, name: str, index: IndexSpec) -> None:
+        """Give the vector field its index if a failed creation left it without."""
+        if self._call(lambda c: c.list_indexes(name, field_name="vector", timeout=self.timeout), name):
+            return
+        log.warning("collection %s has no vector index (an interrupted creation?); creating it", name)
+
+        def create_index(c: MilvusClient) -> None:
+            params = c.prepare_index_params()
+            params.add_index(field_name="vector", index_type=index.type, metric_type="IP",
+                             params=dict(index.build_params))
+            c.create_index(name, params, timeout=self.timeout)
+
+        self._call(create_index, name)
+
+    def _ensure_loaded(self, name: str, wait_s: float | None = None) -> None:
         # A collection reopened from disk (or after a server restart) is
         # "released" and refuses searches until loaded again.
         if name in self._loaded:
             return
-        self._call(lambda c: c.load_collection(name, timeout=self.timeout), name)
+        self._call(lambda c: c.load_collection(name, timeout=wait_s or self.timeout), name)
         self._loaded.add(name)
 
     def _ensure_writable(self, name: str) -> None:
@@ -285,8 +301,8 @@ class MilvusVectorStore:
             self._call(lambda c: c.flush(name, timeout=max(self.timeout, 120.0)), name)
         if bulk:
             # A load ends searchable: wait for the collection's load if it is
-            # still running (see create_collection).
-            self._ensure_loaded(name)
+            # still running (see create_collection), as patiently as for the flush.
+            self._ensure_loaded(name, wait_s=max(self.timeout, 120.0))
 
     def delete(self, name: str, ids: Sequence[int]) -> None:
         if not ids:

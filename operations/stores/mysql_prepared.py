@@ -18,8 +18,12 @@ the column and parameter definitions end with EOF packets.
 
 from __future__ import annotations
 
+import operator
 import struct
+from collections import OrderedDict
 from typing import Any, Sequence
+
+from pymysql.constants import CLIENT
 
 COM_STMT_PREPARE = 0x16
 COM_STMT_EXECUTE = 0x17
@@ -34,9 +38,17 @@ _TYPE_STRING = b"\xfe\x00"
 _TYPE_BLOB = b"\xfc\x00"
 _CURSOR_NONE_ONE_ITERATION = struct.pack("<BI", 0, 1)
 
-# Statements kept per connection, by statement text (each multi-row INSERT
-# shape is one statement). Far below max_prepared_stmt_count (16,382).
+# Statements kept per connection, by statement text, least recently used
+# closed first. Each table needs at most 5 (groups of 16, 8, 4, 2, 1 rows), so
+# a connection holds few whatever the number of collections; the server's
+# max_prepared_stmt_count (16,382 by default) is shared with every client.
 _CACHE_ATTR = "_imgsearch_prepared"
+_CACHE_SIZE = 20
+_GROUP_SIZES = (16, 8, 4, 2, 1)
+# Per parameter in COM_STMT_EXECUTE besides its bytes: type (2), length
+# prefix (up to 9) or an int64 (8).
+_PARAM_OVERHEAD = 11
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 class Prepared:
@@ -46,14 +58,27 @@ class Prepared:
         conn._execute_command(COM_STMT_PREPARE, statement)
         head = conn._read_packet()  # an error packet raises here, as for a query
         data = head.get_all_data()
+        if not data or data[0] != 0:
+            raise ValueError("unexpected reply to COM_STMT_PREPARE")
         # 0x00, statement id (4), columns (2), parameters (2), filler, warnings
         self.id, columns, self.n_params = struct.unpack_from("<IHH", data, 1)
+        # Definitions end with an EOF packet unless the client asked for
+        # CLIENT_DEPRECATE_EOF (pymysql 1.x-2.x does not; read it if it does).
+        with_eof = not (getattr(conn, "client_flag", 0) & CLIENT.DEPRECATE_EOF)
         for count in (self.n_params, columns):
             if count:
                 for _ in range(count):
                     conn._read_packet()
-                conn._read_packet()  # EOF
+                if with_eof:
+                    conn._read_packet()
         self._conn = conn
+        if self.n_params == 0:
+            self.close()
+            raise ValueError("a statement without parameters needs no preparing")
+
+    def close(self) -> None:
+        # COM_STMT_CLOSE has no reply.
+        self._conn._execute_command(COM_STMT_CLOSE, struct.pack("<I", self.id))
 
     def execute(self, params: Sequence[Any]) -> int:
         """Run with `params` (len == n_params); the affected row count."""
@@ -65,9 +90,12 @@ class Prepared:
             if value is None:
                 null_bitmap[i // 8] |= 1 << (i % 8)
                 types.append(_TYPE_NULL)
-            elif isinstance(value, int):
+            elif hasattr(value, "__index__"):
+                number = operator.index(value)  # numpy integers too, as with the text protocol
+                if not _INT64_MIN <= number <= _INT64_MAX:
+                    raise ValueError(f"parameter {i}: {number} does not fit a 64-bit integer")
                 types.append(_TYPE_LONGLONG)
-                values.append(struct.pack("<q", value))
+                values.append(struct.pack("<q", number))
             elif isinstance(value, str):
                 raw = value.encode("utf-8")
                 types.append(_TYPE_STRING)
@@ -88,22 +116,28 @@ class Prepared:
 
 def prepared(conn: Any, statement: str) -> Prepared:
     """The connection's prepared `statement`, preparing it on first use."""
-    cache = getattr(conn, _CACHE_ATTR, None)
+    cache: OrderedDict[str, Prepared] | None = getattr(conn, _CACHE_ATTR, None)
     if cache is None:
-        cache = {}
+        cache = OrderedDict()
         setattr(conn, _CACHE_ATTR, cache)
     found = cache.get(statement)
-    if found is None:
-        found = cache[statement] = Prepared(conn, statement)
+    if found is not None:
+        cache.move_to_end(statement)
+        return found
+    while len(cache) >= _CACHE_SIZE:
+        _, oldest = cache.popitem(last=False)
+        oldest.close()
+    found = cache[statement] = Prepared(conn, statement)
     return found
 
 
 def insert_rows(conn: Any, table_sql: str, columns: str, rows: Sequence[Sequence[Any]],
-                max_rows: int = 16, max_bytes: int = 4 << 20, binary: Sequence[int] = ()) -> int:
+                max_bytes: int = 4 << 20, binary: Sequence[int] = ()) -> int:
     """`INSERT <table_sql> (<columns>) VALUES (...), (...)` of `rows` through
-    prepared multi-row statements: groups of up to `max_rows` rows and about
-    `max_bytes` (one COM_STMT_EXECUTE must stay under max_allowed_packet; a
-    single larger row goes alone). Returns the affected row count.
+    prepared multi-row statements of 16, 8, 4, 2 or 1 rows, each execution
+    carrying at most about `max_bytes` (it must stay under the server's
+    max_allowed_packet; a single larger row goes alone). Returns the affected
+    row count.
 
     `table_sql` is constant text with a validated table name, e.g.
     "IGNORE INTO `img_x`"; values only ever travel as parameters.
@@ -113,19 +147,41 @@ def insert_rows(conn: Any, table_sql: str, columns: str, rows: Sequence[Sequence
     """
     if not rows:
         return 0
+    if not rows[0]:
+        raise ValueError("rows have no columns")
     if binary:
         rows = [_with_bytes(row, binary) for row in rows]
-    width = len(rows[0])
-    row_marks = "(" + ", ".join("?" * width) + ")"
+    row_marks = "(" + ", ".join("?" * len(rows[0])) + ")"
     affected, group, size = 0, [], 0
     for row in rows:
-        row_size = sum(len(v) for v in row if isinstance(v, (str, bytes)))
-        if group and (len(group) == max_rows or size + row_size > max_bytes):
-            affected += _run(conn, table_sql, columns, row_marks, group)
+        row_size = _wire_size(row)
+        if group and (len(group) == _GROUP_SIZES[0] or size + row_size > max_bytes):
+            affected += _run_group(conn, table_sql, columns, row_marks, group)
             group, size = [], 0
         group.append(row)
         size += row_size
-    return affected + _run(conn, table_sql, columns, row_marks, group)
+    return affected + _run_group(conn, table_sql, columns, row_marks, group)
+
+
+def _wire_size(row: Sequence[Any]) -> int:
+    size = _PARAM_OVERHEAD * len(row)
+    for v in row:
+        if isinstance(v, bytes):
+            size += len(v)
+        elif isinstance(v, str):
+            size += len(v) if v.isascii() else len(v.encode("utf-8"))
+    return size
+
+
+def _run_group(conn: Any, table_sql: str, columns: str, row_marks: str, group: list) -> int:
+    """One group as statements of the fixed sizes only (16 = 8+4+2+1 at most
+    four executions for a remainder), so few shapes are ever prepared."""
+    affected, start = 0, 0
+    for size in _GROUP_SIZES:
+        while len(group) - start >= size:
+            affected += _run(conn, table_sql, columns, row_marks, group[start:start + size])
+            start += size
+    return affected
 
 
 def _run(conn: Any, table_sql: str, columns: str, row_marks: str, group: list) -> int:

@@ -188,9 +188,9 @@ class SqlPool:
         `table` must be a validated, quoted name. On MySQL the rows go through
         server-side prepared multi-row INSERTs (mysql_prepared: values are
         sent as bytes, never lexed: with ~67 KB base64 images the lexer was
-        most of mariadbd's CPU). A server that refuses to prepare (an error
-        of its own, codes below 2000) gets ordinary executemany from then on:
-        slower, same rows. SQLite: executemany. `max_group_bytes`: one
+        most of mariadbd's CPU). A server that refuses prepared statements
+        (`_PREPARE_REFUSALS`, e.g. behind a proxy) gets ordinary executemany
+        from then on: slower, same rows. SQLite: executemany. `max_group_bytes`: one
         prepared execution carries at most this many bytes of values (or one
         larger row alone); keep it under the server's max_allowed_packet.
         `binary_columns` (MySQL): str values of these columns are sent as
@@ -263,9 +263,10 @@ def _refused_prepare(exc: BaseException | None) -> bool:
     return exc.args[0] in _PREPARE_REFUSALS
 
 
-# ER_UNSUPPORTED_PS, ER_PS_MANY_PARAM, ER_MAX_PREPARED_STMT_COUNT_REACHED,
-# ER_NOT_SUPPORTED_YET (proxies answer COM_STMT_* this way)
-_PREPARE_REFUSALS = {1295, 1390, 1461, 1235, 1047}
+# ER_UNSUPPORTED_PS and ER_UNKNOWN_COM_ERROR (how a server or proxy without
+# the binary protocol answers COM_STMT_*). Not 1461 (the server-wide
+# max_prepared_stmt_count reached): that passes, so it fails only this batch.
+_PREPARE_REFUSALS = {1295, 1047}
 
 
 def _close_quietly(conn: Any) -> None:
