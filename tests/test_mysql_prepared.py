@@ -182,3 +182,38 @@ def test_a_null_past_the_first_byte_of_the_null_bitmap(pool):
 ])
 def test_length_prefixes_at_their_edges(n, encoded):
     assert mysql_prepared._lenenc(n) == encoded
+
+
+def test_statements_are_prepared_again_after_a_server_restart(request):
+    """A restart kills the connection and the statements prepared on it; the
+    pool's pre-ping replaces the connection and the next batch prepares anew."""
+    db = request.getfixturevalue("mariadb")
+    pool = SqlPool(db.create_database(), None, 5, 1)
+    try:
+        table = _table(pool)
+        assert pool.insert_many(table, COLUMNS, [(1, "a", None, b"", "")]) == 1
+        db.restart()
+        assert pool.insert_many(table, COLUMNS, [(2, "b", None, b"\x00", "")]) == 1
+        assert pool.query(f"SELECT id FROM {table} ORDER BY id") == [(1,), (2,)]
+    finally:
+        pool.close()
+
+
+def test_a_row_over_16_mb_travels_in_several_packets(request):
+    """One COM_STMT_EXECUTE over 16 MB is split into protocol packets (a large
+    photo on a server with a bigger max_allowed_packet); it arrives whole."""
+    db = request.getfixturevalue("mariadb")
+    admin = SqlPool(db.create_database(), None, 5, 1)
+    (old,), = admin.query("SELECT @@GLOBAL.max_allowed_packet")
+    admin.execute("SET GLOBAL max_allowed_packet = ?", (64 << 20,))
+    pool = SqlPool(db.create_database(), None, 30, 1)  # a new connection sees the new limit
+    try:
+        table = _table(pool)
+        big = bytes(range(256)) * ((17 << 20) // 256 + 3)
+        assert pool.insert_many(table, COLUMNS, [(1, "big", None, big, "t"), (2, "small", None, b"s", "t")],
+                                max_group_bytes=48 << 20) == 2
+        assert pool.query(f"SELECT LENGTH(data), data = ? FROM {table} WHERE id = 1", (big,)) == [(len(big), 1)]
+    finally:
+        pool.close()
+        admin.execute("SET GLOBAL max_allowed_packet = ?", (int(old),))
+        admin.close()
