@@ -62,8 +62,8 @@ class Prepared:
             raise ValueError("unexpected reply to COM_STMT_PREPARE")
         # 0x00, statement id (4), columns (2), parameters (2), filler, warnings
         self.id, columns, self.n_params = struct.unpack_from("<IHH", data, 1)
-        # Definitions end with an EOF packet unless the client asked for
-        # CLIENT_DEPRECATE_EOF (pymysql 1.x-2.x does not; read it if it does).
+        # Each list of definitions ends with an EOF packet, unless the client
+        # negotiated CLIENT_DEPRECATE_EOF (pymysql 2.2 does not ask for it).
         with_eof = not (getattr(conn, "client_flag", 0) & CLIENT.DEPRECATE_EOF)
         for count in (self.n_params, columns):
             if count:
