@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from operations import errors as e
 
@@ -32,7 +33,12 @@ def status_of(exc: e.ServiceError) -> int:
 
 
 def error_body(code: str, message: str, **details: object) -> dict:
-    return {"error": {"code": code, "message": message, **({"details": details} if details else {})}}
+    # `details` always present (maybe empty), so clients read one shape.
+    return {"error": {"code": code, "message": message, "details": details}}
+
+
+# Starlette's own errors (no route, wrong method) in the same body as ours.
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 def install(app: FastAPI) -> None:
@@ -54,6 +60,14 @@ def install(app: FastAPI) -> None:
         first = problems[0] if problems else {"field": "", "problem": "invalid request"}
         return JSONResponse(error_body("invalid_input", f"{first['field']}: {first['problem']}",
                                        problems=problems), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no such endpoint: {request.method} {request.url.path} (see /docs)"
+        return JSONResponse(error_body(code, message), exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -117,6 +117,7 @@ class LoadRequest(BaseModel):
 
 class JobView(BaseModel):
     id: str
+    job_id: str = Field(description="the same as id: every response that starts a job names it job_id")
     kind: str
     collection: str
     state: str
@@ -168,7 +169,8 @@ class ScanRequest(BaseModel):
     collection: str | None = None
     filters: Filters | None = None
     offset: int = Field(0, ge=0)
-    limit: int = Field(100, ge=1, le=10_000)
+    limit: int | None = Field(None, ge=1, le=10_000,
+                              description="rows of this page: default 100 as json, 10,000 as csv/jsonl (an export)")
     format: Literal["json", "csv", "jsonl"] = "json"
 
 

@@ -38,6 +38,7 @@ def loaded(client):
     ids, feats = write_dataset(settings.data_root / "ds", "valid", N, tiny_encoder().dim, seed=5)
     r = client.post("/img/load", json={"dataset": "ds", "split": "valid", "collection": collection})
     assert r.status_code == 202, r.text
+    assert r.json()["job_id"] == r.json()["id"]  # named job_id, as by the add endpoints
     job = wait_job(client, r.json()["id"])
     assert job["state"] == "succeeded", job
     assert (job["processed"], job["failed"], job["total"]) == (N, 0, N)
@@ -170,9 +171,18 @@ def test_min_score_and_scan(client, loaded):
     page = client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
                                           "collection": collection, "offset": 2, "limit": 3}).json()
     assert [h["image_id"] for h in page["hits"]] == [h["image_id"] for h in body["hits"][2:5]]
-    csv_text = client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
-                                              "collection": collection, "format": "csv"}).text
+    export = client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
+                                            "collection": collection, "format": "csv"})
+    csv_text = export.text
     assert csv_text.splitlines()[0].startswith("image_id,score") and len(csv_text.splitlines()) == len(want) + 1
+    assert (export.headers["X-Total-Count"], export.headers["X-Offset"], export.headers["X-Limit"],
+            export.headers["X-Truncated"]) == (str(len(want)), "0", "10000", "false")
+    # A partial export says so: its page bounds and the total travel as headers.
+    part = client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
+                                          "collection": collection, "format": "jsonl", "limit": 2})
+    assert len(part.text.splitlines()) == 2 and part.headers["X-Total-Count"] == str(len(want))
+    assert client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
+                                          "collection": collection}).json()["limit"] == 100
     jsonl = client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
                                            "collection": collection, "format": "jsonl"}).text
     assert len(jsonl.splitlines()) == len(want)
@@ -189,7 +199,8 @@ def _png(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize("case", ["not_image", "truncated", "too_many_bytes", "too_many_pixels", "empty_query",
                                   "top_k", "long_query", "bad_filter", "bad_collection_name", "unknown_collection",
-                                  "unknown_image", "path_escape", "extra_field", "bad_upload_in_batch"])
+                                  "unknown_image", "path_escape", "extra_field", "bad_upload_in_batch",
+                                  "unknown_endpoint", "wrong_method"])
 def test_bad_input_gets_a_clear_error_and_changes_nothing(client, loaded, case):
     collection, ids, _ = loaded
     settings = client.services.settings
@@ -219,13 +230,15 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(client, loaded, case):
         "bad_upload_in_batch": (413, lambda: client.post(f"/img/images/{collection}", files=[
             ("files", ("ok.jpg", jpeg(555), "image/jpeg")),
             ("files", ("huge.jpg", b"\xff" * (settings.max_upload_bytes + 1), "image/jpeg"))])),
+        "unknown_endpoint": (404, lambda: client.post("/img/serch", json={"query": "红色"})),
+        "wrong_method": (405, lambda: client.put("/img/search", json={"query": "红色"})),
     }
     before = client.get(f"/img/collections/{collection}/count").json()
     expected, send = requests[case]
     response = send()
     assert response.status_code == expected, response.text
     err = response.json()["error"]
-    assert err["code"] and err["message"]
+    assert err["code"] and err["message"] and isinstance(err["details"], dict)  # one shape for every error
     # The service still answers and nothing was stored or lost.
     assert client.get("/healthz").status_code == 200
     assert client.get(f"/img/collections/{collection}/count").json() == before

@@ -18,14 +18,19 @@ router = APIRouter(prefix="/img", tags=["scan"])
              responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}})
 def risk_scan(body: ScanRequest, svc: SvcDep):
     collection = collection_name(svc, body.collection)
+    limit = body.limit or (100 if body.format == "json" else 10_000)
     outcome = scan(svc, collection, body.descriptions, body.threshold,
-                   body.filters.to_filter() if body.filters else None, body.offset, body.limit)
-    if body.format == "csv":
-        return Response(to_csv(outcome), media_type="text/csv; charset=utf-8",
-                        headers={"Content-Disposition": f'attachment; filename="scan_{collection}.csv"'})
-    if body.format == "jsonl":
-        return Response(to_jsonl(outcome), media_type="application/x-ndjson",
-                        headers={"Content-Disposition": f'attachment; filename="scan_{collection}.jsonl"'})
+                   body.filters.to_filter() if body.filters else None, body.offset, limit)
+    if body.format in ("csv", "jsonl"):
+        # A file has no room for the page's bounds: they travel as headers,
+        # so an export that is not the whole result says so.
+        page = {"X-Total-Count": str(outcome.total), "X-Offset": str(outcome.offset),
+                "X-Limit": str(outcome.limit), "X-Truncated": "true" if outcome.truncated else "false"}
+        if body.format == "csv":
+            return Response(to_csv(outcome), media_type="text/csv; charset=utf-8", headers={
+                **page, "Content-Disposition": f'attachment; filename="scan_{collection}.csv"'})
+        return Response(to_jsonl(outcome), media_type="application/x-ndjson", headers={
+            **page, "Content-Disposition": f'attachment; filename="scan_{collection}.jsonl"'})
     return ScanResponse(collection=outcome.collection, model=outcome.model, threshold=outcome.threshold,
                         total=outcome.total, offset=outcome.offset, limit=outcome.limit,
                         truncated=outcome.truncated,

@@ -162,9 +162,10 @@ class MilvusVectorStore:
                                 **({"num_partitions": index.source_partitions} if index.source_partitions else {}))
             # The index at once: a collection without one can never load (and
             # _repair_index mends one that a failure left here without it).
-            # On a server, do not wait for it: an empty collection has
-            # nothing to build.
-            c.create_index(name, params, timeout=self.timeout, **({} if self.is_lite else {"sync": False}))
+            # Not waited for: an empty collection has nothing to build, and
+            # pymilvus' wait asks for a timestamp that Milvus Lite does not
+            # implement (a logged traceback and ~4 s of retries a collection).
+            c.create_index(name, params, timeout=self.timeout, sync=False)
             c.alter_collection_properties(name, properties={
                 PROP_MODEL: model_name, PROP_DIM: str(dim),
                 PROP_INDEX: json.dumps({"type": index.type, "build": index.build_params,
@@ -233,7 +234,7 @@ class MilvusVectorStore:
             params = c.prepare_index_params()
             params.add_index(field_name="vector", index_type=index.type, metric_type="IP",
                              params=dict(index.build_params))
-            c.create_index(name, params, timeout=self.timeout)
+            c.create_index(name, params, timeout=self.timeout, sync=False)  # the load waits for it
 
         self._call(create_index, name)
 
