@@ -38,7 +38,7 @@ def error_body(code: str, message: str, **details: object) -> dict:
 
 
 # Starlette's own errors (no route, wrong method) in the same body as ours.
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
 def install(app: FastAPI) -> None:
@@ -63,11 +63,23 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI wraps an error raised while it reads the body in a 400
+        # ("error parsing the body"); when that error is ours (a chunked body
+        # over the limit: 413), answer with it instead.
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, e.ServiceError):
+            cause = cause.__cause__
+        if isinstance(cause, e.ServiceError):
+            return await service_error(request, cause)
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        details = {} if isinstance(exc.detail, str) or exc.detail is None else {"detail": exc.detail}
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 404 and message == "Not Found":
-            message = f"no such endpoint: {request.method} {request.url.path} (see /docs)"
-        return JSONResponse(error_body(code, message), exc.status_code, headers=getattr(exc, "headers", None))
+            path = request.url.path
+            message = (f"not found: {path}" if path.startswith("/static/")
+                       else f"no such endpoint: {request.method} {path} (see /docs)")
+        return JSONResponse(error_body(code, message, **details), exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

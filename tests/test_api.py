@@ -181,6 +181,7 @@ def test_min_score_and_scan(client, loaded):
     part = client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
                                           "collection": collection, "format": "jsonl", "limit": 2})
     assert len(part.text.splitlines()) == 2 and part.headers["X-Total-Count"] == str(len(want))
+    assert part.headers["X-Next-Offset"] == "2" and "X-Next-Offset" not in export.headers
     assert client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
                                           "collection": collection}).json()["limit"] == 100
     jsonl = client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
@@ -189,6 +190,12 @@ def test_min_score_and_scan(client, loaded):
     r = client.post("/img/search", json={"query": descriptions[0], "top_k": 100, "collection": collection,
                                          "min_score": threshold})
     assert {x["id"] for x in r.json()["results"]} == {i for i, d in want if d == 0}
+
+
+def _chunks(total: int):
+    piece = b" " * (1 << 20)
+    for _ in range(total // len(piece) + 1):
+        yield piece
 
 
 def _png(width: int, height: int) -> bytes:
@@ -200,7 +207,7 @@ def _png(width: int, height: int) -> bytes:
 @pytest.mark.parametrize("case", ["not_image", "truncated", "too_many_bytes", "too_many_pixels", "empty_query",
                                   "top_k", "long_query", "bad_filter", "bad_collection_name", "unknown_collection",
                                   "unknown_image", "path_escape", "extra_field", "bad_upload_in_batch",
-                                  "unknown_endpoint", "wrong_method"])
+                                  "unknown_endpoint", "wrong_method", "chunked_body_over_limit"])
 def test_bad_input_gets_a_clear_error_and_changes_nothing(client, loaded, case):
     collection, ids, _ = loaded
     settings = client.services.settings
@@ -232,6 +239,9 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(client, loaded, case):
             ("files", ("huge.jpg", b"\xff" * (settings.max_upload_bytes + 1), "image/jpeg"))])),
         "unknown_endpoint": (404, lambda: client.post("/img/serch", json={"query": "红色"})),
         "wrong_method": (405, lambda: client.put("/img/search", json={"query": "红色"})),
+        # No Content-Length: the limit is found while the body streams in.
+        "chunked_body_over_limit": (413, lambda: client.post("/img/search", content=_chunks(9 << 20),
+                                                              headers={"content-type": "application/json"})),
     }
     before = client.get(f"/img/collections/{collection}/count").json()
     expected, send = requests[case]

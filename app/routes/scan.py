@@ -22,10 +22,13 @@ def risk_scan(body: ScanRequest, svc: SvcDep):
     outcome = scan(svc, collection, body.descriptions, body.threshold,
                    body.filters.to_filter() if body.filters else None, body.offset, limit)
     if body.format in ("csv", "jsonl"):
-        # A file has no room for the page's bounds: they travel as headers,
-        # so an export that is not the whole result says so.
+        # A file has no room for the page's bounds: they travel as headers.
+        # X-Next-Offset is there when rows remain past this page; X-Truncated
+        # says a description reached Milvus' per-search cap (as in JSON).
         page = {"X-Total-Count": str(outcome.total), "X-Offset": str(outcome.offset),
                 "X-Limit": str(outcome.limit), "X-Truncated": "true" if outcome.truncated else "false"}
+        if outcome.offset + outcome.limit < outcome.total:
+            page["X-Next-Offset"] = str(outcome.offset + outcome.limit)
         if body.format == "csv":
             return Response(to_csv(outcome), media_type="text/csv; charset=utf-8", headers={
                 **page, "Content-Disposition": f'attachment; filename="scan_{collection}.csv"'})

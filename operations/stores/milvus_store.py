@@ -234,7 +234,10 @@ class MilvusVectorStore:
             params = c.prepare_index_params()
             params.add_index(field_name="vector", index_type=index.type, metric_type="IP",
                              params=dict(index.build_params))
-            c.create_index(name, params, timeout=self.timeout, sync=False)  # the load waits for it
+            # On a server, wait for the build (the rows may be many), so the
+            # first search does not spend its timeout on it; Milvus Lite
+            # builds at load and cannot answer pymilvus' wait (no AllocTimestamp).
+            c.create_index(name, params, timeout=max(self.timeout, 120.0), sync=not self.is_lite)
 
         self._call(create_index, name)
 
