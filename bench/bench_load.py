@@ -283,7 +283,8 @@ def child_ceiling(args) -> dict:
     """Each store alone, data already in memory: the most any loader can reach here.
 
     SQL: the same INSERT path as `insert_rows` (`SqlPool.insert_many`:
-    prepared multi-row statements, base64 as bytes; 256 rows a transaction). Milvus: `MilvusVectorStore.upsert` of all vectors, 256 a call.
+    prepared multi-row statements, base64 as bytes; 256 rows a transaction).
+    Milvus: `MilvusVectorStore.upsert` of all vectors, 256 a call.
     """
     import base64
     import hashlib

@@ -40,7 +40,6 @@ _URLSAFE_TO_STD = bytes.maketrans(b"-_", b"+/")
 _READ_BUFFER = 1 << 20
 # get_many reads adjacent lines with one call, up to this many bytes.
 _MAX_READ_SPAN = 8 << 20
-_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 # --------------------------------------------------------------------------

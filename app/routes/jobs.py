@@ -14,8 +14,8 @@ router = APIRouter(prefix="/img", tags=["jobs"])
 
 
 def job_view(job: Job) -> JobView:
-    return JobView(id=job.id, job_id=job.id, kind=job.kind, collection=job.collection, state=job.state, processed=job.processed,
-                   failed=job.failed, total=job.total,
+    return JobView(id=job.id, job_id=job.id, kind=job.kind, collection=job.collection, state=job.state,
+                   processed=job.processed, failed=job.failed, total=job.total,
                    rate_per_s=round(job.rate, 2) if job.rate else None,
                    eta_s=round(job.eta_s, 1) if job.eta_s is not None else None, created_at=job.created_at,
                    started_at=job.started_at, finished_at=job.finished_at, message=job.message,

@@ -48,7 +48,6 @@ _GROUP_SIZES = (16, 8, 4, 2, 1)
 # Per parameter in COM_STMT_EXECUTE besides its bytes: type (2), length
 # prefix (up to 9) or an int64 (8).
 _PARAM_OVERHEAD = 11
-_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 class Prepared:
@@ -92,10 +91,11 @@ class Prepared:
                 types.append(_TYPE_NULL)
             elif hasattr(value, "__index__"):
                 number = operator.index(value)  # numpy integers too, as with the text protocol
-                if not _INT64_MIN <= number <= _INT64_MAX:
-                    raise ValueError(f"parameter {i}: {number} does not fit a 64-bit integer")
+                try:
+                    values.append(struct.pack("<q", number))
+                except struct.error:
+                    raise ValueError(f"parameter {i}: {number} does not fit a 64-bit integer") from None
                 types.append(_TYPE_LONGLONG)
-                values.append(struct.pack("<q", number))
             elif isinstance(value, str):
                 raw = value.encode("utf-8")
                 types.append(_TYPE_STRING)
