@@ -55,11 +55,14 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = [{"field": ".".join(str(p) for p in err["loc"] if p != "body"), "problem": err["msg"]}
-                    for err in exc.errors()]
+        problems = [
+            {"field": ".".join(str(p) for p in err["loc"] if p != "body"), "problem": err["msg"]}
+            for err in exc.errors()
+        ]
         first = problems[0] if problems else {"field": "", "problem": "invalid request"}
-        return JSONResponse(error_body("invalid_input", f"{first['field']}: {first['problem']}",
-                                       problems=problems), 422)
+        return JSONResponse(
+            error_body("invalid_input", f"{first['field']}: {first['problem']}", problems=problems), 422
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -76,10 +79,14 @@ def install(app: FastAPI) -> None:
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 404 and message == "Not Found":
             path = request.url.path
-            message = (f"not found: {path}" if path.startswith("/static/")
-                       else f"no such endpoint: {request.method} {path} (see /docs)")
-        return JSONResponse(error_body(code, message, **details), exc.status_code,
-                            headers=getattr(exc, "headers", None))
+            message = (
+                f"not found: {path}"
+                if path.startswith("/static/")
+                else f"no such endpoint: {request.method} {path} (see /docs)"
+            )
+        return JSONResponse(
+            error_body(code, message, **details), exc.status_code, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:

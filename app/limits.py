@@ -56,8 +56,18 @@ class BodyLimitMiddleware:
 
 
 async def _reject(send, limit: int) -> None:
-    body = json.dumps(error_body("payload_too_large", f"request body is over the {limit}-byte limit")).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    body = json.dumps(
+        error_body("payload_too_large", f"request body is over the {limit}-byte limit")
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -16,9 +16,9 @@ from app.routes import collections, health, images, jobs, scan, search, web
 from config.settings import Settings, get_settings
 from operations.context import Services
 from operations.errors import DependencyUnavailable, ServiceError
-from operations.stores.vector_base import check_model
 from operations.factory import build_services
 from operations.jobs import JobRunner
+from operations.stores.vector_base import check_model
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         title="以文搜图 / 以图搜图 — Chinese-CLIP image search",
         version="1.0.0",
         description="Search images by Chinese text or by image, over Milvus (vectors) and MySQL/SQLite (images). "
-                    "Scores are cosine similarities, not probabilities.",
+        "Scores are cosine similarities, not probabilities.",
         lifespan=lifespan,
     )
     errors.install(app)
@@ -109,8 +109,11 @@ def preflight(settings: Settings) -> Services:
     svc = build_services(settings)
     try:
         if svc.vectors.has_collection(settings.default_collection):
-            check_model(svc.vectors.describe_meta(settings.default_collection), svc.encoder.model_name,
-                        svc.encoder.dim)
+            check_model(
+                svc.vectors.describe_meta(settings.default_collection),
+                svc.encoder.model_name,
+                svc.encoder.dim,
+            )
     except DependencyUnavailable as exc:
         log.warning("could not check the default collection now: %s", exc.message)
     return svc

@@ -23,8 +23,12 @@ class Filters(BaseModel):
 
 
 class TextSearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"query": "左边有一个红色的圆形", "top_k": 10, "collection": "demo"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"query": "左边有一个红色的圆形", "top_k": 10, "collection": "demo"}]
+        },
+    )
     query: str = Field(..., min_length=1, max_length=10_000, description="a Chinese sentence")
     top_k: int = Field(10, ge=1, le=100)
     collection: str | None = Field(None, description="defaults to the server's DEFAULT_COLLECTION")
@@ -107,12 +111,16 @@ class DeleteResponse(BaseModel):
 
 
 class LoadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"dataset": "demo", "split": "valid", "collection": "demo"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"dataset": "demo", "split": "valid", "collection": "demo"}]},
+    )
     dataset: str = Field(..., description="dataset directory, relative to DATA_ROOT")
     split: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     collection: str | None = None
-    source: str | None = Field(None, description="source label stored with each image (default: dataset name)")
+    source: str | None = Field(
+        None, description="source label stored with each image (default: dataset name)"
+    )
 
 
 class JobView(BaseModel):
@@ -135,18 +143,33 @@ class JobView(BaseModel):
 
 
 class CollectionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"name": "products", "index_type": "HNSW", "index_params": {"M": 16, "efConstruction": 200},
-                      "search_params": {"ef": 64}, "source_partitions": 16}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "products",
+                    "index_type": "HNSW",
+                    "index_params": {"M": 16, "efConstruction": 200},
+                    "search_params": {"ef": 64},
+                    "source_partitions": 16,
+                }
+            ]
+        },
+    )
     name: str
     model: str | None = Field(None, description="a model the server has configured (default: its main model)")
     index_type: Literal["FLAT", "IVF_FLAT", "HNSW"] | None = None
     index_params: dict[str, int] = Field(default_factory=dict)
     search_params: dict[str, int] = Field(default_factory=dict)
     source_partitions: int | None = Field(
-        None, ge=0, le=1024, description="N > 0: partition by source (Milvus partition key, N partitions), so a "
-                                         "search filtered by source reads only its partitions; 0: none; "
-                                         "default: the server's SOURCE_PARTITIONS")
+        None,
+        ge=0,
+        le=1024,
+        description="N > 0: partition by source (Milvus partition key, N partitions), so a "
+        "search filtered by source reads only its partitions; 0: none; "
+        "default: the server's SOURCE_PARTITIONS",
+    )
 
 
 class CollectionView(BaseModel):
@@ -162,15 +185,25 @@ class CollectionView(BaseModel):
 
 
 class ScanRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"descriptions": ["红色的三角形", "黑色的星形"], "threshold": 0.3, "collection": "demo"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"descriptions": ["红色的三角形", "黑色的星形"], "threshold": 0.3, "collection": "demo"}
+            ]
+        },
+    )
     descriptions: list[str] = Field(..., min_length=1, max_length=50)
     threshold: float = Field(..., ge=-1, le=1, description="cosine similarity threshold")
     collection: str | None = None
     filters: Filters | None = None
     offset: int = Field(0, ge=0)
-    limit: int | None = Field(None, ge=1, le=10_000,
-                              description="rows of this page: default 100 as json, 10,000 as csv/jsonl (an export)")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="rows of this page: default 100 as json, 10,000 as csv/jsonl (an export)",
+    )
     format: Literal["json", "csv", "jsonl"] = "json"
 
 

@@ -161,8 +161,11 @@ def proc_meminfo_kb(field: str) -> int:
 
 def add_torch_threads_arg(ap, who: str) -> None:
     """`--torch-threads`: OMP_NUM_THREADS for the server processes a bench starts."""
-    ap.add_argument("--torch-threads", default="default",
-                    help=f"OMP_NUM_THREADS for {who} ('default' = unset: torch uses every core)")
+    ap.add_argument(
+        "--torch-threads",
+        default="default",
+        help=f"OMP_NUM_THREADS for {who} ('default' = unset: torch uses every core)",
+    )
 
 
 def other_load() -> float:
@@ -198,8 +201,10 @@ def services(mariadb: bool = True, milvus: bool = True, mariadb_args: tuple = BU
         if mariadb:
             t = time.perf_counter()
             db = stack.enter_context(mariadb_server(extra_args=tuple(mariadb_args)))
-            print(f"MariaDB up in {time.perf_counter() - t:.1f} s ({' '.join(mariadb_args) or 'test settings'})",
-                  flush=True)
+            print(
+                f"MariaDB up in {time.perf_counter() - t:.1f} s ({' '.join(mariadb_args) or 'test settings'})",
+                flush=True,
+            )
         if milvus:
             t = time.perf_counter()
             print("starting the Milvus 2.3 test server (waits while another session holds it)...", flush=True)

@@ -160,11 +160,25 @@ def tags_via_sql(lite, base: Path, ids: np.ndarray, data, queries: np.ndarray, l
     images = SqlImageStore(SqlPool("", base / "images.sqlite3", 600, 2))
     images.ensure_collection("bench_filter")
     for start in range(0, len(ids), 10_000):
-        images.insert_rows("bench_filter", [
-            ImageRow(id=int(i), sha256=f"{int(i):064x}", image_b64="AA==", source=SOURCES[s], tags=t,
-                     created_at=int(c))
-            for i, s, t, c in zip(ids[start:start + 10_000], sources[start:start + 10_000],
-                                  tags[start:start + 10_000], created[start:start + 10_000])])
+        images.insert_rows(
+            "bench_filter",
+            [
+                ImageRow(
+                    id=int(i),
+                    sha256=f"{int(i):064x}",
+                    image_b64="AA==",
+                    source=SOURCES[s],
+                    tags=t,
+                    created_at=int(c),
+                )
+                for i, s, t, c in zip(
+                    ids[start : start + 10_000],
+                    sources[start : start + 10_000],
+                    tags[start : start + 10_000],
+                    created[start : start + 10_000],
+                )
+            ],
+        )
     svc = SimpleNamespace(vectors=lite, images=images)
     flt = filters()["tags"]
     mask = mask_for(flt, sources, tags, created)
@@ -183,13 +197,19 @@ def tags_via_sql(lite, base: Path, ids: np.ndarray, data, queries: np.ndarray, l
             if len(want & {h.id for h in hits}) < 9:
                 raise RuntimeError("tags via SQL: results differ from the exact top-10")
     images.close()
-    out = {"median_ms": round(median(times), 2), "p90_ms": round(pct(times, 90), 2), "queries": len(times),
-           "ids_listed": len(routed.only_ids),
-           "ratio_vs_array_filter": round(median(times) / lite_res["tags"]["median_ms"], 4),
-           "ratio_vs_none": round(median(times) / lite_res["none"]["median_ms"], 3)}
-    print(f"Lite, tags resolved in SQL (what the service does): median {out['median_ms']} ms, p90 {out['p90_ms']} "
-          f"({out['ids_listed']:,} ids listed): {out['ratio_vs_array_filter']:.3f}x the array filter's "
-          f"{lite_res['tags']['median_ms']} ms, {out['ratio_vs_none']:.2f}x no filter")
+    out = {
+        "median_ms": round(median(times), 2),
+        "p90_ms": round(pct(times, 90), 2),
+        "queries": len(times),
+        "ids_listed": len(routed.only_ids),
+        "ratio_vs_array_filter": round(median(times) / lite_res["tags"]["median_ms"], 4),
+        "ratio_vs_none": round(median(times) / lite_res["none"]["median_ms"], 3),
+    }
+    print(
+        f"Lite, tags resolved in SQL (what the service does): median {out['median_ms']} ms, p90 {out['p90_ms']} "
+        f"({out['ids_listed']:,} ids listed): {out['ratio_vs_array_filter']:.3f}x the array filter's "
+        f"{lite_res['tags']['median_ms']} ms, {out['ratio_vs_none']:.2f}x no filter"
+    )
     return out
 
 

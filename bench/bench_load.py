@@ -47,7 +47,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._common import BULK_MARIADB_ARGS, last_json, machine, median, other_load, proc_status_kb, run_child, table
+from bench._common import (
+    BULK_MARIADB_ARGS,
+    last_json,
+    machine,
+    median,
+    other_load,
+    proc_status_kb,
+    run_child,
+    table,
+)
 
 OUT = REPO / "bench" / "out"
 
@@ -330,12 +339,29 @@ def child_ceiling(args) -> dict:
     del vecs
     store = SqlImageStore.from_settings(args.mysql_url, None, 120, 1)
     store.ensure_collection(args.collection)
-    columns = ("id", "sha256", "mime", "width", "height", "source", "tags", "external_id", "created_at",
-               "added_at", "indexed", "image_b64")
+    columns = (
+        "id",
+        "sha256",
+        "mime",
+        "width",
+        "height",
+        "source",
+        "tags",
+        "external_id",
+        "created_at",
+        "added_at",
+        "indexed",
+        "image_b64",
+    )
     t = time.perf_counter()
     for start in range(0, len(rows), 256):
-        store.pool.insert_many(f"`{table_name(args.collection)}`", columns, rows[start : start + 256],
-                               ignore=True, binary_columns=("image_b64",))
+        store.pool.insert_many(
+            f"`{table_name(args.collection)}`",
+            columns,
+            rows[start : start + 256],
+            ignore=True,
+            binary_columns=("image_b64",),
+        )
     t_sql = time.perf_counter() - t
     store.pool.execute(f"UPDATE `{table_name(args.collection)}` SET indexed = 1")
     store.close()
@@ -395,8 +421,23 @@ def verify_and_drop(mv_uri: str, db, collection: str, expect: int, expect_indexe
 def child_argv(kind: str, mv, db, info, collection: str, *extra: str) -> list[str]:
     """Arguments (after the interpreter) of a child loading `info` into `collection`:
     `-m bench.bench_load --child KIND ...`; also used by bench_search."""
-    return ["-m", "bench.bench_load", "--child", kind, "--milvus-uri", mv.uri, "--mysql-url", db.url,
-            "--dataset", str(info.dataset_dir), "--split", info.split, "--collection", collection, *extra]
+    return [
+        "-m",
+        "bench.bench_load",
+        "--child",
+        kind,
+        "--milvus-uri",
+        mv.uri,
+        "--mysql-url",
+        db.url,
+        "--dataset",
+        str(info.dataset_dir),
+        "--split",
+        info.split,
+        "--collection",
+        collection,
+        *extra,
+    ]
 
 
 def profile_ours(info, mv, db, extra: list[str]) -> dict:

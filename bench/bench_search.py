@@ -39,7 +39,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench._common import UvicornProcess, add_torch_threads_arg, last_json, machine, median, other_load, pct, run_child, table
+from bench._common import (
+    UvicornProcess,
+    add_torch_threads_arg,
+    last_json,
+    machine,
+    median,
+    other_load,
+    pct,
+    run_child,
+    table,
+)
 
 OUT = REPO / "bench" / "out"
 COLLECTION = "bench_search"
@@ -155,8 +165,10 @@ def wait_until_sealed_served(uri: str, collection: str, n: int, timeout: float =
             if sum(int(s.num_rows) for s in segments) >= n:
                 return time.perf_counter() - t
             if time.perf_counter() - t > timeout:
-                raise RuntimeError(f"{collection}: query nodes serve {sum(int(s.num_rows) for s in segments)} of "
-                                   f"{n} rows from sealed segments after {timeout:.0f} s")
+                raise RuntimeError(
+                    f"{collection}: query nodes serve {sum(int(s.num_rows) for s in segments)} of "
+                    f"{n} rows from sealed segments after {timeout:.0f} s"
+                )
             time.sleep(1.0)
     finally:
         client.close()
@@ -186,10 +198,16 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--top-k", type=int, default=10)
     ap.add_argument("--levels", default="Adaptive", help="comma-separated MILVUS_CONSISTENCY values")
-    ap.add_argument("--indexes", default="FLAT,HNSW",
-                    help="comma-separated index types, one collection each (HNSW: M=16, efConstruction=200, ef=64)")
-    ap.add_argument("--texts", default="fp32,int8",
-                    help="comma-separated text towers, one server each: fp32 (default) and/or int8 (TEXT_INT8=true)")
+    ap.add_argument(
+        "--indexes",
+        default="FLAT,HNSW",
+        help="comma-separated index types, one collection each (HNSW: M=16, efConstruction=200, ef=64)",
+    )
+    ap.add_argument(
+        "--texts",
+        default="fp32,int8",
+        help="comma-separated text towers, one server each: fp32 (default) and/or int8 (TEXT_INT8=true)",
+    )
     add_torch_threads_arg(ap, "the servers")
     ap.add_argument(
         "--no-encode-check",
@@ -232,8 +250,11 @@ def main() -> None:
             )
         for ix in indexes:
             waited = wait_until_sealed_served(mv.uri, f"{COLLECTION}_{ix.lower()}", info.n)
-            print(f"{ix}: query nodes serve all {info.n:,} rows from sealed, indexed segments "
-                  f"{waited:.1f} s after the load returned", flush=True)
+            print(
+                f"{ix}: query nodes serve all {info.n:,} rows from sealed, indexed segments "
+                f"{waited:.1f} s after the load returned",
+                flush=True,
+            )
         servers: dict[str, UvicornProcess] = {}
         try:
             for key in server_keys:
@@ -379,17 +400,23 @@ def main() -> None:
                 ref = answers[f"{lv}/{ix}/fp32"]
                 same = [len(set(a) & set(b)) / len(b) for a, b in zip(answers[v], ref)]
                 summary[v]["top_k_overlap_vs_fp32_text"] = round(sum(same) / len(same), 4)
-                print(f"  {v}: top-{args.top_k} overlap with the fp32 text tower on the same queries "
-                      f"{summary[v]['top_k_overlap_vs_fp32_text']:.3f}")
+                print(
+                    f"  {v}: top-{args.top_k} overlap with the fp32 text tower on the same queries "
+                    f"{summary[v]['top_k_overlap_vs_fp32_text']:.3f}"
+                )
             if ix != "FLAT" and exact in answers:
                 # Approximate search: how many of the exact top-k it returned, on the same queries.
                 overlap = [len(set(a) & set(b)) / len(b) for a, b in zip(answers[v], answers[exact])]
                 summary[v]["recall_vs_flat"] = round(sum(overlap) / len(overlap), 4)
-                print(f"  {v}: recall@{args.top_k} against {exact} on the same queries "
-                      f"{summary[v]['recall_vs_flat']:.3f}")
+                print(
+                    f"  {v}: recall@{args.top_k} against {exact} on the same queries "
+                    f"{summary[v]['recall_vs_flat']:.3f}"
+                )
     for v in variants:
-        print(f"target median < 50 ms, {v}: {'met' if summary[v]['median_ms'] < 50 else 'NOT met'} "
-              f"({summary[v]['median_ms']:.1f} ms)")
+        print(
+            f"target median < 50 ms, {v}: {'met' if summary[v]['median_ms'] < 50 else 'NOT met'} "
+            f"({summary[v]['median_ms']:.1f} ms)"
+        )
     enc = None
     if not (args.no_encode_check or args.quick):
         enc = encode_check(measured[:50])

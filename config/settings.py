@@ -31,27 +31,50 @@ class Settings(BaseSettings):
 
     # --- model -----------------------------------------------------------
     model_name: str = Field("RN50", description="cn_clip model name, or a label for a custom checkpoint")
-    model_checkpoint: Path | None = Field(None, description="local checkpoint file; unset = <download root>/<cn_clip file name>")
-    model_arch: str | None = Field(None, description="architecture: JSON config file, 'VISION@TEXT' struct or cn_clip name")
-    model_download_root: Path = Field(REPO_ROOT / "models" / "downloads", description="where cn_clip checkpoints are looked for (never downloaded)")
+    model_checkpoint: Path | None = Field(
+        None, description="local checkpoint file; unset = <download root>/<cn_clip file name>"
+    )
+    model_arch: str | None = Field(
+        None, description="architecture: JSON config file, 'VISION@TEXT' struct or cn_clip name"
+    )
+    model_download_root: Path = Field(
+        REPO_ROOT / "models" / "downloads",
+        description="where cn_clip checkpoints are looked for (never downloaded)",
+    )
     model_random_init: bool = Field(False, description="random weights (benchmarks and tests only)")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     half_precision: bool = Field(False, description="fp16 inference on GPU")
-    text_int8: bool = Field(False, description="int8 text tower on CPU: queries ~2x faster, vectors a little off fp32 (README)")
-    extra_models: dict = Field(default_factory=dict, description='JSON {"name": {"checkpoint": path, "arch": arch}} served beside the default model')
+    text_int8: bool = Field(
+        False, description="int8 text tower on CPU: queries ~2x faster, vectors a little off fp32 (README)"
+    )
+    extra_models: dict = Field(
+        default_factory=dict,
+        description='JSON {"name": {"checkpoint": path, "arch": arch}} served beside the default model',
+    )
 
     # --- Milvus ----------------------------------------------------------
-    milvus_uri: str = Field(str(REPO_ROOT / "data" / "milvus.db"), description="Milvus Lite file, or http://host:port of a server")
+    milvus_uri: str = Field(
+        str(REPO_ROOT / "data" / "milvus.db"), description="Milvus Lite file, or http://host:port of a server"
+    )
     milvus_token: str = Field("", description="user:password or token for a secured Milvus")
     milvus_timeout_s: float = Field(10.0, gt=0, le=600)
     milvus_consistency: Literal["Adaptive", "Strong", "Session", "Bounded", "Eventually"] = Field(
-        "Adaptive", description="Adaptive: Strong reads for 10 s after this process wrote to a collection, "
-                                "Bounded otherwise; Strong: always")
+        "Adaptive",
+        description="Adaptive: Strong reads for 10 s after this process wrote to a collection, "
+        "Bounded otherwise; Strong: always",
+    )
     index_type: Literal["FLAT", "IVF_FLAT", "HNSW"] = "FLAT"
-    index_params: dict = Field(default_factory=dict, description='JSON, e.g. {"nlist":1024} or {"M":16,"efConstruction":200}')
+    index_params: dict = Field(
+        default_factory=dict, description='JSON, e.g. {"nlist":1024} or {"M":16,"efConstruction":200}'
+    )
     search_params: dict = Field(default_factory=dict, description='JSON, e.g. {"nprobe":16} or {"ef":64}')
-    source_partitions: int = Field(0, ge=0, le=1024, description="new collections: 0 = no partitions; N = Milvus "
-                                   "partition key on source, N partitions (source filters read only theirs)")
+    source_partitions: int = Field(
+        0,
+        ge=0,
+        le=1024,
+        description="new collections: 0 = no partitions; N = Milvus "
+        "partition key on source, N partitions (source filters read only theirs)",
+    )
 
     # --- SQL image store ---------------------------------------------------
     mysql_url: str = Field("", description="mysql://user:pass@host:port/db; empty = SQLite")
@@ -61,18 +84,23 @@ class Settings(BaseSettings):
 
     # --- service ---------------------------------------------------------
     default_collection: str = "demo"
-    data_root: Path = Field(REPO_ROOT / "datasets" / "data", description="the only tree the server reads datasets from")
+    data_root: Path = Field(
+        REPO_ROOT / "datasets" / "data", description="the only tree the server reads datasets from"
+    )
     api_key: str = Field("", description="when set, load/add/delete/drop need header X-API-Key")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="bytes of one uploaded image")
-    max_request_bytes: int = Field(256 * 1024 * 1024, ge=1024, description="bytes of one multi-image add request")
+    max_request_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="bytes of one multi-image add request"
+    )
     max_image_pixels: int = Field(40_000_000, ge=1024)
     max_query_chars: int = Field(200, ge=1, le=10_000)
     max_batch_upload: int = Field(256, ge=1, le=10_000)
     inline_add_limit: int = Field(16, ge=0, description="uploads above this count become a background job")
     worker_threads: int = Field(4, ge=1, le=64)
     load_batch_size: int = Field(256, ge=1, le=10_000)
-    load_sql_writers: int = Field(2, ge=1, le=16, description="MySQL connections inserting load batches at "
-                                  "once (SQLite: always 1)")
+    load_sql_writers: int = Field(
+        2, ge=1, le=16, description="MySQL connections inserting load batches at once (SQLite: always 1)"
+    )
     near_duplicate_threshold: float = Field(0.95, ge=0, le=1)
     thumbnail_cache_items: int = Field(512, ge=0)
 

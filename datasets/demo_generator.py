@@ -227,7 +227,8 @@ def _contrast_ok(colour: str, bg_colour: str) -> bool:
 # model's low input resolution (white on light grey, black on dark grey).
 _CONTRAST_OK = {
     (c, b): float(np.linalg.norm(np.subtract(COLOURS[c][1], BACKGROUNDS[b][1]))) > 100.0
-    for c in COLOURS for b in BACKGROUNDS
+    for c in COLOURS
+    for b in BACKGROUNDS
 }
 
 
@@ -249,8 +250,9 @@ def signature_split(signature: Sequence[tuple[str, str, str]], seed: int = DEFAU
     return "valid" if bucket < 18 else "test"
 
 
-def _sample_scene(rng: np.random.Generator, split: str, seed: int,
-                  held_out: frozenset, held_out_list: list) -> Scene:
+def _sample_scene(
+    rng: np.random.Generator, split: str, seed: int, held_out: frozenset, held_out_list: list
+) -> Scene:
     shapes, colours, positions = list(SHAPES), list(COLOURS), list(POSITIONS)
     bgs, patterns, sizes = list(BACKGROUNDS), list(BG_PATTERNS), list(SIZES)
     while True:
@@ -298,8 +300,9 @@ def _scene_ok(scene: Scene, split: str, seed: int, held_out: frozenset) -> bool:
     return signature_split(scene.signature(), seed) == split
 
 
-def _variant(scene: Scene, rng: np.random.Generator, split: str, seed: int,
-             held_out: frozenset) -> Scene | None:
+def _variant(
+    scene: Scene, rng: np.random.Generator, split: str, seed: int, held_out: frozenset
+) -> Scene | None:
     """`scene` with one change: an object's shape (most often), colour or position.
 
     Train scenes come in such families, so a training batch holds look-alike
@@ -330,7 +333,9 @@ def _variant(scene: Scene, rng: np.random.Generator, split: str, seed: int,
 
 
 def _regular_polygon(n: int, r: float, rot: float) -> list[tuple[float, float]]:
-    return [(r * math.cos(rot + 2 * math.pi * k / n), r * math.sin(rot + 2 * math.pi * k / n)) for k in range(n)]
+    return [
+        (r * math.cos(rot + 2 * math.pi * k / n), r * math.sin(rot + 2 * math.pi * k / n)) for k in range(n)
+    ]
 
 
 def _shape_points(shape: str, r: float, rot: float) -> list[tuple[float, float]]:
@@ -367,7 +372,20 @@ def _shape_points(shape: str, r: float, rot: float) -> list[tuple[float, float]]
         return pts
     if shape == "cross":
         a, b = r * 1.1, r * 0.38
-        pts = [(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)]
+        pts = [
+            (-b, -a),
+            (b, -a),
+            (b, -b),
+            (a, -b),
+            (a, b),
+            (b, b),
+            (b, a),
+            (-b, a),
+            (-b, b),
+            (-a, b),
+            (-a, -b),
+            (-b, -b),
+        ]
         c, s = math.cos(rot), math.sin(rot)
         return [(x * c - y * s, x * s + y * c) for x, y in pts]
     if shape == "heart":
@@ -402,7 +420,9 @@ _NOISE: dict[int, np.ndarray] = {}
 
 def _noise_bank(side: int) -> np.ndarray:
     if side not in _NOISE:
-        _NOISE[side] = np.random.default_rng(12345).normal(0.0, 3.0, (2 * side, 2 * side, 3)).astype(np.float32)
+        _NOISE[side] = (
+            np.random.default_rng(12345).normal(0.0, 3.0, (2 * side, 2 * side, 3)).astype(np.float32)
+        )
     return _NOISE[side]
 
 
@@ -429,8 +449,9 @@ def _background(scene: Scene, side: int, rng: np.random.Generator) -> np.ndarray
     return base[None, None, :] + weight[:, :, None] * shift
 
 
-def render_scene(scene: Scene, rng: np.random.Generator | int | None = 0,
-                 image_size: int = IMAGE_SIZE) -> Image.Image:
+def render_scene(
+    scene: Scene, rng: np.random.Generator | int | None = 0, image_size: int = IMAGE_SIZE
+) -> Image.Image:
     """Draw `scene` as an RGB PIL image; `rng` (or an int seed) drives the jitter."""
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
@@ -440,7 +461,7 @@ def render_scene(scene: Scene, rng: np.random.Generator | int | None = 0,
     # normals for every pixel dominated the generation time).
     bank = _noise_bank(side)
     oy, ox = (int(v) for v in rng.integers(0, side, size=2))
-    arr += bank[oy:oy + side, ox:ox + side]
+    arr += bank[oy : oy + side, ox : ox + side]
     img = Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "RGB")
     scale = 2  # draw masks at 2x and reduce: smooth edges, cheap
     big = side * scale
@@ -468,9 +489,15 @@ def render_scene(scene: Scene, rng: np.random.Generator | int | None = 0,
     return img
 
 
-def simple_scene(shape: str, colour: str, position: str = "center", size: str = "big",
-                 bg_colour: str = "light_gray", bg_pattern: str = "solid",
-                 others: Sequence[tuple[str, str, str]] = ()) -> Scene:
+def simple_scene(
+    shape: str,
+    colour: str,
+    position: str = "center",
+    size: str = "big",
+    bg_colour: str = "light_gray",
+    bg_pattern: str = "solid",
+    others: Sequence[tuple[str, str, str]] = (),
+) -> Scene:
     """A scene from keys, e.g. ``simple_scene("circle", "red", "left")``.
 
     `others` adds more (shape, colour, position) objects (small size).
@@ -546,7 +573,9 @@ def _list_caption(facts: CaptionFacts, rng: np.random.Generator) -> str:
     else:
         joined = "、".join(phrases[:-1]) + _pick(rng, ["和", "与", "、"]) + phrases[-1]
         n = COUNT_WORDS[len(phrases)]
-        body = _pick(rng, [f"{n}个图形：{joined}", f"图中有{n}个图形：{joined}", f"画面里有{joined}", f"{joined}"])
+        body = _pick(
+            rng, [f"{n}个图形：{joined}", f"图中有{n}个图形：{joined}", f"画面里有{joined}", f"{joined}"]
+        )
     if facts.bg_colour is None:
         return body
     _, suffix = _background_phrase(facts, rng)
@@ -609,8 +638,13 @@ class SplitData:
     families: list[int] = field(default_factory=list)  # look-alike group of each image
 
 
-def generate_split(split: str, n_images: int, seed: int = DEFAULT_SEED,
-                   captions_per_image: int = 3, image_size: int = IMAGE_SIZE) -> SplitData:
+def generate_split(
+    split: str,
+    n_images: int,
+    seed: int = DEFAULT_SEED,
+    captions_per_image: int = 3,
+    image_size: int = IMAGE_SIZE,
+) -> SplitData:
     """Generate one split in memory; independent of the other splits' sizes."""
     if split not in SPLIT_ID_BASE:
         raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -630,7 +664,7 @@ def generate_split(split: str, n_images: int, seed: int = DEFAULT_SEED,
                 variant = _variant(family[0], rng, split, seed, held_out)
                 if variant is not None and variant not in family:
                     family.append(variant)
-        family = family[:n_images - len(scenes)]
+        family = family[: n_images - len(scenes)]
         families += [n_families] * len(family)
         n_families += 1
         scenes += family
@@ -648,8 +682,11 @@ def generate_split(split: str, n_images: int, seed: int = DEFAULT_SEED,
             if text in seen:  # same words already listed with every image they fit
                 continue
             seen.add(text)
-            matches = [image_ids[j] for j in by_keys[_object_key_set(facts.objects)]
-                       if scene_matches(scenes[j], facts)]
+            matches = [
+                image_ids[j]
+                for j in by_keys[_object_key_set(facts.objects)]
+                if scene_matches(scenes[j], facts)
+            ]
             texts.append({"text_id": base + len(texts), "text": text, "image_ids": matches})
     if len(texts) >= 1_000_000:
         raise ValueError("too many texts for the split's id range")
@@ -663,7 +700,8 @@ def write_split(data: SplitData, out_dir: Path) -> None:
     # half file that ensure_demo_data would take for a finished one.
     files = {
         f"{data.split}_imgs.tsv": "".join(
-            f"{iid}\t{base64.b64encode(jpg).decode('ascii')}\n" for iid, jpg in zip(data.image_ids, data.jpegs)
+            f"{iid}\t{base64.b64encode(jpg).decode('ascii')}\n"
+            for iid, jpg in zip(data.image_ids, data.jpegs)
         ),
         f"{data.split}_texts.jsonl": "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in data.texts),
         f"{data.split}_scenes.jsonl": "".join(
@@ -678,7 +716,11 @@ def write_split(data: SplitData, out_dir: Path) -> None:
 
 
 def split_files(out_dir: Path, split: str) -> list[Path]:
-    return [out_dir / f"{split}_imgs.tsv", out_dir / f"{split}_texts.jsonl", out_dir / f"{split}_scenes.jsonl"]
+    return [
+        out_dir / f"{split}_imgs.tsv",
+        out_dir / f"{split}_texts.jsonl",
+        out_dir / f"{split}_scenes.jsonl",
+    ]
 
 
 def _stamp_path(out_dir: Path, split: str) -> Path:
@@ -702,8 +744,12 @@ def _is_current(out_dir: Path, split: str, n: int, seed: int) -> bool:
         return False
 
 
-def generate(out_dir: Path | str = DEFAULT_OUT, seed: int = DEFAULT_SEED,
-             sizes: dict[str, int] | None = None, verbose: bool = False) -> dict[str, SplitData]:
+def generate(
+    out_dir: Path | str = DEFAULT_OUT,
+    seed: int = DEFAULT_SEED,
+    sizes: dict[str, int] | None = None,
+    verbose: bool = False,
+) -> dict[str, SplitData]:
     """Generate and write every split named in `sizes` (default: all three)."""
     out_dir = Path(out_dir)
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
@@ -715,13 +761,20 @@ def generate(out_dir: Path | str = DEFAULT_OUT, seed: int = DEFAULT_SEED,
         _stamp_path(out_dir, split).write_text(json.dumps(_stamp(split, n, seed)) + "\n")
         result[split] = data
         if verbose:
-            print(f"{split}: {len(data.image_ids)} images, {len(data.texts)} texts "
-                  f"in {time.perf_counter() - t0:.1f}s -> {out_dir}", file=sys.stderr)
+            print(
+                f"{split}: {len(data.image_ids)} images, {len(data.texts)} texts "
+                f"in {time.perf_counter() - t0:.1f}s -> {out_dir}",
+                file=sys.stderr,
+            )
     return result
 
 
-def ensure_demo_data(out_dir: Path | str = DEFAULT_OUT, seed: int = DEFAULT_SEED,
-                     sizes: dict[str, int] | None = None, verbose: bool = False) -> Path:
+def ensure_demo_data(
+    out_dir: Path | str = DEFAULT_OUT,
+    seed: int = DEFAULT_SEED,
+    sizes: dict[str, int] | None = None,
+    verbose: bool = False,
+) -> Path:
     """Generate the splits whose files are missing or were made by another
     version of this generator, seed or size; return `out_dir`."""
     out_dir = Path(out_dir)
@@ -770,7 +823,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train", type=int, default=DEFAULT_SIZES["train"])
     parser.add_argument("--valid", type=int, default=DEFAULT_SIZES["valid"])
     parser.add_argument("--test", type=int, default=DEFAULT_SIZES["test"])
-    parser.add_argument("--if-missing", action="store_true", help="only generate splits that are missing or stale")
+    parser.add_argument(
+        "--if-missing", action="store_true", help="only generate splits that are missing or stale"
+    )
     args = parser.parse_args(argv)
     sizes = {"train": args.train, "valid": args.valid, "test": args.test}
     if args.if_missing:

@@ -463,7 +463,9 @@ class FeatureIndex:
         """
         # An id outside int64 cannot be in the index (ids are read as int64):
         # absent, as get() would say, rather than an OverflowError.
-        wanted = np.fromiter((r for r in map(int, record_ids) if _INT64_MIN <= r <= _INT64_MAX), dtype=np.int64)
+        wanted = np.fromiter(
+            (r for r in map(int, record_ids) if _INT64_MIN <= r <= _INT64_MAX), dtype=np.int64
+        )
         if not len(wanted) or not len(self._ids):
             return {}
         pos = np.minimum(np.searchsorted(self._ids, wanted), len(self._ids) - 1)
@@ -486,7 +488,9 @@ class FeatureIndex:
             block = os.pread(fd, end - int(starts[i]), int(starts[i]))
             for k in range(i, j):
                 at = int(starts[k] - starts[i])
-                out[int(wanted[k])] = self._parse(int(pos[k]), block[at:at + int(lengths[k])], int(wanted[k]))
+                out[int(wanted[k])] = self._parse(
+                    int(pos[k]), block[at : at + int(lengths[k])], int(wanted[k])
+                )
             i = j
         return out
 

@@ -23,8 +23,9 @@ class CollectionSummary:
     images: int
 
 
-def create_collection(svc: Services, name: str, model: str | None = None,
-                      index: IndexSpec | None = None) -> CollectionSummary:
+def create_collection(
+    svc: Services, name: str, model: str | None = None, index: IndexSpec | None = None
+) -> CollectionSummary:
     """Create `name` for `model` (the default model if None); idempotent for the same model."""
     validate_name(name)
     encoder = svc.encoders.get(model) if model else svc.encoder
@@ -36,8 +37,17 @@ def describe_collection(svc: Services, name: str) -> CollectionSummary:
     validate_name(name)
     info = svc.vectors.describe(name)
     images = svc.images.count(name) if svc.images.has_collection(name) else 0
-    return CollectionSummary(info.name, info.model_name, info.dim, info.index.type, info.index.build_params,
-                             info.index.search_params, info.index.source_partitions, info.count, images)
+    return CollectionSummary(
+        info.name,
+        info.model_name,
+        info.dim,
+        info.index.type,
+        info.index.build_params,
+        info.index.search_params,
+        info.index.source_partitions,
+        info.count,
+        images,
+    )
 
 
 def list_collections(svc: Services) -> list[CollectionSummary]:

@@ -34,8 +34,11 @@ class EncoderRegistry:
         with self._lock:
             if model_name not in self._loaded:
                 if model_name not in self._loaders:
-                    raise Conflict(f"model {model_name!r} is not configured on this server "
-                                   f"(available: {', '.join(self.names())})", model=model_name)
+                    raise Conflict(
+                        f"model {model_name!r} is not configured on this server "
+                        f"(available: {', '.join(self.names())})",
+                        model=model_name,
+                    )
                 self._loaded[model_name] = self._loaders[model_name]()
             return self._loaded[model_name]
 
@@ -55,7 +58,9 @@ class Services:
 
     def default_index(self) -> IndexSpec:
         s = self.settings
-        return IndexSpec(s.index_type, dict(s.index_params), dict(s.search_params), s.source_partitions).check()
+        return IndexSpec(
+            s.index_type, dict(s.index_params), dict(s.search_params), s.source_partitions
+        ).check()
 
     def encoder_for(self, collection: str) -> Encoder:
         """The encoder of the model `collection` was built with (404 if unknown)."""
@@ -64,11 +69,14 @@ class Services:
         check_model(info, encoder.model_name, encoder.dim)
         return encoder
 
-    def ensure_collection(self, collection: str, encoder: Encoder | None = None,
-                          index: IndexSpec | None = None) -> Encoder:
+    def ensure_collection(
+        self, collection: str, encoder: Encoder | None = None, index: IndexSpec | None = None
+    ) -> Encoder:
         """Create the collection in both stores if needed; refuse a model mismatch."""
         encoder = encoder or self.encoder
-        self.vectors.create_collection(collection, encoder.dim, encoder.model_name, index or self.default_index())
+        self.vectors.create_collection(
+            collection, encoder.dim, encoder.model_name, index or self.default_index()
+        )
         self.images.ensure_collection(collection)
         return encoder
 

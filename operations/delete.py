@@ -20,7 +20,7 @@ def delete_ids(svc: Services, collection: str, ids: list[int]) -> int:
     ids = [int(i) for i in ids]
     removed = 0
     for start in range(0, len(ids), CHUNK):
-        chunk = ids[start:start + CHUNK]
+        chunk = ids[start : start + CHUNK]
         svc.vectors.delete(collection, chunk)
         removed += svc.images.delete(collection, chunk)
     return removed

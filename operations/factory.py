@@ -16,17 +16,23 @@ if TYPE_CHECKING:
 
 
 def model_spec(settings: Settings) -> ModelSpec:
-    return ModelSpec(name=settings.model_name, checkpoint=settings.model_checkpoint, arch=settings.model_arch,
-                     download_root=settings.model_download_root, device=settings.device,
-                     half=settings.half_precision, random_init=settings.model_random_init,
-                     text_int8=settings.text_int8)
+    return ModelSpec(
+        name=settings.model_name,
+        checkpoint=settings.model_checkpoint,
+        arch=settings.model_arch,
+        download_root=settings.model_download_root,
+        device=settings.device,
+        half=settings.half_precision,
+        random_init=settings.model_random_init,
+        text_int8=settings.text_int8,
+    )
 
 
-def build_encoder(settings: Settings) -> "ClipEncoder":
+def build_encoder(settings: Settings) -> ClipEncoder:
     return _load(model_spec(settings))
 
 
-def _load(spec: ModelSpec) -> "ClipEncoder":
+def _load(spec: ModelSpec) -> ClipEncoder:
     # Imported here: torch and cn_clip cost ~500 MB, which command-line work
     # that never encodes (LazyClipEncoder) does not pay.
     from operations.encoding.clip_encoder import ClipEncoder
@@ -35,13 +41,15 @@ def _load(spec: ModelSpec) -> "ClipEncoder":
 
 
 def build_vector_store(settings: Settings) -> MilvusVectorStore:
-    return MilvusVectorStore(settings.milvus_uri, settings.milvus_token, settings.milvus_timeout_s,
-                             settings.milvus_consistency)
+    return MilvusVectorStore(
+        settings.milvus_uri, settings.milvus_token, settings.milvus_timeout_s, settings.milvus_consistency
+    )
 
 
 def build_image_store(settings: Settings) -> SqlImageStore:
-    return SqlImageStore.from_settings(settings.mysql_url, settings.sqlite_path, settings.sql_timeout_s,
-                                       settings.sql_pool_size)
+    return SqlImageStore.from_settings(
+        settings.mysql_url, settings.sqlite_path, settings.sql_timeout_s, settings.sql_pool_size
+    )
 
 
 def build_services(settings: Settings, encoder=None, lazy_model: bool = False) -> Services:
@@ -54,11 +62,23 @@ def build_services(settings: Settings, encoder=None, lazy_model: bool = False) -
     encoder = encoder or (LazyClipEncoder(model_spec(settings)) if lazy_model else build_encoder(settings))
     loaders = {}
     for name, spec in settings.extra_models.items():
-        loaders[name] = (lambda spec=spec, name=name: _load(ModelSpec(
-            name=name, checkpoint=spec.get("checkpoint"), arch=spec.get("arch"),
-            download_root=settings.model_download_root, device=settings.device,
-            half=settings.half_precision, text_int8=settings.text_int8,
-            random_init=bool(spec.get("random_init", False)))))
+        loaders[name] = lambda spec=spec, name=name: _load(
+            ModelSpec(
+                name=name,
+                checkpoint=spec.get("checkpoint"),
+                arch=spec.get("arch"),
+                download_root=settings.model_download_root,
+                device=settings.device,
+                half=settings.half_precision,
+                text_int8=settings.text_int8,
+                random_init=bool(spec.get("random_init", False)),
+            )
+        )
     images = build_image_store(settings)
-    return Services(settings=settings, encoders=EncoderRegistry(encoder, loaders),
-                    vectors=build_vector_store(settings), images=images, jobs=JobStore(images.pool))
+    return Services(
+        settings=settings,
+        encoders=EncoderRegistry(encoder, loaders),
+        vectors=build_vector_store(settings),
+        images=images,
+        jobs=JobStore(images.pool),
+    )

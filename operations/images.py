@@ -7,19 +7,25 @@ is caught by forcing a full decode.
 
 from __future__ import annotations
 
-import pybase64
 import hashlib
 import io
 import warnings
 from dataclasses import dataclass
 
+import pybase64
 from PIL import Image, UnidentifiedImageError
 
 from datasets.formats import decode_b64
 from operations.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
 
-MIME_BY_FORMAT = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif",
-                  "BMP": "image/bmp", "TIFF": "image/tiff"}
+MIME_BY_FORMAT = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
 
 
 @dataclass

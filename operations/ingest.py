@@ -11,9 +11,9 @@ from __future__ import annotations
 import base64
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -61,8 +61,14 @@ def check_metadata(source: str, tags: Iterable[str], created_at: int | None, ext
         raise InvalidInput("external_id must be a string of at most 256 characters")
 
 
-def add_images(svc: Services, collection: str, uploads: list[Upload], *, near_duplicates: bool = False,
-               progress: Progress | None = None) -> list[AddResult]:
+def add_images(
+    svc: Services,
+    collection: str,
+    uploads: list[Upload],
+    *,
+    near_duplicates: bool = False,
+    progress: Progress | None = None,
+) -> list[AddResult]:
     """Add uploads to `collection`; every upload gets a result, bad ones a reason."""
     svc.require_collection(collection)
     encoder = svc.encoder_for(collection)
@@ -71,16 +77,20 @@ def add_images(svc: Services, collection: str, uploads: list[Upload], *, near_du
     for start in range(0, len(uploads), BATCH):
         if progress.cancelled():
             break
-        results.extend(_add_batch(svc, collection, encoder, uploads[start:start + BATCH], start,
-                                  near_duplicates, progress))
+        results.extend(
+            _add_batch(
+                svc, collection, encoder, uploads[start : start + BATCH], start, near_duplicates, progress
+            )
+        )
     if any(r.status == "added" for r in results):
         svc.vectors.flush(collection)
     progress.flush()
     return results
 
 
-def _add_batch(svc, collection, encoder, batch: list[Upload], offset: int, near_duplicates: bool,
-               progress: Progress) -> list[AddResult]:
+def _add_batch(
+    svc, collection, encoder, batch: list[Upload], offset: int, near_duplicates: bool, progress: Progress
+) -> list[AddResult]:
     results: list[AddResult] = []
     checked: list[tuple[AddResult, Upload, CheckedImage]] = []
     for i, up in enumerate(batch):
@@ -88,17 +98,32 @@ def _add_batch(svc, collection, encoder, batch: list[Upload], offset: int, near_
         results.append(result)
         try:
             check_metadata(up.source, up.tags, up.created_at, up.external_id)
-            checked.append((result, up, check_image(up.data, svc.settings.max_upload_bytes,
-                                                    svc.settings.max_image_pixels)))
+            checked.append(
+                (
+                    result,
+                    up,
+                    check_image(up.data, svc.settings.max_upload_bytes, svc.settings.max_image_pixels),
+                )
+            )
         except ServiceError as exc:
             result.error = exc.message
             progress.fail(up.filename, exc.message)
     new: list[tuple[AddResult, Upload, CheckedImage]] = []
     now = int(time.time())
     for result, up, img in checked:
-        row = ImageRow(id=None, sha256=img.sha256, image_b64=img.b64, mime=img.mime, width=img.width,
-                       height=img.height, source=up.source, tags=tuple(up.tags), external_id=up.external_id,
-                       created_at=up.created_at if up.created_at is not None else now, added_at=now)
+        row = ImageRow(
+            id=None,
+            sha256=img.sha256,
+            image_b64=img.b64,
+            mime=img.mime,
+            width=img.width,
+            height=img.height,
+            source=up.source,
+            tags=tuple(up.tags),
+            external_id=up.external_id,
+            created_at=up.created_at if up.created_at is not None else now,
+            added_at=now,
+        )
         result.id, created = svc.images.insert_new(collection, row)
         if created:
             new.append((result, up, img))
@@ -112,8 +137,10 @@ def _add_batch(svc, collection, encoder, batch: list[Upload], offset: int, near_
         if near_duplicates:
             _report_near_duplicates(svc, collection, new, vectors)
         ids = [r.id for r, _, _ in new]
-        attrs = [VectorAttrs(up.source, tuple(up.tags), up.created_at if up.created_at is not None else now)
-                 for _, up, _ in new]
+        attrs = [
+            VectorAttrs(up.source, tuple(up.tags), up.created_at if up.created_at is not None else now)
+            for _, up, _ in new
+        ]
         svc.vectors.upsert(collection, ids, vectors, attrs)  # type: ignore[arg-type]
         svc.images.mark_indexed(collection, ids)  # type: ignore[arg-type]
     except BaseException:
@@ -133,8 +160,11 @@ def _report_near_duplicates(svc, collection, new, vectors: np.ndarray) -> None:
     threshold = svc.settings.near_duplicate_threshold
     hits = svc.vectors.search(collection, vectors, 3)
     for (result, _, _), row_hits in zip(new, hits):
-        result.near_duplicates = [{"id": h.id, "score": round(h.score, 4)}
-                                  for h in row_hits if h.score >= threshold and h.id != result.id]
+        result.near_duplicates = [
+            {"id": h.id, "score": round(h.score, 4)}
+            for h in row_hits
+            if h.score >= threshold and h.id != result.id
+        ]
 
 
 def iter_folder(folder: Path) -> Iterator[Path]:
@@ -144,9 +174,17 @@ def iter_folder(folder: Path) -> Iterator[Path]:
             yield path
 
 
-def add_folder(svc: Services, collection: str, folder: Path, progress: Progress, *, source: str = "folder",
-               tags: tuple[str, ...] = (), created_at: int | None = None,
-               meta: dict[str, dict] | None = None) -> dict:
+def add_folder(
+    svc: Services,
+    collection: str,
+    folder: Path,
+    progress: Progress,
+    *,
+    source: str = "folder",
+    tags: tuple[str, ...] = (),
+    created_at: int | None = None,
+    meta: dict[str, dict] | None = None,
+) -> dict:
     """Add every image under `folder` (a background job); returns counts."""
     check_metadata(source, tags, created_at, None)
     svc.require_collection(collection)
@@ -158,14 +196,21 @@ def add_folder(svc: Services, collection: str, folder: Path, progress: Progress,
         if progress.cancelled():
             break
         uploads = []
-        for path in files[start:start + BATCH]:
+        for path in files[start : start + BATCH]:
             m = (meta or {}).get(path.name, {})
             if path.stat().st_size > svc.settings.max_upload_bytes:
                 progress.fail(path.name, f"file is over {svc.settings.max_upload_bytes} bytes")
                 continue
-            uploads.append(Upload(m.get("filename", path.name), path.read_bytes(), m.get("source", source),
-                                  tuple(m.get("tags", tags)), m.get("created_at", created_at),
-                                  m.get("external_id")))
+            uploads.append(
+                Upload(
+                    m.get("filename", path.name),
+                    path.read_bytes(),
+                    m.get("source", source),
+                    tuple(m.get("tags", tags)),
+                    m.get("created_at", created_at),
+                    m.get("external_id"),
+                )
+            )
         for r in add_images(svc, collection, uploads, progress=_NoFlush(progress)):
             added += r.status == "added"
             present += r.status == "present"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
 
 from operations.context import Services
 from operations.errors import Conflict, ServiceError
@@ -29,15 +29,24 @@ log = logging.getLogger(__name__)
 def _run_load(svc: Services, job: Job, progress: JobProgress) -> str:
     p = job.params
     index = IndexSpec(**p["index"]) if p.get("index") else None
-    report = load_split(svc, job.collection, Path(p["dataset_dir"]), p["split"], progress,
-                        source=p.get("source"), index=index)
+    report = load_split(
+        svc, job.collection, Path(p["dataset_dir"]), p["split"], progress, source=p.get("source"), index=index
+    )
     return f"loaded {report.loaded}, already there {report.already_loaded}, failed {report.failed}"
 
 
 def _run_add_folder(svc: Services, job: Job, progress: JobProgress) -> str:
     p = job.params
-    counts = add_folder(svc, job.collection, Path(p["folder"]), progress, source=p.get("source", "folder"),
-                        tags=tuple(p.get("tags", ())), created_at=p.get("created_at"), meta=p.get("meta"))
+    counts = add_folder(
+        svc,
+        job.collection,
+        Path(p["folder"]),
+        progress,
+        source=p.get("source", "folder"),
+        tags=tuple(p.get("tags", ())),
+        created_at=p.get("created_at"),
+        meta=p.get("meta"),
+    )
     return f"added {counts['added']}, already present {counts['present']}, failed {counts['failed']}"
 
 

@@ -22,9 +22,9 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import orjson
@@ -57,7 +57,9 @@ class LoadReport:
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        d["images_per_s"] = round((self.loaded + self.already_loaded) / self.seconds, 1) if self.seconds else None
+        d["images_per_s"] = (
+            round((self.loaded + self.already_loaded) / self.seconds, 1) if self.seconds else None
+        )
         return d
 
 
@@ -84,12 +86,23 @@ def _image_source(dataset_dir: Path, split: str) -> tuple[Iterator[ImageRecord |
         return iter_image_tsv(paths.imgs_tsv), count_lines(paths.imgs_tsv), paths.imgs_tsv.name
     if paths.lmdb_imgs.is_dir():
         return iter_lmdb_images(paths.lmdb_split), None, f"lmdb/{split}/imgs"
-    raise NotFound(f"split {split!r} has neither {paths.imgs_tsv.name} nor lmdb/{split}/imgs in {dataset_dir}")
+    raise NotFound(
+        f"split {split!r} has neither {paths.imgs_tsv.name} nor lmdb/{split}/imgs in {dataset_dir}"
+    )
 
 
-def load_split(svc: Services, collection: str, dataset_dir: Path, split: str, progress: Progress, *,
-               source: str | None = None, batch_size: int | None = None,
-               index: IndexSpec | None = None, encoder: Encoder | None = None) -> LoadReport:
+def load_split(
+    svc: Services,
+    collection: str,
+    dataset_dir: Path,
+    split: str,
+    progress: Progress,
+    *,
+    source: str | None = None,
+    batch_size: int | None = None,
+    index: IndexSpec | None = None,
+    encoder: Encoder | None = None,
+) -> LoadReport:
     """Load `split` of `dataset_dir` into `collection`; see the module docstring."""
     started = time.perf_counter()
     if not Path(dataset_dir).is_dir():
@@ -122,26 +135,45 @@ def load_split(svc: Services, collection: str, dataset_dir: Path, split: str, pr
             if features is not None:
                 feat = looked_up.get(rec.image_id)
                 if feat is None:
-                    progress.fail(f"{origin} line {rec.line_no} (image {rec.image_id})",
-                                  f"no feature for image {rec.image_id} in {paths.img_feat.name}")
+                    progress.fail(
+                        f"{origin} line {rec.line_no} (image {rec.image_id})",
+                        f"no feature for image {rec.image_id} in {paths.img_feat.name}",
+                    )
                     continue
                 if isinstance(feat, BadRecord):
-                    progress.fail(f"{paths.img_feat.name} line {feat.line_no} (image {rec.image_id})", feat.reason)
+                    progress.fail(
+                        f"{paths.img_feat.name} line {feat.line_no} (image {rec.image_id})", feat.reason
+                    )
                     continue
                 if not np.isfinite(feat.vector).all() or not np.linalg.norm(feat.vector) > 0:
-                    progress.fail(f"{paths.img_feat.name} line {feat.line_no} (image {rec.image_id})",
-                                  "feature is all zeros or not finite")
+                    progress.fail(
+                        f"{paths.img_feat.name} line {feat.line_no} (image {rec.image_id})",
+                        "feature is all zeros or not finite",
+                    )
                     continue
                 vectors.append(feat.vector)
             else:
                 try:
                     pending_images.append(decode_b64_image(rec.b64, svc.settings.max_image_pixels))
                 except Exception as exc:  # each bad image is reported, the rest loads
-                    progress.fail(f"{origin} line {rec.line_no} (image {rec.image_id})",
-                                  getattr(exc, "message", str(exc)))
+                    progress.fail(
+                        f"{origin} line {rec.line_no} (image {rec.image_id})",
+                        getattr(exc, "message", str(exc)),
+                    )
                     continue
-            rows.append(ImageRow(id=rec.image_id, sha256=sha256_hex(rec.data), image_b64=rec.b64, mime=mime,
-                                 width=width, height=height, source=source, created_at=now, added_at=now))
+            rows.append(
+                ImageRow(
+                    id=rec.image_id,
+                    sha256=sha256_hex(rec.data),
+                    image_b64=rec.b64,
+                    mime=mime,
+                    width=width,
+                    height=height,
+                    source=source,
+                    created_at=now,
+                    added_at=now,
+                )
+            )
         if not rows:
             return None
         matrix = encoder.encode_images(pending_images) if features is None else np.stack(vectors)
@@ -194,9 +226,13 @@ def load_split(svc: Services, collection: str, dataset_dir: Path, split: str, pr
             except BaseException as exc:
                 errors.append(exc)
 
-    sql_threads = [threading.Thread(target=stage, args=(sql_q, sql_batch), name=f"load-sql-{i}", daemon=True)
-                   for i in range(writers)]
-    milvus_thread = threading.Thread(target=stage, args=(milvus_q, milvus_batch), name="load-milvus", daemon=True)
+    sql_threads = [
+        threading.Thread(target=stage, args=(sql_q, sql_batch), name=f"load-sql-{i}", daemon=True)
+        for i in range(writers)
+    ]
+    milvus_thread = threading.Thread(
+        target=stage, args=(milvus_q, milvus_batch), name="load-milvus", daemon=True
+    )
     for t in (*sql_threads, milvus_thread):
         t.start()
     try:
@@ -243,8 +279,10 @@ def _check_feature_dim(path: Path, encoder: Encoder) -> None:
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 continue  # a broken line is reported with its number later
             if dim != encoder.dim:
-                raise Conflict(f"{path.name} holds {dim}-d features; the model {encoder.model_name} makes "
-                               f"{encoder.dim}-d vectors: extract features with this model or load another one")
+                raise Conflict(
+                    f"{path.name} holds {dim}-d features; the model {encoder.model_name} makes "
+                    f"{encoder.dim}-d vectors: extract features with this model or load another one"
+                )
             return
 
 

@@ -99,7 +99,7 @@ class JobProgress(Counter):
             return
         self._last = now
         with self._lock:
-            new = self.failures[self._written_failures:]
+            new = self.failures[self._written_failures :]
             self._written_failures = len(self.failures)
             processed, failed, total = self.processed, self.failed, self.total
         self.jobs.progress(self.job_id, processed, failed, total, new)

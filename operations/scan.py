@@ -42,8 +42,15 @@ class ScanOutcome:
     hits: list[ScanHit]
 
 
-def scan(svc: Services, collection: str, descriptions: list[str], threshold: float,
-         flt: SearchFilter | None = None, offset: int = 0, limit: int = 100) -> ScanOutcome:
+def scan(
+    svc: Services,
+    collection: str,
+    descriptions: list[str],
+    threshold: float,
+    flt: SearchFilter | None = None,
+    offset: int = 0,
+    limit: int = 100,
+) -> ScanOutcome:
     """All (image, description) pairs with similarity >= threshold, best first.
 
     Pagination is over that sorted list; `total` counts all pairs.
@@ -57,7 +64,9 @@ def scan(svc: Services, collection: str, descriptions: list[str], threshold: flo
     encoder = svc.encoder_for(collection)
     for text in descriptions:
         if not isinstance(text, str) or len(text) > svc.settings.max_query_chars:
-            raise InvalidInput(f"each description is a string of at most {svc.settings.max_query_chars} characters")
+            raise InvalidInput(
+                f"each description is a string of at most {svc.settings.max_query_chars} characters"
+            )
         encoder.check_text(text)
     vectors = encoder.encode_texts(descriptions)
     flt, nothing = filter_for_vectors(svc, collection, flt)
@@ -68,7 +77,7 @@ def scan(svc: Services, collection: str, descriptions: list[str], threshold: flo
         truncated |= len(found) >= MAX_TOPK
         hits.extend(ScanHit(h.id, round(h.score, 6), i, text) for h in found)
     hits.sort(key=lambda h: (-h.score, h.image_id, h.description_index))
-    page = hits[offset:offset + limit]
+    page = hits[offset : offset + limit]
     rows = svc.images.get_rows(collection, [h.image_id for h in page]) if page else {}
     page = [h for h in page if h.image_id in rows]
     for h in page:

@@ -52,8 +52,17 @@ def _check_top_k(top_k: int) -> None:
         raise InvalidInput(f"top_k must be an integer in 1..{MAX_TOP_K}")
 
 
-def search_vector(svc: Services, collection: str, vector: np.ndarray, top_k: int, flt: SearchFilter | None,
-                  min_score: float | None, with_image: bool, timer: _Timer, model: str) -> SearchOutcome:
+def search_vector(
+    svc: Services,
+    collection: str,
+    vector: np.ndarray,
+    top_k: int,
+    flt: SearchFilter | None,
+    min_score: float | None,
+    with_image: bool,
+    timer: _Timer,
+    model: str,
+) -> SearchOutcome:
     """Nearest images to `vector`, best first, joined with their SQL rows."""
     t = time.perf_counter()
     flt, nothing = filter_for_vectors(svc, collection, flt)
@@ -75,8 +84,15 @@ def search_vector(svc: Services, collection: str, vector: np.ndarray, top_k: int
     return SearchOutcome(collection, model, matches, timings)
 
 
-def search_text(svc: Services, collection: str, query: str, top_k: int = 10, flt: SearchFilter | None = None,
-                min_score: float | None = None, with_image: bool = False) -> SearchOutcome:
+def search_text(
+    svc: Services,
+    collection: str,
+    query: str,
+    top_k: int = 10,
+    flt: SearchFilter | None = None,
+    min_score: float | None = None,
+    with_image: bool = False,
+) -> SearchOutcome:
     """以文搜图: the images that best match a Chinese sentence."""
     _check_top_k(top_k)
     if not isinstance(query, str) or not query.strip():
@@ -89,12 +105,22 @@ def search_text(svc: Services, collection: str, query: str, top_k: int = 10, flt
     t = time.perf_counter()
     vector = encoder.encode_texts([query])[0]
     timer.stage("encode", t)
-    return search_vector(svc, collection, vector, top_k, flt, min_score, with_image, timer, encoder.model_name)
+    return search_vector(
+        svc, collection, vector, top_k, flt, min_score, with_image, timer, encoder.model_name
+    )
 
 
-def search_image(svc: Services, collection: str, *, data: bytes | None = None, image_id: int | None = None,
-                 top_k: int = 10, flt: SearchFilter | None = None, min_score: float | None = None,
-                 with_image: bool = False) -> SearchOutcome:
+def search_image(
+    svc: Services,
+    collection: str,
+    *,
+    data: bytes | None = None,
+    image_id: int | None = None,
+    top_k: int = 10,
+    flt: SearchFilter | None = None,
+    min_score: float | None = None,
+    with_image: bool = False,
+) -> SearchOutcome:
     """以图搜图: images similar to an uploaded photo or to a stored image.
 
     A stored image is left out of its own results.
@@ -114,7 +140,14 @@ def search_image(svc: Services, collection: str, *, data: bytes | None = None, i
             raise NotFound(f"image {image_id} is not in collection {collection!r}", image_id=image_id)
         vector = vectors[int(image_id)]  # type: ignore[arg-type]
         base = flt or SearchFilter()
-        flt = SearchFilter(base.sources, base.tags, base.created_from, base.created_to,
-                           tuple(base.exclude_ids) + (int(image_id),))  # type: ignore[arg-type]
+        flt = SearchFilter(
+            base.sources,
+            base.tags,
+            base.created_from,
+            base.created_to,
+            tuple(base.exclude_ids) + (int(image_id),),
+        )  # type: ignore[arg-type]
     timer.stage("encode", t)
-    return search_vector(svc, collection, vector, top_k, flt, min_score, with_image, timer, encoder.model_name)
+    return search_vector(
+        svc, collection, vector, top_k, flt, min_score, with_image, timer, encoder.model_name
+    )

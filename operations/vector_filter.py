@@ -15,8 +15,9 @@ from operations.stores.milvus_filter import MAX_ONLY_IDS
 from operations.stores.vector_base import SearchFilter
 
 
-def filter_for_vectors(svc: Services, collection: str,
-                       flt: SearchFilter | None) -> tuple[SearchFilter | None, bool]:
+def filter_for_vectors(
+    svc: Services, collection: str, flt: SearchFilter | None
+) -> tuple[SearchFilter | None, bool]:
     """(filter for `svc.vectors`, True when no image can match)."""
     if flt is None or not flt.tags or not svc.vectors.slow_array_filters:
         return flt, False

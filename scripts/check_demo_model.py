@@ -41,13 +41,16 @@ DEFAULT_ARCH = REPO_ROOT / "config" / "model_configs" / "demo-tiny.json"
 
 
 def load_encoder(checkpoint: Path = DEFAULT_CHECKPOINT, arch: Path = DEFAULT_ARCH) -> ClipEncoder:
-    return ClipEncoder.load(ModelSpec(name="demo-tiny", checkpoint=Path(checkpoint), arch=str(arch), device="cpu"))
+    return ClipEncoder.load(
+        ModelSpec(name="demo-tiny", checkpoint=Path(checkpoint), arch=str(arch), device="cpu")
+    )
 
 
-def text_to_image_recall(sims: np.ndarray, image_ids: list[int], gt: list[list[int]],
-                         ks=(1, 5, 10)) -> dict[str, float]:
+def text_to_image_recall(
+    sims: np.ndarray, image_ids: list[int], gt: list[list[int]], ks=(1, 5, 10)
+) -> dict[str, float]:
     """sims: (n_texts, n_images). Hit at k if any ground-truth id is in the top k."""
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :max(ks)]
+    order = np.argsort(-sims, axis=1, kind="stable")[:, : max(ks)]
     ids = np.asarray(image_ids)[order]
     out = {}
     for k in ks:
@@ -56,19 +59,21 @@ def text_to_image_recall(sims: np.ndarray, image_ids: list[int], gt: list[list[i
     return out
 
 
-def image_to_text_recall(sims: np.ndarray, image_ids: list[int], texts: list[dict],
-                         ks=(1, 5, 10)) -> dict[str, float]:
+def image_to_text_recall(
+    sims: np.ndarray, image_ids: list[int], texts: list[dict], ks=(1, 5, 10)
+) -> dict[str, float]:
     """Per image: hit at k if a text that describes it is among the top k texts."""
     sims_it = sims.T
-    order = np.argsort(-sims_it, axis=1, kind="stable")[:, :max(ks)]
+    order = np.argsort(-sims_it, axis=1, kind="stable")[:, : max(ks)]
     fits: dict[int, set[int]] = {iid: set() for iid in image_ids}
     for j, t in enumerate(texts):
         for iid in t["image_ids"]:
             fits[iid].add(j)
     out = {}
     for k in ks:
-        out[f"R@{k}"] = float(np.mean([bool(set(order[i, :k].tolist()) & fits[iid])
-                                       for i, iid in enumerate(image_ids)]))
+        out[f"R@{k}"] = float(
+            np.mean([bool(set(order[i, :k].tolist()) & fits[iid]) for i, iid in enumerate(image_ids)])
+        )
     out["mean"] = float(np.mean([out[f"R@{k}"] for k in ks]))
     return out
 
@@ -84,7 +89,9 @@ def _pairs(scene) -> set[tuple[str, str]]:
     return {(o.shape, o.colour) for o in scene.objects}
 
 
-def image_to_image_sanity(img_feats: np.ndarray, image_ids: list[int], scenes: dict, k: int = 5) -> dict[str, float]:
+def image_to_image_sanity(
+    img_feats: np.ndarray, image_ids: list[int], scenes: dict, k: int = 5
+) -> dict[str, float]:
     """Top-k neighbours of every image (self excluded): share holding the
     query's main object, share sharing any (shape, colour) object with it."""
     sims = img_feats @ img_feats.T
@@ -96,12 +103,15 @@ def image_to_image_sanity(img_feats: np.ndarray, image_ids: list[int], scenes: d
         pairs = _pairs(scenes[iid])
         main_hits += [key in _pairs(scenes[image_ids[j]]) for j in order[i]]
         any_hits += [bool(pairs & _pairs(scenes[image_ids[j]])) for j in order[i]]
-    return {f"top{k}_share_with_main_object": float(np.mean(main_hits)),
-            f"top{k}_share_with_any_common_object": float(np.mean(any_hits))}
+    return {
+        f"top{k}_share_with_main_object": float(np.mean(main_hits)),
+        f"top{k}_share_with_any_common_object": float(np.mean(any_hits)),
+    }
 
 
-def object_probes(encoder: ClipEncoder, img_feats: np.ndarray, image_ids: list[int], scenes: dict,
-                  k: int = 5) -> dict[str, float]:
+def object_probes(
+    encoder: ClipEncoder, img_feats: np.ndarray, image_ids: list[int], scenes: dict, k: int = 5
+) -> dict[str, float]:
     """For every (shape, colour) held by at least k images of the split: a text
     query "一个<colour>的<shape>" and a freshly rendered one-object photo; the
     share of their top-k images that hold that object."""
@@ -111,8 +121,10 @@ def object_probes(encoder: ClipEncoder, img_feats: np.ndarray, image_ids: list[i
             holders[pair] = holders.get(pair, 0) + 1
     pairs = sorted(p for p, n in holders.items() if n >= k)
     texts = [f"一个{g.COLOURS[c][0]}的{g.SHAPES[s][0]}" for s, c in pairs]
-    photos = [g.render_scene(g.simple_scene(s, c, "center", bg_colour="beige"), rng=10_000 + n)
-              for n, (s, c) in enumerate(pairs)]
+    photos = [
+        g.render_scene(g.simple_scene(s, c, "center", bg_colour="beige"), rng=10_000 + n)
+        for n, (s, c) in enumerate(pairs)
+    ]
     out = {}
     for name, feats in (("text", encoder.encode_texts(texts)), ("photo", encoder.encode_images(photos))):
         top = np.argsort(-(feats @ img_feats.T), axis=1, kind="stable")[:, :k]

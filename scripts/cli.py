@@ -26,8 +26,11 @@ from operations.search import search_text
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scripts.cli", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m scripts.cli",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("load", help="load a dataset split (tsv/jsonl or LMDB, with or without features)")
     p.add_argument("--dataset", required=True, type=Path, help="dataset directory (Chinese-CLIP layout)")
@@ -50,13 +53,22 @@ def main(argv: list[str] | None = None) -> int:
         collection = getattr(args, "collection", None) or settings.default_collection
         if args.command == "load":
             progress = TqdmProgress(f"load {args.split}")
-            report = load_split(svc, collection, args.dataset, args.split, progress, source=args.source,
-                                batch_size=args.batch_size)
+            report = load_split(
+                svc,
+                collection,
+                args.dataset,
+                args.split,
+                progress,
+                source=args.source,
+                batch_size=args.batch_size,
+            )
             print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
         elif args.command == "list":
             print(json.dumps([c.__dict__ for c in list_collections(svc)], ensure_ascii=False, indent=2))
         elif args.command == "count":
-            print(json.dumps({"vectors": svc.vectors.count(collection), "images": svc.images.count(collection)}))
+            print(
+                json.dumps({"vectors": svc.vectors.count(collection), "images": svc.images.count(collection)})
+            )
         elif args.command == "drop":
             drop_collection(svc, collection)
             print(f"dropped {collection}")

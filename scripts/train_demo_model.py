@@ -64,13 +64,14 @@ def trim(tokens: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def encode(model: CLIP, pixels: torch.Tensor, tokens: torch.Tensor, batch: int = 256):
     model.eval()
-    img = torch.cat([model.encode_image(pixels[i:i + batch]) for i in range(0, len(pixels), batch)])
-    txt = torch.cat([model.encode_text(tokens[i:i + batch]) for i in range(0, len(tokens), batch)])
+    img = torch.cat([model.encode_image(pixels[i : i + batch]) for i in range(0, len(pixels), batch)])
+    txt = torch.cat([model.encode_text(tokens[i : i + batch]) for i in range(0, len(tokens), batch)])
     return F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
 
 
-def recall(img_feats: torch.Tensor, txt_feats: torch.Tensor, image_ids: list[int],
-           texts: list[dict], ks=(1, 5, 10)) -> dict[str, float]:
+def recall(
+    img_feats: torch.Tensor, txt_feats: torch.Tensor, image_ids: list[int], texts: list[dict], ks=(1, 5, 10)
+) -> dict[str, float]:
     """Chinese-CLIP text-to-image recall: a hit if any ground-truth image is in the top k."""
     sims = txt_feats @ img_feats.t()
     top = sims.topk(max(ks), dim=1).indices.numpy()
@@ -83,7 +84,9 @@ def recall(img_feats: torch.Tensor, txt_feats: torch.Tensor, image_ids: list[int
     return out
 
 
-def object_probe(model: CLIP, img_feats: torch.Tensor, image_ids: list[int], scenes: dict, k: int = 5) -> float:
+def object_probe(
+    model: CLIP, img_feats: torch.Tensor, image_ids: list[int], scenes: dict, k: int = 5
+) -> float:
     """Share of the top-k images of "一个<colour>的<shape>" that hold that object:
     low when the model only sees colours (recall alone can hide that)."""
     holders: dict[tuple[str, str], set[int]] = {}
@@ -108,11 +111,13 @@ def param_groups(model: torch.nn.Module, weight_decay: float, lr: float, scale_l
             no_decay.append(p)
         else:
             decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay, "lr": lr},
-            {"params": no_decay, "weight_decay": 0.0, "lr": lr},
-            # A short run never moves CLIP's 1/0.07 far enough at the base lr, and a
-            # low scale leaves look-alikes (same colours, other shapes) unseparated.
-            {"params": [model.logit_scale], "weight_decay": 0.0, "lr": scale_lr}]
+    return [
+        {"params": decay, "weight_decay": weight_decay, "lr": lr},
+        {"params": no_decay, "weight_decay": 0.0, "lr": lr},
+        # A short run never moves CLIP's 1/0.07 far enough at the base lr, and a
+        # low scale leaves look-alikes (same colours, other shapes) unseparated.
+        {"params": [model.logit_scale], "weight_decay": 0.0, "lr": scale_lr},
+    ]
 
 
 def random_shift(pixels: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
@@ -122,13 +127,15 @@ def random_shift(pixels: torch.Tensor, max_shift: int, gen: torch.Generator) -> 
     n, _, h, w = pixels.shape
     padded = F.pad(pixels, (max_shift,) * 4, mode="replicate")
     offs = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=gen)
-    return torch.stack([padded[i, :, oy:oy + h, ox:ox + w] for i, (oy, ox) in enumerate(offs.tolist())])
+    return torch.stack([padded[i, :, oy : oy + h, ox : ox + w] for i, (oy, ox) in enumerate(offs.tolist())])
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=REPO_ROOT / "datasets" / "data" / "demo")
-    parser.add_argument("--config", type=Path, default=REPO_ROOT / "config" / "model_configs" / "demo-tiny.json")
+    parser.add_argument(
+        "--config", type=Path, default=REPO_ROOT / "config" / "model_configs" / "demo-tiny.json"
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "models" / "demo" / "demo-tiny.pt")
     parser.add_argument("--epochs", type=int, default=36)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -137,14 +144,24 @@ def main(argv=None) -> int:
     parser.add_argument("--init-scale", type=float, default=30.0, help="initial logit scale (CLIP: 1/0.07)")
     parser.add_argument("--scale-lr-mult", type=float, default=10.0, help="lr multiplier of the logit scale")
     parser.add_argument("--warmup", type=float, default=0.05, help="share of steps with linear warm-up")
-    parser.add_argument("--captions-per-image", type=int, default=1,
-                        help="captions of each image in a step (more text signal per image pass)")
-    parser.add_argument("--families", action=argparse.BooleanOptionalAction, default=True,
-                        help="keep look-alike families in one batch (hard negatives)")
+    parser.add_argument(
+        "--captions-per-image",
+        type=int,
+        default=1,
+        help="captions of each image in a step (more text signal per image pass)",
+    )
+    parser.add_argument(
+        "--families",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep look-alike families in one batch (hard negatives)",
+    )
     parser.add_argument("--shift", type=int, default=0, help="max random translation in model pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--eval-every", type=int, default=0, help="epochs between valid evaluations (0: end only)")
+    parser.add_argument(
+        "--eval-every", type=int, default=0, help="epochs between valid evaluations (0: end only)"
+    )
     parser.add_argument("--fp32", action="store_true", help="store float32 weights (default float16)")
     args = parser.parse_args(argv)
 
@@ -179,9 +196,12 @@ def main(argv=None) -> int:
         for i in gt:
             captions_of[i].append(j)
     assert all(captions_of), "every train image needs a caption"
-    print(f"data: {len(train_ids)} train images, {len(train_texts)} captions; "
-          f"{len(valid_ids)} valid images, {len(valid_texts)} captions "
-          f"({time.perf_counter() - t_start:.1f}s)", flush=True)
+    print(
+        f"data: {len(train_ids)} train images, {len(train_texts)} captions; "
+        f"{len(valid_ids)} valid images, {len(valid_texts)} captions "
+        f"({time.perf_counter() - t_start:.1f}s)",
+        flush=True,
+    )
 
     # Look-alike families stay together in a batch: they are each other's hard negatives.
     family_of = read_families(args.data, "train") if args.families else {iid: iid for iid in train_ids}
@@ -195,11 +215,18 @@ def main(argv=None) -> int:
     warmup = max(1, int(total_steps * args.warmup))
     with torch.no_grad():
         model.logit_scale.fill_(math.log(args.init_scale))
-    opt = torch.optim.AdamW(param_groups(model, args.weight_decay, args.lr, args.lr * args.scale_lr_mult),
-                            lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(
+        param_groups(model, args.weight_decay, args.lr, args.lr * args.scale_lr_mult),
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup
-        else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total_steps - warmup))))
+        opt,
+        lambda s: (s + 1) / warmup
+        if s < warmup
+        else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total_steps - warmup))),
+    )
 
     step = 0
     for epoch in range(1, args.epochs + 1):
@@ -228,7 +255,9 @@ def main(argv=None) -> int:
             img_f, txt_f, scale = model(pixels, tokens)
             logits = scale * txt_f @ img_f.t()
             loss_t2i = -(targets / targets.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1).mean()
-            loss_i2t = -(targets.t() / targets.t().sum(1, keepdim=True) * F.log_softmax(logits.t(), 1)).sum(1).mean()
+            loss_i2t = (
+                -(targets.t() / targets.t().sum(1, keepdim=True) * F.log_softmax(logits.t(), 1)).sum(1).mean()
+            )
             loss = (loss_t2i + loss_i2t) / 2
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -238,9 +267,11 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 model.logit_scale.clamp_(0, math.log(100))
             losses.append(loss.item())
-        msg = (f"epoch {epoch}/{args.epochs} loss {np.mean(losses):.4f} "
-               f"scale {model.logit_scale.exp().item():.1f} lr {sched.get_last_lr()[0]:.2e} "
-               f"{time.perf_counter() - t_epoch:.1f}s")
+        msg = (
+            f"epoch {epoch}/{args.epochs} loss {np.mean(losses):.4f} "
+            f"scale {model.logit_scale.exp().item():.1f} lr {sched.get_last_lr()[0]:.2e} "
+            f"{time.perf_counter() - t_epoch:.1f}s"
+        )
         if args.eval_every and epoch % args.eval_every == 0 and epoch != args.epochs:
             img_f, txt_f = encode(model, valid_pixels, valid_tokens)
             metrics = recall(img_f, txt_f, valid_ids, valid_texts)
@@ -251,16 +282,23 @@ def main(argv=None) -> int:
     img_f, txt_f = encode(model, valid_pixels, valid_tokens)
     metrics = recall(img_f, txt_f, valid_ids, valid_texts)
     metrics["object_probe"] = object_probe(model, img_f, valid_ids, valid_scenes)
-    print("valid (in-process, float32):", json.dumps({k: round(v, 4) for k, v in metrics.items()}), flush=True)
+    print(
+        "valid (in-process, float32):", json.dumps({k: round(v, 4) for k, v in metrics.items()}), flush=True
+    )
 
-    state = {k: (v.half() if v.is_floating_point() and not args.fp32 else v).contiguous()
-             for k, v in model.state_dict().items()}
+    state = {
+        k: (v.half() if v.is_floating_point() and not args.fp32 else v).contiguous()
+        for k, v in model.state_dict().items()
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     torch.save({"state_dict": state, "arch": "demo-tiny", "epoch": args.epochs, "seed": args.seed}, tmp)
     tmp.replace(args.out)
-    print(f"saved {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) "
-          f"total {time.perf_counter() - t_start:.0f}s", flush=True)
+    print(
+        f"saved {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) "
+        f"total {time.perf_counter() - t_start:.0f}s",
+        flush=True,
+    )
     return 0
 
 

@@ -43,10 +43,16 @@ def browser_available() -> str | None:
 def model_settings() -> dict:
     """The trained demo model when present, else the random tiny one (both load in a second)."""
     if DEMO_CHECKPOINT.is_file():
-        return {"model_name": "demo-tiny", "model_checkpoint": DEMO_CHECKPOINT,
-                "model_arch": str(REPO_ROOT / "config" / "model_configs" / "demo-tiny.json")}
-    return {"model_name": "tiny", "model_arch": str(REPO_ROOT / "tests" / "data" / "tiny-arch.json"),
-            "model_random_init": True}
+        return {
+            "model_name": "demo-tiny",
+            "model_checkpoint": DEMO_CHECKPOINT,
+            "model_arch": str(REPO_ROOT / "config" / "model_configs" / "demo-tiny.json"),
+        }
+    return {
+        "model_name": "tiny",
+        "model_arch": str(REPO_ROOT / "tests" / "data" / "tiny-arch.json"),
+        "model_random_init": True,
+    }
 
 
 def site_settings(root: Path, **overrides: object) -> Settings:
@@ -80,8 +86,9 @@ class ServerThread:
 
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
-                                access_log=False)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", access_log=False
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
 
@@ -101,12 +108,25 @@ class ServerThread:
         self.thread.join(timeout)
 
 
-def http_json(url: str, method: str = "GET", body: dict | None = None, headers: dict | None = None,
-              timeout: float = 30.0) -> tuple[int, dict | list | None]:
+def http_json(
+    url: str,
+    method: str = "GET",
+    body: dict | None = None,
+    headers: dict | None = None,
+    timeout: float = 30.0,
+) -> tuple[int, dict | list | None]:
     """(status, parsed JSON body) without raising on 4xx/5xx."""
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={
-        "Accept": "application/json", **({"Content-Type": "application/json"} if data else {}), **(headers or {})})
+    req = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={
+            "Accept": "application/json",
+            **({"Content-Type": "application/json"} if data else {}),
+            **(headers or {}),
+        },
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as res:
             return res.status, json.loads(res.read() or b"null")
@@ -123,11 +143,23 @@ def make_driver(width: int = 1280, height: int = 900):
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                "--no-first-run", "--no-default-browser-check", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--disable-extensions",
-                "--disable-features=Translate,OptimizationHints,MediaRouter",
-                f"--window-size={width},{height}", f"--user-data-dir={profile}", "--lang=zh-CN"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--disable-features=Translate,OptimizationHints,MediaRouter",
+        f"--window-size={width},{height}",
+        f"--user-data-dir={profile}",
+        "--lang=zh-CN",
+    ):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
@@ -144,8 +176,12 @@ def quit_driver(driver) -> None:
         shutil.rmtree(getattr(driver, "profile_dir", ""), ignore_errors=True)
 
 
-def wait_until(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.05,
-               message: str | Callable[[], str] = "condition") -> object:
+def wait_until(
+    predicate: Callable[[], object],
+    timeout: float = 15.0,
+    interval: float = 0.05,
+    message: str | Callable[[], str] = "condition",
+) -> object:
     """Poll `predicate` until it returns something truthy; its value is returned."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
@@ -158,15 +194,19 @@ def wait_until(predicate: Callable[[], object], timeout: float = 15.0, interval:
             last_exc = exc
         if time.monotonic() > deadline:
             text = message() if callable(message) else message
-            raise TimeoutError(f"timed out after {timeout} s waiting for {text}"
-                               + (f" (last error: {last_exc!r})" if last_exc else ""))
+            raise TimeoutError(
+                f"timed out after {timeout} s waiting for {text}"
+                + (f" (last error: {last_exc!r})" if last_exc else "")
+            )
         time.sleep(interval)
 
 
 def set_phone_viewport(driver, width: int = 375, height: int = 800) -> None:
     """Emulate a phone viewport exactly (a headless window may refuse to be that narrow)."""
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": width, "height": height, "deviceScaleFactor": 2, "mobile": True})
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 2, "mobile": True},
+    )
 
 
 def clear_viewport(driver) -> None:

@@ -23,7 +23,9 @@ TINY_ARCH = REPO / "tests" / "data" / "tiny-arch.json"
 @lru_cache(maxsize=1)
 def tiny_encoder() -> ClipEncoder:
     """A random-weight cn_clip model (32-d), deterministic, loads in a second."""
-    return ClipEncoder.load(ModelSpec(name="tiny", arch=str(TINY_ARCH), random_init=True, seed=0, device="cpu"))
+    return ClipEncoder.load(
+        ModelSpec(name="tiny", arch=str(TINY_ARCH), random_init=True, seed=0, device="cpu")
+    )
 
 
 def unique(prefix: str = "c") -> str:
@@ -31,10 +33,18 @@ def unique(prefix: str = "c") -> str:
 
 
 def make_settings(tmp: Path, milvus_uri: str | None = None, mysql_url: str = "", **overrides) -> Settings:
-    base = dict(model_name="tiny", model_arch=str(TINY_ARCH), model_random_init=True,
-                milvus_uri=milvus_uri or str(tmp / "milvus.db"), mysql_url=mysql_url,
-                sqlite_path=tmp / "images.sqlite3", data_root=tmp / "data", milvus_timeout_s=5,
-                sql_timeout_s=5, default_collection="test")
+    base = dict(
+        model_name="tiny",
+        model_arch=str(TINY_ARCH),
+        model_random_init=True,
+        milvus_uri=milvus_uri or str(tmp / "milvus.db"),
+        mysql_url=mysql_url,
+        sqlite_path=tmp / "images.sqlite3",
+        data_root=tmp / "data",
+        milvus_timeout_s=5,
+        sql_timeout_s=5,
+        default_collection="test",
+    )
     base.update(overrides)
     (tmp / "data").mkdir(parents=True, exist_ok=True)
     return load_settings(**base)
@@ -61,8 +71,9 @@ def unit_rows(n: int, dim: int, seed: int) -> np.ndarray:
     return m / np.linalg.norm(m, axis=1, keepdims=True)
 
 
-def write_dataset(dataset_dir: Path, split: str, n: int, dim: int, seed: int = 0,
-                  first_id: int = 1) -> tuple[list[int], np.ndarray]:
+def write_dataset(
+    dataset_dir: Path, split: str, n: int, dim: int, seed: int = 0, first_id: int = 1
+) -> tuple[list[int], np.ndarray]:
     """A split with n images and precomputed unit features; returns (ids, features)."""
     dataset_dir.mkdir(parents=True, exist_ok=True)
     ids = list(range(first_id, first_id + n))

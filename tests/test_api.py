@@ -54,21 +54,26 @@ def test_text_search_equals_exact_knn_over_the_same_features(client, loaded):
         qvec = tiny_encoder().encode_texts([query])[0]
         assert [x["id"] for x in body["results"]] == exact_top_k(qvec, ids, feats, 10)
         assert [x["rank"] for x in body["results"]] == list(range(1, 11))
-        np.testing.assert_allclose([x["score"] for x in body["results"]],
-                                   sorted((feats @ qvec).tolist(), reverse=True)[:10], atol=1e-4)
+        np.testing.assert_allclose(
+            [x["score"] for x in body["results"]],
+            sorted((feats @ qvec).tolist(), reverse=True)[:10],
+            atol=1e-4,
+        )
         assert body["model"] == "tiny"
         assert set(body["timings_ms"]) >= {"encode", "vector_search", "image_fetch", "total"}
 
 
 def test_result_urls_serve_the_original_bytes_and_thumbnails(client, loaded):
     collection, ids, _ = loaded
-    r = client.post("/img/search", json={"query": "红色", "top_k": 3, "collection": collection,
-                                         "with_image": True})
+    r = client.post(
+        "/img/search", json={"query": "红色", "top_k": 3, "collection": collection, "with_image": True}
+    )
     first = r.json()["results"][0]
     original = client.get(first["url"])
     assert original.status_code == 200 and original.headers["content-type"] == "image/jpeg"
     assert original.content == jpeg(5 * 100_000 + first["id"])
     import base64
+
     assert base64.b64decode(first["image_b64"]) == original.content
     thumb = client.get(first["thumbnail_url"])
     assert thumb.headers["content-type"] == "image/jpeg"
@@ -99,8 +104,12 @@ def test_bad_records_are_reported_with_line_numbers_and_the_rest_loads(client):
     feats[12] = '{"image_id": 13, "feature": [0.1, '
     (d / "test_imgs.img_feat.jsonl").write_text("\n".join(feats) + "\n")
     collection = unique("bad")
-    job = wait_job(client, client.post("/img/load", json={"dataset": "bad", "split": "test",
-                                                          "collection": collection}).json()["id"])
+    job = wait_job(
+        client,
+        client.post("/img/load", json={"dataset": "bad", "split": "test", "collection": collection}).json()[
+            "id"
+        ],
+    )
     assert job["state"] == "succeeded"
     assert job["processed"] == 16 and job["failed"] == 4, job
     items = " | ".join(f["item"] + ": " + f["reason"] for f in job["failures"])
@@ -110,42 +119,65 @@ def test_bad_records_are_reported_with_line_numbers_and_the_rest_loads(client):
 
 def test_image_search_by_upload_and_by_stored_id(client, loaded):
     collection, ids, _ = loaded
-    stored = client.post("/img/search/image", data={"image_id": str(ids[0]), "collection": collection,
-                                                    "top_k": "5"})
+    stored = client.post(
+        "/img/search/image", data={"image_id": str(ids[0]), "collection": collection, "top_k": "5"}
+    )
     assert stored.status_code == 200, stored.text
     assert ids[0] not in [x["id"] for x in stored.json()["results"]]
     assert len(stored.json()["results"]) == 5
     photo = jpeg(777)
-    up = client.post("/img/search/image", files={"file": ("q.jpg", photo, "image/jpeg")},
-                     data={"collection": collection, "top_k": "4"})
+    up = client.post(
+        "/img/search/image",
+        files={"file": ("q.jpg", photo, "image/jpeg")},
+        data={"collection": collection, "top_k": "4"},
+    )
     assert up.status_code == 200 and len(up.json()["results"]) == 4
     qvec = tiny_encoder().encode_images([Image.open(io.BytesIO(photo)).convert("RGB")])[0]
     assert up.json()["results"][0]["score"] == pytest.approx(
-        float(np.max(client.services.vectors.get_vectors(collection, ids)[up.json()["results"][0]["id"]] @ qvec)),
-        abs=1e-4)
+        float(
+            np.max(client.services.vectors.get_vectors(collection, ids)[up.json()["results"][0]["id"]] @ qvec)
+        ),
+        abs=1e-4,
+    )
 
 
 def test_add_dedupe_filter_delete_round_trip(client, loaded):
     collection, ids, _ = loaded
-    files = [("files", ("a.jpg", jpeg(9001), "image/jpeg")), ("files", ("b.jpg", jpeg(9002), "image/jpeg")),
-             ("files", ("a-again.jpg", jpeg(9001), "image/jpeg")), ("files", ("x.txt", b"hello", "text/plain"))]
-    r = client.post(f"/img/images/{collection}", files=files,
-                    data={"source": "shop", "tags": "sale,红色", "created_at": "1800000000"})
+    files = [
+        ("files", ("a.jpg", jpeg(9001), "image/jpeg")),
+        ("files", ("b.jpg", jpeg(9002), "image/jpeg")),
+        ("files", ("a-again.jpg", jpeg(9001), "image/jpeg")),
+        ("files", ("x.txt", b"hello", "text/plain")),
+    ]
+    r = client.post(
+        f"/img/images/{collection}",
+        files=files,
+        data={"source": "shop", "tags": "sale,红色", "created_at": "1800000000"},
+    )
     assert r.status_code == 200, r.text
     res = r.json()["results"]
     assert [x["status"] for x in res] == ["added", "added", "present", "failed"]
     assert res[2]["id"] == res[0]["id"] and "not an image" in res[3]["error"]
     new_ids = {res[0]["id"], res[1]["id"]}
     flt = {"sources": ["shop"]}
-    found = client.post("/img/search", json={"query": "红色", "top_k": 50, "collection": collection,
-                                             "filters": flt}).json()["results"]
+    found = client.post(
+        "/img/search", json={"query": "红色", "top_k": 50, "collection": collection, "filters": flt}
+    ).json()["results"]
     assert {x["id"] for x in found} == new_ids
-    found = client.post("/img/search", json={"query": "红色", "top_k": 50, "collection": collection,
-                                             "filters": {"tags": ["红色"], "created_from": 1799999999}}).json()
+    found = client.post(
+        "/img/search",
+        json={
+            "query": "红色",
+            "top_k": 50,
+            "collection": collection,
+            "filters": {"tags": ["红色"], "created_from": 1799999999},
+        },
+    ).json()
     assert {x["id"] for x in found["results"]} == new_ids
     assert client.delete(f"/img/images/{collection}/{res[0]['id']}").status_code == 200
-    found = client.post("/img/search", json={"query": "红色", "top_k": 50, "collection": collection,
-                                             "filters": flt}).json()["results"]
+    found = client.post(
+        "/img/search", json={"query": "红色", "top_k": 50, "collection": collection, "filters": flt}
+    ).json()["results"]
     assert {x["id"] for x in found} == {res[1]["id"]}
     assert client.get(f"/img/images/{collection}/{res[0]['id']}").status_code == 404
     r = client.post(f"/img/images/{collection}/delete", json={"filters": flt})
@@ -158,9 +190,11 @@ def test_min_score_and_scan(client, loaded):
     collection, ids, feats = loaded
     descriptions = ["红色的圆形", "黑色的星形"]
     qv = tiny_encoder().encode_texts(descriptions)
-    threshold = float(np.sort((feats @ qv[0]))[-8])  # about 8 images reach it for the first text
-    r = client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
-                                       "collection": collection, "limit": 1000})
+    threshold = float(np.sort(feats @ qv[0])[-8])  # about 8 images reach it for the first text
+    r = client.post(
+        "/img/scan",
+        json={"descriptions": descriptions, "threshold": threshold, "collection": collection, "limit": 1000},
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     want = {(int(ids[i]), d) for d in range(2) for i in np.flatnonzero(feats @ qv[d] >= threshold - 1e-6)}
@@ -168,27 +202,69 @@ def test_min_score_and_scan(client, loaded):
     assert body["total"] == len(want)
     scores = [h["score"] for h in body["hits"]]
     assert scores == sorted(scores, reverse=True)
-    page = client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
-                                          "collection": collection, "offset": 2, "limit": 3}).json()
+    page = client.post(
+        "/img/scan",
+        json={
+            "descriptions": descriptions,
+            "threshold": threshold,
+            "collection": collection,
+            "offset": 2,
+            "limit": 3,
+        },
+    ).json()
     assert [h["image_id"] for h in page["hits"]] == [h["image_id"] for h in body["hits"][2:5]]
-    export = client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
-                                            "collection": collection, "format": "csv"})
+    export = client.post(
+        "/img/scan",
+        json={
+            "descriptions": descriptions,
+            "threshold": threshold,
+            "collection": collection,
+            "format": "csv",
+        },
+    )
     csv_text = export.text
-    assert csv_text.splitlines()[0].startswith("image_id,score") and len(csv_text.splitlines()) == len(want) + 1
-    assert (export.headers["X-Total-Count"], export.headers["X-Offset"], export.headers["X-Limit"],
-            export.headers["X-Truncated"]) == (str(len(want)), "0", "10000", "false")
+    assert (
+        csv_text.splitlines()[0].startswith("image_id,score") and len(csv_text.splitlines()) == len(want) + 1
+    )
+    assert (
+        export.headers["X-Total-Count"],
+        export.headers["X-Offset"],
+        export.headers["X-Limit"],
+        export.headers["X-Truncated"],
+    ) == (str(len(want)), "0", "10000", "false")
     # A partial export says so: its page bounds and the total travel as headers.
-    part = client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
-                                          "collection": collection, "format": "jsonl", "limit": 2})
+    part = client.post(
+        "/img/scan",
+        json={
+            "descriptions": descriptions,
+            "threshold": threshold,
+            "collection": collection,
+            "format": "jsonl",
+            "limit": 2,
+        },
+    )
     assert len(part.text.splitlines()) == 2 and part.headers["X-Total-Count"] == str(len(want))
     assert part.headers["X-Next-Offset"] == "2" and "X-Next-Offset" not in export.headers
-    assert client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
-                                          "collection": collection}).json()["limit"] == 100
-    jsonl = client.post("/img/scan", json={"descriptions": descriptions, "threshold": threshold,
-                                           "collection": collection, "format": "jsonl"}).text
+    assert (
+        client.post(
+            "/img/scan", json={"descriptions": descriptions, "threshold": threshold, "collection": collection}
+        ).json()["limit"]
+        == 100
+    )
+    jsonl = client.post(
+        "/img/scan",
+        json={
+            "descriptions": descriptions,
+            "threshold": threshold,
+            "collection": collection,
+            "format": "jsonl",
+        },
+    ).text
     assert len(jsonl.splitlines()) == len(want)
-    r = client.post("/img/search", json={"query": descriptions[0], "top_k": 100, "collection": collection,
-                                         "min_score": threshold})
+    r = client.post(
+        "/img/search",
+        json={"query": descriptions[0], "top_k": 100, "collection": collection, "min_score": threshold},
+    )
     assert {x["id"] for x in r.json()["results"]} == {i for i, d in want if d == 0}
 
 
@@ -204,10 +280,28 @@ def _png(width: int, height: int) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.parametrize("case", ["not_image", "truncated", "too_many_bytes", "too_many_pixels", "empty_query",
-                                  "top_k", "long_query", "bad_filter", "bad_collection_name", "unknown_collection",
-                                  "unknown_image", "path_escape", "extra_field", "bad_upload_in_batch",
-                                  "unknown_endpoint", "wrong_method", "chunked_body_over_limit"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "not_image",
+        "truncated",
+        "too_many_bytes",
+        "too_many_pixels",
+        "empty_query",
+        "top_k",
+        "long_query",
+        "bad_filter",
+        "bad_collection_name",
+        "unknown_collection",
+        "unknown_image",
+        "path_escape",
+        "extra_field",
+        "bad_upload_in_batch",
+        "unknown_endpoint",
+        "wrong_method",
+        "chunked_body_over_limit",
+    ],
+)
 def test_bad_input_gets_a_clear_error_and_changes_nothing(client, loaded, case):
     collection, ids, _ = loaded
     settings = client.services.settings
@@ -217,12 +311,17 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(client, loaded, case):
         return client.post("/img/search", json={"collection": collection, "query": "红色", **body})
 
     def image_search(name: str, data: bytes, mime: str = "image/jpeg"):
-        return client.post("/img/search/image", files={"file": (name, data, mime)}, data={"collection": collection})
+        return client.post(
+            "/img/search/image", files={"file": (name, data, mime)}, data={"collection": collection}
+        )
 
     requests = {
         "not_image": (415, lambda: image_search("a.jpg", b"%PDF-1.4 not an image")),
         "truncated": (422, lambda: image_search("a.jpg", full[: len(full) // 2])),
-        "too_many_bytes": (413, lambda: image_search("a.jpg", b"\xff" * (settings.max_upload_bytes + 2 * 1024 * 1024))),
+        "too_many_bytes": (
+            413,
+            lambda: image_search("a.jpg", b"\xff" * (settings.max_upload_bytes + 2 * 1024 * 1024)),
+        ),
         "too_many_pixels": (413, lambda: image_search("a.png", _png(8000, 6000), "image/png")),
         "empty_query": (422, lambda: search(query="")),
         "top_k": (422, lambda: search(top_k=0)),
@@ -231,17 +330,32 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(client, loaded, case):
         "bad_collection_name": (400, lambda: search(collection="x;drop")),
         "unknown_collection": (404, lambda: search(collection=unique("nope"))),
         "unknown_image": (404, lambda: client.get(f"/img/images/{collection}/987654321")),
-        "path_escape": (400, lambda: client.post("/img/load", json={"dataset": "../../etc", "split": "valid",
-                                                                    "collection": collection})),
+        "path_escape": (
+            400,
+            lambda: client.post(
+                "/img/load", json={"dataset": "../../etc", "split": "valid", "collection": collection}
+            ),
+        ),
         "extra_field": (422, lambda: search(unexpected=1)),
-        "bad_upload_in_batch": (413, lambda: client.post(f"/img/images/{collection}", files=[
-            ("files", ("ok.jpg", jpeg(555), "image/jpeg")),
-            ("files", ("huge.jpg", b"\xff" * (settings.max_upload_bytes + 1), "image/jpeg"))])),
+        "bad_upload_in_batch": (
+            413,
+            lambda: client.post(
+                f"/img/images/{collection}",
+                files=[
+                    ("files", ("ok.jpg", jpeg(555), "image/jpeg")),
+                    ("files", ("huge.jpg", b"\xff" * (settings.max_upload_bytes + 1), "image/jpeg")),
+                ],
+            ),
+        ),
         "unknown_endpoint": (404, lambda: client.post("/img/serch", json={"query": "红色"})),
         "wrong_method": (405, lambda: client.put("/img/search", json={"query": "红色"})),
         # No Content-Length: the limit is found while the body streams in.
-        "chunked_body_over_limit": (413, lambda: client.post("/img/search", content=_chunks(9 << 20),
-                                                              headers={"content-type": "application/json"})),
+        "chunked_body_over_limit": (
+            413,
+            lambda: client.post(
+                "/img/search", content=_chunks(9 << 20), headers={"content-type": "application/json"}
+            ),
+        ),
     }
     before = client.get(f"/img/collections/{collection}/count").json()
     expected, send = requests[case]
@@ -258,30 +372,44 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(client, loaded, case):
 def test_writes_need_the_api_key_when_configured(client):
     collection = unique("key")
     assert client.post("/img/collections", json={"name": collection}).status_code == 201
-    added = client.post(f"/img/images/{collection}", files={"files": ("k.jpg", jpeg(4242), "image/jpeg")}).json()
+    added = client.post(
+        f"/img/images/{collection}", files={"files": ("k.jpg", jpeg(4242), "image/jpeg")}
+    ).json()
     image_id = added["results"][0]["id"]
     client.services.settings.api_key = "s3cret"
     try:
         assert client.delete(f"/img/images/{collection}/{image_id}").status_code == 401
-        assert client.delete(f"/img/collections/{collection}", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert (
+            client.delete(f"/img/collections/{collection}", headers={"X-API-Key": "wrong"}).status_code == 401
+        )
         assert client.post("/img/load", json={"dataset": "ds", "split": "valid"}).status_code == 401
         ok = client.delete(f"/img/images/{collection}/{image_id}", headers={"X-API-Key": "s3cret"})
         assert ok.status_code == 200
         assert client.post("/img/search", json={"query": "红色", "collection": collection}).status_code == 200
-        assert client.delete(f"/img/collections/{collection}", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert (
+            client.delete(f"/img/collections/{collection}", headers={"X-API-Key": "s3cret"}).status_code
+            == 200
+        )
     finally:
         client.services.settings.api_key = ""
 
 
 def test_collections_with_chosen_index_and_drop(client):
     name = unique("hnsw")
-    r = client.post("/img/collections", json={"name": name, "index_type": "HNSW",
-                                              "index_params": {"M": 8, "efConstruction": 64},
-                                              "search_params": {"ef": 32}})
+    r = client.post(
+        "/img/collections",
+        json={
+            "name": name,
+            "index_type": "HNSW",
+            "index_params": {"M": 8, "efConstruction": 64},
+            "search_params": {"ef": 32},
+        },
+    )
     assert r.status_code == 201, r.text
     assert r.json()["index_type"] == "HNSW" and r.json()["dim"] == tiny_encoder().dim
-    bad = client.post("/img/collections", json={"name": unique("x"), "index_type": "HNSW",
-                                                "index_params": {"nlist": 8}})
+    bad = client.post(
+        "/img/collections", json={"name": unique("x"), "index_type": "HNSW", "index_params": {"nlist": 8}}
+    )
     assert bad.status_code == 422
     assert name in [c["name"] for c in client.get("/img/collections").json()]
     assert client.delete(f"/img/collections/{name}").status_code == 200
@@ -295,7 +423,10 @@ def test_collection_partitioned_by_source(client):
     r = client.post("/img/collections", json={"name": name, "source_partitions": 16})
     assert r.status_code == 201, r.text
     assert r.json()["source_partitions"] == 16
-    assert client.post("/img/collections", json={"name": unique("x"), "source_partitions": 5000}).status_code == 422
+    assert (
+        client.post("/img/collections", json={"name": unique("x"), "source_partitions": 5000}).status_code
+        == 422
+    )
     added = {}
     for source, seeds in (("商城", (31, 32, 33)), ("news", (41, 42)), ("risk", (51,))):
         files = [("files", (f"{s}.jpg", jpeg(s), "image/jpeg")) for s in seeds]
@@ -303,11 +434,17 @@ def test_collection_partitioned_by_source(client):
         assert [x["status"] for x in res] == ["added"] * len(seeds), res
         added[source] = {x["id"] for x in res}
     for sources in (["商城"], ["news", "risk"]):
-        found = client.post("/img/search", json={"query": "红色", "top_k": 50, "collection": name,
-                                                 "filters": {"sources": sources}}).json()["results"]
+        found = client.post(
+            "/img/search",
+            json={"query": "红色", "top_k": 50, "collection": name, "filters": {"sources": sources}},
+        ).json()["results"]
         assert {x["id"] for x in found} == set().union(*(added[s] for s in sources))
-    assert client.post("/img/search", json={"query": "红色", "top_k": 50, "collection": name}).json()[
-        "results"].__len__() == 6
+    assert (
+        client.post("/img/search", json={"query": "红色", "top_k": 50, "collection": name})
+        .json()["results"]
+        .__len__()
+        == 6
+    )
     listed = next(c for c in client.get("/img/collections").json() if c["name"] == name)
     assert (listed["source_partitions"], listed["images"], listed["vectors"]) == (16, 6, 6)
     assert client.delete(f"/img/collections/{name}").status_code == 200
@@ -327,21 +464,27 @@ def test_tag_filters_on_lite_are_resolved_in_sql(client, monkeypatch):
     vectors = client.services.vectors
     seen = []
     real_search, real_range = vectors.search, vectors.range_search
-    monkeypatch.setattr(vectors, "search", lambda c, v, k, flt=None: seen.append(flt) or real_search(c, v, k, flt))
-    monkeypatch.setattr(vectors, "range_search",
-                        lambda c, v, s, n, flt=None: seen.append(flt) or real_range(c, v, s, n, flt))
+    monkeypatch.setattr(
+        vectors, "search", lambda c, v, k, flt=None: seen.append(flt) or real_search(c, v, k, flt)
+    )
+    monkeypatch.setattr(
+        vectors, "range_search", lambda c, v, s, n, flt=None: seen.append(flt) or real_range(c, v, s, n, flt)
+    )
 
     def search(tags):
-        r = client.post("/img/search", json={"query": "红色", "top_k": 10, "collection": name,
-                                             "filters": {"tags": tags}})
+        r = client.post(
+            "/img/search", json={"query": "红色", "top_k": 10, "collection": name, "filters": {"tags": tags}}
+        )
         assert r.status_code == 200, r.text
         return {x["id"] for x in r.json()["results"]}
 
     assert search(["红色"]) == added["红色"]
     assert search(["蓝色", "红色"]) == added["红色"] | added["蓝色"]
     assert search(["x_y"]) == added["红色"] | added["蓝色"]
-    scan = client.post("/img/scan", json={"descriptions": ["红色"], "threshold": -1.0, "collection": name,
-                                          "filters": {"tags": ["蓝色"]}}).json()
+    scan = client.post(
+        "/img/scan",
+        json={"descriptions": ["红色"], "threshold": -1.0, "collection": name, "filters": {"tags": ["蓝色"]}},
+    ).json()
     assert {h["image_id"] for h in scan["hits"]} == added["蓝色"]
     if vectors.slow_array_filters:
         assert all(f.tags == () and f.only_ids for f in seen), seen
@@ -409,17 +552,29 @@ def test_folder_under_the_data_root_is_added_as_a_job(client):
         (folder / ("sub" if i else "") / f"p{i}.jpg").write_bytes(jpeg(8800 + i))
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (folder / "notes.txt").write_text("not an image, not even looked at")
-    r = client.post(f"/img/images/{collection}/folder", json={"folder": f"incoming/{collection}",
-                                                              "source": "camera", "tags": ["2026"]})
+    r = client.post(
+        f"/img/images/{collection}/folder",
+        json={"folder": f"incoming/{collection}", "source": "camera", "tags": ["2026"]},
+    )
     assert r.status_code == 202, r.text
     job = wait_job(client, r.json()["job_id"])
     assert (job["state"], job["processed"], job["failed"], job["total"]) == ("succeeded", 3, 1, 4), job
     assert job["failures"][0]["item"] == "broken.jpg"
-    found = client.post("/img/search", json={"query": "照片", "collection": collection,
-                                             "filters": {"sources": ["camera"], "tags": ["2026"]}}).json()
+    found = client.post(
+        "/img/search",
+        json={
+            "query": "照片",
+            "collection": collection,
+            "filters": {"sources": ["camera"], "tags": ["2026"]},
+        },
+    ).json()
     assert len(found["results"]) == 3
-    again = wait_job(client, client.post(f"/img/images/{collection}/folder",
-                                         json={"folder": f"incoming/{collection}"}).json()["job_id"])
+    again = wait_job(
+        client,
+        client.post(f"/img/images/{collection}/folder", json={"folder": f"incoming/{collection}"}).json()[
+            "job_id"
+        ],
+    )
     assert again["processed"] == 3 and "already present 3" in again["message"]
     assert client.get(f"/img/collections/{collection}/count").json()["images"] == 3
     assert client.post(f"/img/images/{collection}/folder", json={"folder": "../.."}).status_code == 400
@@ -429,7 +584,11 @@ def test_a_features_file_of_another_model_is_refused_at_once(client):
     settings = client.services.settings
     write_dataset(settings.data_root / "other_dim", "valid", 5, tiny_encoder().dim * 2, seed=1)
     collection = unique("dim")
-    job = wait_job(client, client.post("/img/load", json={"dataset": "other_dim", "split": "valid",
-                                                          "collection": collection}).json()["id"])
+    job = wait_job(
+        client,
+        client.post(
+            "/img/load", json={"dataset": "other_dim", "split": "valid", "collection": collection}
+        ).json()["id"],
+    )
     assert job["state"] == "failed" and "64-d features" in job["message"], job
     assert job["processed"] == 0

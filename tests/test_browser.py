@@ -67,8 +67,14 @@ def site(tmp_path_factory):
     create_collection(svc, "uploads")
     server = ServerThread(create_app(settings, svc)).start()
     try:
-        yield Site(url=server.url, settings=settings, services=svc, api_key=API_KEY,
-                   demo_ids=list(data.image_ids), data_root=root / "data")
+        yield Site(
+            url=server.url,
+            settings=settings,
+            services=svc,
+            api_key=API_KEY,
+            demo_ids=list(data.image_ids),
+            data_root=root / "data",
+        )
     finally:
         server.stop()
 
@@ -92,17 +98,23 @@ def page(site, driver, request):
     screenshot(driver, request.node.name)
     clear_viewport(driver)
     # No script errors (HTTP errors the test provoked are logged as "Failed to load resource"; those are fine).
-    errors = [e["message"] for e in driver.get_log("browser")
-              if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]]
+    errors = [
+        e["message"]
+        for e in driver.get_log("browser")
+        if e["level"] == "SEVERE" and "Failed to load resource" not in e["message"]
+    ]
     assert not errors, errors
 
 
 def open_page(driver, site):
     driver.get(site.url + "/")
-    wait_until(lambda: driver.execute_script(
-        "return document.body.dataset.ready === 'true'"
-        " && document.getElementById('collection-select').dataset.loaded === 'true'"),
-        message="the page to load its collections")
+    wait_until(
+        lambda: driver.execute_script(
+            "return document.body.dataset.ready === 'true'"
+            " && document.getElementById('collection-select').dataset.loaded === 'true'"
+        ),
+        message="the page to load its collections",
+    )
 
 
 # ------------------------------------------------------------------ helpers
@@ -117,8 +129,11 @@ def seq(driver) -> int:
 
 
 def wait_render(driver, before: int, timeout: float = 20.0):
-    wait_until(lambda: seq(driver) > before, timeout,
-               message=lambda: f"a search outcome (status: {by_id(driver, 'status').text!r})")
+    wait_until(
+        lambda: seq(driver) > before,
+        timeout,
+        message=lambda: f"a search outcome (status: {by_id(driver, 'status').text!r})",
+    )
 
 
 def results(driver) -> list:
@@ -144,11 +159,14 @@ def text_search(driver, query: str):
 
 def wait_thumbnails(driver):
     """Every thumbnail in the viewport has loaded (the others are lazy)."""
-    wait_until(lambda: driver.execute_script(
-        "const imgs = [...document.querySelectorAll('#results .thumb-img')]"
-        "  .filter(i => i.getBoundingClientRect().top < window.innerHeight);"
-        "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);"),
-        message="every thumbnail in view to load")
+    wait_until(
+        lambda: driver.execute_script(
+            "const imgs = [...document.querySelectorAll('#results .thumb-img')]"
+            "  .filter(i => i.getBoundingClientRect().top < window.innerHeight);"
+            "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0);"
+        ),
+        message="every thumbnail in view to load",
+    )
 
 
 def strip_addresses(text: str) -> str:
@@ -168,7 +186,10 @@ def test_text_search_shows_scored_thumbnails(page, site):
     top_k.clear()
     top_k.send_keys("8")
     # Collection selector lists every collection with its model and image count.
-    options = {o.get_attribute("value"): o.text for o in by_id(d, "collection-select").find_elements(By.TAG_NAME, "option")}
+    options = {
+        o.get_attribute("value"): o.text
+        for o in by_id(d, "collection-select").find_elements(By.TAG_NAME, "option")
+    }
     assert set(options) >= {"demo", "empty"}
     assert site.settings.model_name in options["demo"] and f"{N_IMAGES} 张" in options["demo"]
 
@@ -202,12 +223,16 @@ def test_text_search_shows_scored_thumbnails(page, site):
     first_box.click()
     modal = by_id(d, "image-modal")
     wait_until(lambda: modal.get_attribute("open") is not None, message="the modal to open")
-    wait_until(lambda: by_id(d, "modal-meta").get_attribute("data-loaded") == "true", message="image metadata")
+    wait_until(
+        lambda: by_id(d, "modal-meta").get_attribute("data-loaded") == "true", message="image metadata"
+    )
     meta = by_id(d, "modal-meta").text
     assert first_id in meta and "demo" in meta and "SHA-256" in meta
     assert by_id(d, "modal-image").get_attribute("src").endswith(f"/img/images/demo/{first_id}")
-    wait_until(lambda: d.execute_script("return document.getElementById('modal-image').naturalWidth > 0"),
-               message="the full image")
+    wait_until(
+        lambda: d.execute_script("return document.getElementById('modal-image').naturalWidth > 0"),
+        message="the full image",
+    )
     screenshot(d, "test_text_search_modal")
     d.switch_to.active_element.send_keys(Keys.ESCAPE)
     wait_until(lambda: modal.get_attribute("open") is None, message="Escape to close the modal")
@@ -266,8 +291,10 @@ def test_load_from_panel_reaches_succeeded(page, site):
 
     # Without the key the server refuses; its message is shown and the key field opens.
     by_id(d, "load-start").click()
-    msg = wait_until(lambda: by_id(d, "panel-message").is_displayed() and by_id(d, "panel-message").text,
-                     message="the 401 message")
+    msg = wait_until(
+        lambda: by_id(d, "panel-message").is_displayed() and by_id(d, "panel-message").text,
+        message="the 401 message",
+    )
     assert "X-API-Key" in msg
     key = by_id(d, "api-key")
     assert key.is_displayed()
@@ -275,8 +302,11 @@ def test_load_from_panel_reaches_succeeded(page, site):
 
     by_id(d, "load-start").click()
     job = by_id(d, "job-progress")
-    wait_until(lambda: job.get_attribute("data-state") in ("succeeded", "failed", "cancelled", "interrupted"),
-               timeout=60, message=lambda: f"the load to finish ({job.text!r})")
+    wait_until(
+        lambda: job.get_attribute("data-state") in ("succeeded", "failed", "cancelled", "interrupted"),
+        timeout=60,
+        message=lambda: f"the load to finish ({job.text!r})",
+    )
     assert job.get_attribute("data-state") == "succeeded", job.text
     assert int(job.get_attribute("data-processed")) == int(job.get_attribute("data-total")) == N_IMAGES
     assert job.get_attribute("data-failed") == "0"
@@ -285,11 +315,17 @@ def test_load_from_panel_reaches_succeeded(page, site):
     assert d.execute_script("return localStorage.getItem('imgsearch.apiKey')") == site.api_key
 
     # The recent-jobs list and the collection selector catch up.
-    wait_until(lambda: d.find_elements(By.CSS_SELECTOR, "#jobs-list [data-testid=job-item][data-state=succeeded]"),
-               message="the job in the recent list")
-    wait_until(lambda: any(o.get_attribute("value") == "loaded" and f"{N_IMAGES} 张" in o.text
-                           for o in by_id(d, "collection-select").find_elements(By.TAG_NAME, "option")),
-               message="the new collection in the selector")
+    wait_until(
+        lambda: d.find_elements(By.CSS_SELECTOR, "#jobs-list [data-testid=job-item][data-state=succeeded]"),
+        message="the job in the recent list",
+    )
+    wait_until(
+        lambda: any(
+            o.get_attribute("value") == "loaded" and f"{N_IMAGES} 张" in o.text
+            for o in by_id(d, "collection-select").find_elements(By.TAG_NAME, "option")
+        ),
+        message="the new collection in the selector",
+    )
     # The collection being viewed (demo, not empty) stays selected.
     assert by_id(d, "collection-select").get_attribute("value") == "demo"
     status_code, body = http_json(f"{site.url}/img/collections/loaded/count")
@@ -303,8 +339,11 @@ def test_error_states(page, site, tmp_path):
     bogus.write_bytes(b"this is not an image at all\n" * 10)
     import httpx
 
-    expected = httpx.post(f"{site.url}/img/search/image", files={"file": ("notes.txt", bogus.read_bytes())},
-                          data={"collection": "demo"}).json()["error"]["message"]
+    expected = httpx.post(
+        f"{site.url}/img/search/image",
+        files={"file": ("notes.txt", bogus.read_bytes())},
+        data={"collection": "demo"},
+    ).json()["error"]["message"]
     before = seq(d)
     by_id(d, "image-input").send_keys(str(bogus))
     wait_render(d, before)
@@ -382,8 +421,14 @@ def test_busy_service_is_retried_and_network_error_shown(page, site):
 def test_bulk_add_inline_and_as_a_job(page, site, tmp_path):
     from datasets.demo_generator import encode_jpeg, render_scene, simple_scene
 
-    combos = [("circle", "red"), ("square", "blue"), ("star", "yellow"), ("heart", "pink"), ("cross", "green"),
-              ("diamond", "purple")]
+    combos = [
+        ("circle", "red"),
+        ("square", "blue"),
+        ("star", "yellow"),
+        ("heart", "pink"),
+        ("cross", "green"),
+        ("diamond", "purple"),
+    ]
     photos = []
     for i, (shape, colour) in enumerate(combos):
         path = tmp_path / f"photo-{i}.jpg"
@@ -408,17 +453,24 @@ def test_bulk_add_inline_and_as_a_job(page, site, tmp_path):
     by_id(d, "bulk-files").send_keys("\n".join(str(p) for p in [*photos[2:], broken]))
     by_id(d, "bulk-start").click()
     job = by_id(d, "job-progress")
-    wait_until(lambda: job.is_displayed() and job.get_attribute("data-state") in ("succeeded", "failed"),
-               timeout=30, message=lambda: f"the add job to finish ({job.text!r})")
+    wait_until(
+        lambda: job.is_displayed() and job.get_attribute("data-state") in ("succeeded", "failed"),
+        timeout=30,
+        message=lambda: f"the add job to finish ({job.text!r})",
+    )
     assert job.get_attribute("data-state") == "succeeded", job.text
     assert job.get_attribute("data-total") == "5"
     assert job.get_attribute("data-processed") == "4" and job.get_attribute("data-failed") == "1"
     failures = by_id(d, "job-failures")
     wait_until(lambda: failures.is_displayed(), message="the failed items")
     assert "broken.jpg" in failures.text or "000004" in failures.text, failures.text
-    wait_until(lambda: any(o.get_attribute("value") == "uploads" and "6 张" in o.text
-                           for o in by_id(d, "collection-select").find_elements(By.TAG_NAME, "option")),
-               message="the collection count to catch up")
+    wait_until(
+        lambda: any(
+            o.get_attribute("value") == "uploads" and "6 张" in o.text
+            for o in by_id(d, "collection-select").find_elements(By.TAG_NAME, "option")
+        ),
+        message="the collection count to catch up",
+    )
 
 
 def test_phone_width_has_no_horizontal_scroll(page, site):
@@ -437,10 +489,12 @@ def test_phone_width_has_no_horizontal_scroll(page, site):
     assert d.execute_script("return document.documentElement.scrollWidth") <= 375
     # Columns as laid out: distinct left edges of the result cards and of the option fields.
     columns = d.execute_script(
-        "return new Set([...document.querySelectorAll('#results .result')].map(e => e.getBoundingClientRect().left)).size")
+        "return new Set([...document.querySelectorAll('#results .result')].map(e => e.getBoundingClientRect().left)).size"
+    )
     assert columns == 2
     controls = d.execute_script(
-        "return new Set([...document.querySelectorAll('.controls > .field')].map(e => e.getBoundingClientRect().left)).size")
+        "return new Set([...document.querySelectorAll('.controls > .field')].map(e => e.getBoundingClientRect().left)).size"
+    )
     assert controls == 1
     # Every control fits the screen.
     too_wide = d.execute_script("""

@@ -27,13 +27,24 @@ def _has_red_circle(scene: dict) -> bool:
 
 def test_demo_script_serves_the_demo_and_finds_red_circles(tmp_path):
     port = free_port()
-    env = dict(os.environ, SKIP_SETUP="1", PORT=str(port), MILVUS_URI=str(tmp_path / "milvus.db"),
-               SQLITE_PATH=str(tmp_path / "images.sqlite3"))
+    env = dict(
+        os.environ,
+        SKIP_SETUP="1",
+        PORT=str(port),
+        MILVUS_URI=str(tmp_path / "milvus.db"),
+        SQLITE_PATH=str(tmp_path / "images.sqlite3"),
+    )
     for key in ("MODEL_NAME", "MODEL_CHECKPOINT", "MODEL_ARCH", "DEFAULT_COLLECTION", "MYSQL_URL"):
         env.pop(key, None)
     log = open(tmp_path / "demo.log", "wb")
-    proc = subprocess.Popen(["bash", "scripts/demo.sh"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", "scripts/demo.sh"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 600

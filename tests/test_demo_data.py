@@ -117,7 +117,9 @@ def test_ids_unique_across_splits_and_in_ranges(demo_dir):
 
 
 def test_jpeg_bytes_unique_across_splits(demo_dir):
-    digests = [hashlib.sha256(raw).hexdigest() for split in g.SPLITS for _, raw in g.read_images(demo_dir, split)]
+    digests = [
+        hashlib.sha256(raw).hexdigest() for split in g.SPLITS for _, raw in g.read_images(demo_dir, split)
+    ]
     assert len(digests) == sum(SIZES.values())
     assert len(set(digests)) == len(digests)
 
@@ -188,12 +190,16 @@ _PATTERN_WORDS = {"渐变": "gradient", "条纹": "stripes"}
 
 _BG_RE = re.compile(
     "(?:背景是(纯)?(BG)(渐变|条纹)?|(纯)?(BG)(渐变|条纹)?背景上?)".replace(
-        "BG", "|".join(map(re.escape, _BG_WORDS))))
+        "BG", "|".join(map(re.escape, _BG_WORDS))
+    )
+)
 _OBJ_RE = re.compile(
-    "(?:(POS)(?:有|是|画着))?(?:一个)?(?:(大|小)的?)?([COL])色?的?(SHAPE)"
-    .replace("POS", "|".join(w for w, _ in _POS_WORDS))
+    "(?:(POS)(?:有|是|画着))?(?:一个)?(?:(大|小)的?)?([COL])色?的?(SHAPE)".replace(
+        "POS", "|".join(w for w, _ in _POS_WORDS)
+    )
     .replace("COL", "".join(_COLOUR_CHARS))
-    .replace("SHAPE", "|".join(w for w, _ in _SHAPE_WORDS)))
+    .replace("SHAPE", "|".join(w for w, _ in _SHAPE_WORDS))
+)
 
 
 def _parse(text: str):
@@ -205,14 +211,20 @@ def _parse(text: str):
         bg_colour = _BG_WORDS[m.group(2) or m.group(5)]
         pattern = m.group(3) or m.group(6)
         bg_pattern = "solid" if solid else _PATTERN_WORDS.get(pattern) if pattern else None
-        text = text[:m.start()] + "#" + text[m.end():]
+        text = text[: m.start()] + "#" + text[m.end() :]
     shape_of = dict(_SHAPE_WORDS)
     pos_of = dict(_POS_WORDS)
     objects = []
     for om in _OBJ_RE.finditer(text):
         pos, size, colour, shape = om.groups()
-        objects.append((shape_of[shape], _COLOUR_CHARS[colour], pos_of[pos] if pos else None,
-                        {"大": "big", "小": "small"}.get(size)))
+        objects.append(
+            (
+                shape_of[shape],
+                _COLOUR_CHARS[colour],
+                pos_of[pos] if pos else None,
+                {"大": "big", "小": "small"}.get(size),
+            )
+        )
     # nothing left over: every object word was read
     rest = _OBJ_RE.sub("", text)
     assert not any(w in rest for w, _ in _SHAPE_WORDS), (text, rest)
@@ -231,8 +243,10 @@ def _fits(parsed, scene: g.Scene) -> bool:
     if len(objects) != len(scene.objects):
         return False
     for perm in itertools.permutations(scene.objects):
-        if all(f[0] == o.shape and f[1] == o.colour and f[2] in (None, o.position) and f[3] in (None, o.size)
-               for f, o in zip(objects, perm)):
+        if all(
+            f[0] == o.shape and f[1] == o.colour and f[2] in (None, o.position) and f[3] in (None, o.size)
+            for f, o in zip(objects, perm)
+        ):
             return True
     return False
 

@@ -119,12 +119,17 @@ def test_int8_text_tower_keeps_retrieval_and_leaves_images_alone(encoder, valid)
     unchanged, text vectors stay close to float32, and text-to-image retrieval on
     the valid split keeps its recall and nearly all of its top 10."""
     image_ids, img, texts, _ = valid
-    int8 = ClipEncoder.load(ModelSpec(name="demo-tiny", checkpoint=CHECKPOINT, arch=str(ARCH), device="cpu",
-                                      text_int8=True))
+    int8 = ClipEncoder.load(
+        ModelSpec(name="demo-tiny", checkpoint=CHECKPOINT, arch=str(ARCH), device="cpu", text_int8=True)
+    )
     assert int8.text_int8 and not encoder.text_int8
-    quantized = [m for m in int8.model.bert.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")]
+    quantized = [
+        m for m in int8.model.bert.modules() if type(m).__module__.startswith("torch.ao.nn.quantized")
+    ]
     assert quantized, "no quantized layers in the text tower"
-    assert not any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in int8.model.visual.modules())
+    assert not any(
+        type(m).__module__.startswith("torch.ao.nn.quantized") for m in int8.model.visual.modules()
+    )
     scenes_img = [g.render_scene(g.simple_scene("circle", "red", "left"), 1)]
     assert np.array_equal(int8.encode_images(scenes_img), encoder.encode_images(scenes_img))
 

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from cn_clip.clip import tokenize
 from PIL import Image
 
-from cn_clip.clip import tokenize
 from operations.encoding.clip_encoder import ClipEncoder, ModelSpec, ModelUnavailable, resolve_architecture
 from operations.errors import InvalidInput
 from tests.stack import TINY_ARCH, tiny_encoder
@@ -41,7 +41,9 @@ def test_trimmed_padding_gives_the_published_full_context_features():
 def test_golden_outputs_are_stable():
     """Stored embeddings pin the whole path: tokenizer, model build, seed, transform, normalisation."""
     golden = json.loads((TINY_ARCH.parent / "golden_tiny.json").read_text(encoding="utf-8"))
-    enc = ClipEncoder.load(ModelSpec(name="tiny", arch=str(TINY_ARCH), random_init=True, seed=0, device="cpu"))
+    enc = ClipEncoder.load(
+        ModelSpec(name="tiny", arch=str(TINY_ARCH), random_init=True, seed=0, device="cpu")
+    )
     np.testing.assert_allclose(enc.encode_texts(golden["texts"]), golden["text_features"], atol=1e-5)
     image = Image.new("RGB", (64, 48), (200, 30, 30))
     np.testing.assert_allclose(enc.encode_images([image]), golden["image_features"], atol=1e-5)
@@ -80,7 +82,9 @@ def test_checkpoint_round_trip_through_the_download_root_layout(tmp_path):
 
 def test_text_is_prepared_as_cn_clip_prepares_it():
     enc = tiny_encoder()
-    np.testing.assert_allclose(enc.encode_texts(["“红色”的CAR"]), enc.encode_texts(['"红色"的car']), atol=1e-6)
+    np.testing.assert_allclose(
+        enc.encode_texts(["“红色”的CAR"]), enc.encode_texts(['"红色"的car']), atol=1e-6
+    )
 
 
 def test_lazy_encoder_reads_weights_on_first_encode_only(tmp_path):
@@ -93,7 +97,9 @@ def test_lazy_encoder_reads_weights_on_first_encode_only(tmp_path):
     lazy = LazyClipEncoder(spec)
     assert (lazy.model_name, lazy.dim, lazy.loaded) == ("tiny", tiny_encoder().dim, False)
     texts = ["红色的圆形", "猫"]
-    np.testing.assert_allclose(lazy.encode_texts(texts), ClipEncoder.load(spec).encode_texts(texts), atol=1e-6)
+    np.testing.assert_allclose(
+        lazy.encode_texts(texts), ClipEncoder.load(spec).encode_texts(texts), atol=1e-6
+    )
     assert lazy.loaded
     with pytest.raises(ModelUnavailable, match="not found"):
         LazyClipEncoder(ModelSpec(name="tiny", checkpoint=tmp_path / "missing.pt", arch=str(TINY_ARCH)))
@@ -138,13 +144,20 @@ def test_model_lookup_and_the_command_line_need_no_torch():
     from operations.encoding.model_files import cn_clip_tables
 
     assert cn_clip_tables() == (_MODELS, _MODEL_INFO)
-    code = ("import sys, scripts.cli\n"
-            "from operations.encoding.model_files import LazyClipEncoder, ModelSpec\n"
-            "e = LazyClipEncoder(ModelSpec(name='RN50', random_init=True, text_int8=True))\n"
-            "assert (e.model_name, e.dim, e.text_int8) == ('RN50', 1024, True), (e.model_name, e.dim)\n"
-            "print(sorted(m for m in ('torch', 'torchvision', 'cn_clip.clip') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=str(TINY_ARCH.parents[2]))
+    code = (
+        "import sys, scripts.cli\n"
+        "from operations.encoding.model_files import LazyClipEncoder, ModelSpec\n"
+        "e = LazyClipEncoder(ModelSpec(name='RN50', random_init=True, text_int8=True))\n"
+        "assert (e.model_name, e.dim, e.text_int8) == ('RN50', 1024, True), (e.model_name, e.dim)\n"
+        "print(sorted(m for m in ('torch', 'torchvision', 'cn_clip.clip') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(TINY_ARCH.parents[2]),
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
 

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.real_services
 
 @pytest.fixture
 def client(request, tmp_path, milvus_server, mariadb):
-    settings = make_settings(tmp_path, milvus_server.uri, mariadb.create_database(), milvus_timeout_s=3,
-                             sql_timeout_s=3)
+    settings = make_settings(
+        tmp_path, milvus_server.uri, mariadb.create_database(), milvus_timeout_s=3, sql_timeout_s=3
+    )
     svc = make_services(settings)
     with TestClient(create_app(settings, svc), raise_server_exceptions=False) as c:
         c.collection = unique("fault")
@@ -28,8 +29,10 @@ def client(request, tmp_path, milvus_server, mariadb):
             assert time.time() < deadline, r.text
             time.sleep(2)
         assert r.status_code == 201, r.text
-        added = c.post(f"/img/images/{c.collection}", files=[("files", (f"{i}.jpg", jpeg(70 + i), "image/jpeg"))
-                                                             for i in range(3)])
+        added = c.post(
+            f"/img/images/{c.collection}",
+            files=[("files", (f"{i}.jpg", jpeg(70 + i), "image/jpeg")) for i in range(3)],
+        )
         assert [r["status"] for r in added.json()["results"]] == ["added"] * 3
         yield c
 
@@ -63,8 +66,9 @@ def test_milvus_stopped_gives_503_then_recovers(client, milvus_server):
         t = time.time()
         _assert_503(_search(client), 10, t)
         t = time.time()
-        _assert_503(client.post("/img/search/image", data={"image_id": "1", "collection": client.collection}),
-                    10, t)
+        _assert_503(
+            client.post("/img/search/image", data={"image_id": "1", "collection": client.collection}), 10, t
+        )
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["milvus"] != "ok"
         assert client.get("/healthz").status_code == 200  # the process itself is fine
@@ -89,12 +93,19 @@ def test_mariadb_restart_is_survived_and_down_is_503(client, mariadb):
         t = time.time()
         _assert_503(_search(client), 10, t)
         t = time.time()
-        _assert_503(client.post(f"/img/images/{client.collection}",
-                                files={"files": ("n.jpg", jpeg(999), "image/jpeg")}), 10, t)
+        _assert_503(
+            client.post(
+                f"/img/images/{client.collection}", files={"files": ("n.jpg", jpeg(999), "image/jpeg")}
+            ),
+            10,
+            t,
+        )
         assert client.get("/readyz").status_code == 503
     _eventually_ok(client)
     # The add that failed while SQL was down stored nothing: it can be added now.
-    again = client.post(f"/img/images/{client.collection}", files={"files": ("n.jpg", jpeg(999), "image/jpeg")})
+    again = client.post(
+        f"/img/images/{client.collection}", files={"files": ("n.jpg", jpeg(999), "image/jpeg")}
+    )
     assert again.json()["results"][0]["status"] == "added"
     counts = client.get(f"/img/collections/{client.collection}/count").json()
     assert counts["images"] == counts["vectors"] == 4
@@ -102,10 +113,14 @@ def test_mariadb_restart_is_survived_and_down_is_503(client, mariadb):
 
 def test_add_while_milvus_is_down_leaves_no_orphan_row(client, milvus_server):
     with milvus_server.down():
-        r = client.post(f"/img/images/{client.collection}", files={"files": ("m.jpg", jpeg(1234), "image/jpeg")})
+        r = client.post(
+            f"/img/images/{client.collection}", files={"files": ("m.jpg", jpeg(1234), "image/jpeg")}
+        )
         assert r.status_code == 503
     _eventually_ok(client)
     counts = client.get(f"/img/collections/{client.collection}/count").json()
     assert counts["images"] == counts["vectors"] == 3
-    again = client.post(f"/img/images/{client.collection}", files={"files": ("m.jpg", jpeg(1234), "image/jpeg")})
+    again = client.post(
+        f"/img/images/{client.collection}", files={"files": ("m.jpg", jpeg(1234), "image/jpeg")}
+    )
     assert again.json()["results"][0]["status"] == "added"

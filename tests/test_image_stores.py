@@ -29,9 +29,15 @@ def store(request, tmp_path):
 
 def _row(i: int, data: bytes | None = None, **kw) -> ImageRow:
     data = data if data is not None else jpeg(i)
-    return ImageRow(id=i, sha256=hashlib.sha256(data).hexdigest(), image_b64=base64.b64encode(data).decode(),
-                    source=kw.pop("source", "商城"), tags=kw.pop("tags", ("red", "a_b")),
-                    created_at=kw.pop("created_at", 1000 + i), **kw)
+    return ImageRow(
+        id=i,
+        sha256=hashlib.sha256(data).hexdigest(),
+        image_b64=base64.b64encode(data).decode(),
+        source=kw.pop("source", "商城"),
+        tags=kw.pop("tags", ("red", "a_b")),
+        created_at=kw.pop("created_at", 1000 + i),
+        **kw,
+    )
 
 
 def test_insert_is_idempotent_and_reports_duplicate_bytes(store):
@@ -54,8 +60,14 @@ def test_rows_round_trip_with_real_photo_sizes(store):
     assert list(got) == [7]
     r = got[7]
     assert base64.b64decode(r.image_b64) == big
-    assert (r.source, r.tags, r.external_id, r.mime, r.width, r.height) == ("商城", ("red", "a_b"), "sku-1",
-                                                                             "image/png", 10, 20)
+    assert (r.source, r.tags, r.external_id, r.mime, r.width, r.height) == (
+        "商城",
+        ("red", "a_b"),
+        "sku-1",
+        "image/png",
+        10,
+        20,
+    )
     assert store.get_rows(c, [7])[7].image_b64 is None
 
 
@@ -77,8 +89,16 @@ def test_same_upload_at_the_same_moment_is_stored_once(store):
 
     def worker():
         barrier.wait()
-        results.append(store.insert_new(c, _row(0, data).__class__(
-            id=None, sha256=hashlib.sha256(data).hexdigest(), image_b64=base64.b64encode(data).decode())))
+        results.append(
+            store.insert_new(
+                c,
+                _row(0, data).__class__(
+                    id=None,
+                    sha256=hashlib.sha256(data).hexdigest(),
+                    image_b64=base64.b64encode(data).decode(),
+                ),
+            )
+        )
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
     for t in threads:
@@ -93,8 +113,15 @@ def test_same_upload_at_the_same_moment_is_stored_once(store):
 def test_ids_matching_uses_the_same_filter_semantics(store):
     c = unique()
     store.ensure_collection(c)
-    store.insert_rows(c, [_row(1, tags=("a_b",)), _row(2, tags=("axb",)), _row(3, source="news", tags=()),
-                          _row(4, created_at=5000, tags=("z",))])
+    store.insert_rows(
+        c,
+        [
+            _row(1, tags=("a_b",)),
+            _row(2, tags=("axb",)),
+            _row(3, source="news", tags=()),
+            _row(4, created_at=5000, tags=("z",)),
+        ],
+    )
     assert store.ids_matching(c, SearchFilter(tags=("a_b",)), 10) == [1]  # "_" is not a wildcard
     assert store.ids_matching(c, SearchFilter(sources=("news",)), 10) == [3]
     assert store.ids_matching(c, SearchFilter(created_from=2000), 10) == [4]
@@ -190,8 +217,9 @@ def test_a_deadlocked_batch_insert_is_retried(tmp_path, monkeypatch):
     assert pool.executemany("INSERT INTO t (id) VALUES (?)", [(1,), (2,)]) == 2
     assert len(calls) == 2 and pool.query("SELECT COUNT(*) FROM t")[0][0] == 2
     calls.clear()
-    monkeypatch.setattr(pool, "transaction", lambda: (_ for _ in ()).throw(
-        DependencyUnavailable("mysql", "server gone")))
+    monkeypatch.setattr(
+        pool, "transaction", lambda: (_ for _ in ()).throw(DependencyUnavailable("mysql", "server gone"))
+    )
     with pytest.raises(DependencyUnavailable):  # anything else is not retried
         pool.executemany("INSERT INTO t (id) VALUES (?)", [(3,)])
 
@@ -219,19 +247,28 @@ def test_mysql_batch_inserts_keep_text_and_images_exact(request):
     try:
         c = unique()
         store.ensure_collection(c)
-        column = store.pool.query("SELECT DATA_TYPE FROM information_schema.columns WHERE table_schema = DATABASE()"
-                                  " AND table_name = ? AND column_name = 'image_b64'", (table_name(c),))
+        column = store.pool.query(
+            "SELECT DATA_TYPE FROM information_schema.columns WHERE table_schema = DATABASE()"
+            " AND table_name = ? AND column_name = 'image_b64'",
+            (table_name(c),),
+        )
         assert column == [("longblob",)]
-        rows = [_row(i, source="图片库 上海", tags=("红色", "夏季_新品"), external_id=f"货号-{i}") for i in (1, 2)]
+        rows = [
+            _row(i, source="图片库 上海", tags=("红色", "夏季_新品"), external_id=f"货号-{i}") for i in (1, 2)
+        ]
         executions = "SHOW SESSION STATUS LIKE 'Com_stmt_execute'"
         before = int(store.pool.query(executions)[0][1])
         assert store.insert_rows(c, rows).inserted == [1, 2]
         assert int(store.pool.query(executions)[0][1]) == before + 1  # the prepared path, one 2-row INSERT
         got = store.get_rows(c, [1, 2], with_image=True)
-        assert [(g.source, g.tags, g.external_id, g.image_b64) for g in got.values()] == \
-            [(r.source, r.tags, r.external_id, r.image_b64) for r in rows]
+        assert [(g.source, g.tags, g.external_id, g.image_b64) for g in got.values()] == [
+            (r.source, r.tags, r.external_id, r.image_b64) for r in rows
+        ]
         assert isinstance(got[1].image_b64, str)
-        assert store.ids_matching(c, SearchFilter(sources=("图片库 上海",), tags=("夏季_新品",)), 10) == [1, 2]
+        assert store.ids_matching(c, SearchFilter(sources=("图片库 上海",), tags=("夏季_新品",)), 10) == [
+            1,
+            2,
+        ]
         # Again: nothing new, nothing failed.
         again = store.insert_rows(c, rows)
         assert again.inserted == [] and again.already_present == [1, 2]
@@ -244,4 +281,3 @@ def test_mysql_batch_inserts_keep_text_and_images_exact(request):
 
     finally:
         store.close()
-

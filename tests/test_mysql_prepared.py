@@ -23,9 +23,11 @@ def pool(request):
 
 def _table(pool: SqlPool) -> str:
     name = f"`{unique('prep')}`"
-    pool.execute(f"CREATE TABLE {name} (id BIGINT PRIMARY KEY, label VARCHAR(64) NOT NULL, "
-                 "note VARCHAR(64) NULL, data LONGBLOB NOT NULL, text_blob LONGTEXT NOT NULL) "
-                 "DEFAULT CHARSET=utf8mb4")
+    pool.execute(
+        f"CREATE TABLE {name} (id BIGINT PRIMARY KEY, label VARCHAR(64) NOT NULL, "
+        "note VARCHAR(64) NULL, data LONGBLOB NOT NULL, text_blob LONGTEXT NOT NULL) "
+        "DEFAULT CHARSET=utf8mb4"
+    )
     return name
 
 
@@ -39,7 +41,7 @@ def test_values_come_back_exactly_as_sent(pool):
     rows = [
         (0, "", None, b"", ""),
         (-(1 << 63), "图片库 上海", "货号-1", every_byte, "红色,夏季_新品"),
-        ((1 << 63) - 1, "it's \\ \"q\" \t\n\x00 end", "\U0001F600 emoji", b"\x00'\\", "a" * 1_000_000),
+        ((1 << 63) - 1, 'it\'s \\ "q" \t\n\x00 end', "\U0001f600 emoji", b"\x00'\\", "a" * 1_000_000),
     ]
     executions = "SHOW SESSION STATUS LIKE 'Com_stmt_execute'"
     before = int(pool.query(executions)[0][1])
@@ -107,15 +109,19 @@ def test_a_server_that_refuses_prepared_statements_gets_the_rows_as_text(pool, m
 
     def refused(*args, **kwargs):
         calls.append("refused")
-        raise pymysql.err.OperationalError(1295, "This command is not supported in the prepared statement protocol yet")
+        raise pymysql.err.OperationalError(
+            1295, "This command is not supported in the prepared statement protocol yet"
+        )
 
     monkeypatch.setattr(mysql_prepared, "insert_rows", refused)
     assert pool.insert_many(table, COLUMNS, [(1, "图片", None, b"\x00\xff", "t")], ignore=True) == 1
     assert pool._prepare_refused
     assert pool.insert_many(table, COLUMNS, [(2, "b", None, b"", "")], ignore=True) == 1
     assert calls == ["lost", "refused"]  # not asked again after the refusal
-    assert [tuple(r) for r in pool.query(f"SELECT id, label, data FROM {table} ORDER BY id")] == \
-        [(1, "图片", b"\x00\xff"), (2, "b", b"")]
+    assert [tuple(r) for r in pool.query(f"SELECT id, label, data FROM {table} ORDER BY id")] == [
+        (1, "图片", b"\x00\xff"),
+        (2, "b", b""),
+    ]
 
 
 def test_prepared_statements_are_prepared_once_per_connection(pool):
@@ -135,14 +141,17 @@ def test_cached_statements_follow_a_table_that_is_dropped_recreated_or_altered(p
     table = _table(pool)
     assert pool.insert_many(table, COLUMNS, [(1, "a", None, b"\x01", "t")]) == 1
     pool.execute(f"DROP TABLE {table}")
-    pool.execute(f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, label VARCHAR(64) NOT NULL, "
-                 "note VARCHAR(64) NULL, data LONGTEXT NOT NULL, text_blob LONGBLOB NOT NULL) "
-                 "DEFAULT CHARSET=utf8mb4")
+    pool.execute(
+        f"CREATE TABLE {table} (id BIGINT PRIMARY KEY, label VARCHAR(64) NOT NULL, "
+        "note VARCHAR(64) NULL, data LONGTEXT NOT NULL, text_blob LONGBLOB NOT NULL) "
+        "DEFAULT CHARSET=utf8mb4"
+    )
     assert pool.insert_many(table, COLUMNS, [(1, "新", None, "QUJD", "t")]) == 1
     pool.execute(f"ALTER TABLE {table} ADD COLUMN extra INT NOT NULL DEFAULT 7")
     assert pool.insert_many(table, COLUMNS, [(2, "b", "n", "x", "y")]) == 1
-    assert [tuple(r) for r in pool.query(f"SELECT id, label, data, text_blob, extra FROM {table} ORDER BY id")] == \
-        [(1, "新", "QUJD", b"t", 7), (2, "b", "x", b"y", 7)]
+    assert [
+        tuple(r) for r in pool.query(f"SELECT id, label, data, text_blob, extra FROM {table} ORDER BY id")
+    ] == [(1, "新", "QUJD", b"t", 7), (2, "b", "x", b"y", 7)]
 
 
 def test_a_connection_keeps_few_statements_however_many_tables(pool):
@@ -151,7 +160,9 @@ def test_a_connection_keeps_few_statements_however_many_tables(pool):
     max_prepared_stmt_count is shared with every client."""
     tables = [_table(pool) for _ in range(8)]
     for table in tables:
-        assert pool.insert_many(table, COLUMNS, [(i, "a", None, b"", "") for i in range(31)]) == 31  # 16+8+4+2+1
+        assert (
+            pool.insert_many(table, COLUMNS, [(i, "a", None, b"", "") for i in range(31)]) == 31
+        )  # 16+8+4+2+1
     with pool.connection() as conn:
         cache = getattr(conn, mysql_prepared._CACHE_ATTR)
         assert len(cache) == mysql_prepared._CACHE_SIZE
@@ -170,16 +181,25 @@ def test_a_null_past_the_first_byte_of_the_null_bitmap(pool):
     columns = [f"c{i}" for i in range(10)]
     row = (np.int64(1), 2, 3, 4, 5, 6, 7, 8, None, np.int32(10))
     assert pool.insert_many(name, columns, [row, tuple(range(10))]) == 2
-    assert pool.query(f"SELECT * FROM {name} ORDER BY c0") == [(0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
-                                                              (1, 2, 3, 4, 5, 6, 7, 8, None, 10)]
+    assert pool.query(f"SELECT * FROM {name} ORDER BY c0") == [
+        (0, 1, 2, 3, 4, 5, 6, 7, 8, 9),
+        (1, 2, 3, 4, 5, 6, 7, 8, None, 10),
+    ]
     with pytest.raises(ValueError, match="64-bit"):
         pool.insert_many(name, columns, [(1 << 63,) + (0,) * 9])
 
 
-@pytest.mark.parametrize("n, encoded", [
-    (250, b"\xfa"), (251, b"\xfc\xfb\x00"), (65535, b"\xfc\xff\xff"), (65536, b"\xfd\x00\x00\x01"),
-    ((1 << 24) - 1, b"\xfd\xff\xff\xff"), (1 << 24, b"\xfe" + (1 << 24).to_bytes(8, "little")),
-])
+@pytest.mark.parametrize(
+    "n, encoded",
+    [
+        (250, b"\xfa"),
+        (251, b"\xfc\xfb\x00"),
+        (65535, b"\xfc\xff\xff"),
+        (65536, b"\xfd\x00\x00\x01"),
+        ((1 << 24) - 1, b"\xfd\xff\xff\xff"),
+        (1 << 24, b"\xfe" + (1 << 24).to_bytes(8, "little")),
+    ],
+)
 def test_length_prefixes_at_their_edges(n, encoded):
     assert mysql_prepared._lenenc(n) == encoded
 
@@ -204,15 +224,24 @@ def test_a_row_over_16_mb_travels_in_several_packets(request):
     photo on a server with a bigger max_allowed_packet); it arrives whole."""
     db = request.getfixturevalue("mariadb")
     admin = SqlPool(db.create_database(), None, 5, 1)
-    (old,), = admin.query("SELECT @@GLOBAL.max_allowed_packet")
+    ((old,),) = admin.query("SELECT @@GLOBAL.max_allowed_packet")
     admin.execute("SET GLOBAL max_allowed_packet = ?", (64 << 20,))
     pool = SqlPool(db.create_database(), None, 30, 1)  # a new connection sees the new limit
     try:
         table = _table(pool)
         big = bytes(range(256)) * ((17 << 20) // 256 + 3)
-        assert pool.insert_many(table, COLUMNS, [(1, "big", None, big, "t"), (2, "small", None, b"s", "t")],
-                                max_group_bytes=48 << 20) == 2
-        assert pool.query(f"SELECT LENGTH(data), data = ? FROM {table} WHERE id = 1", (big,)) == [(len(big), 1)]
+        assert (
+            pool.insert_many(
+                table,
+                COLUMNS,
+                [(1, "big", None, big, "t"), (2, "small", None, b"s", "t")],
+                max_group_bytes=48 << 20,
+            )
+            == 2
+        )
+        assert pool.query(f"SELECT LENGTH(data), data = ? FROM {table} WHERE id = 1", (big,)) == [
+            (len(big), 1)
+        ]
     finally:
         pool.close()
         admin.execute("SET GLOBAL max_allowed_packet = ?", (int(old),))

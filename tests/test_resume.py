@@ -11,31 +11,39 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.services import free_port
-from tests.stack import REPO, TINY_ARCH, make_services, make_settings, tiny_encoder, unique, write_dataset
+from tests.stack import REPO, TINY_ARCH, make_services, tiny_encoder, unique, write_dataset
 
 N = 3000
 
 
 def _env(settings, collection: str) -> dict:
     env = dict(os.environ)
-    env.update({
-        "MILVUS_URI": settings.milvus_uri, "MYSQL_URL": settings.mysql_url, "SQLITE_PATH": str(settings.sqlite_path),
-        "MODEL_NAME": "tiny", "MODEL_ARCH": str(TINY_ARCH), "MODEL_RANDOM_INIT": "true",
-        "DEFAULT_COLLECTION": collection, "DATA_ROOT": str(settings.data_root), "LOAD_BATCH_SIZE": "50",
-        "PYTHONPATH": str(REPO),
-    })
+    env.update(
+        {
+            "MILVUS_URI": settings.milvus_uri,
+            "MYSQL_URL": settings.mysql_url,
+            "SQLITE_PATH": str(settings.sqlite_path),
+            "MODEL_NAME": "tiny",
+            "MODEL_ARCH": str(TINY_ARCH),
+            "MODEL_RANDOM_INIT": "true",
+            "DEFAULT_COLLECTION": collection,
+            "DATA_ROOT": str(settings.data_root),
+            "LOAD_BATCH_SIZE": "50",
+            "PYTHONPATH": str(REPO),
+        }
+    )
     return env
 
 
 def _rows_so_far(settings, collection: str) -> int:
     if settings.mysql_url:
         from operations.stores.sql_pool import SqlPool
+
         pool = SqlPool(settings.mysql_url, None, 5, 1)
         try:
             return int(pool.query(f"SELECT COUNT(*) FROM `img_{collection}`")[0][0])
@@ -74,6 +82,7 @@ def _assert_consistent(settings, collection: str, ids: list[int]) -> None:
 @pytest.fixture(params=["lite", "server"])
 def settings(request, tmp_path):
     from tests.fixtures_stack import backend_settings
+
     s = backend_settings(request, tmp_path, request.param)
     write_dataset(s.data_root / "big", "train", N, tiny_encoder().dim, seed=3)
     return s
@@ -81,20 +90,35 @@ def settings(request, tmp_path):
 
 def test_cli_load_killed_half_way_finishes_on_rerun(settings):
     collection = unique("kill")
-    cmd = [sys.executable, "-m", "scripts.cli", "load", "--dataset", str(settings.data_root / "big"),
-           "--split", "train", "--collection", collection]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(settings, collection), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "scripts.cli",
+        "load",
+        "--dataset",
+        str(settings.data_root / "big"),
+        "--split",
+        "train",
+        "--collection",
+        collection,
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=_env(settings, collection), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
-        _wait_until(lambda: _rows_so_far(settings, collection) >= 300 or proc.poll() is not None, 120,
-                    "the load to make progress")
+        _wait_until(
+            lambda: _rows_so_far(settings, collection) >= 300 or proc.poll() is not None,
+            120,
+            "the load to make progress",
+        )
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     partial = _rows_so_far(settings, collection)
     assert 0 < partial < N, f"kill landed outside the load ({partial} rows)"
-    rerun = subprocess.run(cmd, cwd=REPO, env=_env(settings, collection), capture_output=True, text=True,
-                           timeout=300)
+    rerun = subprocess.run(
+        cmd, cwd=REPO, env=_env(settings, collection), capture_output=True, text=True, timeout=300
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     ids = list(range(1, N + 1))
     _assert_consistent(settings, collection, ids)
@@ -116,22 +140,31 @@ def test_server_killed_during_a_load_job_resumes_after_restart(settings):
                 return httpx.get(base + "/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
+
         _wait_until(up, 120, "the server to start")
         return proc
 
     server = start()
     try:
-        job_id = httpx.post(base + "/img/load", json={"dataset": "big", "split": "train"}, timeout=10).json()["id"]
-        _wait_until(lambda: httpx.get(f"{base}/img/jobs/{job_id}", timeout=5).json()["processed"] >= 300, 120,
-                    "the job to make progress")
+        job_id = httpx.post(base + "/img/load", json={"dataset": "big", "split": "train"}, timeout=10).json()[
+            "id"
+        ]
+        _wait_until(
+            lambda: httpx.get(f"{base}/img/jobs/{job_id}", timeout=5).json()["processed"] >= 300,
+            120,
+            "the job to make progress",
+        )
         server.send_signal(signal.SIGKILL)
         server.wait()
         server = start()
         job = httpx.get(f"{base}/img/jobs/{job_id}", timeout=5).json()
         assert job["state"] == "interrupted", job
         assert httpx.post(f"{base}/img/jobs/{job_id}/resume", timeout=10).status_code == 200
-        _wait_until(lambda: httpx.get(f"{base}/img/jobs/{job_id}", timeout=5).json()["state"] != "running", 300,
-                    "the resumed job to finish")
+        _wait_until(
+            lambda: httpx.get(f"{base}/img/jobs/{job_id}", timeout=5).json()["state"] != "running",
+            300,
+            "the resumed job to finish",
+        )
         job = httpx.get(f"{base}/img/jobs/{job_id}", timeout=5).json()
         assert job["state"] == "succeeded" and job["processed"] == N and job["failed"] == 0, job
         counts = httpx.get(f"{base}/img/collections/{collection}/count", timeout=10).json()

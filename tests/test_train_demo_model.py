@@ -15,9 +15,23 @@ from tests.stack import REPO
 
 
 def _train(data, out):
-    subprocess.run([sys.executable, str(REPO / "scripts" / "train_demo_model.py"), "--data", str(data),
-                    "--epochs", "1", "--batch-size", "64", "--out", str(out)],
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "train_demo_model.py"),
+            "--data",
+            str(data),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "64",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return torch.load(out, map_location="cpu", weights_only=True)
 
 

@@ -26,8 +26,11 @@ def store(request, tmp_path):
 
 
 def _attrs(i: int) -> VectorAttrs:
-    return VectorAttrs(source=["商城", "news", "risk_a"][i % 3], tags=(("red",) if i % 2 else ("blue", "big_one")),
-                       created_at=1_700_000_000 + i)
+    return VectorAttrs(
+        source=["商城", "news", "risk_a"][i % 3],
+        tags=(("red",) if i % 2 else ("blue", "big_one")),
+        created_at=1_700_000_000 + i,
+    )
 
 
 @pytest.fixture
@@ -109,8 +112,13 @@ def test_unknown_and_invalid_names(store):
         store.has_collection("bad name; drop")
 
 
-@pytest.mark.parametrize("index", [IndexSpec("IVF_FLAT", {"nlist": 8}, {"nprobe": 8}),
-                                   IndexSpec("HNSW", {"M": 8, "efConstruction": 64}, {"ef": 64})])
+@pytest.mark.parametrize(
+    "index",
+    [
+        IndexSpec("IVF_FLAT", {"nlist": 8}, {"nprobe": 8}),
+        IndexSpec("HNSW", {"M": 8, "efConstruction": 64}, {"ef": 64}),
+    ],
+)
 def test_approximate_indexes_find_the_exact_neighbours(store, index):
     name = unique("ix")
     vecs = unit_rows(300, DIM, seed=3)
@@ -154,7 +162,9 @@ def test_partitioned_by_source_answers_like_the_exact_store(store):
             s.upsert(name, [ids[0]], vecs[:1], [moved])
         only_new = SearchFilter(sources=("新来源",))
         assert [h.id for h in store.search(name, vecs[:1], 5, only_new)[0]] == [ids[0]]
-        assert ids[0] not in [h.id for h in store.search(name, vecs[:1], 5, SearchFilter(sources=("商城",)))[0]]
+        assert ids[0] not in [
+            h.id for h in store.search(name, vecs[:1], 5, SearchFilter(sources=("商城",)))[0]
+        ]
         assert store.count(name) == len(ids)
         store.delete(name, [ids[0]])
         assert store.search(name, vecs[:1], 5, only_new)[0] == []
@@ -196,7 +206,6 @@ def test_a_collection_left_without_its_index_is_mended(kind, request, tmp_path):
     """A creation interrupted after Milvus made the collection but before its
     index leaves a collection that can never load; the next create_collection
     (every load and add calls it) gives it the index, and it then works."""
-    from pymilvus import DataType, MilvusClient
 
     uri = str(tmp_path / "v.db") if kind == "lite" else request.getfixturevalue("milvus_server").uri
     s = MilvusVectorStore(uri, timeout_s=10)

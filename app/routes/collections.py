@@ -16,19 +16,28 @@ def _view(summary) -> CollectionView:
     return CollectionView(**summary.__dict__)
 
 
-@router.get("/collections", response_model=list[CollectionView], summary="Collections with model, index and counts")
+@router.get(
+    "/collections", response_model=list[CollectionView], summary="Collections with model, index and counts"
+)
 def list_all(svc: SvcDep) -> list[CollectionView]:
     return [_view(c) for c in list_collections(svc)]
 
 
-@router.post("/collections", response_model=CollectionView, status_code=201, dependencies=[WriteAccess],
-             summary="Create a collection for a model with a chosen index")
+@router.post(
+    "/collections",
+    response_model=CollectionView,
+    status_code=201,
+    dependencies=[WriteAccess],
+    summary="Create a collection for a model with a chosen index",
+)
 def create(body: CollectionCreate, svc: SvcDep) -> CollectionView:
     default = svc.default_index()
-    index = IndexSpec(body.index_type or default.type,
-                      dict(body.index_params) if body.index_type else default.build_params,
-                      dict(body.search_params) if body.index_type else default.search_params,
-                      default.source_partitions if body.source_partitions is None else body.source_partitions)
+    index = IndexSpec(
+        body.index_type or default.type,
+        dict(body.index_params) if body.index_type else default.build_params,
+        dict(body.search_params) if body.index_type else default.search_params,
+        default.source_partitions if body.source_partitions is None else body.source_partitions,
+    )
     return _view(create_collection(svc, body.name, body.model, index))
 
 

@@ -29,5 +29,6 @@ def readyz(svc: SvcDep) -> JSONResponse:
             checks[name] = exc.message
             ok = False
     headers = {} if ok else {"Retry-After": "5"}
-    return JSONResponse({"status": "ready" if ok else "unavailable", "checks": checks},
-                        200 if ok else 503, headers=headers)
+    return JSONResponse(
+        {"status": "ready" if ok else "unavailable", "checks": checks}, 200 if ok else 503, headers=headers
+    )

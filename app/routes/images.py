@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import uuid
 import threading
+import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Annotated
@@ -65,11 +65,18 @@ def _row(svc: Services, collection: str, image_id: int, with_image: bool):
     return row
 
 
-@router.get("/{collection}/{image_id}", summary="The image's bytes, or a JPEG thumbnail with ?size=",
-            responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}})
-def get_image(collection: str, image_id: int, svc: SvcDep, request: Request,
-              size: Annotated[int | None, Query(description=f"thumbnail edge, one of {THUMB_SIZES}")] = None
-              ) -> Response:
+@router.get(
+    "/{collection}/{image_id}",
+    summary="The image's bytes, or a JPEG thumbnail with ?size=",
+    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}},
+)
+def get_image(
+    collection: str,
+    image_id: int,
+    svc: SvcDep,
+    request: Request,
+    size: Annotated[int | None, Query(description=f"thumbnail edge, one of {THUMB_SIZES}")] = None,
+) -> Response:
     if size is not None and size not in THUMB_SIZES:
         raise InvalidInput(f"size must be one of {THUMB_SIZES}")
     headers = {"Cache-Control": "private, max-age=3600"}
@@ -94,9 +101,13 @@ def get_meta(collection: str, image_id: int, svc: SvcDep) -> ImageMeta:
     return image_meta(collection, _row(svc, collection, image_id, with_image=False))
 
 
-@router.post("/{collection}", response_model=AddResponse, dependencies=[WriteAccess],
-             summary="Add uploaded images (a large batch becomes a background job)",
-             responses={202: {"model": AddResponse}})
+@router.post(
+    "/{collection}",
+    response_model=AddResponse,
+    dependencies=[WriteAccess],
+    summary="Add uploaded images (a large batch becomes a background job)",
+    responses={202: {"model": AddResponse}},
+)
 def add(
     collection: str,
     svc: SvcDep,
@@ -107,7 +118,9 @@ def add(
     tags: Annotated[str | None, Form(description="comma-separated")] = None,
     created_at: Annotated[int | None, Form(ge=0, description="unix seconds (default: now)")] = None,
     external_ids: Annotated[str | None, Form(description="JSON list, one per file")] = None,
-    near_duplicates: Annotated[bool, Form(description="report stored images above the near-duplicate threshold")] = False,
+    near_duplicates: Annotated[
+        bool, Form(description="report stored images above the near-duplicate threshold")
+    ] = False,
 ) -> AddResponse:
     validate_name(collection)
     svc.require_collection(collection)
@@ -116,8 +129,17 @@ def add(
     tag_list = split_list(tags)
     ext = _external_ids(external_ids, len(files))
     check_metadata(source, tag_list, created_at, None)
-    uploads = [Upload(f.filename or f"file{i}", read_upload(f, svc.settings.max_upload_bytes), source, tag_list,
-                      created_at, ext[i]) for i, f in enumerate(files)]
+    uploads = [
+        Upload(
+            f.filename or f"file{i}",
+            read_upload(f, svc.settings.max_upload_bytes),
+            source,
+            tag_list,
+            created_at,
+            ext[i],
+        )
+        for i, f in enumerate(files)
+    ]
     if len(uploads) <= svc.settings.inline_add_limit:
         results = add_images(svc, collection, uploads, near_duplicates=near_duplicates)
         return AddResponse(collection=collection, results=[AddItem(**r.__dict__) for r in results])
@@ -150,15 +172,30 @@ def _spool_and_submit(svc, runner, collection, uploads, source, tags, created_at
         if Path(name).suffix not in {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}:
             name = f"{i:06d}.jpg"  # the content, not the name, decides what it is
         (folder / name).write_bytes(up.data)
-        meta[name] = {"filename": up.filename, "source": source, "tags": list(tags), "created_at": created_at,
-                      "external_id": up.external_id}
-    params = {"folder": str(folder), "source": source, "tags": list(tags), "created_at": created_at,
-              "meta": meta, "spooled": True}
+        meta[name] = {
+            "filename": up.filename,
+            "source": source,
+            "tags": list(tags),
+            "created_at": created_at,
+            "external_id": up.external_id,
+        }
+    params = {
+        "folder": str(folder),
+        "source": source,
+        "tags": list(tags),
+        "created_at": created_at,
+        "meta": meta,
+        "spooled": True,
+    }
     return runner.submit("add", collection, params, job_id=job_id).id
 
 
-@router.post("/{collection}/folder", status_code=202, dependencies=[WriteAccess],
-             summary="Add every image of a folder under DATA_ROOT (background job)")
+@router.post(
+    "/{collection}/folder",
+    status_code=202,
+    dependencies=[WriteAccess],
+    summary="Add every image of a folder under DATA_ROOT (background job)",
+)
 def add_folder_job(collection: str, body: FolderAddRequest, svc: SvcDep, runner: RunnerDep) -> dict:
     validate_name(collection)
     svc.require_collection(collection)
@@ -166,13 +203,20 @@ def add_folder_job(collection: str, body: FolderAddRequest, svc: SvcDep, runner:
     if not folder.is_dir():
         raise BadRequest(f"folder {body.folder!r} does not exist under the data root")
     check_metadata(body.source, body.tags, body.created_at, None)
-    job = runner.submit("add", collection, {"folder": str(folder), "source": body.source, "tags": body.tags,
-                                            "created_at": body.created_at})
+    job = runner.submit(
+        "add",
+        collection,
+        {"folder": str(folder), "source": body.source, "tags": body.tags, "created_at": body.created_at},
+    )
     return {"job_id": job.id}
 
 
-@router.delete("/{collection}/{image_id}", response_model=DeleteResponse, dependencies=[WriteAccess],
-               summary="Delete one image from both stores")
+@router.delete(
+    "/{collection}/{image_id}",
+    response_model=DeleteResponse,
+    dependencies=[WriteAccess],
+    summary="Delete one image from both stores",
+)
 def delete_one(collection: str, image_id: int, svc: SvcDep) -> DeleteResponse:
     validate_name(collection)
     if delete_ids(svc, collection, [image_id]) == 0:
@@ -180,8 +224,12 @@ def delete_one(collection: str, image_id: int, svc: SvcDep) -> DeleteResponse:
     return DeleteResponse(collection=collection, deleted=1)
 
 
-@router.post("/{collection}/delete", response_model=DeleteResponse, dependencies=[WriteAccess],
-             summary="Delete many images, by ids or by filter")
+@router.post(
+    "/{collection}/delete",
+    response_model=DeleteResponse,
+    dependencies=[WriteAccess],
+    summary="Delete many images, by ids or by filter",
+)
 def delete_many(collection: str, body: DeleteRequest, svc: SvcDep) -> DeleteResponse:
     validate_name(collection)
     if bool(body.ids) == bool(body.filters):
@@ -191,5 +239,3 @@ def delete_many(collection: str, body: DeleteRequest, svc: SvcDep) -> DeleteResp
     else:
         deleted = delete_matching(svc, collection, body.filters.to_filter())  # type: ignore[union-attr]
     return DeleteResponse(collection=collection, deleted=deleted)
-
-

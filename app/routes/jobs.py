@@ -14,23 +14,41 @@ router = APIRouter(prefix="/img", tags=["jobs"])
 
 
 def job_view(job: Job) -> JobView:
-    return JobView(id=job.id, job_id=job.id, kind=job.kind, collection=job.collection, state=job.state,
-                   processed=job.processed, failed=job.failed, total=job.total,
-                   rate_per_s=round(job.rate, 2) if job.rate else None,
-                   eta_s=round(job.eta_s, 1) if job.eta_s is not None else None, created_at=job.created_at,
-                   started_at=job.started_at, finished_at=job.finished_at, message=job.message,
-                   params={k: v for k, v in job.params.items() if k != "meta"}, failures=job.failures)
+    return JobView(
+        id=job.id,
+        job_id=job.id,
+        kind=job.kind,
+        collection=job.collection,
+        state=job.state,
+        processed=job.processed,
+        failed=job.failed,
+        total=job.total,
+        rate_per_s=round(job.rate, 2) if job.rate else None,
+        eta_s=round(job.eta_s, 1) if job.eta_s is not None else None,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        message=job.message,
+        params={k: v for k, v in job.params.items() if k != "meta"},
+        failures=job.failures,
+    )
 
 
-@router.post("/load", status_code=202, response_model=JobView, dependencies=[WriteAccess],
-             summary="Load a dataset split (Chinese-CLIP layout, under DATA_ROOT) as a background job")
+@router.post(
+    "/load",
+    status_code=202,
+    response_model=JobView,
+    dependencies=[WriteAccess],
+    summary="Load a dataset split (Chinese-CLIP layout, under DATA_ROOT) as a background job",
+)
 def load(body: LoadRequest, svc: SvcDep, runner: RunnerDep) -> JobView:
     collection = collection_name(svc, body.collection)
     dataset_dir = resolve_under(svc.settings.data_root, body.dataset)
     if not dataset_dir.is_dir():
         raise BadRequest(f"dataset {body.dataset!r} does not exist under the data root")
-    job = runner.submit("load", collection, {"dataset_dir": str(dataset_dir), "split": body.split,
-                                             "source": body.source})
+    job = runner.submit(
+        "load", collection, {"dataset_dir": str(dataset_dir), "split": body.split, "source": body.source}
+    )
     return job_view(runner.jobs.get(job.id))
 
 
@@ -39,13 +57,19 @@ def list_jobs(runner: RunnerDep, limit: int = Query(50, ge=1, le=500)) -> list[J
     return [job_view(j) for j in runner.jobs.list(limit)]
 
 
-@router.get("/jobs/{job_id}", response_model=JobView, summary="A job's state, counts, rate, ETA and failed items")
+@router.get(
+    "/jobs/{job_id}", response_model=JobView, summary="A job's state, counts, rate, ETA and failed items"
+)
 def get_job(job_id: str, runner: RunnerDep, failures: int = Query(100, ge=0, le=10_000)) -> JobView:
     return job_view(runner.jobs.get(job_id, failures))
 
 
-@router.post("/jobs/{job_id}/resume", response_model=JobView, dependencies=[WriteAccess],
-             summary="Resume an interrupted or failed job")
+@router.post(
+    "/jobs/{job_id}/resume",
+    response_model=JobView,
+    dependencies=[WriteAccess],
+    summary="Resume an interrupted or failed job",
+)
 def resume(job_id: str, runner: RunnerDep) -> JobView:
     return job_view(runner.resume(job_id))
 

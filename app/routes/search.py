@@ -19,17 +19,29 @@ router = APIRouter(prefix="/img", tags=["search"])
 @router.post("/search", response_model=SearchResponse, summary="Search images by a Chinese sentence")
 def text_search(body: TextSearchRequest, svc: SvcDep) -> SearchResponse:
     flt = body.filters.to_filter() if body.filters else None
-    outcome = search_text(svc, collection_name(svc, body.collection), body.query, body.top_k, flt,
-                          body.min_score, body.with_image)
+    outcome = search_text(
+        svc,
+        collection_name(svc, body.collection),
+        body.query,
+        body.top_k,
+        flt,
+        body.min_score,
+        body.with_image,
+    )
     return search_response(outcome)
 
 
-@router.post("/search/image", response_model=SearchResponse,
-             summary="Search images similar to an uploaded image, or to a stored image by id")
+@router.post(
+    "/search/image",
+    response_model=SearchResponse,
+    summary="Search images similar to an uploaded image, or to a stored image by id",
+)
 def image_search(
     svc: SvcDep,
     file: Annotated[UploadFile | None, File(description="the query photo")] = None,
-    image_id: Annotated[int | None, Form(description="or: the id of a stored image (left out of results)")] = None,
+    image_id: Annotated[
+        int | None, Form(description="or: the id of a stored image (left out of results)")
+    ] = None,
     collection: Annotated[str | None, Form()] = None,
     top_k: Annotated[int, Form(ge=1, le=100)] = 10,
     min_score: Annotated[float | None, Form(ge=-1, le=1)] = None,
@@ -41,6 +53,14 @@ def image_search(
 ) -> SearchResponse:
     flt = SearchFilter(split_list(sources), split_list(tags), created_from, created_to)
     data = read_upload(file, svc.settings.max_upload_bytes) if file is not None else None
-    outcome = search_image(svc, collection_name(svc, collection), data=data, image_id=image_id, top_k=top_k,
-                           flt=None if flt.is_empty() else flt, min_score=min_score, with_image=with_image)
+    outcome = search_image(
+        svc,
+        collection_name(svc, collection),
+        data=data,
+        image_id=image_id,
+        top_k=top_k,
+        flt=None if flt.is_empty() else flt,
+        min_score=min_score,
+        with_image=with_image,
+    )
     return search_response(outcome)

@@ -16,17 +16,43 @@ THUMBNAIL_SIZE = 256
 
 def search_response(outcome: SearchOutcome) -> SearchResponse:
     return SearchResponse(
-        collection=outcome.collection, model=outcome.model, timings_ms=outcome.timings_ms,
-        results=[ResultItem(
-            id=m.row.id, rank=m.rank, score=round(m.score, 6), url=image_url(outcome.collection, m.row.id),
-            thumbnail_url=image_url(outcome.collection, m.row.id, THUMBNAIL_SIZE), source=m.row.source,
-            tags=list(m.row.tags), created_at=m.row.created_at, width=m.row.width, height=m.row.height,
-            mime=m.row.mime, external_id=m.row.external_id, image_b64=m.row.image_b64,
-        ) for m in outcome.matches])
+        collection=outcome.collection,
+        model=outcome.model,
+        timings_ms=outcome.timings_ms,
+        results=[
+            ResultItem(
+                id=m.row.id,
+                rank=m.rank,
+                score=round(m.score, 6),
+                url=image_url(outcome.collection, m.row.id),
+                thumbnail_url=image_url(outcome.collection, m.row.id, THUMBNAIL_SIZE),
+                source=m.row.source,
+                tags=list(m.row.tags),
+                created_at=m.row.created_at,
+                width=m.row.width,
+                height=m.row.height,
+                mime=m.row.mime,
+                external_id=m.row.external_id,
+                image_b64=m.row.image_b64,
+            )
+            for m in outcome.matches
+        ],
+    )
 
 
 def image_meta(collection: str, row: ImageRow) -> ImageMeta:
-    return ImageMeta(id=row.id, collection=collection, url=image_url(collection, row.id), sha256=row.sha256,
-                     mime=row.mime, width=row.width, height=row.height, source=row.source, tags=list(row.tags),
-                     created_at=row.created_at, added_at=row.added_at, external_id=row.external_id,
-                     indexed=row.indexed)
+    return ImageMeta(
+        id=row.id,
+        collection=collection,
+        url=image_url(collection, row.id),
+        sha256=row.sha256,
+        mime=row.mime,
+        width=row.width,
+        height=row.height,
+        source=row.source,
+        tags=list(row.tags),
+        created_at=row.created_at,
+        added_at=row.added_at,
+        external_id=row.external_id,
+        indexed=row.indexed,
+    )

@@ -11,15 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
-
 from cn_clip.clip import _tokenizer, image_transform, tokenize
 from cn_clip.clip.model import CLIP
+from PIL import Image
 
 from operations.encoding.base import l2_normalise
 from operations.encoding.model_files import (  # noqa: F401 (re-exported: the encoder's public names)
@@ -34,12 +33,13 @@ from operations.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
+
 def _checkpoint_state_dict(path: Path) -> dict:
     # weights_only: a checkpoint is data, never code to run.
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state = checkpoint.get("state_dict", checkpoint)
     if next(iter(state)).startswith("module."):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     # cn_clip's released checkpoints carry an unused BERT pooler.
     return {k: v for k, v in state.items() if "bert.pooler" not in k}
 
@@ -61,8 +61,15 @@ def _pick_device(device: str) -> torch.device:
 class ClipEncoder:
     """Encoder over a cn_clip CLIP model, safe to call from many threads."""
 
-    def __init__(self, model: CLIP, model_name: str, image_resolution: int,
-                 device: torch.device, half: bool = False, text_int8: bool = False) -> None:
+    def __init__(
+        self,
+        model: CLIP,
+        model_name: str,
+        image_resolution: int,
+        device: torch.device,
+        half: bool = False,
+        text_int8: bool = False,
+    ) -> None:
         self.model = model.eval()
         self.model_name = model_name
         self.device = device
@@ -86,8 +93,9 @@ class ClipEncoder:
                 # the tests cover this path (moving to torchao is the way on).
                 warnings.simplefilter("ignore", UserWarning)
                 warnings.simplefilter("ignore", DeprecationWarning)
-                torch.ao.quantization.quantize_dynamic(self.model.bert, {torch.nn.Linear}, dtype=torch.qint8,
-                                                       inplace=True)
+                torch.ao.quantization.quantize_dynamic(
+                    self.model.bert, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+                )
         self.dim = int(model.text_projection.shape[1])
         self.context_length = CONTEXT_LENGTH
         self.image_resolution = image_resolution
@@ -103,16 +111,14 @@ class ClipEncoder:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, spec: ModelSpec) -> "ClipEncoder":
+    def load(cls, spec: ModelSpec) -> ClipEncoder:
         """Build the encoder described by `spec` from local files only."""
         checkpoint, arch, info = locate_model(spec)
         if spec.random_init:
             torch.manual_seed(spec.seed)
         model = CLIP(**info)
         if checkpoint is not None:
-            missing, unexpected = model.load_state_dict(
-                _checkpoint_state_dict(checkpoint), strict=False
-            )
+            missing, unexpected = model.load_state_dict(_checkpoint_state_dict(checkpoint), strict=False)
             # cn_clip's text position_ids buffer may or may not be saved.
             missing = [k for k in missing if not k.endswith("position_ids")]
             if missing or unexpected:
@@ -121,8 +127,14 @@ class ClipEncoder:
                     f"missing {missing[:3]}, unexpected {unexpected[:3]}"
                 )
         log.info("loaded model %s (%s) dim=%d", spec.name, arch, info["embed_dim"])
-        return cls(model, spec.name, int(info["image_resolution"]),
-                   _pick_device(spec.device), spec.half, spec.text_int8)
+        return cls(
+            model,
+            spec.name,
+            int(info["image_resolution"]),
+            _pick_device(spec.device),
+            spec.half,
+            spec.text_int8,
+        )
 
     def check_text(self, text: str) -> None:
         if not text or not text.strip():
@@ -132,14 +144,15 @@ class ClipEncoder:
             raise InvalidInput(
                 f"query is {n_tokens} tokens; the model reads at most "
                 f"{self.context_length} (about {self.context_length - 2} Chinese characters)",
-                tokens=n_tokens, limit=self.context_length,
+                tokens=n_tokens,
+                limit=self.context_length,
             )
 
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         out = []
         for start in range(0, len(texts), batch_size):
-            batch = [normalise_text(t) for t in texts[start:start + batch_size]]
+            batch = [normalise_text(t) for t in texts[start : start + batch_size]]
             tokens = tokenize(batch, self.context_length)
             # Drop the all-padding tail: padding is masked out of attention and
             # positions are absolute, so the features are the same, and a short
@@ -169,7 +182,7 @@ class ClipEncoder:
 
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> np.ndarray:
         out = [
-            self.encode_pixels(self.preprocess_images(images[start:start + batch_size]))
+            self.encode_pixels(self.preprocess_images(images[start : start + batch_size]))
             for start in range(0, len(images), batch_size)
         ]
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)

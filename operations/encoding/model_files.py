@@ -14,9 +14,10 @@ import functools
 import importlib.util
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -83,8 +84,7 @@ def resolve_architecture(arch: str) -> dict:
             info.update(json.loads(cfg.read_text(encoding="utf-8")))
     else:
         raise ModelUnavailable(
-            f"architecture {arch!r} is neither a .json file, a cn_clip model name "
-            "nor a 'VISION@TEXT' struct"
+            f"architecture {arch!r} is neither a .json file, a cn_clip model name nor a 'VISION@TEXT' struct"
         )
     if isinstance(info.get("vision_layers"), str):
         # cn_clip stores ResNet layer counts as a string like "[3,4,6,3]".
@@ -103,7 +103,11 @@ def cn_clip_tables() -> tuple[dict, dict]:
     try:
         tree = ast.parse((cn_clip_dir() / "utils.py").read_text(encoding="utf-8"))
         for node in tree.body:
-            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            if (
+                isinstance(node, ast.Assign)
+                and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)
+            ):
                 if node.targets[0].id in ("_MODELS", "_MODEL_INFO"):
                     found[node.targets[0].id] = ast.literal_eval(node.value)
     except (OSError, SyntaxError, ValueError):
@@ -169,7 +173,7 @@ class LazyClipEncoder:
         # until loaded, then what the encoder did (int8 is CPU only).
         return self._encoder.text_int8 if self._encoder is not None else bool(self.spec.text_int8)
 
-    def _get(self) -> "ClipEncoder":
+    def _get(self) -> ClipEncoder:
         with self._lock:
             if self._encoder is None:
                 from operations.encoding.clip_encoder import ClipEncoder  # torch: only now

@@ -29,9 +29,7 @@ INT64_MAX = 2**63 - 1
 def check_label(value: object, what: str) -> str:
     """Validate a source or tag value; raise InvalidInput naming it otherwise."""
     if not isinstance(value, str) or not _LABEL.fullmatch(value) or TAG_SEPARATOR in value:
-        raise InvalidInput(
-            f"invalid {what} {str(value)[:80]!r}: 1-64 letters, digits, spaces or - _ . : /"
-        )
+        raise InvalidInput(f"invalid {what} {str(value)[:80]!r}: 1-64 letters, digits, spaces or - _ . : /")
     return value
 
 

@@ -23,8 +23,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -32,7 +33,14 @@ from operations.errors import DependencyUnavailable, InvalidInput, NotFound, Ser
 from operations.names import validate_name
 from operations.stores.milvus_filter import build_filter, ids_filter
 from operations.stores.pymilvus_guard import DataType, MilvusClient, MilvusException
-from operations.stores.vector_base import CollectionInfo, Hit, IndexSpec, SearchFilter, VectorAttrs, check_model
+from operations.stores.vector_base import (
+    CollectionInfo,
+    Hit,
+    IndexSpec,
+    SearchFilter,
+    VectorAttrs,
+    check_model,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,7 +67,9 @@ def _classify(exc: Exception, name: str | None) -> ServiceError:
 class MilvusVectorStore:
     """`VectorStore` backed by Milvus (Lite file or server)."""
 
-    def __init__(self, uri: str, token: str = "", timeout_s: float = 10.0, consistency: str = "Adaptive") -> None:
+    def __init__(
+        self, uri: str, token: str = "", timeout_s: float = 10.0, consistency: str = "Adaptive"
+    ) -> None:
         if consistency not in CONSISTENCY_LEVELS:
             raise ValueError(f"consistency must be one of {CONSISTENCY_LEVELS}")
         self.uri = uri
@@ -139,39 +149,61 @@ class MilvusVectorStore:
             self._repair_index(name, index)
             check_model(self.describe_meta(name), model_name, dim)
             return
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False,
-                                            description=json.dumps({"model": model_name, "dim": dim}))
+        schema = MilvusClient.create_schema(
+            auto_id=False,
+            enable_dynamic_field=False,
+            description=json.dumps({"model": model_name, "dim": dim}),
+        )
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         # With source_partitions, `source` is the partition key: Milvus routes
         # each row to hash(source) % n and a source filter prunes the others.
-        schema.add_field("source", DataType.VARCHAR, max_length=256,
-                         **({"is_partition_key": True} if index.source_partitions else {}))
+        schema.add_field(
+            "source",
+            DataType.VARCHAR,
+            max_length=256,
+            **({"is_partition_key": True} if index.source_partitions else {}),
+        )
         # An ARRAY, not a delimited string: the 2.3 server has no infix LIKE.
-        schema.add_field("tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_TAGS,
-                         max_length=64)
+        schema.add_field(
+            "tags", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_TAGS, max_length=64
+        )
         schema.add_field("created_at", DataType.INT64)
 
         def create(c: MilvusClient) -> None:
             params = c.prepare_index_params()
-            params.add_index(field_name="vector", index_type=index.type, metric_type="IP",
-                             params=dict(index.build_params))
-            c.create_collection(name, schema=schema,
-                                consistency_level="Bounded" if self.consistency == "Adaptive" else self.consistency,
-                                timeout=self.timeout,
-                                **({"num_partitions": index.source_partitions} if index.source_partitions else {}))
+            params.add_index(
+                field_name="vector", index_type=index.type, metric_type="IP", params=dict(index.build_params)
+            )
+            c.create_collection(
+                name,
+                schema=schema,
+                consistency_level="Bounded" if self.consistency == "Adaptive" else self.consistency,
+                timeout=self.timeout,
+                **({"num_partitions": index.source_partitions} if index.source_partitions else {}),
+            )
             # The index at once: a collection without one can never load (and
             # _repair_index mends one that a failure left here without it).
             # Not waited for: an empty collection has nothing to build, and
             # pymilvus' wait asks for a timestamp that Milvus Lite does not
             # implement (a logged traceback and ~4 s of retries a collection).
             c.create_index(name, params, timeout=self.timeout, sync=False)
-            c.alter_collection_properties(name, properties={
-                PROP_MODEL: model_name, PROP_DIM: str(dim),
-                PROP_INDEX: json.dumps({"type": index.type, "build": index.build_params,
-                                        "search": index.search_params,
-                                        "source_partitions": index.source_partitions}),
-            }, timeout=self.timeout)
+            c.alter_collection_properties(
+                name,
+                properties={
+                    PROP_MODEL: model_name,
+                    PROP_DIM: str(dim),
+                    PROP_INDEX: json.dumps(
+                        {
+                            "type": index.type,
+                            "build": index.build_params,
+                            "search": index.search_params,
+                            "source_partitions": index.source_partitions,
+                        }
+                    ),
+                },
+                timeout=self.timeout,
+            )
             if not self.is_lite:
                 # On a server, loading a new collection takes ~2.5-3 s (measured
                 # on the 2.3 test server), most of it the query coordinator's
@@ -205,9 +237,18 @@ class MilvusVectorStore:
         model = props.get(PROP_MODEL) or described.get("model") or "unknown"
         dim = next((f["params"].get("dim") for f in desc["fields"] if f["name"] == "vector"), None)
         idx = json.loads(props.get(PROP_INDEX) or '{"type": "FLAT"}')
-        info = CollectionInfo(name, model, int(dim or described.get("dim") or 0),
-                              IndexSpec(idx.get("type", "FLAT"), idx.get("build", {}), idx.get("search", {}),
-                                        int(idx.get("source_partitions", 0))), 0)
+        info = CollectionInfo(
+            name,
+            model,
+            int(dim or described.get("dim") or 0),
+            IndexSpec(
+                idx.get("type", "FLAT"),
+                idx.get("build", {}),
+                idx.get("search", {}),
+                int(idx.get("source_partitions", 0)),
+            ),
+            0,
+        )
         self._info_cache[name] = info
         return info
 
@@ -232,8 +273,9 @@ class MilvusVectorStore:
 
         def create_index(c: MilvusClient) -> None:
             params = c.prepare_index_params()
-            params.add_index(field_name="vector", index_type=index.type, metric_type="IP",
-                             params=dict(index.build_params))
+            params.add_index(
+                field_name="vector", index_type=index.type, metric_type="IP", params=dict(index.build_params)
+            )
             # On a server, wait for the build (the rows may be many), so the
             # first search does not spend its timeout on it; Milvus Lite
             # builds at load and cannot answer pymilvus' wait (no AllocTimestamp).
@@ -256,8 +298,9 @@ class MilvusVectorStore:
             self._ensure_loaded(name)
 
     # -- rows ---------------------------------------------------------------
-    def upsert(self, name: str, ids: Sequence[int], vectors: np.ndarray,
-               attrs: Sequence[VectorAttrs] | None = None) -> int:
+    def upsert(
+        self, name: str, ids: Sequence[int], vectors: np.ndarray, attrs: Sequence[VectorAttrs] | None = None
+    ) -> int:
         vectors = np.asarray(vectors, dtype=np.float32)
         meta = self.describe_meta(name)
         if vectors.ndim != 2 or vectors.shape[1] != meta.dim or len(ids) != len(vectors):
@@ -269,8 +312,15 @@ class MilvusVectorStore:
             rows = []
             for i in range(start, min(start + rows_per_message, len(ids))):
                 a = attrs[i] if attrs else VectorAttrs()
-                rows.append({"id": int(ids[i]), "vector": vectors[i].tolist(), "source": a.source,
-                             "tags": list(a.tags)[:MAX_TAGS], "created_at": int(a.created_at)})
+                rows.append(
+                    {
+                        "id": int(ids[i]),
+                        "vector": vectors[i].tolist(),
+                        "source": a.source,
+                        "tags": list(a.tags)[:MAX_TAGS],
+                        "created_at": int(a.created_at),
+                    }
+                )
             self._wrote(name)
             if meta.index.source_partitions:
                 # The Milvus 2.3.5 server routes *upserted* rows of a partition-key
@@ -313,7 +363,7 @@ class MilvusVectorStore:
             return
         self._ensure_loaded(name)
         for start in range(0, len(ids), 1000):
-            chunk = [int(i) for i in ids[start:start + 1000]]
+            chunk = [int(i) for i in ids[start : start + 1000]]
             self._wrote(name)
             self._call(lambda c: c.delete(name, ids=chunk, timeout=self.timeout), name)
 
@@ -323,9 +373,17 @@ class MilvusVectorStore:
         self._ensure_loaded(name)
         found: set[int] = set()
         for start in range(0, len(ids), 1000):
-            expr = ids_filter(list(ids[start:start + 1000]))
-            rows = self._call(lambda c: c.query(name, filter=expr, output_fields=["id"],
-                                                 consistency_level=self._read_level(name), timeout=self.timeout), name)
+            expr = ids_filter(list(ids[start : start + 1000]))
+            rows = self._call(
+                lambda c: c.query(
+                    name,
+                    filter=expr,
+                    output_fields=["id"],
+                    consistency_level=self._read_level(name),
+                    timeout=self.timeout,
+                ),
+                name,
+            )
             found.update(int(r["id"]) for r in rows)
         return found
 
@@ -334,46 +392,82 @@ class MilvusVectorStore:
             return {}
         self._ensure_loaded(name)
         expr = ids_filter(list(ids))
-        rows = self._call(lambda c: c.query(name, filter=expr, output_fields=["id", "vector"],
-                                             consistency_level=self._read_level(name), timeout=self.timeout), name)
+        rows = self._call(
+            lambda c: c.query(
+                name,
+                filter=expr,
+                output_fields=["id", "vector"],
+                consistency_level=self._read_level(name),
+                timeout=self.timeout,
+            ),
+            name,
+        )
         return {int(r["id"]): np.asarray(r["vector"], dtype=np.float32) for r in rows}
 
     def count(self, name: str) -> int:
         self._ensure_loaded(name)
-        rows = self._call(lambda c: c.query(name, filter="", output_fields=["count(*)"],
-                                             consistency_level=self._read_level(name), timeout=self.timeout), name)
+        rows = self._call(
+            lambda c: c.query(
+                name,
+                filter="",
+                output_fields=["count(*)"],
+                consistency_level=self._read_level(name),
+                timeout=self.timeout,
+            ),
+            name,
+        )
         return int(rows[0]["count(*)"]) if rows else 0
 
     # -- search -------------------------------------------------------------
     def _search_params(self, meta: CollectionInfo, extra: dict | None = None) -> dict:
         return {"metric_type": "IP", "params": {**meta.index.search_params, **(extra or {})}}
 
-    def search(self, name: str, vectors: np.ndarray, top_k: int,
-               flt: SearchFilter | None = None) -> list[list[Hit]]:
+    def search(
+        self, name: str, vectors: np.ndarray, top_k: int, flt: SearchFilter | None = None
+    ) -> list[list[Hit]]:
         if not 1 <= top_k <= MAX_TOPK:
             raise InvalidInput(f"top_k must be in 1..{MAX_TOPK}")
         meta = self.describe_meta(name)
         self._ensure_loaded(name)
         expr, _ = build_filter(flt)
         data = np.atleast_2d(np.asarray(vectors, dtype=np.float32)).tolist()
-        result = self._call(lambda c: c.search(
-            name, data=data, limit=top_k, filter=expr, output_fields=["id"],
-            search_params=self._search_params(meta), consistency_level=self._read_level(name),
-            timeout=self.timeout), name)
+        result = self._call(
+            lambda c: c.search(
+                name,
+                data=data,
+                limit=top_k,
+                filter=expr,
+                output_fields=["id"],
+                search_params=self._search_params(meta),
+                consistency_level=self._read_level(name),
+                timeout=self.timeout,
+            ),
+            name,
+        )
         return [_hits(row) for row in result]
 
-    def range_search(self, name: str, vector: np.ndarray, min_score: float, limit: int,
-                     flt: SearchFilter | None = None) -> list[Hit]:
+    def range_search(
+        self, name: str, vector: np.ndarray, min_score: float, limit: int, flt: SearchFilter | None = None
+    ) -> list[Hit]:
         meta = self.describe_meta(name)
         self._ensure_loaded(name)
         expr, _ = build_filter(flt)
         # For IP, Milvus returns radius < score <= range_filter; nudge the
         # lower bound so a score exactly at the threshold is included.
         params = self._search_params(meta, {"radius": float(min_score) - 1e-6, "range_filter": 1.0 + 1e-3})
-        result = self._call(lambda c: c.search(
-            name, data=[np.asarray(vector, np.float32).tolist()], limit=min(limit, MAX_TOPK),
-            filter=expr, output_fields=["id"], search_params=params, consistency_level=self._read_level(name),
-            timeout=self.timeout), name)
+        result = self._call(
+            lambda c: c.search(
+                name,
+                data=[np.asarray(vector, np.float32).tolist()],
+                limit=min(limit, MAX_TOPK),
+                filter=expr,
+                output_fields=["id"],
+                search_params=params,
+                consistency_level=self._read_level(name),
+                timeout=self.timeout,
+            ),
+            name,
+        )
         return [h for h in _hits(result[0]) if h.score >= min_score]
 
 

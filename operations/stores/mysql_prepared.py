@@ -21,7 +21,8 @@ from __future__ import annotations
 import operator
 import struct
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pymysql.constants import CLIENT
 
@@ -106,9 +107,19 @@ class Prepared:
                 values.append(_lenenc(len(value)))
                 values.append(value)
             else:
-                raise TypeError(f"parameter {i}: {type(value).__name__} is not supported (int, str, bytes, None)")
-        payload = b"".join((struct.pack("<I", self.id), _CURSOR_NONE_ONE_ITERATION, bytes(null_bitmap),
-                            b"\x01", *types, *values))
+                raise TypeError(
+                    f"parameter {i}: {type(value).__name__} is not supported (int, str, bytes, None)"
+                )
+        payload = b"".join(
+            (
+                struct.pack("<I", self.id),
+                _CURSOR_NONE_ONE_ITERATION,
+                bytes(null_bitmap),
+                b"\x01",
+                *types,
+                *values,
+            )
+        )
         conn = self._conn
         conn._execute_command(COM_STMT_EXECUTE, payload)
         return int(conn._read_ok_packet().affected_rows)
@@ -131,8 +142,14 @@ def prepared(conn: Any, statement: str) -> Prepared:
     return found
 
 
-def insert_rows(conn: Any, table_sql: str, columns: str, rows: Sequence[Sequence[Any]],
-                max_bytes: int = 4 << 20, binary: Sequence[int] = ()) -> int:
+def insert_rows(
+    conn: Any,
+    table_sql: str,
+    columns: str,
+    rows: Sequence[Sequence[Any]],
+    max_bytes: int = 4 << 20,
+    binary: Sequence[int] = (),
+) -> int:
     """`INSERT <table_sql> (<columns>) VALUES (...), (...)` of `rows` through
     prepared multi-row statements of 16, 8, 4, 2 or 1 rows, each execution
     carrying at most about `max_bytes` (it must stay under the server's
@@ -179,7 +196,7 @@ def _run_group(conn: Any, table_sql: str, columns: str, row_marks: str, group: l
     affected, start = 0, 0
     for size in _GROUP_SIZES:
         while len(group) - start >= size:
-            affected += _run(conn, table_sql, columns, row_marks, group[start:start + size])
+            affected += _run(conn, table_sql, columns, row_marks, group[start : start + size])
             start += size
     return affected
 

@@ -13,8 +13,8 @@ two stores leaves rows that the next run finds and finishes.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from operations.errors import NotFound, PayloadTooLarge
 from operations.names import validate_name
@@ -23,8 +23,19 @@ from operations.stores.milvus_filter import build_filter, check_label, decode_ta
 from operations.stores.sql_pool import SqlPool, is_integrity_error
 from operations.stores.vector_base import SearchFilter
 
-_COLUMNS = ("id", "sha256", "mime", "width", "height", "source", "tags", "external_id",
-            "created_at", "added_at", "indexed")
+_COLUMNS = (
+    "id",
+    "sha256",
+    "mime",
+    "width",
+    "height",
+    "source",
+    "tags",
+    "external_id",
+    "created_at",
+    "added_at",
+    "indexed",
+)
 _CHUNK = 500
 
 
@@ -34,7 +45,8 @@ def table_name(collection: str) -> str:
 
 def _ddl(dialect: str, table: str) -> list[str]:
     if dialect == "mysql":
-        return [f"""CREATE TABLE IF NOT EXISTS `{table}` (
+        return [
+            f"""CREATE TABLE IF NOT EXISTS `{table}` (
             id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
             sha256 CHAR(64) NOT NULL,
             mime VARCHAR(32) NOT NULL DEFAULT 'image/jpeg',
@@ -50,8 +62,10 @@ def _ddl(dialect: str, table: str) -> list[str]:
             UNIQUE KEY uq_sha256 (sha256),
             KEY ix_indexed (indexed),
             KEY ix_source_created (source, created_at)
-        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"""]
-    return [f"""CREATE TABLE IF NOT EXISTS "{table}" (
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"""
+        ]
+    return [
+        f"""CREATE TABLE IF NOT EXISTS "{table}" (
             id INTEGER PRIMARY KEY,
             sha256 TEXT NOT NULL UNIQUE,
             mime TEXT NOT NULL DEFAULT 'image/jpeg',
@@ -64,8 +78,9 @@ def _ddl(dialect: str, table: str) -> list[str]:
             added_at INTEGER NOT NULL DEFAULT 0,
             indexed INTEGER NOT NULL DEFAULT 0,
             image_b64 TEXT NOT NULL)""",
-            f'CREATE INDEX IF NOT EXISTS "ix_{table}_indexed" ON "{table}" (indexed)',
-            f'CREATE INDEX IF NOT EXISTS "ix_{table}_src" ON "{table}" (source, created_at)']
+        f'CREATE INDEX IF NOT EXISTS "ix_{table}_indexed" ON "{table}" (indexed)',
+        f'CREATE INDEX IF NOT EXISTS "ix_{table}_src" ON "{table}" (source, created_at)',
+    ]
 
 
 def _as_text(b64: bytes | str) -> str:
@@ -91,7 +106,9 @@ class SqlImageStore:
         return self.pool.dialect == "mysql"
 
     @classmethod
-    def from_settings(cls, mysql_url: str, sqlite_path: Path, timeout_s: float, pool_size: int) -> "SqlImageStore":
+    def from_settings(
+        cls, mysql_url: str, sqlite_path: Path, timeout_s: float, pool_size: int
+    ) -> SqlImageStore:
         return cls(SqlPool(mysql_url, sqlite_path if not mysql_url else None, timeout_s, pool_size))
 
     def _q(self, name: str) -> str:
@@ -120,8 +137,10 @@ class SqlImageStore:
     def _check_size(self, row: ImageRow) -> None:
         limit = self.max_image_b64_bytes()
         if limit is not None and len(row.image_b64 or "") > limit:
-            raise PayloadTooLarge(f"image is {len(row.image_b64 or '')} bytes as base64; this MySQL server takes "
-                                  f"at most {limit} (max_allowed_packet)")
+            raise PayloadTooLarge(
+                f"image is {len(row.image_b64 or '')} bytes as base64; this MySQL server takes "
+                f"at most {limit} (max_allowed_packet)"
+            )
 
     def ensure_collection(self, collection: str) -> None:
         table = table_name(collection)
@@ -132,8 +151,10 @@ class SqlImageStore:
     def has_collection(self, collection: str) -> bool:
         table = table_name(collection)
         if self.pool.dialect == "mysql":
-            rows = self.pool.query("SELECT 1 FROM information_schema.tables "
-                                   "WHERE table_schema = DATABASE() AND table_name = ?", (table,))
+            rows = self.pool.query(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
+                (table,),
+            )
         else:
             rows = self.pool.query("SELECT 1 FROM sqlite_master WHERE type='table' AND name = ?", (table,))
         return bool(rows)
@@ -163,13 +184,43 @@ class SqlImageStore:
         now = int(time.time())
         limit = self.max_image_b64_bytes()
         self.pool.insert_many(
-            table, ("id", "sha256", "mime", "width", "height", "source", "tags", "external_id",
-                    "created_at", "added_at", "indexed", "image_b64"),
-            [(r.id, r.sha256, r.mime, r.width, r.height, r.source, encode_tags(r.tags), r.external_id,
-              r.created_at, r.added_at or now, 0, r.image_b64) for r in fresh],
-            ignore=True, max_group_bytes=min(4 << 20, limit) if limit else 4 << 20,
+            table,
+            (
+                "id",
+                "sha256",
+                "mime",
+                "width",
+                "height",
+                "source",
+                "tags",
+                "external_id",
+                "created_at",
+                "added_at",
+                "indexed",
+                "image_b64",
+            ),
+            [
+                (
+                    r.id,
+                    r.sha256,
+                    r.mime,
+                    r.width,
+                    r.height,
+                    r.source,
+                    encode_tags(r.tags),
+                    r.external_id,
+                    r.created_at,
+                    r.added_at or now,
+                    0,
+                    r.image_b64,
+                )
+                for r in fresh
+            ],
+            ignore=True,
+            max_group_bytes=min(4 << 20, limit) if limit else 4 << 20,
             # base64 is ASCII: as bytes the server does not check it as utf8mb4.
-            binary_columns=("image_b64",))
+            binary_columns=("image_b64",),
+        )
         stored = self._existing(table, [int(r.id) for r in fresh])  # type: ignore[arg-type]
         dup_rows = [r for r in fresh if r.id not in stored]
         duplicate_of: dict[int, int] = {}
@@ -177,9 +228,12 @@ class SqlImageStore:
             holder = self.find_by_sha(collection, r.sha256)
             if holder is not None:
                 duplicate_of[int(r.id)] = holder  # type: ignore[arg-type]
-        return InsertResult([int(r.id) for r in fresh if r.id in stored],  # type: ignore[arg-type]
-                            sorted(i for i, sha in present_sha.items() if int(i) not in rejected),
-                            duplicate_of, rejected)
+        return InsertResult(
+            [int(r.id) for r in fresh if r.id in stored],  # type: ignore[arg-type]
+            sorted(i for i, sha in present_sha.items() if int(i) not in rejected),
+            duplicate_of,
+            rejected,
+        )
 
     def insert_new(self, collection: str, row: ImageRow) -> tuple[int, bool]:
         """Insert an upload, letting the database pick the id.
@@ -194,11 +248,25 @@ class SqlImageStore:
             return existing, False
         try:
             with self.pool.transaction() as cur:
-                cur.execute(self.pool.sql(
-                    f"INSERT INTO {table} (sha256, mime, width, height, source, tags, external_id, "
-                    f"created_at, added_at, indexed, image_b64) VALUES ({_placeholders(11)})"),
-                    (row.sha256, row.mime, row.width, row.height, row.source, encode_tags(row.tags),
-                     row.external_id, row.created_at, row.added_at or int(time.time()), 0, row.image_b64))
+                cur.execute(
+                    self.pool.sql(
+                        f"INSERT INTO {table} (sha256, mime, width, height, source, tags, external_id, "
+                        f"created_at, added_at, indexed, image_b64) VALUES ({_placeholders(11)})"
+                    ),
+                    (
+                        row.sha256,
+                        row.mime,
+                        row.width,
+                        row.height,
+                        row.source,
+                        encode_tags(row.tags),
+                        row.external_id,
+                        row.created_at,
+                        row.added_at or int(time.time()),
+                        0,
+                        row.image_b64,
+                    ),
+                )
                 new_id = int(cur.lastrowid)
             return new_id, True
         except Exception as exc:
@@ -212,46 +280,66 @@ class SqlImageStore:
     def mark_indexed(self, collection: str, ids: Sequence[int]) -> None:
         table = self._table(collection)
         for start in range(0, len(ids), _CHUNK):
-            chunk = [int(i) for i in ids[start:start + _CHUNK]]
-            self.pool.execute(f"UPDATE {table} SET indexed = 1 WHERE id IN ({_placeholders(len(chunk))})", chunk)
+            chunk = [int(i) for i in ids[start : start + _CHUNK]]
+            self.pool.execute(
+                f"UPDATE {table} SET indexed = 1 WHERE id IN ({_placeholders(len(chunk))})", chunk
+            )
 
     def unindexed_ids(self, collection: str, limit: int) -> list[int]:
         table = self._table(collection)
-        return [int(r[0]) for r in self.pool.query(
-            f"SELECT id FROM {table} WHERE indexed = 0 ORDER BY id LIMIT ?", (int(limit),))]
+        return [
+            int(r[0])
+            for r in self.pool.query(
+                f"SELECT id FROM {table} WHERE indexed = 0 ORDER BY id LIMIT ?", (int(limit),)
+            )
+        ]
 
     def indexed_ids(self, collection: str, ids: Sequence[int]) -> set[int]:
         table = self._table(collection)
         found: set[int] = set()
         for start in range(0, len(ids), _CHUNK):
-            chunk = [int(i) for i in ids[start:start + _CHUNK]]
-            found.update(int(r[0]) for r in self.pool.query(
-                f"SELECT id FROM {table} WHERE indexed = 1 AND id IN ({_placeholders(len(chunk))})", chunk))
+            chunk = [int(i) for i in ids[start : start + _CHUNK]]
+            found.update(
+                int(r[0])
+                for r in self.pool.query(
+                    f"SELECT id FROM {table} WHERE indexed = 1 AND id IN ({_placeholders(len(chunk))})", chunk
+                )
+            )
         return found
 
     def delete(self, collection: str, ids: Sequence[int]) -> int:
         table = self._table(collection)
         removed = 0
         for start in range(0, len(ids), _CHUNK):
-            chunk = [int(i) for i in ids[start:start + _CHUNK]]
-            removed += self.pool.execute(f"DELETE FROM {table} WHERE id IN ({_placeholders(len(chunk))})", chunk)
+            chunk = [int(i) for i in ids[start : start + _CHUNK]]
+            removed += self.pool.execute(
+                f"DELETE FROM {table} WHERE id IN ({_placeholders(len(chunk))})", chunk
+            )
         return removed
 
     # -- reads ------------------------------------------------------------------
     def _existing_sha(self, table: str, ids: list[int]) -> dict[int, str]:
         found: dict[int, str] = {}
         for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK]
-            found.update((int(r[0]), r[1]) for r in self.pool.query(
-                f"SELECT id, sha256 FROM {table} WHERE id IN ({_placeholders(len(chunk))})", chunk))
+            chunk = ids[start : start + _CHUNK]
+            found.update(
+                (int(r[0]), r[1])
+                for r in self.pool.query(
+                    f"SELECT id, sha256 FROM {table} WHERE id IN ({_placeholders(len(chunk))})", chunk
+                )
+            )
         return found
 
     def _existing(self, table: str, ids: list[int]) -> set[int]:
         found: set[int] = set()
         for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK]
-            found.update(int(r[0]) for r in self.pool.query(
-                f"SELECT id FROM {table} WHERE id IN ({_placeholders(len(chunk))})", chunk))
+            chunk = ids[start : start + _CHUNK]
+            found.update(
+                int(r[0])
+                for r in self.pool.query(
+                    f"SELECT id FROM {table} WHERE id IN ({_placeholders(len(chunk))})", chunk
+                )
+            )
         return found
 
     def get_rows(self, collection: str, ids: Sequence[int], with_image: bool = False) -> dict[int, ImageRow]:
@@ -259,13 +347,24 @@ class SqlImageStore:
         columns = ", ".join(_COLUMNS + (("image_b64",) if with_image else ()))
         out: dict[int, ImageRow] = {}
         for start in range(0, len(ids), _CHUNK):
-            chunk = [int(i) for i in ids[start:start + _CHUNK]]
-            for r in self.pool.query(f"SELECT {columns} FROM {table} WHERE id IN ({_placeholders(len(chunk))})",
-                                     chunk):
+            chunk = [int(i) for i in ids[start : start + _CHUNK]]
+            for r in self.pool.query(
+                f"SELECT {columns} FROM {table} WHERE id IN ({_placeholders(len(chunk))})", chunk
+            ):
                 out[int(r[0])] = ImageRow(
-                    id=int(r[0]), sha256=r[1], mime=r[2], width=int(r[3]), height=int(r[4]), source=r[5],
-                    tags=decode_tags(r[6]), external_id=r[7], created_at=int(r[8]), added_at=int(r[9]),
-                    indexed=bool(r[10]), image_b64=_as_text(r[11]) if with_image else None)
+                    id=int(r[0]),
+                    sha256=r[1],
+                    mime=r[2],
+                    width=int(r[3]),
+                    height=int(r[4]),
+                    source=r[5],
+                    tags=decode_tags(r[6]),
+                    external_id=r[7],
+                    created_at=int(r[8]),
+                    added_at=int(r[9]),
+                    indexed=bool(r[10]),
+                    image_b64=_as_text(r[11]) if with_image else None,
+                )
         return out
 
     def find_by_sha(self, collection: str, sha256: str) -> int | None:
@@ -291,8 +390,12 @@ class SqlImageStore:
             where.append("created_at <= ?")
             params.append(int(flt.created_to))
         params.append(int(limit))
-        return [int(r[0]) for r in self.pool.query(
-            f"SELECT id FROM {table} WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", params)]
+        return [
+            int(r[0])
+            for r in self.pool.query(
+                f"SELECT id FROM {table} WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", params
+            )
+        ]
 
     def count(self, collection: str) -> int:
         return int(self.pool.query(f"SELECT COUNT(*) FROM {self._table(collection)}")[0][0])

@@ -13,9 +13,10 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import pymysql
@@ -41,22 +42,28 @@ class MySQLParams:
     unix_socket: str | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> "MySQLParams":
+    def from_url(cls, url: str) -> MySQLParams:
         parsed = urlparse(url)
         if parsed.scheme not in ("mysql", "mysql+pymysql", "mariadb"):
             raise ValueError(f"MYSQL_URL must start with mysql://, got {parsed.scheme!r}")
         database = parsed.path.lstrip("/")
         if not database:
             raise ValueError("MYSQL_URL needs a database name: mysql://user:pass@host:port/db")
-        return cls(parsed.hostname or "127.0.0.1", parsed.port or 3306, unquote(parsed.username or "root"),
-                   unquote(parsed.password or ""), database)
+        return cls(
+            parsed.hostname or "127.0.0.1",
+            parsed.port or 3306,
+            unquote(parsed.username or "root"),
+            unquote(parsed.password or ""),
+            database,
+        )
 
 
 class SqlPool:
     """A small pool; `connection()` yields a live connection or raises 503."""
 
-    def __init__(self, mysql_url: str = "", sqlite_path: Path | None = None,
-                 timeout_s: float = 10.0, size: int = 4) -> None:
+    def __init__(
+        self, mysql_url: str = "", sqlite_path: Path | None = None, timeout_s: float = 10.0, size: int = 4
+    ) -> None:
         self.dialect = "mysql" if mysql_url else "sqlite"
         self.timeout = timeout_s
         self._mysql = MySQLParams.from_url(mysql_url) if mysql_url else None
@@ -77,16 +84,27 @@ class SqlPool:
             if self._mysql is not None:
                 p = self._mysql
                 conn = pymysql.connect(
-                    host=p.host, port=p.port, user=p.user, password=p.password, database=p.database,
-                    charset="utf8mb4", autocommit=True, connect_timeout=max(1, int(self.timeout)),
+                    host=p.host,
+                    port=p.port,
+                    user=p.user,
+                    password=p.password,
+                    database=p.database,
+                    charset="utf8mb4",
+                    autocommit=True,
+                    connect_timeout=max(1, int(self.timeout)),
                     # A dataset may hold image id 0; without this MySQL would
                     # store it under the next auto-increment id instead.
                     init_command="SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_AUTO_VALUE_ON_ZERO')",
-                    read_timeout=max(1, int(self.timeout)), write_timeout=max(1, int(self.timeout)),
+                    read_timeout=max(1, int(self.timeout)),
+                    write_timeout=max(1, int(self.timeout)),
                 )
             else:
-                conn = sqlite3.connect(str(self._sqlite_path), timeout=self.timeout,
-                                       isolation_level=None, check_same_thread=False)
+                conn = sqlite3.connect(
+                    str(self._sqlite_path),
+                    timeout=self.timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
@@ -124,7 +142,11 @@ class SqlPool:
                 conn = self._open()
             try:
                 yield conn
-            except (pymysql.err.OperationalError, pymysql.err.InterfaceError, sqlite3.OperationalError) as exc:
+            except (
+                pymysql.err.OperationalError,
+                pymysql.err.InterfaceError,
+                sqlite3.OperationalError,
+            ) as exc:
                 _close_quietly(conn)
                 conn = None
                 if isinstance(exc, sqlite3.OperationalError) and "locked" not in str(exc):
@@ -180,9 +202,16 @@ class SqlPool:
 
         return self._with_retries(work)
 
-    def insert_many(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *,
-                    ignore: bool = False, max_group_bytes: int = 4 << 20,
-                    binary_columns: Sequence[str] = ()) -> int:
+    def insert_many(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        *,
+        ignore: bool = False,
+        max_group_bytes: int = 4 << 20,
+        binary_columns: Sequence[str] = (),
+    ) -> int:
         """INSERT [IGNORE] of many rows in one transaction; the inserted count.
 
         `table` must be a validated, quoted name. On MySQL the rows go through
@@ -201,14 +230,22 @@ class SqlPool:
         names = ", ".join(columns)
         params = [tuple(r) for r in rows]
         if self.dialect == "sqlite" or self._prepare_refused:
-            verb = ("INSERT IGNORE" if self.dialect == "mysql" else "INSERT OR IGNORE") if ignore else "INSERT"
-            return self.executemany(f"{verb} INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})",
-                                    params)
+            verb = (
+                ("INSERT IGNORE" if self.dialect == "mysql" else "INSERT OR IGNORE") if ignore else "INSERT"
+            )
+            return self.executemany(
+                f"{verb} INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})", params
+            )
 
         def work(cur: Any) -> int:
-            return mysql_prepared.insert_rows(cur.connection, f"{'IGNORE ' if ignore else ''}INTO {table}",
-                                              names, params, max_bytes=max_group_bytes,
-                                              binary=[columns.index(c) for c in binary_columns])
+            return mysql_prepared.insert_rows(
+                cur.connection,
+                f"{'IGNORE ' if ignore else ''}INTO {table}",
+                names,
+                params,
+                max_bytes=max_group_bytes,
+                binary=[columns.index(c) for c in binary_columns],
+            )
 
         try:
             return self._with_retries(work)
@@ -220,8 +257,14 @@ class SqlPool:
                 raise
             log.warning("MySQL refused a prepared INSERT (%s); batch inserts use the text protocol", exc)
             self._prepare_refused = True
-            return self.insert_many(table, columns, rows, ignore=ignore, max_group_bytes=max_group_bytes,
-                                    binary_columns=binary_columns)
+            return self.insert_many(
+                table,
+                columns,
+                rows,
+                ignore=ignore,
+                max_group_bytes=max_group_bytes,
+                binary_columns=binary_columns,
+            )
 
     def _with_retries(self, work: Callable[[Any], int]) -> int:
         """`work(cursor)` inside one transaction, retried when MySQL picks it as

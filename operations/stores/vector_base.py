@@ -6,8 +6,9 @@ tests; the Milvus store (`milvus_store.py`) is what users run.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -31,15 +32,20 @@ class IndexSpec:
     # libraries with many sources; results are the same either way.
     source_partitions: int = 0
 
-    def check(self) -> "IndexSpec":
+    def check(self) -> IndexSpec:
         from operations.errors import InvalidInput
 
         if self.type not in INDEX_TYPES:
             raise InvalidInput(f"index type must be one of {INDEX_TYPES}, not {self.type!r}")
-        allowed = {"FLAT": (set(), set()), "IVF_FLAT": ({"nlist"}, {"nprobe"}),
-                   "HNSW": ({"M", "efConstruction"}, {"ef"})}[self.type]
-        for given, ok, what in ((self.build_params, allowed[0], "build"),
-                                (self.search_params, allowed[1], "search")):
+        allowed = {
+            "FLAT": (set(), set()),
+            "IVF_FLAT": ({"nlist"}, {"nprobe"}),
+            "HNSW": ({"M", "efConstruction"}, {"ef"}),
+        }[self.type]
+        for given, ok, what in (
+            (self.build_params, allowed[0], "build"),
+            (self.search_params, allowed[1], "search"),
+        ):
             for key, value in given.items():
                 if key not in ok:
                     raise InvalidInput(f"{self.type} takes no {what} parameter {key!r}")
@@ -47,7 +53,9 @@ class IndexSpec:
                     raise InvalidInput(f"{self.type} {key} must be an integer in 1..65536")
         n = self.source_partitions
         if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_SOURCE_PARTITIONS:
-            raise InvalidInput(f"source_partitions must be an integer in 0..{MAX_SOURCE_PARTITIONS} (0 = none)")
+            raise InvalidInput(
+                f"source_partitions must be an integer in 0..{MAX_SOURCE_PARTITIONS} (0 = none)"
+            )
         return self
 
 
@@ -73,8 +81,14 @@ class SearchFilter:
     only_ids: tuple[int, ...] | None = None
 
     def is_empty(self) -> bool:
-        return not (self.sources or self.tags or self.exclude_ids or self.only_ids is not None
-                    or self.created_from is not None or self.created_to is not None)
+        return not (
+            self.sources
+            or self.tags
+            or self.exclude_ids
+            or self.only_ids is not None
+            or self.created_from is not None
+            or self.created_to is not None
+        )
 
     def matches(self, image_id: int, attrs: VectorAttrs) -> bool:
         """Reference semantics, used by the in-memory store and the tests."""
@@ -121,16 +135,19 @@ class VectorStore(Protocol):
     def get_vectors(self, name: str, ids: Sequence[int]) -> dict[int, np.ndarray]: ...
     def list_collections(self) -> list[str]: ...
     def drop_collection(self, name: str) -> None: ...
-    def upsert(self, name: str, ids: Sequence[int], vectors: np.ndarray,
-               attrs: Sequence[VectorAttrs] | None = None) -> int: ...
+    def upsert(
+        self, name: str, ids: Sequence[int], vectors: np.ndarray, attrs: Sequence[VectorAttrs] | None = None
+    ) -> int: ...
     def delete(self, name: str, ids: Sequence[int]) -> None: ...
     def flush(self, name: str, bulk: bool = False) -> None: ...
     def existing_ids(self, name: str, ids: Sequence[int]) -> set[int]: ...
     def count(self, name: str) -> int: ...
-    def search(self, name: str, vectors: np.ndarray, top_k: int,
-               flt: SearchFilter | None = None) -> list[list[Hit]]: ...
-    def range_search(self, name: str, vector: np.ndarray, min_score: float, limit: int,
-                     flt: SearchFilter | None = None) -> list[Hit]: ...
+    def search(
+        self, name: str, vectors: np.ndarray, top_k: int, flt: SearchFilter | None = None
+    ) -> list[list[Hit]]: ...
+    def range_search(
+        self, name: str, vector: np.ndarray, min_score: float, limit: int, flt: SearchFilter | None = None
+    ) -> list[Hit]: ...
     def close(self) -> None: ...
 
 
@@ -166,8 +183,13 @@ class InMemoryVectorStore:
         if name in self._collections:
             check_model(self.describe(name), model_name, dim)
             return
-        self._collections[name] = {"dim": dim, "model": model_name, "index": index.check(),
-                                   "vectors": {}, "attrs": {}}
+        self._collections[name] = {
+            "dim": dim,
+            "model": model_name,
+            "index": index.check(),
+            "vectors": {},
+            "attrs": {},
+        }
 
     def has_collection(self, name: str) -> bool:
         return validate_name(name) in self._collections
