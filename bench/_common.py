@@ -37,7 +37,6 @@ def run_child(
     """
     full_env = os.environ.copy()
     full_env.update(env or {})
-    full_env.setdefault("PYTHONPATH", str(REPO))
     t0 = time.perf_counter()
     out_f = open(stdout_path, "w+b") if stdout_path else subprocess.PIPE  # noqa: SIM115
     proc = subprocess.Popen(
@@ -223,7 +222,6 @@ class UvicornProcess:
         self.port = free_port()
         full_env = os.environ.copy()
         full_env.update(env)
-        full_env.setdefault("PYTHONPATH", str(REPO))
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(

@@ -33,7 +33,6 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from bench._common import UvicornProcess, add_torch_threads_arg, machine, median, other_load, table
 

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasets.formats import FeatureWriter, ImageRecord, iter_features, iter_image_tsv, write_image_tsv
 from operations.encoding.clip_encoder import ClipEncoder, ModelSpec

@@ -45,7 +45,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from bench._common import (
     BULK_MARIADB_ARGS,
@@ -489,7 +488,6 @@ def run_child_exe(exe: str, args: list[str]):
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     return p.returncode, p.stdout, p.stderr, 0, 0.0
 

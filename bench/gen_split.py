@@ -36,7 +36,6 @@ import numpy as np
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from datasets.formats import FeatureWriter, write_image_tsv
 

@@ -24,7 +24,6 @@ import numpy as np
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
 from datasets import demo_generator as g
 from datasets.demo_generator import (

@@ -6,6 +6,4 @@
 # --help lists every flag. Relative paths are relative to the current directory;
 # the default dataset is <repo>/datasets/data/demo. Set PYTHON to choose the interpreter.
 set -euo pipefail
-REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 exec "${PYTHON:-python3}" -m operations.evaluation.cli crosscheck "$@"

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
 from cn_clip.clip import image_transform, tokenize
 from cn_clip.clip.model import CLIP

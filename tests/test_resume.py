@@ -34,7 +34,6 @@ def _env(settings, collection: str) -> dict:
             "DEFAULT_COLLECTION": collection,
             "DATA_ROOT": str(settings.data_root),
             "LOAD_BATCH_SIZE": "50",
-            "PYTHONPATH": str(REPO),
         }
     )
     return env
