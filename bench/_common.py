@@ -186,14 +186,14 @@ BULK_MARIADB_ARGS = (
 
 @contextlib.contextmanager
 def services(mariadb: bool = True, milvus: bool = True, mariadb_args: tuple = BULK_MARIADB_ARGS):
-    """MariaDB and/or the Milvus 2.3 test server (tests.services), with the start-up time printed.
+    """MariaDB and/or the Milvus 2.3 test server (scripts.dev_services), with the start-up time printed.
 
     MariaDB runs with `BULK_MARIADB_ARGS` unless told otherwise.
 
     Only one Milvus test server runs per machine: a bench waits here while a test
     session holds it (MILVUS_TEST_LOCK_TIMEOUT, default 900 s).
     """
-    from tests.services import mariadb_server, milvus_server
+    from scripts.dev_services import mariadb_server, milvus_server
 
     with contextlib.ExitStack() as stack:
         db = mv = None

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -127,7 +126,8 @@ def encode_check(n_images: int = 32) -> dict:
     from PIL import Image
 
     from bench.gen_split import fresh_jpegs
-    from operations.encoding.clip_encoder import ClipEncoder, ModelSpec
+    from operations.encoding.clip_encoder import ClipEncoder
+    from operations.encoding.model_files import ModelSpec
 
     enc = ClipEncoder.load(ModelSpec(name="RN50", random_init=True, device="cpu"))
     images = [

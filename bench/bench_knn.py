@@ -12,12 +12,9 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
 
 from operations.evaluation.knn import exact_topk
 

@@ -26,7 +26,6 @@ import io
 import json
 import os
 import struct
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -33,7 +32,8 @@ from datasets.demo_generator import (
     read_scenes,
     read_texts,
 )
-from operations.encoding.clip_encoder import ClipEncoder, ModelSpec
+from operations.encoding.clip_encoder import ClipEncoder
+from operations.encoding.model_files import ModelSpec
 
 DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "demo" / "demo-tiny.pt"
 DEFAULT_ARCH = REPO_ROOT / "config" / "model_configs" / "demo-tiny.json"

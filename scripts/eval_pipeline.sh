@@ -65,7 +65,7 @@ if [[ "$DATASET" == "$REPO/datasets/data/demo" ]]; then
 fi
 if [[ ! -f "$DATASET/${SPLIT}_imgs.tsv" || ! -f "$DATASET/${SPLIT}_texts.jsonl" ]]; then
   echo "no $DATASET/${SPLIT}_imgs.tsv or ${SPLIT}_texts.jsonl; for the demo data run:" >&2
-  echo "  python3 -m datasets.demo_generator --out $DATASET" >&2
+  echo "  imgsearch demo-data --out $DATASET" >&2
   exit 2
 fi
 mkdir -p "$WORK"

@@ -4,7 +4,7 @@
 #     (browser tests), installed only when missing;
 #   - Python packages from requirements.txt (the pinned lock, dev tools included; torch/torchvision
 #     come from local disk here), then this project itself as an editable package (`pip install
-#     --no-deps -e .`: the `imgsearch` command, imports from any directory; no PYTHONPATH needed).
+#     --no-deps -e .`: the `imgsearch` command, and imports that work from any directory).
 # Runs as root, or through sudo when not root. Quiet unless something fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -21,7 +21,6 @@ import argparse
 import io
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
