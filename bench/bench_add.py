@@ -31,9 +31,9 @@ import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
 from bench._common import UvicornProcess, add_torch_threads_arg, machine, median, other_load, table
+
+REPO = Path(__file__).resolve().parent.parent
 
 OUT = REPO / "bench" / "out"
 COLLECTION = "bench_add"

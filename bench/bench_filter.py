@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-
 from bench._common import machine, median, other_load, pct, table
+
+REPO = Path(__file__).resolve().parent.parent
 
 OUT = REPO / "bench" / "out"
 DIM = 1024

@@ -44,8 +44,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
 from bench._common import (
     BULK_MARIADB_ARGS,
     last_json,
@@ -56,6 +54,8 @@ from bench._common import (
     run_child,
     table,
 )
+
+REPO = Path(__file__).resolve().parent.parent
 
 OUT = REPO / "bench" / "out"
 

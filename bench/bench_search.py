@@ -35,8 +35,6 @@ import random
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
 from bench._common import (
     UvicornProcess,
     add_torch_threads_arg,
@@ -48,6 +46,8 @@ from bench._common import (
     run_child,
     table,
 )
+
+REPO = Path(__file__).resolve().parent.parent
 
 OUT = REPO / "bench" / "out"
 COLLECTION = "bench_search"

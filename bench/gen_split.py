@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-
 from datasets.formats import FeatureWriter, write_image_tsv
+
+REPO = Path(__file__).resolve().parent.parent
 
 OUT = REPO / "bench" / "out"
 SPLIT = "bench"

@@ -22,8 +22,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 from datasets import demo_generator as g
 from datasets.demo_generator import (
     DEFAULT_SIZES,
@@ -34,6 +32,8 @@ from datasets.demo_generator import (
 )
 from operations.encoding.clip_encoder import ClipEncoder
 from operations.encoding.model_files import ModelSpec
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "demo" / "demo-tiny.pt"
 DEFAULT_ARCH = REPO_ROOT / "config" / "model_configs" / "demo-tiny.json"
