@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from operations import errors as e
+from operations.encoding.model_files import ModelUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +23,8 @@ STATUS = {
     e.UnsupportedMedia: 415,
     e.InvalidInput: 422,
     e.DependencyUnavailable: 503,
+    # The model's files are missing: the service cannot answer until an operator puts them there.
+    ModelUnavailable: 503,
 }
 
 
@@ -75,7 +78,9 @@ def install(app: FastAPI) -> None:
         if isinstance(cause, e.ServiceError):
             return await service_error(request, cause)
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-        details = {} if isinstance(exc.detail, str) or exc.detail is None else {"detail": exc.detail}
+        details: dict[str, object] = (
+            {} if isinstance(exc.detail, str) or exc.detail is None else {"detail": exc.detail}
+        )
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 404 and message == "Not Found":
             path = request.url.path

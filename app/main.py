@@ -33,7 +33,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         # Blocking work (decode, encode, SQL, Milvus) runs in sync routes on
         # anyio's thread pool; bound it so a burst cannot start 40 encodes.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
-        svc = services or await anyio.to_thread.run_sync(build_services, settings)
+        svc: Services = (
+            services if services is not None else await anyio.to_thread.run_sync(build_services, settings)
+        )
         app.state.services = svc
         runner = None
         if svc.jobs is not None:
@@ -57,8 +59,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app = FastAPI(
         title="以文搜图 / 以图搜图 — Chinese-CLIP image search",
         version="1.0.0",
-        description="Search images by Chinese text or by image, over Milvus (vectors) and MySQL/SQLite (images). "
-        "Scores are cosine similarities, not probabilities.",
+        description="Search images by Chinese text or by image, over Milvus (vectors) and "
+        "MySQL/SQLite (images). Scores are cosine similarities, not probabilities.",
         lifespan=lifespan,
     )
     errors.install(app)

@@ -106,12 +106,17 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     line = "+".join("-" * (w + 2) for w in widths)
     out = [
-        " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells[0], widths))),
+        " | ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells[0], widths, strict=True))
+        ),
         line,
     ]
     for r in cells[1:]:
         out.append(
-            " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+            " | ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
         )
     return "\n".join(out)
 
@@ -137,9 +142,9 @@ def machine() -> dict:
 
     try:
         model = next(
-            l.split(":", 1)[1].strip()
-            for l in Path("/proc/cpuinfo").read_text().splitlines()
-            if l.startswith("model name")
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
         )
     except StopIteration:
         model = platform.processor()
@@ -200,10 +205,8 @@ def services(mariadb: bool = True, milvus: bool = True, mariadb_args: tuple = BU
         if mariadb:
             t = time.perf_counter()
             db = stack.enter_context(mariadb_server(extra_args=tuple(mariadb_args)))
-            print(
-                f"MariaDB up in {time.perf_counter() - t:.1f} s ({' '.join(mariadb_args) or 'test settings'})",
-                flush=True,
-            )
+            how = " ".join(mariadb_args) or "test settings"
+            print(f"MariaDB up in {time.perf_counter() - t:.1f} s ({how})", flush=True)
         if milvus:
             t = time.perf_counter()
             print("starting the Milvus 2.3 test server (waits while another session holds it)...", flush=True)

@@ -136,7 +136,7 @@ def encode_check(n_images: int = 32) -> dict:
     default_threads = torch.get_num_threads()
     enc.encode_images(images[:2])
     out: dict = {}
-    for rep in range(2):
+    for _rep in range(2):
         for threads in sorted({1, default_threads}):
             torch.set_num_threads(threads)
             for bs in (1, 4, 8, 32):

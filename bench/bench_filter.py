@@ -96,7 +96,10 @@ def fill(store, name: str, ids: np.ndarray, vectors, sources, tags, created, chu
     t = time.perf_counter()
     for start in range(0, len(ids), chunk):
         sl = slice(start, start + chunk)
-        attrs = [VectorAttrs(SOURCES[s], t_, int(c)) for s, t_, c in zip(sources[sl], tags[sl], created[sl])]
+        attrs = [
+            VectorAttrs(SOURCES[s], t_, int(c))
+            for s, t_, c in zip(sources[sl], tags[sl], created[sl], strict=True)
+        ]
         store.upsert(name, ids[sl].tolist(), vectors[sl], attrs)
     return time.perf_counter() - t
 
@@ -174,6 +177,7 @@ def tags_via_sql(lite, base: Path, ids: np.ndarray, data, queries: np.ndarray, l
                     sources[start : start + 10_000],
                     tags[start : start + 10_000],
                     created[start : start + 10_000],
+                    strict=True,
                 )
             ],
         )
@@ -204,7 +208,8 @@ def tags_via_sql(lite, base: Path, ids: np.ndarray, data, queries: np.ndarray, l
         "ratio_vs_none": round(median(times) / lite_res["none"]["median_ms"], 3),
     }
     print(
-        f"Lite, tags resolved in SQL (what the service does): median {out['median_ms']} ms, p90 {out['p90_ms']} "
+        f"Lite, tags resolved in SQL (what the service does): median {out['median_ms']} ms, "
+        f"p90 {out['p90_ms']} "
         f"({out['ids_listed']:,} ids listed): {out['ratio_vs_array_filter']:.3f}x the array filter's "
         f"{lite_res['tags']['median_ms']} ms, {out['ratio_vs_none']:.2f}x no filter"
     )
@@ -286,7 +291,8 @@ def main() -> None:
             sub = tuple(x[:n_lite] for x in data)
             secs = fill(lite, "bench_filter", ids[:n_lite], *sub)
             print(
-                f"\nMilvus Lite: upserted {n_lite:,} vectors in {secs:.1f} s ({n_lite / secs:,.0f} vectors/s)",
+                f"\nMilvus Lite: upserted {n_lite:,} vectors in {secs:.1f} s "
+                f"({n_lite / secs:,.0f} vectors/s)",
                 flush=True,
             )
             report["lite_upsert_per_s"] = round(n_lite / secs)

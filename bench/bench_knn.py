@@ -62,7 +62,7 @@ def main() -> None:
     print(f"matrix products alone (median): {statistics.median(floor):.2f} s")
     sample = rng.choice(args.texts, 20, replace=False)
     scores = texts[sample] @ images.T
-    for row, q in zip(scores, sample):
+    for row, q in zip(scores, sample, strict=True):
         want = image_ids[np.lexsort((image_ids, -row))[: args.k]]
         assert result.ids[q].tolist() == want.tolist(), f"mismatch at query {q}"
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

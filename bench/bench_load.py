@@ -470,7 +470,8 @@ def profile_ours(info, mv, db, extra: list[str]) -> dict:
     verify_and_drop(mv.uri, db, collection, info.n)
     summary = summarise_profile(raw)
     print(
-        f"\nProfile of ours (py-spy, {info.n:,} images, {res['seconds']:.1f} s under the profiler; raw: {raw})"
+        f"\nProfile of ours (py-spy, {info.n:,} images, {res['seconds']:.1f} s under the profiler; "
+        f"raw: {raw})"
     )
     for thread, t in summary.items():
         print(f"  thread {thread}: {t['samples']} on-CPU samples = {t['samples'] / 200:.1f} s of CPU")
@@ -556,7 +557,8 @@ def _short(frame: str) -> str:
 
 
 def _attribute(frames: list[str]) -> str:
-    """our innermost frame > the call it makes, e.g. 'insert_rows (sql_image_store.py) > executemany (cursors.py)'."""
+    """our innermost frame > the call it makes,
+    e.g. 'insert_rows (sql_image_store.py) > executemany (cursors.py)'."""
     ours = [i for i, f in enumerate(frames) if " (operations/" in f or " (datasets/" in f or " (app/" in f]
     if not ours:
         return _short(frames[-1]) if frames else "?"
@@ -811,7 +813,8 @@ def main() -> None:
         )
     )
     print(
-        "(CPU ms/img: user+sys CPU of the loader process, of mariadbd and of the Milvus server during the load, "
+        "(CPU ms/img: user+sys CPU of the loader process, of mariadbd and of the Milvus server "
+        "during the load, "
         "per image; 1,000 images/s on 2 cores leaves 2 ms of CPU per image for all three together)"
     )
     ours, naive, quart = summary("ours", full.n), summary("naive", full.n), summary("ours", quarter.n)
@@ -822,19 +825,22 @@ def main() -> None:
             f"naive {naive['peak_rss_mb_median']:.0f} MB"
         )
     print(
-        f"peak RSS full vs 1/4 split (ours): {ours['peak_rss_mb_median']:.0f} MB vs {quart['peak_rss_mb_median']:.0f} MB"
+        f"peak RSS full vs 1/4 split (ours): {ours['peak_rss_mb_median']:.0f} MB "
+        f"vs {quart['peak_rss_mb_median']:.0f} MB"
     )
     exp = summary(args.experiment, full.n) if args.experiment else None
     if exp:
         print(
-            f"experiment {args.experiment}: {exp['rate_median']:,.0f} img/s vs ours {ours['rate_median']:,.0f} img/s "
+            f"experiment {args.experiment}: {exp['rate_median']:,.0f} img/s "
+            f"vs ours {ours['rate_median']:,.0f} img/s "
             f"({exp['rate_median'] / ours['rate_median']:.2f}x; measurement only, not a valid load)"
         )
     ceil = pick("ceiling", quarter.n)
     if ceil:
         c = ceil[0]
         print(
-            f"ceilings on this machine now (data pre-read, each store alone, {quarter.n:,} rows): MySQL insert "
+            f"ceilings on this machine now (data pre-read, each store alone, {quarter.n:,} rows): "
+            "MySQL insert "
             f"{c['sql_only_rate']:,.0f} rows/s, Milvus upsert {c['milvus_only_rate']:,.0f} vectors/s"
         )
     print(

@@ -330,7 +330,7 @@ def main() -> None:
                 for s in stages[lv]
             ]
         )
-        http = median([l - s["total"] for l, s in zip(L, stages[lv])])
+        http = median([lat - s["total"] for lat, s in zip(L, stages[lv], strict=True)])
         summary[lv] = {
             "median_ms": round(med, 2),
             "p90_ms": round(pct(L, 90), 2),
@@ -397,7 +397,7 @@ def main() -> None:
             if tx != "fp32" and f"{lv}/{ix}/fp32" in answers:
                 # The int8 text tower: how many of the float32 tower's top-k it returned.
                 ref = answers[f"{lv}/{ix}/fp32"]
-                same = [len(set(a) & set(b)) / len(b) for a, b in zip(answers[v], ref)]
+                same = [len(set(a) & set(b)) / len(b) for a, b in zip(answers[v], ref, strict=True)]
                 summary[v]["top_k_overlap_vs_fp32_text"] = round(sum(same) / len(same), 4)
                 print(
                     f"  {v}: top-{args.top_k} overlap with the fp32 text tower on the same queries "
@@ -405,7 +405,9 @@ def main() -> None:
                 )
             if ix != "FLAT" and exact in answers:
                 # Approximate search: how many of the exact top-k it returned, on the same queries.
-                overlap = [len(set(a) & set(b)) / len(b) for a, b in zip(answers[v], answers[exact])]
+                overlap = [
+                    len(set(a) & set(b)) / len(b) for a, b in zip(answers[v], answers[exact], strict=True)
+                ]
                 summary[v]["recall_vs_flat"] = round(sum(overlap) / len(overlap), 4)
                 print(
                     f"  {v}: recall@{args.top_k} against {exact} on the same queries "
@@ -420,7 +422,8 @@ def main() -> None:
     if not (args.no_encode_check or args.quick):
         enc = encode_check(measured[:50])
         print(
-            f"text encode in-process (RN50 text tower, {enc['torch_threads']} torch threads), median: padded to 52 "
+            f"text encode in-process (RN50 text tower, {enc['torch_threads']} torch threads), "
+            "median: padded to 52 "
             f"tokens {enc['padded_ms']:.1f} ms, padding trimmed {enc['trimmed_ms']:.1f} ms "
             f"({enc['speedup']:.2f}x; max |diff| {enc['max_abs_diff']:.1e})"
         )

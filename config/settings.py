@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     half_precision: bool = Field(False, description="fp16 inference on GPU")
     text_int8: bool = Field(
-        False, description="int8 text tower on CPU: queries ~2x faster, vectors a little off fp32 (README)"
+        False, description="int8 text tower on CPU: faster queries, vectors a little off fp32 (README)"
     )
     extra_models: dict = Field(
         default_factory=dict,
@@ -120,12 +120,8 @@ class Settings(BaseSettings):
             raise ValueError("must be a JSON object")
         return value
 
-    @property
-    def uses_milvus_lite(self) -> bool:
-        return not self.milvus_uri.startswith(("http://", "https://", "tcp://", "grpc://"))
 
-
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Build Settings, turning a validation error into one readable line."""
     try:
         return Settings(**overrides)

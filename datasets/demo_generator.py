@@ -1,6 +1,6 @@
 """Deterministic synthetic demo dataset: coloured shapes with Chinese captions.
 
-Writes Chinese-CLIP's own layout (see GUIDE.md section 2) into an output dir:
+Writes Chinese-CLIP's own dataset layout (as `datasets/formats.py` reads it) into an output dir:
 
 - ``${split}_imgs.tsv``      ``image_id<TAB>base64 of the JPEG bytes``
 - ``${split}_texts.jsonl``   ``{"text_id", "text", "image_ids"}`` (ensure_ascii=False)
@@ -402,7 +402,8 @@ def _shape_points(shape: str, r: float, rot: float) -> list[tuple[float, float]]
 
 def _jitter_colour(rgb: tuple[int, int, int], rng: np.random.Generator, amount: int) -> tuple[int, int, int]:
     d = rng.integers(-amount, amount + 1, size=3)
-    return tuple(min(255, max(0, v + int(x))) for v, x in zip(rgb, d))  # type: ignore[return-value]
+    r, g, b = (min(255, max(0, v + int(x))) for v, x in zip(rgb, d, strict=True))
+    return r, g, b
 
 
 _GRIDS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -432,6 +433,7 @@ def _background(scene: Scene, side: int, rng: np.random.Generator) -> np.ndarray
     # Pattern shades move away from the extremes so they stay visible.
     shift = 38.0 if base.mean() < 128 else -38.0
     yy, xx = _grid(side)
+    weight: np.ndarray
     if scene.bg_pattern == "solid":
         return np.broadcast_to(base, (side, side, 3)).copy()
     if scene.bg_pattern == "gradient":
@@ -482,8 +484,8 @@ def render_scene(
         x1 = min(side, int(cx + max(x for x, _ in pts)) // scale + 2)
         y1 = min(side, int(cy + max(y for _, y in pts)) // scale + 2)
         mask = Image.new("L", ((x1 - x0) * scale, (y1 - y0) * scale), 0)
-        ox, oy = cx - x0 * scale, cy - y0 * scale
-        ImageDraw.Draw(mask).polygon([(ox + x, oy + y) for x, y in pts], fill=255)
+        mx, my = cx - x0 * scale, cy - y0 * scale
+        ImageDraw.Draw(mask).polygon([(mx + x, my + y) for x, y in pts], fill=255)
         colour = _jitter_colour(COLOURS[obj.colour][1], rng, 12)
         img.paste(colour, (x0, y0, x1, y1), mask.reduce(scale))
     return img
@@ -540,7 +542,7 @@ def _object_phrase(fact: ObjectFact, rng: np.random.Generator, with_count: bool)
 
 def _background_phrase(facts: CaptionFacts, rng: np.random.Generator) -> tuple[str, str]:
     """(phrase used as prefix, phrase used as suffix); says no more than `facts`."""
-    colour = BACKGROUNDS[facts.bg_colour][0]  # type: ignore[index]
+    colour = BACKGROUNDS[facts.bg_colour][0]  # type: ignore[index]  # callers pass facts naming a background
     if facts.bg_pattern is None:
         head, tail = colour, ""
     elif facts.bg_pattern == "solid":
@@ -556,7 +558,7 @@ def _positional_caption(facts: CaptionFacts, rng: np.random.Generator) -> str:
     parts = []
     verbs = ["有", "是", "有", "画着"]
     for fact in facts.objects:
-        pos = _pick(rng, POSITIONS[fact.position][1])  # type: ignore[index]
+        pos = _pick(rng, POSITIONS[fact.position][1])  # type: ignore[index]  # positional captions name every position
         verb = _pick(rng, verbs)
         parts.append(f"{pos}{verb}{_object_phrase(fact, rng, with_count=verb != '是' or rng.random() < 0.5)}")
     body = "，".join(parts)
@@ -701,12 +703,12 @@ def write_split(data: SplitData, out_dir: Path) -> None:
     files = {
         f"{data.split}_imgs.tsv": "".join(
             f"{iid}\t{base64.b64encode(jpg).decode('ascii')}\n"
-            for iid, jpg in zip(data.image_ids, data.jpegs)
+            for iid, jpg in zip(data.image_ids, data.jpegs, strict=True)
         ),
         f"{data.split}_texts.jsonl": "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in data.texts),
         f"{data.split}_scenes.jsonl": "".join(
             json.dumps({"image_id": iid, "family": fam, **s.to_json()}, ensure_ascii=False) + "\n"
-            for iid, fam, s in zip(data.image_ids, data.families, data.scenes)
+            for iid, fam, s in zip(data.image_ids, data.families, data.scenes, strict=True)
         ),
     }
     for name, content in files.items():

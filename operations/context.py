@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from config.settings import Settings
@@ -51,7 +51,6 @@ class Services:
     vectors: VectorStore
     images: ImageStore
     jobs: JobStore | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def encoder(self) -> Encoder:

@@ -13,7 +13,8 @@ def delete_ids(svc: Services, collection: str, ids: list[int]) -> int:
     """Delete images by id; returns how many rows existed.
 
     The vector goes first, so no search can return an id whose row is gone;
-    Milvus' Session consistency makes the delete visible to the next search.
+    The vector store reads a collection this process just wrote with Strong consistency
+    (MILVUS_CONSISTENCY=Adaptive, milvus_store.py), so the next search no longer sees it.
     Deleting again is harmless, so an interrupted delete is finished by retrying.
     """
     svc.require_collection(collection)

@@ -179,7 +179,12 @@ class ImageRow:
     created_at: int = 0
     added_at: int = 0
     indexed: bool = False
-    extra: dict = field(default_factory=dict)
+
+    def stored_id(self) -> int:
+        """The id of a row read from (or bound for) a store: only a new upload has none yet."""
+        if self.id is None:
+            raise ValueError("this image row has no id yet")
+        return int(self.id)  # a plain int, also when the row was built with a numpy int
 
 
 @dataclass(frozen=True)

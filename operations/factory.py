@@ -34,8 +34,8 @@ def build_encoder(settings: Settings) -> ClipEncoder:
 
 
 def _load(spec: ModelSpec) -> ClipEncoder:
-    # Imported here: torch and cn_clip cost ~500 MB, which command-line work
-    # that never encodes (LazyClipEncoder) does not pay.
+    # Imported here: torch and cn_clip cost hundreds of MB of memory, which
+    # command-line work that never encodes (LazyClipEncoder) does not pay.
     from operations.encoding.clip_encoder import ClipEncoder
 
     return ClipEncoder.load(spec)

@@ -8,7 +8,6 @@ winner's id back as "present".
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -68,7 +67,10 @@ def add_images(
     near_duplicates: bool = False,
     progress: Progress | None = None,
 ) -> list[AddResult]:
-    """Add uploads to `collection`; every upload gets a result, bad ones a reason."""
+    """Add uploads to `collection`; every upload gets a result, bad ones a reason.
+
+    A `progress` passed in is advanced and told of failures, never flushed: its owner (a job
+    over many calls) flushes it once at the end."""
     svc.require_collection(collection)
     encoder = svc.encoder_for(collection)
     progress = progress or Counter()
@@ -83,7 +85,6 @@ def add_images(
         )
     if any(r.status == "added" for r in results):
         svc.vectors.flush(collection)
-    progress.flush()
     return results
 
 
@@ -140,12 +141,12 @@ def _add_batch(
             VectorAttrs(up.source, tuple(up.tags), up.created_at if up.created_at is not None else now)
             for _, up, _ in new
         ]
-        svc.vectors.upsert(collection, ids, vectors, attrs)  # type: ignore[arg-type]
-        svc.images.mark_indexed(collection, ids)  # type: ignore[arg-type]
+        svc.vectors.upsert(collection, ids, vectors, attrs)
+        svc.images.mark_indexed(collection, ids)
     except BaseException:
         # Take the new rows back so a failed add leaves no image without vector.
         try:
-            svc.images.delete(collection, [r.id for r, _, _ in new])  # type: ignore[misc]
+            svc.images.delete(collection, [r.id for r, _, _ in new])
         except Exception:
             log.exception("could not remove rows of a failed add; repair will index them")
         raise
@@ -158,7 +159,7 @@ def _add_batch(
 def _report_near_duplicates(svc, collection, new, vectors: np.ndarray) -> None:
     threshold = svc.settings.near_duplicate_threshold
     hits = svc.vectors.search(collection, vectors, 3)
-    for (result, _, _), row_hits in zip(new, hits):
+    for (result, _, _), row_hits in zip(new, hits, strict=True):
         result.near_duplicates = [
             {"id": h.id, "score": round(h.score, 4)}
             for h in row_hits
@@ -210,24 +211,11 @@ def add_folder(
                     m.get("external_id"),
                 )
             )
-        for r in add_images(svc, collection, uploads, progress=_NoFlush(progress)):
+        for r in add_images(svc, collection, uploads, progress=progress):
             added += r.status == "added"
             present += r.status == "present"
     progress.flush()
     return {"added": added, "present": present, "failed": progress.failed, "total": len(files)}
-
-
-class _NoFlush:
-    """Passes progress through but leaves the final flush to the caller."""
-
-    def __init__(self, inner: Progress) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-    def flush(self) -> None:
-        return None
 
 
 def repair_unindexed(svc: Services, collection: str, batch: int = BATCH) -> int:
@@ -250,10 +238,3 @@ def repair_unindexed(svc: Services, collection: str, batch: int = BATCH) -> int:
             svc.images.mark_indexed(collection, keep)
             repaired += len(keep)
     return repaired
-
-
-def decode_upload_b64(b64: str) -> bytes:
-    try:
-        return base64.b64decode(b64, validate=True)
-    except ValueError:
-        raise InvalidInput("image is not valid base64") from None

@@ -8,18 +8,19 @@ Order per batch: SQL rows (indexed=0) -> Milvus upsert -> mark indexed=1.
 A run killed anywhere leaves at worst rows not yet marked; running the load
 again skips what is marked, upserts the rest (upsert never duplicates) and
 marks it. So no vector is ever without its row, and the re-run finishes with
-no image row left without its vector. Threads overlap reading/parsing, the
-SQL inserts and the Milvus upserts. On MySQL several SQL writers (connections)
-insert different batches at once, so the server can work on one batch while
-the other connection waits (measured on 2 shared cores: 1.07x over one writer,
-within the noise; more cores for MariaDB should gain more). Batches are
-independent (distinct ids), so their order does not matter.
+no image row left without its vector.
+
+The batches run through a three-stage pipeline (`operations.pipeline`): reading
+and making batches, SQL inserts, Milvus upserts, so the three overlap. On MySQL
+several SQL writers (connections) insert different batches at once
+(LOAD_SQL_WRITERS), so the server works on one batch while another connection
+waits; batches are independent (distinct ids), so their order does not matter.
+Measurements: bench/README.md, "Load".
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +30,14 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from datasets.formats import BadRecord, FeatureIndex, ImageRecord, dataset_paths, iter_image_tsv
+from datasets.formats import (
+    BadRecord,
+    FeatureIndex,
+    FeatureRecord,
+    ImageRecord,
+    dataset_paths,
+    iter_image_tsv,
+)
 from datasets.lmdb_io import iter_lmdb_images
 from operations.context import Services
 from operations.domain import ImageRow, IndexSpec, VectorAttrs
@@ -37,10 +45,10 @@ from operations.encoding.base import Encoder
 from operations.errors import Conflict, NotFound, UnsupportedMedia
 from operations.images import decode_b64_image, probe, sha256_hex
 from operations.names import check_label
+from operations.pipeline import Stage, run_stages
 from operations.progress import Progress
 
 log = logging.getLogger(__name__)
-_DONE = object()
 
 
 @dataclass
@@ -102,63 +110,109 @@ def load_split(
     index: IndexSpec | None = None,
     encoder: Encoder | None = None,
 ) -> LoadReport:
-    """Load `split` of `dataset_dir` into `collection`; see the module docstring."""
+    """Load `split` of `dataset_dir` into `collection`; see the module docstring.
+
+    The steps: open the split (images, optional features), then run batches through the
+    pipeline read+make -> SQL rows -> vectors + mark indexed, then flush the collection."""
     started = time.perf_counter()
     if not Path(dataset_dir).is_dir():
         raise NotFound(f"dataset directory {dataset_dir} does not exist")
     source = check_label(source or Path(dataset_dir).name or "dataset", "source")
-    batch_size = batch_size or svc.settings.load_batch_size
     encoder = svc.ensure_collection(collection, encoder, index)
-    records, total, origin = _image_source(Path(dataset_dir), split)
-    progress.set_total(total)
-    paths = dataset_paths(dataset_dir, split)
-    features = FeatureIndex(paths.img_feat, "image_id", encoder.dim) if paths.img_feat.is_file() else None
-    if features is not None:
-        _check_feature_dim(paths.img_feat, encoder)
-    if features is not None:
-        for bad in features.bad:
-            if bad.record_id is None:
-                progress.fail(f"{paths.img_feat.name} line {bad.line_no}", bad.reason)
-    report = LoadReport(collection, split, total)
-    now = int(time.time())
+    split_load = _SplitLoad(svc, collection, Path(dataset_dir), split, progress, source, encoder)
+    writers = svc.settings.load_sql_writers if svc.images.parallel_writes else 1
+    try:
+        run_stages(
+            split_load.batches(batch_size or svc.settings.load_batch_size),
+            [
+                Stage("load-sql", split_load.write_rows, workers=writers, queue_size=writers + 1),
+                Stage("load-milvus", split_load.index_vectors, queue_size=2),
+            ],
+            cancelled=progress.cancelled,
+        )
+    finally:
+        split_load.close()
+        progress.flush()
+    svc.vectors.flush(collection, bulk=True)
+    report = split_load.report
+    report.failed = progress.failed
+    report.failures = [{"item": i, "reason": r} for i, r in getattr(progress, "failures", [])[:100]]
+    report.seconds = time.perf_counter() - started
+    log.info("load %s/%s into %s: %s", dataset_dir, split, collection, report.as_dict())
+    return report
 
-    def make_batch(chunk: list[ImageRecord]) -> _Batch | None:
+
+class _SplitLoad:
+    """One load of one split: its sources and counters, and the work of each pipeline stage.
+
+    `batches` runs in the calling thread; `write_rows` on the SQL writers (several at once on
+    MySQL); `index_vectors` on one thread. Counters shared between them take `_lock`."""
+
+    def __init__(
+        self,
+        svc: Services,
+        collection: str,
+        dataset_dir: Path,
+        split: str,
+        progress: Progress,
+        source: str,
+        encoder: Encoder,
+    ) -> None:
+        self.svc, self.collection, self.progress = svc, collection, progress
+        self.source, self.encoder = source, encoder
+        self.records, total, self.origin = _image_source(dataset_dir, split)
+        progress.set_total(total)
+        self.feat_path = dataset_paths(dataset_dir, split).img_feat
+        self.features: FeatureIndex | None = None
+        if self.feat_path.is_file():
+            self.features = FeatureIndex(self.feat_path, "image_id", encoder.dim)
+            _check_feature_dim(self.feat_path, encoder)
+            for bad in self.features.bad:
+                if bad.record_id is None:
+                    progress.fail(f"{self.feat_path.name} line {bad.line_no}", bad.reason)
+        self.report = LoadReport(collection, split, total)
+        self.now = int(time.time())
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        if self.features is not None:
+            self.features.close()
+
+    # --- stage 1 (calling thread): read records, make batches of rows and vectors ----------
+    def batches(self, batch_size: int) -> Iterator[_Batch]:
+        chunk: list[ImageRecord] = []
+        for rec in self.records:
+            if isinstance(rec, BadRecord):
+                self.progress.fail(f"{self.origin} line {rec.line_no}", rec.reason)
+                continue
+            chunk.append(rec)
+            if len(chunk) >= batch_size:
+                if (batch := self._make_batch(chunk)) is not None:
+                    yield batch
+                chunk = []
+        if chunk and (batch := self._make_batch(chunk)) is not None:
+            yield batch
+
+    def _make_batch(self, chunk: list[ImageRecord]) -> _Batch | None:
         rows, vectors, pending_images = [], [], []
-        looked_up = features.get_many([r.image_id for r in chunk]) if features else {}
+        looked_up = self.features.get_many([r.image_id for r in chunk]) if self.features else {}
         for rec in chunk:
+            where = f"{self.origin} line {rec.line_no} (image {rec.image_id})"
             try:
                 mime, width, height = probe(rec.data)
             except UnsupportedMedia as exc:
-                progress.fail(f"{origin} line {rec.line_no} (image {rec.image_id})", exc.message)
+                self.progress.fail(where, exc.message)
                 continue
-            if features is not None:
-                feat = looked_up.get(rec.image_id)
-                if feat is None:
-                    progress.fail(
-                        f"{origin} line {rec.line_no} (image {rec.image_id})",
-                        f"no feature for image {rec.image_id} in {paths.img_feat.name}",
-                    )
+            if self.features is not None:
+                vector = self._feature(rec, looked_up.get(rec.image_id), where)
+                if vector is None:
                     continue
-                if isinstance(feat, BadRecord):
-                    progress.fail(
-                        f"{paths.img_feat.name} line {feat.line_no} (image {rec.image_id})", feat.reason
-                    )
-                    continue
-                if not np.isfinite(feat.vector).all() or not np.linalg.norm(feat.vector) > 0:
-                    progress.fail(
-                        f"{paths.img_feat.name} line {feat.line_no} (image {rec.image_id})",
-                        "feature is all zeros or not finite",
-                    )
-                    continue
-                vectors.append(feat.vector)
+                vectors.append(vector)
             else:
                 try:
-                    pending_images.append(decode_b64_image(rec.b64, svc.settings.max_image_pixels))
+                    pending_images.append(decode_b64_image(rec.b64, self.svc.settings.max_image_pixels))
                 except Exception as exc:  # each bad image is reported, the rest loads
-                    progress.fail(
-                        f"{origin} line {rec.line_no} (image {rec.image_id})",
-                        getattr(exc, "message", str(exc)),
-                    )
+                    self.progress.fail(where, getattr(exc, "message", str(exc)))
                     continue
             rows.append(
                 ImageRow(
@@ -168,105 +222,66 @@ def load_split(
                     mime=mime,
                     width=width,
                     height=height,
-                    source=source,
-                    created_at=now,
-                    added_at=now,
+                    source=self.source,
+                    created_at=self.now,
+                    added_at=self.now,
                 )
             )
         if not rows:
             return None
-        matrix = encoder.encode_images(pending_images) if features is None else np.stack(vectors)
+        matrix = self.encoder.encode_images(pending_images) if self.features is None else np.stack(vectors)
         return _Batch(rows, _renormalise(matrix))
 
-    writers = svc.settings.load_sql_writers if svc.images.parallel_writes else 1
-    sql_q: queue.Queue = queue.Queue(maxsize=writers + 1)
-    milvus_q: queue.Queue = queue.Queue(maxsize=2)
-    errors: list[BaseException] = []
-    counts_lock = threading.Lock()
+    def _feature(
+        self, rec: ImageRecord, feat: FeatureRecord | BadRecord | None, where: str
+    ) -> np.ndarray | None:
+        """The record's feature vector, or None after reporting why it cannot be used."""
+        name = self.feat_path.name
+        if feat is None:
+            self.progress.fail(where, f"no feature for image {rec.image_id} in {name}")
+            return None
+        if isinstance(feat, BadRecord):
+            self.progress.fail(f"{name} line {feat.line_no} (image {rec.image_id})", feat.reason)
+            return None
+        if not np.isfinite(feat.vector).all() or not np.linalg.norm(feat.vector) > 0:
+            self.progress.fail(
+                f"{name} line {feat.line_no} (image {rec.image_id})", "feature is all zeros or not finite"
+            )
+            return None
+        return feat.vector
 
-    def sql_batch(batch: _Batch) -> None:
-        ids = [r.id for r in batch.rows]
-        done = svc.images.indexed_ids(collection, ids)
-        with counts_lock:
-            report.already_loaded += len(done)
+    # --- stage 2 (SQL writers): rows in with indexed=0; what is already indexed is counted ----
+    def write_rows(self, batch: _Batch) -> _Batch | None:
+        images, progress = self.svc.images, self.progress
+        done = images.indexed_ids(self.collection, [r.stored_id() for r in batch.rows])
+        with self._lock:
+            self.report.already_loaded += len(done)
         progress.advance(len(done))
         todo = [r for r in batch.rows if r.id not in done]
         if not todo:
-            return
-        result = svc.images.insert_rows(collection, todo)
+            return None
+        result = images.insert_rows(self.collection, todo)
         for dup, holder in result.duplicate_of.items():
             progress.fail(f"image {dup}", f"same bytes as stored image {holder}; not stored twice")
         for image_id, reason in result.rejected.items():
             progress.fail(f"image {image_id}", reason)
         keep = set(result.inserted) | set(result.already_present)
         mask = [r.id in keep for r in batch.rows]
-        batch.ids_to_index = [r.id for r, m in zip(batch.rows, mask) if m]
         batch.vectors = batch.vectors[np.array(mask, dtype=bool)]
-        batch.rows = [r for r, m in zip(batch.rows, mask) if m]
-        milvus_q.put(batch)
+        batch.rows = [r for r, m in zip(batch.rows, mask, strict=True) if m]
+        batch.ids_to_index = [r.stored_id() for r in batch.rows]
+        return batch
 
-    def milvus_batch(batch: _Batch) -> None:
+    # --- stage 3 (one thread): vectors upserted, then the rows marked indexed=1 -------------
+    def index_vectors(self, batch: _Batch) -> None:
         if not batch.ids_to_index:
             return
         attrs = [VectorAttrs(r.source, r.tags, r.created_at) for r in batch.rows]
-        svc.vectors.upsert(collection, batch.ids_to_index, batch.vectors, attrs)
-        svc.images.mark_indexed(collection, batch.ids_to_index)
-        with counts_lock:
-            report.loaded += len(batch.ids_to_index)
-        progress.advance(len(batch.ids_to_index))
-
-    def stage(q: queue.Queue, work) -> None:
-        # Keep draining after an error so a producer never blocks on a full queue.
-        while (batch := q.get()) is not _DONE:
-            if errors:
-                continue
-            try:
-                work(batch)
-            except BaseException as exc:
-                errors.append(exc)
-
-    sql_threads = [
-        threading.Thread(target=stage, args=(sql_q, sql_batch), name=f"load-sql-{i}", daemon=True)
-        for i in range(writers)
-    ]
-    milvus_thread = threading.Thread(
-        target=stage, args=(milvus_q, milvus_batch), name="load-milvus", daemon=True
-    )
-    for t in (*sql_threads, milvus_thread):
-        t.start()
-    try:
-        chunk: list[ImageRecord] = []
-        for rec in records:
-            if errors or progress.cancelled():
-                break
-            if isinstance(rec, BadRecord):
-                progress.fail(f"{origin} line {rec.line_no}", rec.reason)
-                continue
-            chunk.append(rec)
-            if len(chunk) >= batch_size:
-                if (batch := make_batch(chunk)) is not None:
-                    sql_q.put(batch)
-                chunk = []
-        if chunk and not errors and (batch := make_batch(chunk)) is not None:
-            sql_q.put(batch)
-    finally:
-        for _ in sql_threads:
-            sql_q.put(_DONE)
-        for t in sql_threads:
-            t.join()
-        milvus_q.put(_DONE)
-        milvus_thread.join()
-        if features is not None:
-            features.close()
-        progress.flush()
-    if errors:
-        raise errors[0]
-    svc.vectors.flush(collection, bulk=True)
-    report.failed = progress.failed
-    report.failures = [{"item": i, "reason": r} for i, r in getattr(progress, "failures", [])[:100]]
-    report.seconds = time.perf_counter() - started
-    log.info("load %s/%s into %s: %s", dataset_dir, split, collection, report.as_dict())
-    return report
+        self.svc.vectors.upsert(self.collection, batch.ids_to_index, batch.vectors, attrs)
+        self.svc.images.mark_indexed(self.collection, batch.ids_to_index)
+        with self._lock:
+            self.report.loaded += len(batch.ids_to_index)
+        self.progress.advance(len(batch.ids_to_index))
 
 
 def _check_feature_dim(path: Path, encoder: Encoder) -> None:

@@ -72,7 +72,7 @@ def scan(
     flt, nothing = filter_for_vectors(svc, collection, flt)
     hits: list[ScanHit] = []
     truncated = False
-    for i, (text, vector) in enumerate(zip(descriptions, vectors)):
+    for i, (text, vector) in enumerate(zip(descriptions, vectors, strict=True)):
         found = (
             [] if nothing else svc.vectors.range_search(collection, vector, threshold, MAX_STORE_HITS, flt)
         )

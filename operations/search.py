@@ -136,10 +136,11 @@ def search_image(
         checked = check_image(data, svc.settings.max_upload_bytes, svc.settings.max_image_pixels)
         vector = encoder.encode_images([checked.image])[0]
     else:
-        vectors = svc.vectors.get_vectors(collection, [int(image_id)])  # type: ignore[arg-type]
-        if int(image_id) not in vectors:  # type: ignore[arg-type]
+        assert image_id is not None  # exactly one of data and image_id, checked above
+        vectors = svc.vectors.get_vectors(collection, [int(image_id)])
+        if int(image_id) not in vectors:
             raise NotFound(f"image {image_id} is not in collection {collection!r}", image_id=image_id)
-        vector = vectors[int(image_id)]  # type: ignore[arg-type]
+        vector = vectors[int(image_id)]
         base = flt or SearchFilter()
         flt = SearchFilter(
             base.sources,
@@ -147,7 +148,7 @@ def search_image(
             base.created_from,
             base.created_to,
             tuple(base.exclude_ids) + (int(image_id),),
-        )  # type: ignore[arg-type]
+        )
     timer.stage("encode", t)
     return search_vector(
         svc, collection, vector, top_k, flt, min_score, with_image, timer, encoder.model_name

@@ -1,8 +1,8 @@
 """The filter a search hands to the vector store.
 
-Milvus Lite evaluates array filters row by row in Python: measured on 100,000
-x 256-d vectors, a tags filter took 3.9 s a search, `id in [5,000 ids]` 0.12 s
-and no filter 0.45 s. So on Lite a filter with tags is resolved in the SQL
+Milvus Lite evaluates array filters row by row in Python, far slower than an
+`id in [...]` list (bench/README.md, "Filter" and "Findings and suggested
+changes"). So on Lite a filter with tags is resolved in the SQL
 store first (same semantics, `ids_matching`) and searched as an id list. A
 Milvus server evaluates the tags itself, and a match too large to list is
 left to Lite as well.

@@ -127,7 +127,9 @@ def object_probes(
     out = {}
     for name, feats in (("text", encoder.encode_texts(texts)), ("photo", encoder.encode_images(photos))):
         top = np.argsort(-(feats @ img_feats.T), axis=1, kind="stable")[:, :k]
-        hits = [pair in _pairs(scenes[image_ids[j]]) for pair, row in zip(pairs, top) for j in row]
+        hits = [
+            pair in _pairs(scenes[image_ids[j]]) for pair, row in zip(pairs, top, strict=True) for j in row
+        ]
         out[f"{name}_query_top{k}_share_with_object"] = float(np.mean(hits))
     out["objects_probed"] = len(pairs)
     return out

@@ -457,7 +457,8 @@ class MariaDBServer(_Service):
     def _create_user_and_db(self, conn: Any) -> None:
         with conn.cursor() as cur:
             cur.execute(
-                f"CREATE DATABASE IF NOT EXISTS `{self.database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+                f"CREATE DATABASE IF NOT EXISTS `{self.database}` "
+                "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
             )
             for host in ("%", "localhost", "127.0.0.1"):
                 cur.execute(
@@ -633,10 +634,10 @@ class MilvusTestServer(_Service):
             self._server = server_cls(config_cls(proxy_port=self.port))
             self._server.set_base_dir(str(self.base))
             # After a kill (stop() always ends in SIGKILL: a graceful stop did not finish in 60 s)
-            # the new process waits for the dead one's etcd session to expire: 30 s by default,
-            # measured restart-to-ready 35 s; with 10 s it is ~15 s.
+            # the new process waits for the dead one's etcd session to expire (30 s by default);
+            # a short TTL keeps a restart in tests short.
             self._server.config.set("common.session.ttl", MILVUS_SESSION_TTL)
-            # Unpacking the ~100 MB of binaries costs ~6 s per fresh base dir: share one copy
+            # Unpacking the binaries costs seconds per fresh base dir: share one copy
             # (safe: we hold the machine lock while it is written).
             cache = services_root() / f"bincache-milvus-{_milvus_version()}"
             cache.mkdir(exist_ok=True)

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import uuid
-from collections import OrderedDict
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
@@ -18,51 +14,24 @@ from app.schemas import AddItem, AddResponse, DeleteRequest, DeleteResponse, Fol
 from operations.context import Services, resolve_under
 from operations.delete import delete_ids, delete_matching
 from operations.errors import BadRequest, InvalidInput, NotFound
-from operations.images import stored_image_bytes, thumbnail_jpeg
+from operations.image_files import (
+    THUMB_SIZES,
+    ThumbnailCache,
+    image_row,
+    original_image,
+    spool_uploads,
+    thumbnail,
+)
 from operations.ingest import Upload, add_images, check_metadata
 from operations.names import validate_name
 
 router = APIRouter(prefix="/img/images", tags=["images"])
-THUMB_SIZES = (64, 128, 256, 512)
-
-
-class ThumbnailCache:
-    """LRU of resized JPEGs keyed by (sha256, size): content-addressed, never stale."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, int]) -> bytes | None:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-        return None
-
-    def put(self, key: tuple[str, int], value: bytes) -> None:
-        if self.capacity <= 0:
-            return
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
 
 
 def _cache(request: Request, svc: Services) -> ThumbnailCache:
     if not hasattr(request.app.state, "thumbnails"):
         request.app.state.thumbnails = ThumbnailCache(svc.settings.thumbnail_cache_items)
     return request.app.state.thumbnails
-
-
-def _row(svc: Services, collection: str, image_id: int, with_image: bool):
-    validate_name(collection)
-    row = svc.images.get_rows(collection, [image_id], with_image=with_image).get(image_id)
-    if row is None:
-        raise NotFound(f"image {image_id} is not in collection {collection!r}", image_id=image_id)
-    return row
 
 
 @router.get(
@@ -77,28 +46,17 @@ def get_image(
     request: Request,
     size: Annotated[int | None, Query(description=f"thumbnail edge, one of {THUMB_SIZES}")] = None,
 ) -> Response:
-    if size is not None and size not in THUMB_SIZES:
-        raise InvalidInput(f"size must be one of {THUMB_SIZES}")
-    headers = {"Cache-Control": "private, max-age=3600"}
     if size is None:
-        row = _row(svc, collection, image_id, with_image=True)
-        headers["ETag"] = f'"{row.sha256}"'
-        return Response(stored_image_bytes(row.image_b64 or ""), media_type=row.mime, headers=headers)
-    meta = _row(svc, collection, image_id, with_image=False)
-    key = (meta.sha256, size)
-    headers["ETag"] = f'"{meta.sha256}-{size}"'
-    cache = _cache(request, svc)
-    thumb = cache.get(key)
-    if thumb is None:
-        row = _row(svc, collection, image_id, with_image=True)
-        thumb = thumbnail_jpeg(stored_image_bytes(row.image_b64 or ""), size, svc.settings.max_image_pixels)
-        cache.put(key, thumb)
-    return Response(thumb, media_type="image/jpeg", headers=headers)
+        image = original_image(svc, collection, image_id)
+    else:
+        image = thumbnail(svc, _cache(request, svc), collection, image_id, size)
+    headers = {"Cache-Control": "private, max-age=3600", "ETag": f'"{image.etag}"'}
+    return Response(image.data, media_type=image.media_type, headers=headers)
 
 
 @router.get("/{collection}/{image_id}/meta", response_model=ImageMeta, summary="An image's metadata")
 def get_meta(collection: str, image_id: int, svc: SvcDep) -> ImageMeta:
-    return image_meta(collection, _row(svc, collection, image_id, with_image=False))
+    return image_meta(collection, image_row(svc, collection, image_id))
 
 
 @router.post(
@@ -143,7 +101,8 @@ def add(
     if len(uploads) <= svc.settings.inline_add_limit:
         results = add_images(svc, collection, uploads, near_duplicates=near_duplicates)
         return AddResponse(collection=collection, results=[AddItem(**r.__dict__) for r in results])
-    job_id = _spool_and_submit(svc, runner, collection, uploads, source, tag_list, created_at)
+    job_id, params = spool_uploads(svc.settings.data_root, uploads, source, tag_list, created_at)
+    runner.submit("add", collection, params, job_id=job_id)
     response.status_code = status.HTTP_202_ACCEPTED
     return AddResponse(collection=collection, job_id=job_id)
 
@@ -158,36 +117,6 @@ def _external_ids(raw: str | None, n: int) -> list[str | None]:
     if not isinstance(values, list) or len(values) != n:
         raise InvalidInput("external_ids must be a JSON list with one entry per file")
     return [None if v is None else str(v) for v in values]
-
-
-def _spool_and_submit(svc, runner, collection, uploads, source, tags, created_at) -> str:
-    """Write the batch to disk first, so the job can be resumed after a restart."""
-    spool_root = svc.settings.data_root / ".spool"
-    job_id = uuid.uuid4().hex
-    folder = spool_root / job_id
-    folder.mkdir(parents=True, exist_ok=True)
-    meta = {}
-    for i, up in enumerate(uploads):
-        name = f"{i:06d}{Path(up.filename).suffix.lower() or '.img'}"
-        if Path(name).suffix not in {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}:
-            name = f"{i:06d}.jpg"  # the content, not the name, decides what it is
-        (folder / name).write_bytes(up.data)
-        meta[name] = {
-            "filename": up.filename,
-            "source": source,
-            "tags": list(tags),
-            "created_at": created_at,
-            "external_id": up.external_id,
-        }
-    params = {
-        "folder": str(folder),
-        "source": source,
-        "tags": list(tags),
-        "created_at": created_at,
-        "meta": meta,
-        "spooled": True,
-    }
-    return runner.submit("add", collection, params, job_id=job_id).id
 
 
 @router.post(
@@ -237,5 +166,5 @@ def delete_many(collection: str, body: DeleteRequest, svc: SvcDep) -> DeleteResp
     if body.ids:
         deleted = delete_ids(svc, collection, body.ids)
     else:
-        deleted = delete_matching(svc, collection, body.filters.to_filter())  # type: ignore[union-attr]
+        deleted = delete_matching(svc, collection, body.filters.to_filter())  # type: ignore[union-attr]  # one of ids/filters, checked above
     return DeleteResponse(collection=collection, deleted=deleted)

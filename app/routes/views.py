@@ -21,11 +21,11 @@ def search_response(outcome: SearchOutcome) -> SearchResponse:
         timings_ms=outcome.timings_ms,
         results=[
             ResultItem(
-                id=m.row.id,
+                id=m.row.stored_id(),
                 rank=m.rank,
                 score=round(m.score, 6),
-                url=image_url(outcome.collection, m.row.id),
-                thumbnail_url=image_url(outcome.collection, m.row.id, THUMBNAIL_SIZE),
+                url=image_url(outcome.collection, m.row.stored_id()),
+                thumbnail_url=image_url(outcome.collection, m.row.stored_id(), THUMBNAIL_SIZE),
                 source=m.row.source,
                 tags=list(m.row.tags),
                 created_at=m.row.created_at,
@@ -42,9 +42,9 @@ def search_response(outcome: SearchOutcome) -> SearchResponse:
 
 def image_meta(collection: str, row: ImageRow) -> ImageMeta:
     return ImageMeta(
-        id=row.id,
+        id=row.stored_id(),
         collection=collection,
-        url=image_url(collection, row.id),
+        url=image_url(collection, row.stored_id()),
         sha256=row.sha256,
         mime=row.mime,
         width=row.width,

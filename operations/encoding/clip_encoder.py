@@ -75,8 +75,8 @@ class ClipEncoder:
             self.model.float()
         # Opt-in: the text tower's Linear layers as int8 (dynamic quantisation,
         # weights int8, activations quantised per call). On CPU a query's
-        # encode is bound by those matrix products; int8 made it ~2.4x faster
-        # (bench/README.md) at a small cost in fidelity, measured there too.
+        # encode is bound by those matrix products, which int8 makes faster at a
+        # small cost in fidelity (both measured: bench/README.md, "Search").
         # The image tower stays float32, so stored vectors never change.
         self.text_int8 = bool(text_int8) and device.type == "cpu"
         if self.text_int8:
@@ -95,8 +95,9 @@ class ClipEncoder:
         self.preprocess = image_transform(image_resolution)
         # A short query is a handful of small matrix products: one thread
         # answers it fastest and does not fight Milvus, SQL and other requests
-        # for the cores (measured: 26 ms vs 420 ms with 2 threads on a busy
-        # 2-core machine). Image batches still use every core.
+        # for the cores (several threads were many times slower on a busy 2-core
+        # machine: bench/README.md, "Findings and suggested changes"). Image batches
+        # still use every core.
         self.text_threads = 1
         self.image_threads = torch.get_num_threads()
         # One forward pass at a time: torch already spreads one pass over all

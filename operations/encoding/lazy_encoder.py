@@ -25,7 +25,7 @@ class LazyClipEncoder:
     Name and dim come from the architecture, and a missing checkpoint fails at
     once as with the eager encoder. For the command line: a load of
     precomputed features never encodes, so it never pays the model's memory
-    (RN50: peak RSS 1.2 GB with the model vs 0.3 GB without).
+    (bench/README.md, "Load": the CLI row).
     """
 
     def __init__(self, spec: ModelSpec) -> None:

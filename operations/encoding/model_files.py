@@ -132,6 +132,6 @@ def locate_model(spec: ModelSpec) -> tuple[Path | None, str, dict]:
     info = resolve_architecture(arch)
     if spec.random_init:
         return None, arch, info
-    if not Path(checkpoint).is_file():
+    if checkpoint is None or not Path(checkpoint).is_file():
         raise ModelUnavailable(f"checkpoint not found: {checkpoint}")
     return Path(checkpoint), arch, info

@@ -53,10 +53,10 @@ def tie_aware_equal(a: Ranked, b: Ranked, tie_eps: float = 1e-6) -> bool:
         return True
     if a.scores is None or b.scores is None or len(a.ids) != len(b.ids):
         return False
-    if any(abs(x - y) >= tie_eps for x, y in zip(a.scores, b.scores)):
+    if any(abs(x - y) >= tie_eps for x, y in zip(a.scores, b.scores, strict=True)):
         return False
-    score_a = dict(zip(a.ids, a.scores))
-    return all(abs(score_a[i] - s) < tie_eps for i, s in zip(b.ids, b.scores) if i in score_a)
+    score_a = dict(zip(a.ids, a.scores, strict=True))
+    return all(abs(score_a[i] - s) < tie_eps for i, s in zip(b.ids, b.scores, strict=True) if i in score_a)
 
 
 def compare_one(a: Ranked, b: Ranked, tie_eps: float = 1e-6) -> dict:
@@ -113,7 +113,7 @@ def crosscheck(
     common = sorted(set(pa) & set(pb))
     sums = {f"overlap@{k}": 0.0 for k in OVERLAP_KS}
     identical = tie_aware = 0
-    examples = []
+    examples: list[dict] = []
     for qid in common:
         m = compare_one(pa[qid], pb[qid], tie_eps)
         for key in sums:

@@ -129,11 +129,11 @@ def recall_scores(
         raise EvaluationError("The reference holds no queries")
     r1 = r5 = r10 = 0
     for qid, truth in reference.items():
-        truth = set(truth)
+        relevant = set(truth)
         top = predictions[qid]
-        r1 += any(i in top[:1] for i in truth)
-        r5 += any(i in top[:5] for i in truth)
-        r10 += any(i in top[:10] for i in truth)
+        r1 += any(i in top[:1] for i in relevant)
+        r5 += any(i in top[:5] for i in relevant)
+        r10 += any(i in top[:10] for i in relevant)
     n = len(reference)
     return r1 / n, r5 / n, r10 / n
 

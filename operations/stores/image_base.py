@@ -12,7 +12,8 @@ class ImageStore(Protocol):
     """Images and their metadata, keyed by the same id as the vector."""
 
     # Several connections may insert at once (loads then use LOAD_SQL_WRITERS).
-    parallel_writes: bool
+    @property
+    def parallel_writes(self) -> bool: ...
 
     def ping(self) -> None: ...
     def ensure_collection(self, collection: str) -> None: ...

@@ -6,9 +6,11 @@ parameters as JSON), so a job interrupted by a restart can be resumed.
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from operations.errors import NotFound
@@ -74,7 +76,8 @@ class JobStore:
             id VARCHAR(32) NOT NULL PRIMARY KEY, kind VARCHAR(32) NOT NULL, collection VARCHAR(64) NOT NULL,
             state VARCHAR(16) NOT NULL, params {text} NOT NULL, processed BIGINT NOT NULL DEFAULT 0,
             failed BIGINT NOT NULL DEFAULT 0, total BIGINT NULL, created_at DOUBLE NOT NULL,
-            started_at DOUBLE NULL, updated_at DOUBLE NULL, finished_at DOUBLE NULL, message {text} NOT NULL)""")
+            started_at DOUBLE NULL, updated_at DOUBLE NULL, finished_at DOUBLE NULL,
+            message {text} NOT NULL)""")
         self.pool.execute(f"""CREATE TABLE IF NOT EXISTS job_failures (
             seq {auto}, job_id VARCHAR(32) NOT NULL, item VARCHAR(512) NOT NULL, reason {text} NOT NULL)""")
 
@@ -136,7 +139,7 @@ class JobStore:
         self.pool.execute("DELETE FROM job_failures WHERE job_id = ?", (job_id,))
 
     def progress(
-        self, job_id: str, processed: int, failed: int, total: int | None, failures: list[tuple[str, str]]
+        self, job_id: str, processed: int, failed: int, total: int | None, failures: Sequence[tuple[str, str]]
     ) -> None:
         self.pool.execute(
             "UPDATE jobs SET processed = ?, failed = ?, total = ?, updated_at = ? WHERE id = ?",
@@ -155,7 +158,7 @@ class JobStore:
             (state, message[:2000], now, now, job_id),
         )
 
-    def mark_interrupted(self) -> list[str]:
+    def mark_interrupted(self) -> builtins.list[str]:  # `list` here is the method above
         """At start-up: jobs left running by a dead process become resumable."""
         ids = [r[0] for r in self.pool.query("SELECT id FROM jobs WHERE state IN ('queued', 'running')")]
         for job_id in ids:

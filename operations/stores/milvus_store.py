@@ -4,13 +4,13 @@ Why the choices here:
 - The primary key is the image id (no auto id), so a vector and its SQL row
   share one key and a re-run load can upsert without duplicates.
 - Metric IP on L2-normalised vectors: the score is the cosine, best first.
-- Consistency "Adaptive" by default: measured on the 2.3 server, "Session" still
-  returned an id right after this very client deleted it, and "Strong" costs
-  ~200 ms a search (it waits for the next time tick) against ~5 ms for
-  "Bounded" (tests/MILVUS_NOTES.md, bench/). So reads of a collection this
+- Consistency "Adaptive" by default: on the 2.3 server "Session" can still
+  return an id right after this very client deleted it, and "Strong" waits
+  for the server's next time tick, far slower than "Bounded" (tests/MILVUS_NOTES.md;
+  bench/README.md, "Findings and suggested changes"). So reads of a collection this
   process wrote to in the last STRONG_WINDOW_S seconds are Strong (a delete or
   add is visible to the very next search); other reads are Bounded. Writes by
-  another process become visible within Milvus' bounded staleness (~5 s).
+  another process become visible within Milvus' bounded staleness.
   MILVUS_CONSISTENCY=Strong makes every read Strong.
 - Every call carries `timeout=`; a dead server otherwise hangs for minutes.
 - The model name and dim live in collection properties, so a collection can
@@ -92,7 +92,8 @@ class MilvusVectorStore:
 
     @property
     def slow_array_filters(self) -> bool:
-        # Measured: a tags filter took 11.8 s at 100k on Lite, 17.6 ms on the server.
+        # Lite evaluates array filters row by row in Python; a server uses its index
+        # (bench/README.md, "Filter").
         return self.is_lite
 
     def _connect(self) -> MilvusClient:
@@ -198,9 +199,9 @@ class MilvusVectorStore:
                 timeout=self.timeout,
             )
             if not self.is_lite:
-                # On a server, loading a new collection takes ~2.5-3 s (measured
-                # on the 2.3 test server), most of it the query coordinator's
-                # scheduling, not data. Writes do not need a loaded collection,
+                # On a server, loading a new collection takes seconds, most of it
+                # the query coordinator's scheduling, not data (bench/README.md,
+                # "Results of 2026-12-01"). Writes do not need a loaded collection,
                 # so the load runs on the server while a bulk load writes; the
                 # first read (or the bulk load's final flush) waits for it
                 # (_ensure_loaded).
@@ -318,15 +319,15 @@ class MilvusVectorStore:
             if meta.index.source_partitions:
                 # The Milvus 2.3.5 server routes *upserted* rows of a partition-key
                 # collection to the wrong partitions (a source-filtered search then
-                # misses them; measured, tests/MILVUS_NOTES.md); inserted rows are
+                # misses them; tests/MILVUS_NOTES.md); inserted rows are
                 # routed by their key. So: delete the ids, then insert. A crash in
                 # between leaves the SQL rows unmarked, and the next run redoes them.
                 pk_ids = [r["id"] for r in rows]
-                self._call(lambda c: c.delete(name, ids=pk_ids, timeout=self.timeout), name)
-                result = self._call(lambda c: c.insert(name, rows, timeout=self.timeout), name)
+                self._call(lambda c: c.delete(name, ids=pk_ids, timeout=self.timeout), name)  # noqa: B023 (called at once)
+                result = self._call(lambda c: c.insert(name, rows, timeout=self.timeout), name)  # noqa: B023 (called at once)
                 count = int(result.get("insert_count", len(rows)) if isinstance(result, dict) else len(rows))
             else:
-                result = self._call(lambda c: c.upsert(name, rows, timeout=self.timeout), name)
+                result = self._call(lambda c: c.upsert(name, rows, timeout=self.timeout), name)  # noqa: B023 (called at once)
                 count = int(result.get("upsert_count", len(rows)) if isinstance(result, dict) else len(rows))
             if count != len(rows):
                 raise DependencyUnavailable("milvus", f"upserted {count} of {len(rows)} vectors")
@@ -336,9 +337,9 @@ class MilvusVectorStore:
     def flush(self, name: str, bulk: bool = False) -> None:
         """Seal what was written, so searches use the collection's index.
 
-        Milvus Lite searches unflushed rows in Python, row by row (measured:
-        ~1 s a search with 5,000 unflushed rows, 42 ms after a flush): flushed
-        after every load or add batch. A server searches unsealed ("growing")
+        Milvus Lite searches unflushed rows in Python, row by row, many times
+        slower than flushed ones (bench/README.md, "Findings and suggested
+        changes"): flushed after every load or add batch. A server searches unsealed ("growing")
         rows without the collection's index; after a bulk load (`bulk`) it is
         flushed too. Small adds on a server are left to Milvus' own sealing:
         flushing each would leave many tiny segments.
@@ -358,7 +359,7 @@ class MilvusVectorStore:
         for start in range(0, len(ids), 1000):
             chunk = [int(i) for i in ids[start : start + 1000]]
             self._wrote(name)
-            self._call(lambda c: c.delete(name, ids=chunk, timeout=self.timeout), name)
+            self._call(lambda c: c.delete(name, ids=chunk, timeout=self.timeout), name)  # noqa: B023 (called at once)
 
     def existing_ids(self, name: str, ids: Sequence[int]) -> set[int]:
         if not ids:
@@ -370,7 +371,7 @@ class MilvusVectorStore:
             rows = self._call(
                 lambda c: c.query(
                     name,
-                    filter=expr,
+                    filter=expr,  # noqa: B023 (the lambda is called at once, in this iteration)
                     output_fields=["id"],
                     consistency_level=self._read_level(name),
                     timeout=self.timeout,

@@ -2,8 +2,9 @@
 
 Why: pymysql only speaks the text protocol, where every value is written into
 the statement as a quoted literal and the server's lexer reads it back
-character by character. For ~67 KB base64 images that lexing was 42% of
-mariadbd's CPU even with character_set_client=binary (perf, bench/README.md).
+character by character. For base64 images of tens of KB that lexing was the
+largest share of mariadbd's CPU, even with character_set_client=binary
+(perf; bench/README.md, "Results of 2026-12-01").
 With COM_STMT_EXECUTE the values travel as length-prefixed bytes beside the
 statement and are never lexed; nor does the client escape and format them.
 
@@ -169,7 +170,8 @@ def insert_rows(
     if binary:
         rows = [_with_bytes(row, binary) for row in rows]
     row_marks = "(" + ", ".join("?" * len(rows[0])) + ")"
-    affected, group, size = 0, [], 0
+    affected, size = 0, 0
+    group: list[Sequence[Any]] = []
     for row in rows:
         row_size = _wire_size(row)
         if group and (len(group) == _GROUP_SIZES[0] or size + row_size > max_bytes):

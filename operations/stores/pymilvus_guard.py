@@ -20,6 +20,6 @@ try:
     from pymilvus.exceptions import MilvusException  # noqa: E402
 finally:
     if _hide:
-        os.environ["MILVUS_URI"] = _uri  # type: ignore[assignment]
+        os.environ["MILVUS_URI"] = _uri  # type: ignore[assignment]  # _hide implies _uri is set
 
 __all__ = ["pymilvus", "DataType", "MilvusClient", "MilvusException"]

@@ -176,20 +176,20 @@ class SqlImageStore:
     def insert_rows(self, collection: str, rows: Sequence[ImageRow]) -> InsertResult:
         """Insert rows with their own ids; existing ids and duplicate bytes are reported, not stored."""
         table = self._table(collection)
-        ids = [int(r.id) for r in rows]  # type: ignore[arg-type]
+        ids = [r.stored_id() for r in rows]
         present_sha = self._existing_sha(table, ids)
         fresh, rejected = [], {}
         for r in rows:
             if r.id in present_sha:
                 if present_sha[r.id] != r.sha256:
                     # e.g. an upload took this id: never overwrite its vector with another image's
-                    rejected[int(r.id)] = f"id {r.id} already holds a different image"  # type: ignore[arg-type]
+                    rejected[r.stored_id()] = f"id {r.id} already holds a different image"
                 continue
             try:
                 self._check_size(r)
                 fresh.append(r)
             except PayloadTooLarge as exc:
-                rejected[int(r.id)] = exc.message  # type: ignore[arg-type]
+                rejected[r.stored_id()] = exc.message
         now = int(time.time())
         limit = self.max_image_b64_bytes()
         self.pool.insert_many(
@@ -230,15 +230,15 @@ class SqlImageStore:
             # base64 is ASCII: as bytes the server does not check it as utf8mb4.
             binary_columns=("image_b64",),
         )
-        stored = self._existing(table, [int(r.id) for r in fresh])  # type: ignore[arg-type]
+        stored = self._existing(table, [r.stored_id() for r in fresh])
         dup_rows = [r for r in fresh if r.id not in stored]
         duplicate_of: dict[int, int] = {}
         for r in dup_rows:
             holder = self.find_by_sha(collection, r.sha256)
             if holder is not None:
-                duplicate_of[int(r.id)] = holder  # type: ignore[arg-type]
+                duplicate_of[r.stored_id()] = holder
         return InsertResult(
-            [int(r.id) for r in fresh if r.id in stored],  # type: ignore[arg-type]
+            [r.stored_id() for r in fresh if r.id in stored],
             sorted(i for i, sha in present_sha.items() if int(i) not in rejected),
             duplicate_of,
             rejected,
@@ -384,7 +384,8 @@ class SqlImageStore:
         """Ids whose metadata matches `flt` (the same semantics as the Milvus filter)."""
         flt.check()  # the same values are refused as by the Milvus filter builder
         table = self._table(collection)
-        where, params = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        params: list[object] = []
         if flt.sources:
             where.append(f"source IN ({_placeholders(len(flt.sources))})")
             params += list(flt.sources)

@@ -111,7 +111,7 @@ class SqlPool:
         except (pymysql.Error, sqlite3.Error, OSError) as exc:
             raise DependencyUnavailable(self.dialect, str(exc)[:300]) from exc
         if self._mysql is not None:
-            conn._opened_at = time.monotonic()  # type: ignore[attr-defined]
+            conn._opened_at = time.monotonic()
         return conn
 
     def _healthy(self, conn: Any) -> bool:

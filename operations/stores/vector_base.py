@@ -19,7 +19,8 @@ class VectorStore(Protocol):
 
     # True when array filters (tags) cost a pass over every row in Python
     # (Milvus Lite): searches then resolve tags in SQL (operations.vector_filter).
-    slow_array_filters: bool
+    @property
+    def slow_array_filters(self) -> bool: ...
 
     def ping(self) -> None: ...
     def create_collection(self, name: str, dim: int, model_name: str, index: IndexSpec) -> None: ...

@@ -12,6 +12,9 @@ import re
 import time
 
 import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import Select
 
 from tests.browser.support import (
     ServerThread,
@@ -32,10 +35,6 @@ pytestmark = pytest.mark.browser
 _missing = browser_available()
 if _missing:
     pytest.skip(f"browser tests need Chromium: {_missing}", allow_module_level=True)
-
-from selenium.webdriver.common.by import By
-from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.support.ui import Select
 
 N_IMAGES = 40
 API_KEY = "browser-test-key"
@@ -97,7 +96,7 @@ def page(site, driver, request):
     yield driver
     screenshot(driver, request.node.name)
     clear_viewport(driver)
-    # No script errors (HTTP errors the test provoked are logged as "Failed to load resource"; those are fine).
+    # No script errors (HTTP errors the test provoked are logged as "Failed to load resource": fine).
     errors = [
         e["message"]
         for e in driver.get_log("browser")
@@ -489,11 +488,13 @@ def test_phone_width_has_no_horizontal_scroll(page, site):
     assert d.execute_script("return document.documentElement.scrollWidth") <= 375
     # Columns as laid out: distinct left edges of the result cards and of the option fields.
     columns = d.execute_script(
-        "return new Set([...document.querySelectorAll('#results .result')].map(e => e.getBoundingClientRect().left)).size"
+        "return new Set([...document.querySelectorAll('#results .result')]"
+        ".map(e => e.getBoundingClientRect().left)).size"
     )
     assert columns == 2
     controls = d.execute_script(
-        "return new Set([...document.querySelectorAll('.controls > .field')].map(e => e.getBoundingClientRect().left)).size"
+        "return new Set([...document.querySelectorAll('.controls > .field')]"
+        ".map(e => e.getBoundingClientRect().left)).size"
     )
     assert controls == 1
     # Every control fits the screen.

@@ -66,7 +66,7 @@ def test_search_matches_exact_reference(filled, flt):
     queries = unit_rows(3, DIM, seed=7)
     got = store.search(name, queries, 10, flt)
     want = ref.search(name, queries, 10, flt)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert [h.id for h in g] == [h.id for h in w]
         np.testing.assert_allclose([h.score for h in g], [h.score for h in w], atol=1e-5)
         if flt is not None:

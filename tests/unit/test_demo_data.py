@@ -168,7 +168,7 @@ def test_train_families_are_one_change_look_alikes(demo_dir):
         for other in members[1:]:
             assert other != base
             assert (other.bg_colour, other.bg_pattern) == (base.bg_colour, base.bg_pattern)
-            changed = [(a, b) for a, b in zip(base.objects, other.objects) if a != b]
+            changed = [(a, b) for a, b in zip(base.objects, other.objects, strict=True) if a != b]
             assert len(changed) == 1
             a, b = changed[0]
             diff = [f for f in ("shape", "colour", "position", "size") if getattr(a, f) != getattr(b, f)]
@@ -245,7 +245,7 @@ def _fits(parsed, scene: g.Scene) -> bool:
     for perm in itertools.permutations(scene.objects):
         if all(
             f[0] == o.shape and f[1] == o.colour and f[2] in (None, o.position) and f[3] in (None, o.size)
-            for f, o in zip(objects, perm)
+            for f, o in zip(objects, perm, strict=True)
         ):
             return True
     return False

@@ -34,7 +34,7 @@ def valid(encoder):
     data = g.generate_split("valid", g.DEFAULT_SIZES["valid"], g.DEFAULT_SEED)
     images = [Image.open(io.BytesIO(b)) for b in data.jpegs]
     feats = encoder.encode_images(images)
-    scenes = dict(zip(data.image_ids, data.scenes))
+    scenes = dict(zip(data.image_ids, data.scenes, strict=True))
     return data.image_ids, feats, data.texts, scenes
 
 
@@ -88,7 +88,7 @@ def test_image_to_image_neighbours_share_objects_far_above_chance(encoder, valid
     sims = img[queries] @ img.T
     sims[np.arange(len(queries)), queries] = -np.inf  # a scene is not its own neighbour
     top = np.argsort(-sims, axis=1, kind="stable")[:, :5]
-    share = np.mean([bool(objs[q] & objs[j]) for q, row in zip(queries, top) for j in row])
+    share = np.mean([bool(objs[q] & objs[j]) for q, row in zip(queries, top, strict=True) for j in row])
     pairs = rng.integers(0, len(image_ids), size=(5000, 2))
     chance = np.mean([bool(objs[a] & objs[b]) for a, b in pairs if a != b])
     assert share >= 3 * chance, (share, chance)
@@ -110,7 +110,9 @@ def test_a_text_query_ranks_its_object_far_above_chance(encoder, valid):
     assert len(keys) >= 30
     queries = encoder.encode_texts([f"一个{g.COLOURS[c][0]}的{g.SHAPES[s][0]}" for s, c in keys])
     top = np.argsort(-(queries @ img.T), axis=1, kind="stable")[:, :10]
-    hit_rate = np.mean([key in _objects(scenes[image_ids[j]]) for key, row in zip(keys, top) for j in row])
+    hit_rate = np.mean(
+        [key in _objects(scenes[image_ids[j]]) for key, row in zip(keys, top, strict=True) for j in row]
+    )
     base_rate = np.mean([holders[k] / len(scenes) for k in keys])
     assert hit_rate >= 3 * base_rate, (hit_rate, base_rate)
 
@@ -141,7 +143,7 @@ def test_int8_text_tower_keeps_retrieval_and_leaves_images_alone(encoder, valid)
     assert cos.min() > 0.98 and np.median(cos) > 0.995, (cos.min(), np.median(cos))
     top_fp = np.argsort(-(fp @ img.T), axis=1)[:, :10]
     top_q8 = np.argsort(-(q8 @ img.T), axis=1)[:, :10]
-    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_fp, top_q8)])
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top_fp, top_q8, strict=True)])
     assert overlap > 0.9, overlap
     sub = texts[:600]
     r10_fp = _recall_at(fp @ img.T, image_ids, sub, 10)

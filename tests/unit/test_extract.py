@@ -78,7 +78,7 @@ def read_feats(path, key):
 def expected_image_feats(encoder, images):
     ids = sorted(images)
     pil = [Image.open(io.BytesIO(images[i])) for i in ids]
-    return dict(zip(ids, encoder.encode_images(pil)))
+    return dict(zip(ids, encoder.encode_images(pil), strict=True))
 
 
 @pytest.mark.parametrize("source", ["tsv", "lmdb"])
@@ -110,7 +110,7 @@ def test_text_features_equal_encoder(encoder, dataset, tmp_path):
     # The service's encoder prepares text as cn_clip does (curly quotes included),
     # so every extracted feature equals the one the service computes.
     want = encoder.encode_texts([t[1] for t in texts])
-    for (tid, _, _), w in zip(texts, want):
+    for (tid, _, _), w in zip(texts, want, strict=True):
         np.testing.assert_allclose(got[tid], w, atol=1e-5)
     np.testing.assert_allclose(got[4], encoder.encode_texts(['"引号"里的猫'])[0], atol=1e-5)
     assert cn_clip_text_preprocess("ABC“x”") == 'abc"x"'

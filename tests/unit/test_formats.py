@@ -190,7 +190,8 @@ def test_feature_index(tmp_path):
     with open(path, "w") as f:
         # cn_clip's own spacing (json.dumps), a later duplicate, a broken line, a bad-dim line.
         f.writelines(
-            json.dumps({"image_id": i, "feature": row.tolist()}) + "\n" for i, row in zip([30, 10, 20], m[:3])
+            json.dumps({"image_id": i, "feature": row.tolist()}) + "\n"
+            for i, row in zip([30, 10, 20], m[:3], strict=True)
         )
         f.write(json.dumps({"feature": m[3].tolist(), "image_id": 10}) + "\n")  # dup of 10 (line 4)
         f.write("not json at all\n")  # line 5

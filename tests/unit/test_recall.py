@@ -108,7 +108,8 @@ def test_random_features_both_directions_equal_cn_clip(tmp_path):
     txt /= np.linalg.norm(txt, axis=1, keepdims=True)
     img_ids, txt_ids = np.arange(1000, 1000 + n_img), np.arange(1, n_txt + 1)
     write_texts_jsonl(
-        tmp_path / "valid_texts.jsonl", [(int(t), f"t{t}", [int(img_ids[g])]) for t, g in zip(txt_ids, gt)]
+        tmp_path / "valid_texts.jsonl",
+        [(int(t), f"t{t}", [int(img_ids[g])]) for t, g in zip(txt_ids, gt, strict=True)],
     )
     write_features_jsonl(tmp_path / "i.jsonl", "image_id", img_ids, img)
     write_features_jsonl(tmp_path / "t.jsonl", "text_id", txt_ids, txt)
