@@ -8,7 +8,7 @@ k of the whole split; every text counts), image-to-text recall, and an
 image-to-image sanity check (share of each image's top-5 neighbours that
 contain its largest object's shape and colour).
 
-Usage: ``python scripts/check_demo_model.py [--split valid] [--data datasets/data/demo]``
+Usage: ``python -m scripts.check_demo_model [--split valid] [--data datasets/data/demo]``
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ duplicate description is never pushed away as a negative.
 Deterministic: fixed seeds, ``torch.use_deterministic_algorithms(True)``,
 a fixed thread count, data order from a seeded numpy generator.
 
-Usage: ``python scripts/train_demo_model.py [--data datasets/data/demo] [--out models/demo/demo-tiny.pt]``
+Usage: ``python -m scripts.train_demo_model [--data datasets/data/demo] [--out models/demo/demo-tiny.pt]``
 """
 
 from __future__ import annotations

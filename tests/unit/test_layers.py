@@ -6,6 +6,7 @@
       domain, errors, names: only each other and config/ (the bottom of operations)
       stores/    only the domain, the store bases and their own family (no store imports another)
     app/         HTTP: never scripts/, bench/ or tests/
+    scripts/     never tests/ (dev_services is shared by tests and bench)
     bench/       never tests/ (servers come from scripts.dev_services)
 and no import cycle among our modules, counting imports inside functions too (a deferred import
 still ties two modules together; only `if TYPE_CHECKING:` imports are left out).
@@ -130,6 +131,8 @@ def violations(modules: dict[str, Path] | None = None) -> list[str]:
                         )
             elif layer == "app" and target in ("scripts", "bench", "tests"):
                 found.append(f"{where} (app never imports scripts, bench or tests)")
+            elif layer == "scripts" and target == "tests":
+                found.append(f"{where} (scripts never import tests)")
             elif layer == "bench" and target == "tests":
                 found.append(f"{where} (bench never imports tests: use scripts.dev_services)")
     return sorted(set(found))
@@ -180,6 +183,7 @@ def test_no_import_cycle() -> None:
         ("operations.domain", "from operations.search import search_text\n", "domain"),
         ("bench.bench_load", "from tests.stack import jpeg\n", "bench never"),
         ("app.main", "from scripts.cli import main\n", "app never"),
+        ("scripts.cli", "from tests.stack import jpeg\n", "scripts never"),
     ],
 )
 def test_the_check_catches_an_upward_import(tmp_path, module, source, rule) -> None:
