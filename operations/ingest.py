@@ -141,7 +141,7 @@ def _add_batch(
             VectorAttrs(up.source, tuple(up.tags), up.created_at if up.created_at is not None else now)
             for _, up, _ in new
         ]
-        svc.vectors.upsert(collection, ids, vectors, attrs)  # type: ignore[arg-type]
+        svc.vectors.upsert(collection, ids, vectors, attrs, visible=False)  # type: ignore[arg-type]
         svc.images.mark_indexed(collection, ids)  # type: ignore[arg-type]
     except BaseException:
         # Take the new rows back so a failed add leaves no image without vector.
@@ -247,9 +247,11 @@ def repair_unindexed(svc: Services, collection: str, batch: int = BATCH) -> int:
                 svc.images.delete(collection, [image_id])
         if keep:
             attrs = [VectorAttrs(rows[i].source, rows[i].tags, rows[i].created_at) for i in keep]
-            svc.vectors.upsert(collection, keep, encoder.encode_images(images), attrs)
+            svc.vectors.upsert(collection, keep, encoder.encode_images(images), attrs, visible=False)
             svc.images.mark_indexed(collection, keep)
             repaired += len(keep)
+    if repaired:
+        svc.vectors.wait_visible(collection)
     return repaired
 
 

@@ -44,7 +44,7 @@ def load_features_into_store(
     start = time.perf_counter()
 
     def flush() -> int:
-        return store.upsert(collection, ids, np.stack(rows))
+        return store.upsert(collection, ids, np.stack(rows), visible=False)
 
     for rec in iter_features(image_feats, "image_id", dim):
         if isinstance(rec, BadRecord):
@@ -66,6 +66,8 @@ def load_features_into_store(
             ids, rows = [], []
     if ids:
         written += flush()
+    if written:
+        store.wait_visible(collection)  # the predictions that follow read every row
     return {
         "collection": collection,
         "upserted": written,

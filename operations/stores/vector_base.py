@@ -136,10 +136,25 @@ class VectorStore(Protocol):
     def list_collections(self) -> list[str]: ...
     def drop_collection(self, name: str) -> None: ...
     def upsert(
-        self, name: str, ids: Sequence[int], vectors: np.ndarray, attrs: Sequence[VectorAttrs] | None = None
-    ) -> int: ...
-    def delete(self, name: str, ids: Sequence[int]) -> None: ...
-    def flush(self, name: str, bulk: bool = False) -> None: ...
+        self,
+        name: str,
+        ids: Sequence[int],
+        vectors: np.ndarray,
+        attrs: Sequence[VectorAttrs] | None = None,
+        *,
+        visible: bool = True,
+    ) -> int:
+        """Write vectors by id; `visible`: return once searches see them."""
+
+    def delete(self, name: str, ids: Sequence[int], *, visible: bool = True) -> None:
+        """Delete by id; `visible`: return once searches no longer see them."""
+
+    def flush(self, name: str, bulk: bool = False) -> None:
+        """Seal what was written; returns once searches see it (`wait_visible`)."""
+
+    def wait_visible(self, name: str) -> None:
+        """Return once this process's writes to `name` are visible to every later search."""
+
     def existing_ids(self, name: str, ids: Sequence[int]) -> set[int]: ...
     def count(self, name: str) -> int: ...
     def search(
@@ -210,7 +225,7 @@ class InMemoryVectorStore:
     def drop_collection(self, name: str) -> None:
         self._collections.pop(validate_name(name), None)
 
-    def upsert(self, name, ids, vectors, attrs=None) -> int:
+    def upsert(self, name, ids, vectors, attrs=None, *, visible: bool = True) -> int:
         c = self._get(name)
         vectors = np.asarray(vectors, dtype=np.float32)
         for i, image_id in enumerate(ids):
@@ -218,10 +233,13 @@ class InMemoryVectorStore:
             c["attrs"][int(image_id)] = attrs[i] if attrs else VectorAttrs()
         return len(ids)
 
+    def wait_visible(self, name: str) -> None:
+        return None  # every write is visible at once
+
     def flush(self, name, bulk: bool = False) -> None:
         self._get(name)
 
-    def delete(self, name, ids) -> None:
+    def delete(self, name, ids, *, visible: bool = True) -> None:
         c = self._get(name)
         for image_id in ids:
             c["vectors"].pop(int(image_id), None)
