@@ -302,18 +302,20 @@ def run_sweep(args) -> None:
         for name, extra in (("baseline", BASELINE_ENV), ("new", NEW_ENV)):
             env = {**base_env, **extra}
             print(f"\n== server {name}: {' '.join(f'{k}={v}' for k, v in extra.items())}", flush=True)
-            with UvicornProcess(env, OUT / f"sweep_server_{name}.log") as srv:
-                with httpx.Client(base_url=srv.url, timeout=60) as c:
-                    ready = c.get("/readyz").json()
-                    backends[name] = ready.get("checks", {}).get("model", "?")
-                    print(f"   model: {backends[name]}", flush=True)
+            with (
+                UvicornProcess(env, OUT / f"sweep_server_{name}.log") as srv,
+                httpx.Client(base_url=srv.url, timeout=60) as c,
+            ):
+                ready = c.get("/readyz").json()
+                backends[name] = ready.get("checks", {}).get("model", "?")
+                print(f"   model: {backends[name]}", flush=True)
 
-                    def stats(c=c) -> dict:
-                        r = c.get("/img/stats")
-                        return r.json() if r.status_code == 200 else {}
+                def stats(c=c) -> dict:
+                    r = c.get("/img/stats")
+                    return r.json() if r.status_code == 200 else {}
 
-                    for q in ("热身", "一只猫", "两个人在街上走"):  # first passes pay lazy init
-                        c.post("/img/search", json={"query": q, "collection": collection})
+                for q in ("热身", "一只猫", "两个人在街上走"):  # first passes pay lazy init
+                    c.post("/img/search", json={"query": q, "collection": collection})
                 queries = sl.QueryStream(endless_queries(args.seed))
                 runs = [(f"{k} clients", k, sl.text_search(queries, collection, args.top_k)) for k in levels]
                 if name == "new":
