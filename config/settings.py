@@ -104,7 +104,11 @@ class Settings(BaseSettings):
         "waiting for a batch hold none",
     )
     encoder_threads: int = Field(
-        0, ge=0, le=256, description="encoder intra-op threads; 0 = the cores this process may use"
+        0,
+        ge=0,
+        le=256,
+        description="encoder intra-op threads; 0 = OMP_NUM_THREADS if set, "
+        "else the cores this process may use",
     )
     batch_window_ms: float = Field(
         3.0,

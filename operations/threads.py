@@ -23,8 +23,13 @@ def available_cores() -> int:
 
 
 def encoder_threads(configured: int) -> int:
-    """ENCODER_THREADS, or the available cores when it is 0."""
-    return configured if configured > 0 else available_cores()
+    """ENCODER_THREADS; when 0, OMP_NUM_THREADS if set (an operator's cap), else the available cores."""
+    if configured > 0:
+        return configured
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return min(int(omp), available_cores())
+    return available_cores()
 
 
 def apply_encoder_threads(encoder: object, threads: int) -> None:

@@ -32,6 +32,7 @@ from operations.encoding.preprocess import FastImageTransform
 from operations.errors import InvalidInput
 
 log = logging.getLogger(__name__)
+DEFAULT_THREADS = torch.get_num_threads()
 
 
 def _checkpoint_state_dict(path: Path) -> dict:
@@ -106,7 +107,11 @@ class ClipEncoder:
         # for the cores (measured: 26 ms vs 420 ms with 2 threads on a busy
         # 2-core machine). Image batches still use every core.
         self.text_threads = 1
-        self.image_threads = torch.get_num_threads()
+        # torch's own default (OMP_NUM_THREADS, else the cores), read at import:
+        # passes set the global count, so reading it now would depend on what
+        # ran before (and two encoders could round differently). The factory
+        # sets ENCODER_THREADS here (operations/threads.py).
+        self.image_threads = DEFAULT_THREADS
         # One forward pass at a time: torch already spreads one pass over all
         # cores, and serialising keeps memory predictable under load. Granted
         # in request order, so a query batch waits for at most the pass in
