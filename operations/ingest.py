@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 BATCH = 32
 # Images per forward pass of an add: a pass holds the model, so a query batch
-# waits at most one chunk (~8 RN50 images) behind a bulk add; per image, 8 and
-# 32 cost about the same on CPU.
+# waits at most one chunk behind a bulk add; per image, chunks of 8 and of
+# 32 cost about the same on CPU (bench/README.md, the add findings).
 ADD_CHUNK = 8
 
 

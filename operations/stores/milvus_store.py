@@ -4,23 +4,20 @@ Why the choices here:
 - The primary key is the image id (no auto id), so a vector and its SQL row
   share one key and a re-run load can upsert without duplicates.
 - Metric IP on L2-normalised vectors: the score is the cosine, best first.
-- Consistency "Adaptive" by default. Measured on the 2.3 server
-  (tests/MILVUS_NOTES.md): a Bounded search right after an upsert or delete
-  missed it every time (0 of 15), "Session" still returned an id this very
-  client had just deleted, and "Strong" costs ~200 ms a search (it waits for
-  the next time tick) against ~3-5 ms for Bounded. After one Strong read of
-  the collection (the query nodes have then consumed everything up to a time
-  after the write) Bounded searches saw every write (15 of 15). So the rule:
-  every read is Bounded, and every operation that writes ends with
-  `wait_visible` (one Strong probe, ~200 ms, paid by the writer's request
-  alone): when an add or delete returns, the very next search, by anyone in
-  this process, sees it, and readers never wait for a time tick. Writes made
-  by another process show within Milvus' bounded staleness (~5 s).
+- Consistency "Adaptive" by default, from what the 2.3 server does
+  (tests/MILVUS_NOTES.md, "Reading your own writes"): a Bounded search right
+  after a write misses it, "Session" is not reliable either, and a Strong read
+  waits for the next time tick. One Strong read of the collection makes the
+  query nodes consume everything up to a time after the write, and Bounded
+  searches after it see the write. So: every read is Bounded, and every
+  operation that writes ends with `wait_visible` (one Strong probe, paid by
+  the writer's request alone): when an add or delete returns, the very next
+  search, by anyone in this process, sees it, and readers never wait for a
+  time tick. Writes by another process show within Milvus' bounded staleness.
   MILVUS_CONSISTENCY=Strong makes every read Strong; a fixed weaker level
   skips the probe (the operator chose staleness). Milvus Lite reads its own
-  writes at once, so it needs no probe (measured: 15 of 15 at Bounded).
-  The probe assumes reads hit the replica the probe hit (one replica, the
-  default); with several replicas use MILVUS_CONSISTENCY=Strong.
+  writes at once and needs no probe. The probe covers the replica it hit: one
+  replica (the default) is every read; with several use Strong.
 - Every call carries `timeout=`; a dead server otherwise hangs for minutes.
 - The model name and dim live in collection properties, so a collection can
   refuse vectors from another model.
