@@ -188,7 +188,8 @@ class MicroBatcher:
 
     def _pull(self, key: Hashable, n: int) -> list[_Item]:
         # Items of `key` in arrival order; other keys keep their places.
-        taken, kept = [], deque()
+        taken: list[_Item] = []
+        kept: deque[_Item] = deque()
         while self._queue and len(taken) < n:
             item = self._queue.popleft()
             (taken if item.key == key else kept).append(item)

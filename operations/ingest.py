@@ -186,8 +186,8 @@ def _index(svc, collection, encoder, prepared: _Prepared, near_duplicates: bool,
     ]
     # Visible at once only when the next chunk's near-duplicate check must see
     # this one; otherwise the final flush waits once for the whole add.
-    svc.vectors.upsert(collection, ids, vectors, attrs, visible=near_duplicates)  # type: ignore[arg-type]
-    svc.images.mark_indexed(collection, ids)  # type: ignore[arg-type]
+    svc.vectors.upsert(collection, ids, vectors, attrs, visible=near_duplicates)
+    svc.images.mark_indexed(collection, ids)
     for result, _, _ in new:
         result.status = "added"
     progress.advance(len(new))

@@ -22,6 +22,7 @@ import logging
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import numpy as np
@@ -102,7 +103,7 @@ def _resolve_filter(svc: Services, plan: _Plan) -> _Plan:
     return plan
 
 
-def _take(timed: Timed, plan: _Plan, stage: str) -> object:
+def _take(timed: Timed, plan: _Plan, stage: str) -> Any:
     plan.timer.add("queue", timed.queue_ms)
     plan.timer.add(stage, timed.run_ms)
     return timed.value
@@ -160,7 +161,7 @@ def _prepare_image(svc: Services, collection, data, image_id, top_k, flt, min_sc
         plan.image = check_image(data, svc.settings.max_upload_bytes, svc.settings.max_image_pixels).image
         plan.timer.stage("decode", t)
     else:
-        image_id = int(image_id)  # type: ignore[arg-type]
+        image_id = int(image_id)
         vectors = svc.vectors.get_vectors(collection, [image_id])
         if image_id not in vectors:
             raise NotFound(f"image {image_id} is not in collection {collection!r}", image_id=image_id)
@@ -198,9 +199,9 @@ def search_text(
     """以文搜图: the images that best match a Chinese sentence."""
     plan = _prepare_text(svc, collection, query, top_k, flt, min_score, with_image)
     vector = _take(_result(svc.serving.encode_text(plan.encoder, query)), plan, "encode")
-    pending = _search_future(svc, plan, vector)  # type: ignore[arg-type]
+    pending = _search_future(svc, plan, vector)
     hits = _take(_result(pending), plan, "vector_search") if pending else []
-    return _finish(svc, plan, hits)  # type: ignore[arg-type]
+    return _finish(svc, plan, hits)
 
 
 async def search_text_async(
@@ -217,7 +218,7 @@ async def search_text_async(
         _prepare_text, svc, collection, query, top_k, flt, min_score, with_image
     )
     vector = _take(await _await(svc.serving.encode_text(plan.encoder, query)), plan, "encode")
-    pending = _search_future(svc, plan, vector)  # type: ignore[arg-type]
+    pending = _search_future(svc, plan, vector)
     hits = _take(await _await(pending), plan, "vector_search") if pending else []
     return await anyio.to_thread.run_sync(_finish, svc, plan, hits)
 
@@ -245,9 +246,9 @@ def search_image(
     """
     plan = _prepare_image(svc, collection, data, image_id, top_k, flt, min_score, with_image)
     vector = _take(_result(_image_vector_pending(svc, plan)), plan, "encode")
-    pending = _search_future(svc, plan, vector)  # type: ignore[arg-type]
+    pending = _search_future(svc, plan, vector)
     hits = _take(_result(pending), plan, "vector_search") if pending else []
-    return _finish(svc, plan, hits)  # type: ignore[arg-type]
+    return _finish(svc, plan, hits)
 
 
 async def search_image_async(
@@ -266,6 +267,6 @@ async def search_image_async(
         _prepare_image, svc, collection, data, image_id, top_k, flt, min_score, with_image
     )
     vector = _take(await _await(_image_vector_pending(svc, plan)), plan, "encode")
-    pending = _search_future(svc, plan, vector)  # type: ignore[arg-type]
+    pending = _search_future(svc, plan, vector)
     hits = _take(await _await(pending), plan, "vector_search") if pending else []
     return await anyio.to_thread.run_sync(_finish, svc, plan, hits)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Hashable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -95,7 +95,7 @@ class Serving:
         return self.search_batcher.submit(vector, key=(collection, top_k, flt))
 
     def _run_search(self, key: Hashable, vectors: list[np.ndarray]) -> list:
-        collection, top_k, flt = key  # type: ignore[misc]
+        collection, top_k, flt = cast(tuple[str, int, SearchFilter | None], key)
         return self.vectors.search(collection, np.stack(vectors), top_k, flt)
 
     # -- lifecycle ------------------------------------------------------------

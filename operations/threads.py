@@ -39,7 +39,7 @@ def apply_encoder_threads(encoder: object, threads: int) -> None:
     with a thread count) are left alone.
     """
     if hasattr(encoder, "image_threads"):
-        encoder.image_threads = threads  # type: ignore[attr-defined]
+        encoder.image_threads = threads
         if "torch" in __import__("sys").modules:
             import torch
 
