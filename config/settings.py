@@ -102,13 +102,6 @@ class Settings(BaseSettings):
         description="worker threads for blocking request work (SQL, Milvus, decode); searches "
         "waiting for a batch hold none",
     )
-    encoder_threads: int = Field(
-        0,
-        ge=0,
-        le=256,
-        description="encoder intra-op threads; 0 = OMP_NUM_THREADS if set, "
-        "else the cores this process may use",
-    )
     batch_window_ms: float = Field(
         3.0,
         ge=0,

@@ -11,7 +11,6 @@ from operations.encoding.model_files import ModelSpec
 from operations.stores.job_store import JobStore
 from operations.stores.milvus_store import MilvusVectorStore
 from operations.stores.sql_image_store import SqlImageStore
-from operations.threads import apply_encoder_threads, encoder_threads
 
 if TYPE_CHECKING:
     from operations.encoding.clip_encoder import ClipEncoder
@@ -31,7 +30,7 @@ def model_spec(settings: Settings) -> ModelSpec:
 
 
 def build_encoder(settings: Settings) -> ClipEncoder:
-    return _threaded(settings, model_spec(settings))
+    return _load(model_spec(settings))
 
 
 def _load(spec: ModelSpec) -> ClipEncoder:
@@ -40,12 +39,6 @@ def _load(spec: ModelSpec) -> ClipEncoder:
     from operations.encoding.clip_encoder import ClipEncoder
 
     return ClipEncoder.load(spec)
-
-
-def _threaded(settings: Settings, spec: ModelSpec) -> ClipEncoder:
-    encoder = _load(spec)
-    apply_encoder_threads(encoder, encoder_threads(settings.encoder_threads))
-    return encoder
 
 
 def build_vector_store(settings: Settings) -> MilvusVectorStore:
@@ -70,8 +63,7 @@ def build_services(settings: Settings, encoder=None, lazy_model: bool = False) -
     encoder = encoder or (LazyClipEncoder(model_spec(settings)) if lazy_model else build_encoder(settings))
     loaders = {}
     for name, spec in settings.extra_models.items():
-        loaders[name] = lambda spec=spec, name=name: _threaded(
-            settings,
+        loaders[name] = lambda spec=spec, name=name: _load(
             ModelSpec(
                 name=name,
                 checkpoint=spec.get("checkpoint"),
@@ -81,7 +73,7 @@ def build_services(settings: Settings, encoder=None, lazy_model: bool = False) -
                 half=settings.half_precision,
                 text_int8=settings.text_int8,
                 random_init=bool(spec.get("random_init", False)),
-            ),
+            )
         )
     images = build_image_store(settings)
     return Services(

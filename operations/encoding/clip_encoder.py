@@ -102,8 +102,7 @@ class ClipEncoder:
         self.text_threads = 1
         # torch's own default (OMP_NUM_THREADS, else the cores), read at import:
         # passes set the global count, so reading it now would depend on what
-        # ran before (and two encoders could round differently). The factory
-        # sets ENCODER_THREADS here (operations/threads.py).
+        # ran before (and two encoders could round differently).
         self.image_threads = DEFAULT_THREADS
         # One forward pass at a time: torch already spreads one pass over all
         # cores, and serialising keeps memory predictable under load. Granted

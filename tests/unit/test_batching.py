@@ -201,13 +201,3 @@ def test_cache_size_zero_is_off_and_lru_evicts():
         cache.put(("m", q), np.zeros(2))
     assert cache.get(("m", "a")) is None
     assert cache.get(("m", "c")) is not None
-
-
-def test_encoder_threads_come_from_the_cores_available(monkeypatch):
-    from operations.threads import available_cores, encoder_threads
-
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert encoder_threads(0) == available_cores() >= 1
-    assert encoder_threads(3) == 3
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert encoder_threads(0) == 1  # an operator's cap is kept
