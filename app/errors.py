@@ -23,6 +23,7 @@ STATUS = {
     e.UnsupportedMedia: 415,
     e.InvalidInput: 422,
     e.DependencyUnavailable: 503,
+    e.Overloaded: 503,
     # The model's files are missing: the service cannot answer until an operator puts them there.
     ModelUnavailable: 503,
 }
@@ -52,6 +53,9 @@ def install(app: FastAPI) -> None:
         if isinstance(exc, e.DependencyUnavailable):
             headers["Retry-After"] = str(exc.retry_after_s)
             log.warning("dependency unavailable: %s", exc.message)
+        elif isinstance(exc, e.Overloaded):
+            # Shed at once, so a client backs off instead of queueing for seconds.
+            headers["Retry-After"] = str(exc.retry_after_s)
         elif status == 500:
             log.error("unmapped service error: %s", exc.message)
         return JSONResponse(error_body(exc.code, exc.message, **exc.details), status, headers=headers)

@@ -277,7 +277,7 @@ class _SplitLoad:
         if not batch.ids_to_index:
             return
         attrs = [VectorAttrs(r.source, r.tags, r.created_at) for r in batch.rows]
-        self.svc.vectors.upsert(self.collection, batch.ids_to_index, batch.vectors, attrs)
+        self.svc.vectors.upsert(self.collection, batch.ids_to_index, batch.vectors, attrs, visible=False)
         self.svc.images.mark_indexed(self.collection, batch.ids_to_index)
         with self._lock:
             self.report.loaded += len(batch.ids_to_index)

@@ -199,3 +199,20 @@ def test_every_store_module_has_a_family() -> None:
     stores = {m for m in our_modules_cache() if m.startswith("operations.stores.")}
     placed = STORE_BASES.union(*STORE_FAMILIES.values())
     assert stores - placed == set()
+
+
+def test_domain_types_come_from_the_domain_module() -> None:
+    """The store interfaces use the domain types; importing them from there is a detour that
+    hides where a type lives."""
+    import operations.domain as domain
+
+    names = {n for n in vars(domain) if not n.startswith("_")}
+    detours = []
+    for module, path in our_modules_cache().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in STORE_BASES:
+                for alias in node.names:
+                    if alias.name in names:
+                        detours.append(f"{module}: {alias.name} from {node.module}")
+    assert detours == []
