@@ -18,6 +18,9 @@ from datasets import demo_generator as g
 from operations.encoding.clip_encoder import ClipEncoder
 from operations.encoding.model_files import ModelSpec
 
+# Encodes the demo split (1,000 images, 3,000 captions) with the demo model: out of the fast loop.
+pytestmark = pytest.mark.services
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = REPO_ROOT / "models" / "demo" / "demo-tiny.pt"
 ARCH = REPO_ROOT / "config" / "model_configs" / "demo-tiny.json"
