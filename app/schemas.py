@@ -36,6 +36,11 @@ class TextSearchRequest(BaseModel):
     filters: Filters | None = None
     min_score: float | None = Field(None, ge=-1, le=1, description="drop results below this cosine")
     with_image: bool = Field(False, description="include each image inline as base64")
+    mode: Literal["visual", "text", "hybrid"] | None = Field(
+        None,
+        description="visual: CLIP; text: the text read in the images (OCR) contains the query; "
+        "hybrid: both rankings fused (RRF). Default: hybrid on a collection with OCR, else visual",
+    )
 
 
 class ResultItem(BaseModel):
@@ -52,6 +57,13 @@ class ResultItem(BaseModel):
     mime: str
     external_id: str | None = None
     image_b64: str | None = None
+    signals: list[Literal["visual", "text"]] = Field(
+        default_factory=lambda: ["visual"], description="which rankings found this image"
+    )
+    fused_score: float | None = Field(None, description="the RRF score it was ranked by (text, hybrid)")
+    ocr_text: str | None = Field(
+        None, description="the line of text read in the image that matched the query"
+    )
 
 
 class SearchResponse(BaseModel):
@@ -77,6 +89,22 @@ class ImageMeta(BaseModel):
     indexed: bool
 
 
+class OcrLineView(BaseModel):
+    text: str
+    box: list[list[float]] = Field(..., description="the line's 4 corners, pixels (x, y)")
+    confidence: float
+
+
+class OcrView(BaseModel):
+    id: int
+    collection: str
+    status: Literal["ok", "failed", "pending"] = Field(..., description="pending: not read yet")
+    text: str = Field(..., description="the lines, one per line")
+    lines: list[OcrLineView]
+    error: str | None = None
+    updated_at: int | None = None
+
+
 class AddItem(BaseModel):
     index: int
     filename: str
@@ -84,6 +112,11 @@ class AddItem(BaseModel):
     id: int | None = None
     error: str | None = None
     near_duplicates: list[dict] = Field(default_factory=list)
+    ocr: dict | None = Field(
+        None,
+        description='collections with OCR: {"status": "ok"|"failed", "lines", "text", "error"}; '
+        "a failed read never loses the image",
+    )
 
 
 class AddResponse(BaseModel):
@@ -160,6 +193,9 @@ class CollectionCreate(BaseModel):
     )
     name: str
     model: str | None = Field(None, description="a model the server has configured (default: its main model)")
+    ocr: bool | None = Field(
+        None, description="read the text in this collection's images (default: the server's OCR_ENABLED)"
+    )
     index_type: Literal["FLAT", "IVF_FLAT", "HNSW"] | None = None
     index_params: dict[str, int] = Field(default_factory=dict)
     search_params: dict[str, int] = Field(default_factory=dict)
@@ -183,6 +219,7 @@ class CollectionView(BaseModel):
     source_partitions: int
     vectors: int
     images: int
+    ocr: bool = Field(False, description="the text in this collection's images is read")
 
 
 class ScanRequest(BaseModel):

@@ -34,6 +34,7 @@ async def text_search(body: TextSearchRequest, svc: SvcDep) -> SearchResponse:
         flt,
         body.min_score,
         body.with_image,
+        body.mode,
     )
     return search_response(outcome)
 
