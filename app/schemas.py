@@ -222,6 +222,19 @@ class CollectionView(BaseModel):
     ocr: bool = Field(False, description="the text in this collection's images is read")
 
 
+class OcrPattern(BaseModel):
+    """One pattern for the text read in images: a built-in or a regular expression."""
+
+    model_config = ConfigDict(extra="forbid")
+    builtin: Literal["phone_cn", "wechat", "qq", "url"] | None = Field(
+        None,
+        description="phone_cn: mainland mobile numbers; wechat / qq: ids after a label; url: web addresses",
+    )
+    regex: str | None = Field(
+        None, min_length=1, max_length=200, description="a regular expression (the regex package's syntax)"
+    )
+
+
 class ScanRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -231,8 +244,14 @@ class ScanRequest(BaseModel):
             ]
         },
     )
-    descriptions: list[str] = Field(..., min_length=1, max_length=50)
+    descriptions: list[str] = Field(default_factory=list, max_length=50)
     threshold: float = Field(..., ge=-1, le=1, description="cosine similarity threshold")
+    ocr_patterns: list[OcrPattern] = Field(
+        default_factory=list,
+        max_length=20,
+        description="collections with OCR: patterns for the text read in the images; "
+        "give descriptions, patterns or both",
+    )
     collection: str | None = None
     filters: Filters | None = None
     offset: int = Field(0, ge=0)
@@ -247,12 +266,14 @@ class ScanRequest(BaseModel):
 
 class ScanItem(BaseModel):
     image_id: int
-    score: float
-    description_index: int
-    description: str
+    score: float = Field(..., description="visual: cosine similarity; ocr: confidence of the line read")
+    description_index: int = Field(..., description="index into descriptions, then into ocr_patterns")
+    description: str = Field(..., description="the description, or the pattern (builtin:NAME / regex:SOURCE)")
     source: str
     created_at: int
     url: str
+    signal: Literal["visual", "ocr"] = "visual"
+    matched_text: str = Field("", description="ocr: the text the pattern matched")
 
 
 class ScanResponse(BaseModel):
@@ -264,3 +285,4 @@ class ScanResponse(BaseModel):
     limit: int
     truncated: bool
     hits: list[ScanItem]
+    ocr_timed_out: int = Field(0, description="(pattern, line) searches stopped at OCR_REGEX_TIMEOUT_MS")

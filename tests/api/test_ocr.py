@@ -170,3 +170,58 @@ def test_mode_is_validated(client, ocr_collection):
     collection, _ = ocr_collection
     r = client.post("/img/search", json={"query": "苹果", "collection": collection, "mode": "ocr"})
     assert r.status_code == 422
+
+
+def test_scan_finds_ocr_patterns_beside_descriptions(client, ocr_collection):
+    collection, results = ocr_collection
+    body = {
+        "collection": collection,
+        "threshold": 0.99,  # no CLIP hit at this threshold: only the OCR rows
+        "descriptions": ["红色的圆形"],
+        "ocr_patterns": [{"builtin": "phone_cn"}, {"regex": r"特价\s*[¥￥]\d+"}, {"builtin": "wechat"}],
+    }
+    r = client.post("/img/scan", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    rows = {(h["image_id"], h["description"]): h for h in out["hits"]}
+    phone = rows[(results["phone_ad"]["id"], "builtin:phone_cn")]
+    assert (
+        phone["signal"] == "ocr"
+        and phone["matched_text"] == "13812345678"
+        and phone["description_index"] == 1
+    )
+    price = rows[(results["price_tag_apple"]["id"], "regex:特价\\s*[¥￥]\\d+")]
+    assert price["matched_text"].startswith("特价") and price["description_index"] == 2
+    assert len(out["hits"]) == out["total"] == 2  # no WeChat id in these images, nothing else matches
+    # OCR patterns alone, filtered, and as CSV
+    only = {"collection": collection, "threshold": 0.3, "ocr_patterns": [{"builtin": "phone_cn"}]}
+    assert [h["image_id"] for h in client.post("/img/scan", json=only).json()["hits"]] == [
+        results["phone_ad"]["id"]
+    ]
+    none = {**only, "filters": {"sources": ["elsewhere"]}}
+    assert client.post("/img/scan", json=none).json()["hits"] == []
+    csv = client.post("/img/scan", json={**only, "format": "csv"})
+    assert csv.status_code == 200 and "13812345678" in csv.text and ",ocr," in csv.text
+
+
+def test_scan_patterns_are_validated_and_bounded(client, ocr_collection):
+    collection, _ = ocr_collection
+    base = {"collection": collection, "threshold": 0.3}
+    for bad in ({"regex": "("}, {"regex": "a*"}, {"builtin": "email"}, {"regex": "x" * 201}, {}):
+        r = client.post("/img/scan", json={**base, "ocr_patterns": [bad]})
+        assert r.status_code == 422, (bad, r.text)
+    # A pattern that backtracks catastrophically gives up per line and the scan still answers.
+    r = client.post("/img/scan", json={**base, "ocr_patterns": [{"regex": "(.*.*)*[0-9]{30}x"}]})
+    assert r.status_code == 200, r.text
+    assert r.json()["hits"] == []
+    r = client.post("/img/scan", json={**base, "descriptions": []})
+    assert r.status_code == 422
+
+
+def test_scan_patterns_need_ocr(client):
+    collection = unique("noocrscan")
+    client.post("/img/collections", json={"name": collection})
+    r = client.post(
+        "/img/scan", json={"collection": collection, "threshold": 0.3, "ocr_patterns": [{"builtin": "url"}]}
+    )
+    assert r.status_code == 409, r.text
