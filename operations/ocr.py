@@ -70,9 +70,10 @@ def store_outcome(svc: Services, collection: str, image_id: int, outcome: OcrOut
             error=outcome.error,
             min_confidence=svc.settings.ocr_min_confidence,
         )
-    except ServiceError as exc:
-        log.warning("OCR text of image %s in %s not stored: %s", image_id, collection, exc.message)
-        return f"OCR text not stored ({exc.message}); the OCR job reads it again"
+    except Exception as exc:  # the image is stored already: its text is reported missing, not the add failed
+        reason = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        log.warning("OCR text of image %s in %s not stored: %s", image_id, collection, reason)
+        return f"OCR text not stored ({reason}); the OCR job reads it again"
     return outcome.error
 
 

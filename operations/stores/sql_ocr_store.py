@@ -36,6 +36,7 @@ MAX_LINE_CHARS = 512
 # Grams of one query: a query's bigrams are all looked up at once.
 MAX_QUERY_GRAMS = 256
 _CHUNK = 500
+ENABLED_TTL_S = 2.0
 
 
 def normalize_text(text: str) -> str:
@@ -147,6 +148,9 @@ class SqlOcrStore:
 
     def __init__(self, pool: SqlPool) -> None:
         self.pool = pool
+        # collection -> (enabled, when checked): a search or add asks every time, the catalogue
+        # is read at most every ENABLED_TTL_S; this process's own enable/drop take effect at once.
+        self._enabled: dict[str, tuple[bool, float]] = {}
 
     def _q(self, name: str) -> str:
         # Identifiers cannot be bound; the name was validated by ocr_table()/gram_table().
@@ -159,9 +163,14 @@ class SqlOcrStore:
         """Create the collection's OCR tables (idempotent): from now on its images are read."""
         for statement in _ddl(self.pool.dialect, ocr_table(collection), gram_table(collection)):
             self.pool.execute(statement)
+        self._enabled[collection] = (True, time.monotonic())
 
     def enabled(self, collection: str) -> bool:
-        """Whether OCR is on for `collection` (its tables exist); one indexed catalogue query."""
+        """Whether OCR is on for `collection` (its tables exist; another process's change is seen
+        within ENABLED_TTL_S)."""
+        known = self._enabled.get(collection)
+        if known is not None and time.monotonic() - known[1] < ENABLED_TTL_S:
+            return known[0]
         table = ocr_table(collection)
         if self.pool.dialect == "mysql":
             rows = self.pool.query(
@@ -170,11 +179,13 @@ class SqlOcrStore:
             )
         else:
             rows = self.pool.query("SELECT 1 FROM sqlite_master WHERE type='table' AND name = ?", (table,))
+        self._enabled[collection] = (bool(rows), time.monotonic())
         return bool(rows)
 
     def drop(self, collection: str) -> None:
         for table in self._tables(collection):
             self.pool.execute(f"DROP TABLE IF EXISTS {table}")
+        self._enabled[collection] = (False, time.monotonic())
 
     # -- writes -----------------------------------------------------------------
     def put(

@@ -114,3 +114,26 @@ def test_the_ocr_pool_is_bounded():
         assert engine._slots._value == 3  # one reading, two waiting; the next submit blocks
     finally:
         engine.close()
+
+
+def test_text_that_cannot_be_stored_is_reported_and_the_job_reads_it_later(lite, monkeypatch):
+    from operations.collections import create_collection
+    from operations.errors import DependencyUnavailable
+    from operations.ocr import read_backlog
+    from operations.stores.sql_ocr_store import SqlOcrStore
+
+    svc = lite
+    collection = unique("nostore")
+    create_collection(svc, collection, ocr=True)
+    real_put = SqlOcrStore.put
+
+    def down(*args, **kwargs):
+        raise DependencyUnavailable("sql", "connection refused")
+
+    monkeypatch.setattr(SqlOcrStore, "put", down)
+    [result] = add_images(svc, collection, [Upload("a.jpg", text_image_jpeg(SPECS["shop_sign"]))])
+    assert result.status == "added" and result.ocr["status"] == "failed"
+    assert "not stored" in result.ocr["error"]
+    monkeypatch.setattr(SqlOcrStore, "put", real_put)
+    assert read_backlog(svc, collection) == {"read": 1, "failed": 0}
+    assert [m.row.id for m in search_text(svc, collection, "面馆", mode="text").matches] == [result.id]
