@@ -2,6 +2,7 @@
 
     python -m scripts.cli load --dataset datasets/data/demo --split valid --collection demo
     python -m scripts.cli list | count NAME | drop NAME | repair NAME | search NAME "红色的圆形"
+    python -m scripts.cli calibrate --dataset datasets/data/demo --split valid --collection demo
 
 Milvus Lite opens a file in one process at a time: while the server runs on
 the embedded default, load through its API (POST /img/load) instead.
@@ -22,7 +23,16 @@ from operations.factory import build_services
 from operations.ingest import repair_unindexed
 from operations.load import load_split
 from operations.progress import TqdmProgress
-from operations.search import search_text
+from operations.relevance.calibrate import calibrate_model
+from operations.relevance.cutoff import CutOptions
+from operations.relevance.search import RelevanceQuery, relevance_search
+
+
+def _ids(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise SystemExit("error: ids must be comma-separated integers") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,10 +51,23 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="collections with model, index and counts")
     for name in ("count", "drop", "repair"):
         sub.add_parser(name).add_argument("collection")
-    p = sub.add_parser("search", help="text search from the terminal")
+    p = sub.add_parser("search", help="search from the terminal (query language: 海边 -人物, 红色:2 汽车)")
     p.add_argument("collection")
     p.add_argument("query")
     p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--min-relevance", type=float, default=None, help="0..1, calibrated models only")
+    p.add_argument("--cut", choices=("none", "auto"), default="none")
+    p.add_argument("--order-by", choices=("relevance", "created_at"), default="relevance")
+    p.add_argument("--order", choices=("desc", "asc"), default="desc")
+    p.add_argument("--image-id", type=int, default=None, help="a stored image searched with the query")
+    p.add_argument("--positive-ids", default="", help="comma-separated ids: more like these")
+    p.add_argument("--negative-ids", default="", help="comma-separated ids: not like these")
+    p = sub.add_parser(
+        "calibrate", help="fit the relevance calibration of a collection's model on a labelled split"
+    )
+    p.add_argument("--dataset", required=True, type=Path, help="dataset directory (Chinese-CLIP layout)")
+    p.add_argument("--split", required=True, help="split with ${split}_texts.jsonl (image_ids)")
+    p.add_argument("--collection", default=None, help="its model is calibrated (default: the main model)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -75,10 +98,28 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "repair":
             print(f"indexed {repair_unindexed(svc, collection)} rows")
         elif args.command == "search":
-            outcome = search_text(svc, collection, args.query, args.top_k)
+            rq = RelevanceQuery(
+                query=args.query,
+                top_k=args.top_k,
+                image_id=args.image_id,
+                positive_ids=_ids(args.positive_ids),
+                negative_ids=_ids(args.negative_ids),
+                cut=CutOptions(args.min_relevance, args.cut, args.order_by, args.order),
+            )
+            outcome, report = relevance_search(svc, collection, rq)
             for m in outcome.matches:
-                print(f"{m.rank:3d}  id={m.row.id}  similarity={m.score:.4f}  source={m.row.source}")
+                rel = report.relevance.get(m.row.id)
+                shown = f"{rel:.3f}" if rel is not None else "-"
+                print(
+                    f"{m.rank:3d}  id={m.row.id}  similarity={m.score:.4f}  relevance={shown}  "
+                    f"created_at={m.row.created_at}  source={m.row.source}"
+                )
+            if not report.calibrated:
+                print(f"relevance: none ({report.note})")
             print(json.dumps(outcome.timings_ms))
+        elif args.command == "calibrate":
+            cal, path = calibrate_model(svc, args.dataset, args.split, collection=args.collection)
+            print(json.dumps({**cal.to_json(), "stored_in": str(path)}, ensure_ascii=False, indent=2))
     except (SettingsError, ServiceError) as exc:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2

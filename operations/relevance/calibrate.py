@@ -162,10 +162,9 @@ def calibrate_model(
         raise InvalidInput("this server has no calibration store")
     if collection is not None:
         encoder = svc.encoder_for(collection)
+
         def vectors(ids):
-            return svc.vectors.get_vectors(
-                    collection, ids
-                )
+            return svc.vectors.get_vectors(collection, ids)
     else:
         encoder = svc.encoders.get(model) if model else svc.encoder
         vectors = None

@@ -26,12 +26,13 @@ from operations.images import check_image
 from operations.relevance.compose import QueryParts, Weights, closer_to_unwanted, compose, positive_text
 from operations.relevance.cutoff import CutOptions, RelevanceReport, apply_cut
 from operations.relevance.query import ParsedQuery, parse_query
-from operations.search import MAX_SEARCH_TOP_K, Match, SearchOutcome, search_text
+from operations.search import MAX_SEARCH_TOP_K, Match, SearchOutcome, search_image, search_text
 from operations.stores.vector_base import MAX_STORE_HITS
 from operations.vector_filter import filter_for_vectors
 
 log = logging.getLogger(__name__)
 MAX_FEEDBACK_IDS = 50
+NO_TEXT = "relevance is calibrated for text queries; this query has no wanted text"
 # Candidates searched per result wanted when unwanted terms may remove results.
 NEGATIVE_OVERSAMPLE = 4
 
@@ -97,6 +98,18 @@ def relevance_search(
     if plain:
         outcome = search_text(svc, collection, rq.query, rq.top_k, rq.flt, rq.min_score, rq.with_image)
         return _annotate(svc, outcome, rq, None, "")
+    if not parsed.terms and not rq.positive_ids and not rq.negative_ids:
+        outcome = search_image(
+            svc,
+            collection,
+            data=rq.image,
+            image_id=rq.image_id,
+            top_k=rq.top_k,
+            flt=rq.flt,
+            min_score=rq.min_score,
+            with_image=rq.with_image,
+        )
+        return _annotate(svc, outcome, rq, None, NO_TEXT)
     return _composed(svc, collection, rq, parsed)
 
 
