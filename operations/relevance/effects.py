@@ -14,8 +14,10 @@ the scene descriptions (`${split}_scenes.jsonl`) of the demo generator:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -130,3 +132,45 @@ def feedback_effect(
         fb_hits += sum((shape, colour) in index.objects[i] for i in fb)
         slots += k
     return FeedbackEffect(used, plain_hits / max(1, slots), fb_hits / max(1, slots))
+
+
+def load_split_index(encoder, dataset_dir: Path, split: str) -> SplitIndex:
+    """The split's images encoded by `encoder`, with the objects of `${split}_scenes.jsonl`."""
+    from operations.relevance.calibrate import _encode_images
+
+    ids, feats = _encode_images(encoder, dataset_dir / f"{split}_imgs.tsv")
+    objects: dict[int, set[tuple[str, str]]] = {}
+    with open(dataset_dir / f"{split}_scenes.jsonl", encoding="utf-8") as f:
+        for line in f:
+            d = json.loads(line)
+            objects[int(d["image_id"])] = {(o["shape"], o["colour"]) for o in d["objects"]}
+    return SplitIndex(ids, feats, [objects.get(i, set()) for i in ids])
+
+
+def demo_queries(
+    shapes: dict[str, str], colours: dict[str, str]
+) -> tuple[list[tuple[str, str, str, str]], list[tuple[str, str, str, str]], list[tuple[str, str, str]]]:
+    """The measured queries from the vocabulary (key -> Chinese word): "<shape> -<colour>",
+    "<colour> -<shape>" and "一个<colour>的<shape>"."""
+    shape_neg = [(shapes[s], colours[c], s, c) for s in shapes for c in colours]
+    colour_neg = [(colours[c], shapes[s], c, s) for s in shapes for c in colours]
+    objs = [(f"一个{colours[c]}的{shapes[s]}", s, c) for s in shapes for c in colours]
+    return shape_neg, colour_neg, objs
+
+
+def measure(encoder, dataset_dir: Path, split: str, shapes, colours, weights: Weights) -> dict:
+    """All effects of the module on one split, as a JSON-ready dict."""
+    index = load_split_index(encoder, dataset_dir, split)
+    shape_neg, colour_neg, objs = demo_queries(shapes, colours)
+    return {
+        "split": split,
+        "images": len(index.image_ids),
+        "weights": weights.__dict__,
+        "shape_minus_colour": negation_effect(
+            index, encoder.encode_texts, shape_neg, weights=weights
+        ).__dict__,
+        "colour_minus_shape": negation_effect(
+            index, encoder.encode_texts, colour_neg, weights=weights
+        ).__dict__,
+        "feedback_3_positives": feedback_effect(index, encoder.encode_texts, objs, weights=weights).__dict__,
+    }
