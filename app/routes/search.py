@@ -1,9 +1,16 @@
-"""以文搜图 and 以图搜图, with the query language, feedback, relevance, cut and order."""
+"""以文搜图 and 以图搜图, with the query language, feedback, relevance, cut and order.
+
+The routes are async: a plain query awaits the encoder and vector-search batchers
+(operations.serving), so a request waiting for its batch holds no worker thread; the blocking
+stages (store reads, decoding an upload, a composed query) run on the worker pool, never on the
+event loop.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import anyio
 from fastapi import APIRouter, File, Form, UploadFile
 
 from app.deps import SvcDep, collection_name
@@ -13,7 +20,7 @@ from app.schemas import SearchResponse, TextSearchRequest
 from operations.domain import SearchFilter
 from operations.errors import InvalidInput
 from operations.relevance.cutoff import CutOptions
-from operations.relevance.search import RelevanceQuery, relevance_search
+from operations.relevance.search import RelevanceQuery, relevance_search_async
 from operations.search import MAX_SEARCH_TOP_K
 
 router = APIRouter(prefix="/img", tags=["search"])
@@ -24,7 +31,7 @@ router = APIRouter(prefix="/img", tags=["search"])
     response_model=SearchResponse,
     summary="Search images by a Chinese sentence or query (`-term`, `term:2`), an image_id, feedback",
 )
-def text_search(body: TextSearchRequest, svc: SvcDep) -> SearchResponse:
+async def text_search(body: TextSearchRequest, svc: SvcDep) -> SearchResponse:
     flt = body.filters.to_filter() if body.filters else None
     rq = RelevanceQuery(
         query=body.query,
@@ -37,7 +44,7 @@ def text_search(body: TextSearchRequest, svc: SvcDep) -> SearchResponse:
         negative_ids=tuple(body.negative_ids),
         cut=CutOptions(body.min_relevance, body.cut, body.order_by, body.order),
     )
-    outcome, report = relevance_search(svc, collection_name(svc, body.collection), rq)
+    outcome, report = await relevance_search_async(svc, collection_name(svc, body.collection), rq)
     return search_response(outcome, report)
 
 
@@ -53,7 +60,7 @@ def _ids(value: str | None, what: str) -> tuple[int, ...]:
     response_model=SearchResponse,
     summary="Search images similar to an uploaded image, or to a stored image by id, optionally with a query",
 )
-def image_search(
+async def image_search(
     svc: SvcDep,
     file: Annotated[UploadFile | None, File(description="the query photo")] = None,
     image_id: Annotated[
@@ -78,7 +85,11 @@ def image_search(
     negative_ids: Annotated[str | None, Form(description="comma-separated ids: 不要这种")] = None,
 ) -> SearchResponse:
     flt = SearchFilter(split_list(sources), split_list(tags), created_from, created_to)
-    data = read_upload(file, svc.settings.max_upload_bytes) if file is not None else None
+    data = (
+        await anyio.to_thread.run_sync(read_upload, file, svc.settings.max_upload_bytes)
+        if file is not None
+        else None
+    )
     if data is None and image_id is None:
         raise InvalidInput("give either an image upload or an image_id, not both")
     rq = RelevanceQuery(
@@ -93,5 +104,10 @@ def image_search(
         negative_ids=_ids(negative_ids, "negative_ids"),
         cut=CutOptions(min_relevance, cut, order_by, order),
     )
-    outcome, report = relevance_search(svc, collection_name(svc, collection), rq)
+    outcome, report = await relevance_search_async(svc, collection_name(svc, collection), rq)
     return search_response(outcome, report)
+
+
+@router.get("/stats", summary="Query cache hits and misses, encoder batches, queues and shed requests")
+def serving_stats(svc: SvcDep) -> dict:
+    return svc.serving.stats()

@@ -17,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import anyio
 import numpy as np
 
 from operations.context import Services
@@ -26,7 +27,15 @@ from operations.images import check_image
 from operations.relevance.compose import QueryParts, Weights, closer_to_unwanted, compose, positive_text
 from operations.relevance.cutoff import CutOptions, RelevanceReport, apply_cut
 from operations.relevance.query import ParsedQuery, parse_query
-from operations.search import MAX_SEARCH_TOP_K, Match, SearchOutcome, search_image, search_text
+from operations.search import (
+    MAX_SEARCH_TOP_K,
+    Match,
+    SearchOutcome,
+    search_image,
+    search_image_async,
+    search_text,
+    search_text_async,
+)
 from operations.stores.vector_base import MAX_STORE_HITS
 from operations.vector_filter import filter_for_vectors
 
@@ -93,12 +102,10 @@ def relevance_search(
     """Search, then relevance, cut and order (see `operations.relevance.cutoff`)."""
     parsed = _check(svc, rq)
     rq.cut.check()
-    plain = parsed.is_plain and parsed.positives and rq.image is None and rq.image_id is None
-    plain = plain and not rq.positive_ids and not rq.negative_ids
-    if plain:
+    if _is_plain_text(parsed, rq):
         outcome = search_text(svc, collection, rq.query, rq.top_k, rq.flt, rq.min_score, rq.with_image)
         return _annotate(svc, outcome, rq, None, "")
-    if not parsed.terms and not rq.positive_ids and not rq.negative_ids:
+    if _is_plain_image(parsed, rq):
         outcome = search_image(
             svc,
             collection,
@@ -111,6 +118,44 @@ def relevance_search(
         )
         return _annotate(svc, outcome, rq, None, NO_TEXT)
     return _composed(svc, collection, rq, parsed)
+
+
+async def relevance_search_async(
+    svc: Services, collection: str, rq: RelevanceQuery
+) -> tuple[SearchOutcome, RelevanceReport]:
+    """`relevance_search` for the event loop: a plain query awaits the batchers, a composed
+    one runs on the worker pool."""
+    parsed = _check(svc, rq)
+    rq.cut.check()
+    if _is_plain_text(parsed, rq):
+        outcome = await search_text_async(
+            svc, collection, rq.query, rq.top_k, rq.flt, rq.min_score, rq.with_image
+        )
+        return await anyio.to_thread.run_sync(_annotate, svc, outcome, rq, None, "")
+    if _is_plain_image(parsed, rq):
+        outcome = await search_image_async(
+            svc,
+            collection,
+            data=rq.image,
+            image_id=rq.image_id,
+            top_k=rq.top_k,
+            flt=rq.flt,
+            min_score=rq.min_score,
+            with_image=rq.with_image,
+        )
+        return await anyio.to_thread.run_sync(_annotate, svc, outcome, rq, None, NO_TEXT)
+    return await anyio.to_thread.run_sync(_composed, svc, collection, rq, parsed)
+
+
+def _is_plain_text(parsed: ParsedQuery, rq: RelevanceQuery) -> bool:
+    no_image = rq.image is None and rq.image_id is None
+    return bool(
+        parsed.is_plain and parsed.positives and no_image and not rq.positive_ids and not rq.negative_ids
+    )
+
+
+def _is_plain_image(parsed: ParsedQuery, rq: RelevanceQuery) -> bool:
+    return not parsed.terms and not rq.positive_ids and not rq.negative_ids
 
 
 def _annotate(
