@@ -106,16 +106,16 @@ def main(argv: list[str] | None = None) -> int:
                 negative_ids=_ids(args.negative_ids),
                 cut=CutOptions(args.min_relevance, args.cut, args.order_by, args.order),
             )
-            outcome, report = relevance_search(svc, collection, rq)
+            outcome, rel_report = relevance_search(svc, collection, rq)
             for m in outcome.matches:
-                rel = report.relevance.get(m.row.id)
+                rel = rel_report.relevance.get(m.row.id)  # type: ignore[arg-type]  # stored rows have ids
                 shown = f"{rel:.3f}" if rel is not None else "-"
                 print(
                     f"{m.rank:3d}  id={m.row.id}  similarity={m.score:.4f}  relevance={shown}  "
                     f"created_at={m.row.created_at}  source={m.row.source}"
                 )
-            if not report.calibrated:
-                print(f"relevance: none ({report.note})")
+            if not rel_report.calibrated:
+                print(f"relevance: none ({rel_report.note})")
             print(json.dumps(outcome.timings_ms))
         elif args.command == "calibrate":
             cal, path = calibrate_model(svc, args.dataset, args.split, collection=args.collection)

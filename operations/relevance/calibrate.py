@@ -167,7 +167,6 @@ def calibrate_model(
             return svc.vectors.get_vectors(collection, ids)
     else:
         encoder = svc.encoders.get(model) if model else svc.encoder
-        vectors = None
     data = read_labelled_split(encoder, dataset_dir, split, vectors)
     cal = fit_calibration(
         data, encoder.model_name, svc.calibrations.checkpoint_sha256(encoder.model_name), dataset_dir.name

@@ -98,7 +98,7 @@ def apply_cut(
     report = RelevanceReport(calibration is not None, note, candidates=len(matches))
     if calibration is not None:
         raw = [basis.get(m.row.id, m.score) if basis is not None else m.score for m in matches]
-        values = calibration.relevance(raw) if raw else []
+        values: list[float] = calibration.relevance(raw).tolist() if raw else []
         report.relevance = {m.row.id: round(float(v), 6) for m, v in zip(matches, values, strict=False)}
     else:
         report.relevance = {m.row.id: None for m in matches}
