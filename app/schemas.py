@@ -30,7 +30,12 @@ class TextSearchRequest(BaseModel):
             "examples": [{"query": "左边有一个红色的圆形", "top_k": 10, "collection": "demo"}]
         },
     )
-    query: str = Field(..., min_length=1, max_length=10_000, description="a Chinese sentence")
+    query: str = Field(
+        "",
+        max_length=10_000,
+        description="a Chinese sentence or the query language: `海边 日落 -人物` (unwanted term), "
+        "`红色:2 汽车` (weights); may be empty when image_id or positive_ids is given",
+    )
     top_k: int = Field(10, ge=1, le=MAX_SEARCH_TOP_K)
     collection: str | None = Field(None, description="defaults to the server's DEFAULT_COLLECTION")
     filters: Filters | None = None
@@ -41,12 +46,34 @@ class TextSearchRequest(BaseModel):
         description="visual: CLIP; text: the text read in the images (OCR) contains the query; "
         "hybrid: both rankings fused (RRF). Default: hybrid on a collection with OCR, else visual",
     )
+    min_relevance: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="drop results whose calibrated relevance is below this (422 if uncalibrated)",
+    )
+    cut: Literal["none", "auto"] = Field("none", description="auto: stop at the largest drop in score")
+    order_by: Literal["relevance", "created_at"] = "relevance"
+    order: Literal["desc", "asc"] = Field("desc", description="created_at desc = newest first")
+    image_id: int | None = Field(None, description="a stored image searched together with the query")
+    positive_ids: list[int] = Field(
+        default_factory=list, max_length=50, description="更像这个: results to move toward"
+    )
+    negative_ids: list[int] = Field(
+        default_factory=list, max_length=50, description="不要这种: results to move away from"
+    )
 
 
 class ResultItem(BaseModel):
     id: int
     rank: int
     score: float = Field(..., description="cosine similarity in -1..1; not a probability")
+    relevance: float | None = Field(
+        None, description="calibrated probability (0..1) that the image matches; null when uncalibrated"
+    )
+    tier: Literal["relevant", "maybe", "other"] | None = Field(
+        None, description="相关 / 可能相关 / the rest, by relevance; null when uncalibrated"
+    )
     url: str
     thumbnail_url: str
     source: str
@@ -66,11 +93,33 @@ class ResultItem(BaseModel):
     )
 
 
+class CutView(BaseModel):
+    candidates: int = Field(description="results before min_relevance and cut")
+    kept_by_threshold: int
+    auto_cut_at: int | None = Field(None, description="results kept by cut=auto")
+
+
 class SearchResponse(BaseModel):
     collection: str
     model: str
     results: list[ResultItem]
     timings_ms: dict[str, float]
+    calibrated: bool = Field(False, description="false: relevance is null, relevance_note says why")
+    relevance_note: str = ""
+    cut: CutView | None = None
+
+
+class CalibrateRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"dataset": "demo", "split": "valid", "collection": "demo"}]},
+    )
+    dataset: str = Field(..., description="dataset directory, relative to DATA_ROOT")
+    split: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="split with ${split}_texts.jsonl")
+    collection: str | None = Field(
+        None, description="calibrate this collection's model (default collection when model is unset)"
+    )
+    model: str | None = Field(None, description="or: a model the server runs")
 
 
 class ImageMeta(BaseModel):

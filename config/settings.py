@@ -51,6 +51,26 @@ class Settings(BaseSettings):
         description='JSON {"name": {"checkpoint": path, "arch": arch}} served beside the default model',
     )
 
+    calibration_dir: Path | None = Field(
+        None,
+        description="where model calibrations are read and written; unset = beside each checkpoint "
+        "(<checkpoint>.calibration.json)",
+    )
+
+    # --- relevance (query language, feedback; README "Relevance") ------------
+    negative_term_weight: float = Field(
+        0.0, ge=0, le=2, description="how much of a -term's vector is subtracted from the query"
+    )
+    feedback_positive_weight: float = Field(
+        3.0, ge=0, le=4, description="Rocchio beta: weight of the mean of positive_ids' vectors"
+    )
+    feedback_negative_weight: float = Field(
+        0.25, ge=0, le=4, description="Rocchio gamma: weight of the mean of negative_ids' vectors"
+    )
+    query_image_weight: float = Field(
+        1.0, ge=0, le=4, description="weight of the image beside the text in a text-plus-image query"
+    )
+
     # --- Milvus ----------------------------------------------------------
     milvus_uri: str = Field(
         str(REPO_ROOT / "data" / "milvus.db"), description="Milvus Lite file, or http://host:port of a server"

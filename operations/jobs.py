@@ -57,9 +57,24 @@ def _run_add_folder(svc: Services, job: Job, progress: JobProgress) -> str:
     return f"added {counts['added']}, already present {counts['present']}, failed {counts['failed']}"
 
 
+def _run_calibrate(svc: Services, job: Job, progress: JobProgress) -> str:
+    from operations.relevance.calibrate import calibrate_model
+
+    p = job.params
+    cal, path = calibrate_model(
+        svc, Path(p["dataset_dir"]), p["split"], collection=p.get("collection"), model=p.get("model")
+    )
+    f = cal.fitted_on
+    return (
+        f"calibrated {cal.model_name} (platt a={cal.a:.4f} b={cal.b:.4f}) on {f['captions']} captions x "
+        f"{f['images']} images ({f['matching_pairs']} matching pairs); stored in {path.name}"
+    )
+
+
 RUNNERS: dict[str, Callable[[Services, Job, JobProgress], str]] = {
     "load": _run_load,
     "add": _run_add_folder,
+    "calibrate": _run_calibrate,
     "ocr": _run_ocr,
 }
 
