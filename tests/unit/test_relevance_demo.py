@@ -18,6 +18,9 @@ from operations.relevance.calibration_store import CalibrationBook
 from operations.relevance.compose import Weights
 from operations.relevance.effects import demo_queries, feedback_effect, load_split_index, negation_effect
 
+# Encodes the demo test split with the demo model: out of the fast loop.
+pytestmark = pytest.mark.services
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = REPO_ROOT / "models" / "demo" / "demo-tiny.pt"
 ARCH = REPO_ROOT / "config" / "model_configs" / "demo-tiny.json"
