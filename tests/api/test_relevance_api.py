@@ -1,6 +1,6 @@
 """Relevance through HTTP with the demo model, on Milvus Lite + SQLite and on the Milvus 2.3
-server + MariaDB: relevance beside score,
-min_relevance, cut, order, the query language, text plus image, feedback, 422s, the calibrate job."""
+server + MariaDB: relevance beside score, min_relevance, cut, order, the query language, text
+plus image, feedback, 422s, the calibrate job."""
 
 from __future__ import annotations
 
