@@ -41,6 +41,11 @@ class TextSearchRequest(BaseModel):
     filters: Filters | None = None
     min_score: float | None = Field(None, ge=-1, le=1, description="drop results below this cosine")
     with_image: bool = Field(False, description="include each image inline as base64")
+    mode: Literal["visual", "text", "hybrid"] | None = Field(
+        None,
+        description="visual: CLIP; text: the text read in the images (OCR) contains the query; "
+        "hybrid: both rankings fused (RRF). Default: hybrid on a collection with OCR, else visual",
+    )
     min_relevance: float | None = Field(
         None,
         ge=0,
@@ -79,6 +84,13 @@ class ResultItem(BaseModel):
     mime: str
     external_id: str | None = None
     image_b64: str | None = None
+    signals: list[Literal["visual", "text"]] = Field(
+        default_factory=lambda: ["visual"], description="which rankings found this image"
+    )
+    fused_score: float | None = Field(None, description="the RRF score it was ranked by (text, hybrid)")
+    ocr_text: str | None = Field(
+        None, description="the line of text read in the image that matched the query"
+    )
 
 
 class CutView(BaseModel):
@@ -126,6 +138,22 @@ class ImageMeta(BaseModel):
     indexed: bool
 
 
+class OcrLineView(BaseModel):
+    text: str
+    box: list[list[float]] = Field(..., description="the line's 4 corners, pixels (x, y)")
+    confidence: float
+
+
+class OcrView(BaseModel):
+    id: int
+    collection: str
+    status: Literal["ok", "failed", "pending"] = Field(..., description="pending: not read yet")
+    text: str = Field(..., description="the lines, one per line")
+    lines: list[OcrLineView]
+    error: str | None = None
+    updated_at: int | None = None
+
+
 class AddItem(BaseModel):
     index: int
     filename: str
@@ -133,6 +161,11 @@ class AddItem(BaseModel):
     id: int | None = None
     error: str | None = None
     near_duplicates: list[dict] = Field(default_factory=list)
+    ocr: dict | None = Field(
+        None,
+        description='collections with OCR: {"status": "ok"|"failed", "lines", "text", "error"}; '
+        "a failed read never loses the image",
+    )
 
 
 class AddResponse(BaseModel):
@@ -209,6 +242,9 @@ class CollectionCreate(BaseModel):
     )
     name: str
     model: str | None = Field(None, description="a model the server has configured (default: its main model)")
+    ocr: bool | None = Field(
+        None, description="read the text in this collection's images (default: the server's OCR_ENABLED)"
+    )
     index_type: Literal["FLAT", "IVF_FLAT", "HNSW"] | None = None
     index_params: dict[str, int] = Field(default_factory=dict)
     search_params: dict[str, int] = Field(default_factory=dict)
@@ -232,6 +268,20 @@ class CollectionView(BaseModel):
     source_partitions: int
     vectors: int
     images: int
+    ocr: bool = Field(False, description="the text in this collection's images is read")
+
+
+class OcrPattern(BaseModel):
+    """One pattern for the text read in images: a built-in or a regular expression."""
+
+    model_config = ConfigDict(extra="forbid")
+    builtin: Literal["phone_cn", "wechat", "qq", "url"] | None = Field(
+        None,
+        description="phone_cn: mainland mobile numbers; wechat / qq: ids after a label; url: web addresses",
+    )
+    regex: str | None = Field(
+        None, min_length=1, max_length=200, description="a regular expression (the regex package's syntax)"
+    )
 
 
 class ScanRequest(BaseModel):
@@ -243,8 +293,14 @@ class ScanRequest(BaseModel):
             ]
         },
     )
-    descriptions: list[str] = Field(..., min_length=1, max_length=50)
+    descriptions: list[str] = Field(default_factory=list, max_length=50)
     threshold: float = Field(..., ge=-1, le=1, description="cosine similarity threshold")
+    ocr_patterns: list[OcrPattern] = Field(
+        default_factory=list,
+        max_length=20,
+        description="collections with OCR: patterns for the text read in the images; "
+        "give descriptions, patterns or both",
+    )
     collection: str | None = None
     filters: Filters | None = None
     offset: int = Field(0, ge=0)
@@ -259,12 +315,14 @@ class ScanRequest(BaseModel):
 
 class ScanItem(BaseModel):
     image_id: int
-    score: float
-    description_index: int
-    description: str
+    score: float = Field(..., description="visual: cosine similarity; ocr: confidence of the line read")
+    description_index: int = Field(..., description="index into descriptions, then into ocr_patterns")
+    description: str = Field(..., description="the description, or the pattern (builtin:NAME / regex:SOURCE)")
     source: str
     created_at: int
     url: str
+    signal: Literal["visual", "ocr"] = "visual"
+    matched_text: str = Field("", description="ocr: the text the pattern matched")
 
 
 class ScanResponse(BaseModel):
@@ -276,3 +334,4 @@ class ScanResponse(BaseModel):
     limit: int
     truncated: bool
     hits: list[ScanItem]
+    ocr_timed_out: int = Field(0, description="(pattern, line) searches stopped at OCR_REGEX_TIMEOUT_MS")

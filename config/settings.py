@@ -152,6 +152,34 @@ class Settings(BaseSettings):
     near_duplicate_threshold: float = Field(0.95, ge=0, le=1)
     thumbnail_cache_items: int = Field(512, ge=0)
 
+    # --- text in images (OCR) -------------------------------------------------
+    ocr_enabled: bool = Field(
+        False, description='new collections read the text in their images ("ocr" on create wins)'
+    )
+    ocr_threads: int = Field(1, ge=1, le=64, description="images read at once (the OCR pool's workers)")
+    ocr_queue: int = Field(
+        64, ge=1, le=100_000, description="images waiting for the OCR pool; more blocks the adder"
+    )
+    ocr_onnx_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime threads of each OCR worker")
+    ocr_min_confidence: float = Field(
+        0.5, ge=0, le=1, description="lines read below this are kept but not searched"
+    )
+    ocr_text_candidates: int = Field(
+        1000, ge=1, le=100_000, description="images holding a query's characters checked per text search"
+    )
+    ocr_regex_timeout_ms: float = Field(
+        50.0, gt=0, le=10_000, description="time one OCR pattern may take on one image's text in a scan"
+    )
+    search_rrf_k: int = Field(
+        60, ge=1, le=10_000, description="reciprocal rank fusion constant of hybrid search"
+    )
+    search_weight_visual: float = Field(
+        1.0, ge=0, le=100, description="weight of the CLIP ranking in hybrid search"
+    )
+    search_weight_text: float = Field(
+        1.0, ge=0, le=100, description="weight of the OCR text ranking in hybrid search"
+    )
+
     @field_validator("default_collection")
     @classmethod
     def _collection_name(cls, value: str) -> str:

@@ -2,6 +2,9 @@
 
     python -m scripts.cli load --dataset datasets/data/demo --split valid --collection demo
     python -m scripts.cli list | count NAME | drop NAME | repair NAME | search NAME "红色的圆形"
+    python -m scripts.cli add-folder shop datasets/data/demo/text_images --ocr
+    python -m scripts.cli ocr NAME          # turn OCR on and read the images already stored
+    python -m scripts.cli search shop "13812345678" --mode text
     python -m scripts.cli calibrate --dataset datasets/data/demo --split valid --collection demo
 
 Milvus Lite opens a file in one process at a time: while the server runs on
@@ -17,11 +20,12 @@ import sys
 from pathlib import Path
 
 from config.settings import SettingsError, load_settings
-from operations.collections import drop_collection, list_collections
+from operations.collections import create_collection, drop_collection, list_collections
 from operations.errors import ServiceError
 from operations.factory import build_services
-from operations.ingest import repair_unindexed
+from operations.ingest import add_folder, repair_unindexed
 from operations.load import load_split
+from operations.ocr import enable_ocr, read_backlog
 from operations.progress import TqdmProgress
 from operations.relevance.calibrate import calibrate_model
 from operations.relevance.cutoff import CutOptions
@@ -55,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("collection")
     p.add_argument("query")
     p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--mode", choices=("visual", "text", "hybrid"), default=None)
     p.add_argument("--min-relevance", type=float, default=None, help="0..1, calibrated models only")
     p.add_argument("--cut", choices=("none", "auto"), default="none")
     p.add_argument("--order-by", choices=("relevance", "created_at"), default="relevance")
@@ -62,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-id", type=int, default=None, help="a stored image searched with the query")
     p.add_argument("--positive-ids", default="", help="comma-separated ids: more like these")
     p.add_argument("--negative-ids", default="", help="comma-separated ids: not like these")
+    p = sub.add_parser("add-folder", help="add every image of a folder (creates the collection)")
+    p.add_argument("collection")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--source", default="folder")
+    p.add_argument("--ocr", action="store_true", help="read the text in the images (OCR)")
+    sub.add_parser("ocr", help="turn OCR on for a collection and read its stored images").add_argument(
+        "collection"
+    )
     p = sub.add_parser(
         "calibrate", help="fit the relevance calibration of a collection's model on a labelled split"
     )
@@ -97,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dropped {collection}")
         elif args.command == "repair":
             print(f"indexed {repair_unindexed(svc, collection)} rows")
+        elif args.command == "add-folder":
+            create_collection(svc, collection, ocr=True if args.ocr else None)
+            counts = add_folder(svc, collection, args.folder, TqdmProgress("add"), source=args.source)
+            print(json.dumps(counts, ensure_ascii=False))
+        elif args.command == "ocr":
+            enable_ocr(svc, collection)
+            print(json.dumps(read_backlog(svc, collection, TqdmProgress("ocr")), ensure_ascii=False))
         elif args.command == "search":
             rq = RelevanceQuery(
                 query=args.query,
@@ -105,14 +125,17 @@ def main(argv: list[str] | None = None) -> int:
                 positive_ids=_ids(args.positive_ids),
                 negative_ids=_ids(args.negative_ids),
                 cut=CutOptions(args.min_relevance, args.cut, args.order_by, args.order),
+                mode=args.mode,
             )
             outcome, rel_report = relevance_search(svc, collection, rq)
             for m in outcome.matches:
                 rel = rel_report.relevance.get(m.row.id)  # type: ignore[arg-type]  # stored rows have ids
                 shown = f"{rel:.3f}" if rel is not None else "-"
+                text = f"  text={m.ocr_text!r}" if m.ocr_text else ""
                 print(
                     f"{m.rank:3d}  id={m.row.id}  similarity={m.score:.4f}  relevance={shown}  "
-                    f"created_at={m.row.created_at}  source={m.row.source}"
+                    f"created_at={m.row.created_at}  source={m.row.source}  "
+                    f"signals={','.join(m.signals)}{text}"
                 )
             if not rel_report.calibrated:
                 print(f"relevance: none ({rel_report.note})")

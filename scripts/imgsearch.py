@@ -37,6 +37,7 @@ BENCHES = {
     "filter": "bench.bench_filter",
     "extract": "bench.bench_extract",
     "knn": "bench.bench_knn",
+    "ocr": "bench.bench_ocr",
     "gen-split": "bench.gen_split",
 }
 

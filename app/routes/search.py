@@ -55,6 +55,7 @@ async def text_search(body: TextSearchRequest, svc: SvcDep) -> SearchResponse:
         positive_ids=tuple(body.positive_ids),
         negative_ids=tuple(body.negative_ids),
         cut=CutOptions(body.min_relevance, body.cut, body.order_by, body.order),
+        mode=body.mode,
     )
     outcome, report = await relevance_search_async(svc, collection_name(svc, body.collection), rq)
     return search_response(outcome, report)

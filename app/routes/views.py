@@ -46,6 +46,9 @@ def search_response(outcome: SearchOutcome, report: RelevanceReport | None = Non
                 mime=m.row.mime,
                 external_id=m.row.external_id,
                 image_b64=m.row.image_b64,
+                signals=list(m.signals),
+                fused_score=m.fused,
+                ocr_text=m.ocr_text,
             )
             for m in outcome.matches
         ],

@@ -33,6 +33,7 @@
     modal: $("image-modal"), modalTitle: $("modal-title"), modalClose: $("modal-close"), modalImage: $("modal-image"),
     modalScore: $("modal-score"), modalMeta: $("modal-meta"), modalSimilar: $("modal-find-similar"),
     modalOriginal: $("modal-open-original"),
+    modalOcr: $("modal-ocr"), modalOcrStatus: $("modal-ocr-status"), modalOcrLines: $("modal-ocr-lines"),
     apiKey: $("api-key"), apiKeyBox: $("api-key-box"),
     loadForm: $("load-form"), loadDataset: $("load-dataset"), loadSplit: $("load-split"),
     loadCollection: $("load-collection"), loadStart: $("load-start"),
@@ -440,6 +441,13 @@
     score.textContent = formatScore(item.score);
     score.title = `余弦相似度 ${item.score}（范围 -1 到 1，不是概率）`;
     node.querySelector(".result-id").textContent = `ID ${item.id}`;
+    if (item.ocr_text) {
+      // Found by the text read in the image (OCR): show the line that matched.
+      const match = node.querySelector(".ocr-match");
+      match.textContent = `图中文字：${item.ocr_text}`;
+      match.title = item.signals && item.signals.includes("visual") ? "文字和画面都匹配" : "文字匹配";
+      match.hidden = false;
+    }
     node.dataset.tier = item.tier || "";
     if (item.relevance !== null && item.relevance !== undefined) {
       const rel = node.querySelector(".relevance");
@@ -581,6 +589,8 @@
     el.modalOriginal.href = item.url;
     el.modalScore.textContent = item.score !== undefined ? `第 ${item.rank} 名 · ${formatScore(item.score)}` : "";
     el.modalMeta.replaceChildren(metaRow("状态", "正在读取元数据…"));
+    el.modalOcr.hidden = true;
+    el.modalOcr.dataset.loaded = "false";
     el.modal.dataset.id = String(item.id);
     if (!el.modal.open) {
       if (typeof el.modal.showModal === "function") el.modal.showModal(); else el.modal.setAttribute("open", "");
@@ -594,6 +604,34 @@
       if (!state.modalItem || state.modalItem.item.id !== item.id) return;
       el.modalMeta.replaceChildren(metaRow("错误", describeError(err).text));
     }
+    loadOcr(item, collection);
+  }
+
+  // The text read in the image (OCR); a collection without OCR answers 404 and the section stays hidden.
+  async function loadOcr(item, collection) {
+    let data;
+    try {
+      ({ data } = await api(`/img/images/${encodeURIComponent(collection)}/${item.id}/ocr`, { retries: 0 }));
+    } catch (err) {
+      return;
+    }
+    if (!state.modalItem || state.modalItem.item.id !== item.id) return;
+    const status = {
+      ok: data.lines.length ? `识别出 ${data.lines.length} 行文字` : "没有识别出文字",
+      pending: "还没有识别",
+      failed: `识别失败：${data.error || ""}`,
+    }[data.status];
+    el.modalOcrStatus.textContent = status;
+    el.modalOcrLines.replaceChildren(
+      ...data.lines.map((line) => {
+        const li = document.createElement("li");
+        li.textContent = line.text;
+        li.title = `置信度 ${Number(line.confidence).toFixed(2)}`;
+        return li;
+      })
+    );
+    el.modalOcr.hidden = false;
+    el.modalOcr.dataset.loaded = "true";
   }
 
   function metaRow(label, value) {

@@ -60,6 +60,9 @@ class RelevanceQuery:
     positive_ids: tuple[int, ...] = ()
     negative_ids: tuple[int, ...] = ()
     cut: CutOptions = field(default_factory=CutOptions)
+    # visual / text / hybrid (text in images, operations.search); a plain text query only.
+    # None: hybrid on a collection with OCR, else visual.
+    mode: str | None = None
 
 
 def _weights(svc: Services) -> Weights:
@@ -93,6 +96,8 @@ def _check(svc: Services, rq: RelevanceQuery) -> ParsedQuery:
             f"query is {len(rq.query)} characters; the limit is {svc.settings.max_query_chars}"
         )
     has_other = rq.image is not None or rq.image_id is not None or bool(rq.positive_ids)
+    if rq.mode not in (None, "visual", "text", "hybrid"):
+        raise InvalidInput('mode must be "visual", "text" or "hybrid"')
     if not rq.query.strip():
         if not has_other:
             raise InvalidInput("query must be a non-empty string (or give an image or positive_ids)")
@@ -107,8 +112,11 @@ def relevance_search(
     parsed = _check(svc, rq)
     rq.cut.check()
     if _is_plain_text(parsed, rq):
-        outcome = search_text(svc, collection, rq.query, rq.top_k, rq.flt, rq.min_score, rq.with_image)
+        outcome = search_text(
+            svc, collection, rq.query, rq.top_k, rq.flt, rq.min_score, rq.with_image, rq.mode
+        )
         return _annotate(svc, outcome, rq, None, "")
+    _visual_only(rq)
     if _is_plain_image(parsed, rq):
         outcome = search_image(
             svc,
@@ -133,9 +141,10 @@ async def relevance_search_async(
     rq.cut.check()
     if _is_plain_text(parsed, rq):
         outcome = await search_text_async(
-            svc, collection, rq.query, rq.top_k, rq.flt, rq.min_score, rq.with_image
+            svc, collection, rq.query, rq.top_k, rq.flt, rq.min_score, rq.with_image, rq.mode
         )
         return await anyio.to_thread.run_sync(_annotate, svc, outcome, rq, None, "")
+    _visual_only(rq)
     if _is_plain_image(parsed, rq):
         outcome = await search_image_async(
             svc,
@@ -149,6 +158,15 @@ async def relevance_search_async(
         )
         return await anyio.to_thread.run_sync(_annotate, svc, outcome, rq, None, NO_TEXT)
     return await anyio.to_thread.run_sync(_composed, svc, collection, rq, parsed)
+
+
+def _visual_only(rq: RelevanceQuery) -> None:
+    """The text in images (OCR) is matched for a plain text query only: the other kinds
+    (terms, an image, feedback) compose a vector, which has no text to look for."""
+    if rq.mode in ("text", "hybrid"):
+        raise InvalidInput(
+            f'mode "{rq.mode}" needs a plain text query (no -terms, weights, image or feedback)'
+        )
 
 
 def _is_plain_text(parsed: ParsedQuery, rq: RelevanceQuery) -> bool:
