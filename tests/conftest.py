@@ -19,6 +19,7 @@ from tests import services
 
 pytest_plugins: list[str] = [
     "tests.fixtures_stack",
+    "tests.fixtures_onnx",
 ]
 
 SKIP_ENV = "SKIP_REAL_SERVICES"

@@ -13,6 +13,7 @@ import ast
 import functools
 import importlib.util
 import json
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +59,32 @@ class ModelSpec:
     random_init: bool = False
     seed: int = 0
     text_int8: bool = False
+    # ENCODER_BACKEND: "auto" (ONNX Runtime on CPU when its export verifies,
+    # else torch), "onnx" (ONNX or a start-up error) or "torch".
+    backend: str = "torch"
+    onnx_cache_dir: Path | None = None
+    # Intra-op threads: text batches of up to 8 texts use `text_threads`,
+    # image batches and larger text batches `image_threads`; 0 = every core
+    # this process may run on (see `available_cores`).
+    text_threads: int = 1
+    image_threads: int = 0
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity), not the machine's count.
+
+    In a container or under taskset the affinity is the real budget; os.cpu_count()
+    would oversubscribe it.
+    """
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):  # not on Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+def resolve_threads(requested: int) -> int:
+    """A thread setting: 0 means every available core."""
+    return requested if requested > 0 else available_cores()
 
 
 def resolve_architecture(arch: str) -> dict:
@@ -173,12 +200,17 @@ class LazyClipEncoder:
         # until loaded, then what the encoder did (int8 is CPU only).
         return self._encoder.text_int8 if self._encoder is not None else bool(self.spec.text_int8)
 
+    @property
+    def backend(self) -> str:
+        # Read without loading the model: what the settings ask until loaded.
+        return self._encoder.backend if self._encoder is not None else self.spec.backend
+
     def _get(self) -> ClipEncoder:
         with self._lock:
             if self._encoder is None:
-                from operations.encoding.clip_encoder import ClipEncoder  # torch: only now
+                from operations.encoding.backends import load_encoder  # torch: only now
 
-                self._encoder = ClipEncoder.load(self.spec)
+                self._encoder = load_encoder(self.spec)
             return self._encoder
 
     def check_text(self, text: str) -> None:
