@@ -19,7 +19,6 @@ import io
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,11 +26,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from config.settings import load_settings
 from datasets.formats import FeatureWriter, ImageRecord, iter_features, iter_image_tsv, write_image_tsv
-from operations.encoding.clip_encoder import ClipEncoder, ModelSpec
+from operations.encoding.clip_encoder import ClipEncoder
+from operations.encoding.model_files import ModelSpec
 from operations.encoding.onnx_export import onnx_encoder_for
 from operations.evaluation.extract import decode_image, extract_image_features
 

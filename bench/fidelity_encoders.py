@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasets.demo_generator import DEFAULT_SIZES, ensure_demo_data, read_images, read_texts
 from operations.encoding.clip_encoder import ClipEncoder

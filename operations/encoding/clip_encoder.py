@@ -21,13 +21,11 @@ from cn_clip.clip.model import CLIP
 from PIL import Image
 
 from operations.encoding.base import l2_normalise
-from operations.encoding.model_files import (  # noqa: F401 (re-exported: the encoder's public names)
+from operations.encoding.model_files import (
     CONTEXT_LENGTH,
-    LazyClipEncoder,
     ModelSpec,
     ModelUnavailable,
     locate_model,
-    resolve_architecture,
     resolve_threads,
 )
 from operations.errors import InvalidInput
