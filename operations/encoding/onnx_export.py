@@ -42,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from cn_clip.clip.model import CLIP
 from PIL import Image
 
 from operations.encoding.base import l2_normalise
@@ -144,10 +145,10 @@ def verify(encoder, reference: Reference, text_min: float = MIN_COSINE, images: 
         raise ExportFailed(f"text cosine to torch {worst_text:.6f} < {text_min} ({where})")
     if not images:
         return {"text_min_cosine": worst_text}
-    one, batch = _image_batches(encoder.image_resolution)
+    one, several = _image_batches(encoder.image_resolution)
     worst_image = min(
         _worst(encoder.encode_images(one), reference.image_one),
-        _worst(encoder.encode_images(batch), reference.image_batch),
+        _worst(encoder.encode_images(several), reference.image_batch),
     )
     if worst_image < MIN_COSINE:
         raise ExportFailed(f"image cosine to torch {worst_image:.6f} < {MIN_COSINE}")
@@ -186,7 +187,7 @@ def cache_folder(spec: ModelSpec, cache_dir: Path) -> tuple[Path, dict]:
 
 
 class _TextTower(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: CLIP) -> None:
         super().__init__()
         self.model = model
 
@@ -195,7 +196,7 @@ class _TextTower(torch.nn.Module):
 
 
 class _ImageTower(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: CLIP) -> None:
         super().__init__()
         self.model = model
 
@@ -283,17 +284,20 @@ def quantise_text(folder: Path) -> Path:
 # --- the whole step -----------------------------------------------------------
 
 
-def _open(encoder: ClipEncoder, text: Path, image: Path, threads: tuple, int8: bool):
+Threads = tuple[int | None, int | None]
+
+
+def _open(encoder: ClipEncoder, text: Path, image: Path, threads: Threads, int8: bool):
     from operations.encoding.onnx_encoder import OnnxClipEncoder
 
     try:
-        return OnnxClipEncoder(encoder, text, image, *threads, text_int8=int8)
+        return OnnxClipEncoder(encoder, text, image, threads[0], threads[1], text_int8=int8)
     except Exception as exc:  # noqa: BLE001 (ORT raises its own types for a bad file)
         reason = f"{type(exc).__name__}: {exc}"
         raise ExportFailed(f"ONNX Runtime cannot load {text.parent.name}: {reason}") from None
 
 
-def _verified(encoder: ClipEncoder, folder: Path, reference: Reference, int8: bool, threads: tuple):
+def _verified(encoder: ClipEncoder, folder: Path, reference: Reference, int8: bool, threads: Threads):
     """Open the towers in `folder` and verify them: float32 strictly, then the int8 text tower."""
     onnx = _open(encoder, folder / TEXT_FILE, folder / IMAGE_FILE, threads, False)
     report = verify(onnx, reference)
@@ -326,7 +330,7 @@ def onnx_encoder_for(
         folder, identity = cache_folder(spec, cache_dir)
     except OSError as exc:
         raise ExportFailed(f"cannot read the checkpoint to key the cache: {exc}") from None
-    threads = (text_threads, image_threads)
+    threads: Threads = (text_threads, image_threads)
     reference = torch_reference(encoder)
     if (folder / META_FILE).is_file():
         try:
