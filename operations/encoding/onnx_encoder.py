@@ -8,6 +8,9 @@ row L2-normalised.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,6 +101,10 @@ class OnnxClipEncoder:
     def release_torch(self) -> None:
         """Drop the torch weights (about the size of the ONNX files) once they are not needed."""
         self.base.model = None
+        gc.collect()
+        # glibc keeps freed heap pages; hand them back (a no-op elsewhere).
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
     def check_text(self, text: str) -> None:
         self.base.check_text(text)
