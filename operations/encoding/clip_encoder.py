@@ -9,18 +9,17 @@ network.
 from __future__ import annotations
 
 import logging
-import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from cn_clip.clip import _tokenizer, image_transform, tokenize
+from cn_clip.clip import _tokenizer, tokenize
 from cn_clip.clip.model import CLIP
 from PIL import Image
 
-from operations.encoding.base import l2_normalise
+from operations.encoding.base import FairLock, l2_normalise
 from operations.encoding.model_files import (
     CONTEXT_LENGTH,
     ModelSpec,
@@ -28,6 +27,7 @@ from operations.encoding.model_files import (
     locate_model,
     resolve_threads,
 )
+from operations.encoding.preprocess import FastImageTransform
 from operations.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -92,15 +92,19 @@ class ClipEncoder:
         self.dim = int(model.text_projection.shape[1])
         self.context_length = CONTEXT_LENGTH
         self.image_resolution = image_resolution
-        self.preprocess = image_transform(image_resolution)
+        # cn_clip's image_transform, bit for bit, in one numpy pass (preprocess.py).
+        self.preprocess = FastImageTransform(image_resolution)
         # A short query is a handful of small matrix products: one thread
         # answers it fastest and does not fight Milvus, SQL and other requests
-        # for the cores (bench/README.md). Image batches use every core.
+        # for the cores (bench/README.md). Image batches use every core
+        # (0: resolve_threads, which keeps an operator's OMP_NUM_THREADS cap).
         self.text_threads = resolve_threads(text_threads)
         self.image_threads = resolve_threads(image_threads)
         # One forward pass at a time: torch already spreads one pass over all
-        # cores, and serialising keeps memory predictable under load.
-        self._lock = threading.Lock()
+        # cores, and serialising keeps memory predictable under load. Granted
+        # in request order, so a query batch waits for at most the pass in
+        # progress, never for a whole bulk add.
+        self._lock = FairLock()
 
     backend = "torch"
 
@@ -188,7 +192,7 @@ class ClipEncoder:
 
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The published cn_clip transform, stacked: callers may run it in other threads."""
-        return torch.stack([self.preprocess(im) for im in images])
+        return torch.from_numpy(self.preprocess.batch(images))
 
     @torch.no_grad()
     def encode_pixels(self, pixels: torch.Tensor) -> np.ndarray:

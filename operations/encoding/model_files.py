@@ -75,8 +75,16 @@ def available_cores() -> int:
 
 
 def resolve_threads(requested: int) -> int:
-    """A thread setting: 0 means every available core."""
-    return requested if requested > 0 else available_cores()
+    """A thread setting: 0 means every available core, capped by OMP_NUM_THREADS when set.
+
+    Resolved here once, not read back from torch: a pass sets torch's global
+    count, so reading it later would depend on what ran before.
+    """
+    if requested > 0:
+        return requested
+    cores = available_cores()
+    cap = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return min(cores, int(cap)) if cap.isdigit() and int(cap) > 0 else cores
 
 
 def resolve_architecture(arch: str) -> dict:

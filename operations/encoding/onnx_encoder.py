@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 
-from operations.encoding.base import l2_normalise
+from operations.encoding.base import FairLock, l2_normalise
 from operations.encoding.clip_encoder import ClipEncoder
 from operations.encoding.model_files import resolve_threads
 
@@ -91,7 +90,12 @@ class OnnxClipEncoder:
         self._text = open_session(self.text_model, self.text_threads)
         self._image = open_session(self.image_model, self.image_threads)
         self._bulk_text: ort.InferenceSession | None = None
-        self._all_cores = threading.Lock()
+        self._all_cores = FairLock()  # in request order: a query batch never waits out a bulk add
+
+    @property
+    def identity(self) -> str:
+        """The exported files this encoder runs (cache folder and text tower): a cache key part."""
+        return f"{self.text_model.parent.name}/{self.text_model.name}"
 
     @property
     def model(self):
@@ -109,7 +113,7 @@ class OnnxClipEncoder:
     def check_text(self, text: str) -> None:
         self.base.check_text(text)
 
-    def _text_session(self, n: int) -> tuple[ort.InferenceSession, threading.Lock | None]:
+    def _text_session(self, n: int) -> tuple[ort.InferenceSession, FairLock | None]:
         if n <= SMALL_TEXT_BATCH or self.image_threads <= self.text_threads:
             return self._text, None
         with self._all_cores:
