@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from config.settings import Settings
 from operations.context import EncoderRegistry, Services
 from operations.encoding.lazy_encoder import LazyClipEncoder
-from operations.encoding.model_files import ModelSpec
+from operations.encoding.model_files import ModelSpec, ModelUnavailable, locate_model
+from operations.relevance.calibration_store import CalibrationBook
 from operations.stores.job_store import JobStore
 from operations.stores.milvus_store import MilvusVectorStore
 from operations.stores.sql_image_store import SqlImageStore
@@ -38,6 +40,30 @@ def encoder_options(settings: Settings) -> dict:
         text_threads=settings.encoder_text_threads,
         image_threads=settings.encoder_image_threads,
     )
+
+
+def _checkpoint_of(spec: ModelSpec) -> Path | None:
+    # The file a calibration is tied to; a model whose files are missing fails elsewhere.
+    try:
+        return locate_model(spec)[0]
+    except ModelUnavailable:
+        return None
+
+
+def build_calibrations(settings: Settings) -> CalibrationBook:
+    """Where the calibration of the default model and of each extra model lives."""
+    checkpoints = {settings.model_name: _checkpoint_of(model_spec(settings))}
+    for name, spec in settings.extra_models.items():
+        checkpoints[name] = _checkpoint_of(
+            ModelSpec(
+                name=name,
+                checkpoint=spec.get("checkpoint"),
+                arch=spec.get("arch"),
+                download_root=settings.model_download_root,
+                random_init=bool(spec.get("random_init", False)),
+            )
+        )
+    return CalibrationBook(checkpoints, settings.calibration_dir)
 
 
 def build_encoder(settings: Settings) -> Encoder:
@@ -93,4 +119,5 @@ def build_services(settings: Settings, encoder=None, lazy_model: bool = False) -
         vectors=build_vector_store(settings),
         images=images,
         jobs=JobStore(images.pool),
+        calibrations=build_calibrations(settings),
     )
