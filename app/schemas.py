@@ -64,6 +64,13 @@ class TextSearchRequest(BaseModel):
     )
 
 
+Signal = Literal["visual", "text"]
+
+
+def _visual_only() -> list[Signal]:
+    return ["visual"]
+
+
 class ResultItem(BaseModel):
     id: int
     rank: int
@@ -84,9 +91,7 @@ class ResultItem(BaseModel):
     mime: str
     external_id: str | None = None
     image_b64: str | None = None
-    signals: list[Literal["visual", "text"]] = Field(
-        default_factory=lambda: ["visual"], description="which rankings found this image"
-    )
+    signals: list[Signal] = Field(default_factory=_visual_only, description="which rankings found this image")
     fused_score: float | None = Field(None, description="the RRF score it was ranked by (text, hybrid)")
     ocr_text: str | None = Field(
         None, description="the line of text read in the image that matched the query"

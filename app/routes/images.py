@@ -125,7 +125,7 @@ def get_ocr(collection: str, image_id: int, svc: SvcDep) -> OcrView:
     return OcrView(
         id=image_id,
         collection=collection,
-        status=record.status,
+        status="failed" if record.status == "failed" else "ok",
         text=record.text,
         lines=[OcrLineView(**line.as_dict()) for line in record.lines],
         error=record.error,

@@ -46,7 +46,7 @@ def search_response(outcome: SearchOutcome, report: RelevanceReport | None = Non
                 mime=m.row.mime,
                 external_id=m.row.external_id,
                 image_b64=m.row.image_b64,
-                signals=list(m.signals),
+                signals=[s for s in ("visual", "text") if s in m.signals],
                 fused_score=m.fused,
                 ocr_text=m.ocr_text,
             )

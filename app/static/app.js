@@ -17,7 +17,7 @@
     queued: "排队中", running: "进行中", succeeded: "已完成", failed: "失败",
     interrupted: "已中断", cancelled: "已取消",
   };
-  const KIND_LABELS = { load: "导入", add: "批量添加" };
+  const KIND_LABELS = { load: "导入", add: "批量添加", ocr: "文字识别" };
 
   const el = {
     collection: $("collection-select"), collectionsRefresh: $("collections-refresh"), modelInfo: $("model-info"),
