@@ -363,6 +363,9 @@ def run_sweep(args) -> None:
                     }
                     results[name][label] = summary
                     batches[name][label] = res.stats_delta
+                    if not summary:
+                        print(f"   {label:<48} no answer arrived within the window", flush=True)
+                        continue
                     head = summary.get("text") or next(iter(summary.values()))
                     print(
                         f"   {label:<48} {head['qps']:7.1f} q/s  median {head['median_ms']} ms  "
