@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     negative_term_weight: float = Field(
         0.0, ge=0, le=2, description="how much of a -term's vector is subtracted from the query"
     )
+    negative_term_weight_no_text: float = Field(
+        2.0,
+        ge=0,
+        le=8,
+        description="the same for a query without wanted text (an image or feedback with -terms)",
+    )
     feedback_positive_weight: float = Field(
         3.0, ge=0, le=4, description="Rocchio beta: weight of the mean of positive_ids' vectors"
     )
