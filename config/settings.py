@@ -44,7 +44,24 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     half_precision: bool = Field(False, description="fp16 inference on GPU")
     text_int8: bool = Field(
-        False, description="int8 text tower on CPU: queries ~2x faster, vectors a little off fp32 (README)"
+        False,
+        description="int8 text tower on CPU (ONNX or torch, whichever backend runs): queries faster, "
+        "vectors a little off fp32 (README)",
+    )
+    encoder_backend: Literal["auto", "onnx", "torch"] = Field(
+        "auto",
+        description="auto: ONNX Runtime on CPU when its export verifies against torch, else torch; "
+        "onnx: ONNX or the start fails; torch: torch only",
+    )
+    onnx_cache_dir: Path = Field(
+        REPO_ROOT / "models" / "onnx",
+        description="exported ONNX towers, one folder per checkpoint hash, architecture and exporter version",
+    )
+    encoder_text_threads: int = Field(
+        1, ge=0, le=256, description="intra-op threads for a batch of up to 8 texts; 0 = all available cores"
+    )
+    encoder_image_threads: int = Field(
+        0, ge=0, le=256, description="intra-op threads for images and text batches over 8; 0 = all cores"
     )
     extra_models: dict = Field(
         default_factory=dict,
@@ -60,6 +77,12 @@ class Settings(BaseSettings):
     # --- relevance (query language, feedback; README "Relevance") ------------
     negative_term_weight: float = Field(
         0.0, ge=0, le=2, description="how much of a -term's vector is subtracted from the query"
+    )
+    negative_term_weight_no_text: float = Field(
+        2.0,
+        ge=0,
+        le=8,
+        description="the same for a query without wanted text (an image or feedback with -terms)",
     )
     feedback_positive_weight: float = Field(
         3.0, ge=0, le=4, description="Rocchio beta: weight of the mean of positive_ids' vectors"

@@ -15,7 +15,7 @@ from operations.stores.milvus_store import MilvusVectorStore
 from operations.stores.sql_image_store import SqlImageStore
 
 if TYPE_CHECKING:
-    from operations.encoding.clip_encoder import ClipEncoder
+    from operations.encoding.base import Encoder
 
 
 def model_spec(settings: Settings) -> ModelSpec:
@@ -27,7 +27,18 @@ def model_spec(settings: Settings) -> ModelSpec:
         device=settings.device,
         half=settings.half_precision,
         random_init=settings.model_random_init,
+        **encoder_options(settings),
+    )
+
+
+def encoder_options(settings: Settings) -> dict:
+    """The ModelSpec fields every model of this process shares: int8, backend, cache, threads."""
+    return dict(
         text_int8=settings.text_int8,
+        backend=settings.encoder_backend,
+        onnx_cache_dir=settings.onnx_cache_dir,
+        text_threads=settings.encoder_text_threads,
+        image_threads=settings.encoder_image_threads,
     )
 
 
@@ -55,16 +66,16 @@ def build_calibrations(settings: Settings) -> CalibrationBook:
     return CalibrationBook(checkpoints, settings.calibration_dir)
 
 
-def build_encoder(settings: Settings) -> ClipEncoder:
+def build_encoder(settings: Settings) -> Encoder:
     return _load(model_spec(settings))
 
 
-def _load(spec: ModelSpec) -> ClipEncoder:
+def _load(spec: ModelSpec) -> Encoder:
     # Imported here: torch and cn_clip cost ~500 MB, which command-line work
     # that never encodes (LazyClipEncoder) does not pay.
-    from operations.encoding.clip_encoder import ClipEncoder
+    from operations.encoding.backends import load_encoder
 
-    return ClipEncoder.load(spec)
+    return load_encoder(spec)
 
 
 def build_vector_store(settings: Settings) -> MilvusVectorStore:
@@ -97,8 +108,8 @@ def build_services(settings: Settings, encoder=None, lazy_model: bool = False) -
                 download_root=settings.model_download_root,
                 device=settings.device,
                 half=settings.half_precision,
-                text_int8=settings.text_int8,
                 random_init=bool(spec.get("random_init", False)),
+                **encoder_options(settings),
             )
         )
     images = build_image_store(settings)

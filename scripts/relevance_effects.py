@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.dataset.resolve() == g.DEFAULT_OUT.resolve():
         g.ensure_demo_data(args.dataset)  # the demo data is made, never stale
     weights = Weights(
-        s.negative_term_weight, s.feedback_positive_weight, s.feedback_negative_weight, s.query_image_weight
+        s.negative_term_weight,
+        s.feedback_positive_weight,
+        s.feedback_negative_weight,
+        s.query_image_weight,
+        s.negative_term_weight_no_text,
     )
     shapes = {k: v[0] for k, v in g.SHAPES.items()}
     colours = {k: v[0] for k, v in g.COLOURS.items()}

@@ -32,6 +32,18 @@ router = APIRouter(prefix="/img", tags=["search"])
     summary="Search images by a Chinese sentence or query (`-term`, `term:2`), an image_id, feedback",
 )
 async def text_search(body: TextSearchRequest, svc: SvcDep) -> SearchResponse:
+    """The query is a small language: words separated by spaces (`海边 日落` is one phrase);
+    `-词` (or `－词`) is unwanted: results closer to it than to the wanted text are removed;
+    `词:2` (0 < weight <= 10) makes each wanted word its own weighted vector. `image_id` adds a
+    stored image to the query; `positive_ids` / `negative_ids` are Rocchio feedback (更像这个 /
+    不要这种) and never appear in the results.
+
+    Each result carries `relevance`, the model's calibrated probability of a match (null, with
+    `calibrated: false` and `relevance_note`, when the model is uncalibrated or the query has no
+    wanted text). `min_relevance` drops results below it, `cut: "auto"` stops at the largest
+    drop in score, `order_by` / `order` sort what is left. Malformed queries are 422s naming
+    the term.
+    """
     flt = body.filters.to_filter() if body.filters else None
     rq = RelevanceQuery(
         query=body.query,

@@ -54,6 +54,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--random-init", action="store_true", default=None, help="random weights (benchmarks/tests only)"
     )
+    g.add_argument(
+        "--encoder-backend",
+        choices=("auto", "onnx", "torch"),
+        help="ENCODER_BACKEND: auto (ONNX Runtime when its export verifies), onnx or torch",
+    )
+    g.add_argument("--text-int8", action="store_true", default=None, help="TEXT_INT8: int8 text tower (CPU)")
 
 
 def _settings(args: argparse.Namespace):
@@ -67,6 +73,8 @@ def _settings(args: argparse.Namespace):
         ("device", "device"),
         ("half", "half_precision"),
         ("random_init", "model_random_init"),
+        ("encoder_backend", "encoder_backend"),
+        ("text_int8", "text_int8"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -130,7 +138,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if not (args.images or args.texts):
         args.images = args.texts = True
     encoder = _encoder(args)
-    out: dict = {"model": encoder.model_name, "dim": encoder.dim}
+    out: dict = {
+        "model": encoder.model_name,
+        "dim": encoder.dim,
+        "backend": getattr(encoder, "backend", "torch"),
+    }
     if args.texts:
         report = extract_text_features(
             encoder,

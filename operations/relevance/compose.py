@@ -8,7 +8,8 @@ All vectors are L2-normalised embeddings of one model. The rule (README, "Releva
              - lambda * sum_j w_j * n_j                        then normalised
     (Rocchio; without text or image the anchor is mean(positive_ids) and beta is not added again)
 
-t_i: wanted terms, n_j: unwanted terms, lambda NEGATIVE_TERM_WEIGHT, beta / gamma
+t_i: wanted terms, n_j: unwanted terms, lambda NEGATIVE_TERM_WEIGHT (NEGATIVE_TERM_WEIGHT_NO_TEXT
+when the query has no wanted text), beta / gamma
 FEEDBACK_POSITIVE_WEIGHT / FEEDBACK_NEGATIVE_WEIGHT, image_weight QUERY_IMAGE_WEIGHT.
 
 Subtracting only pushes results down; an unwanted term also removes a result outright when the
@@ -35,6 +36,10 @@ class Weights:
     feedback_positive: float = 3.0
     feedback_negative: float = 0.25
     image: float = 1.0
+    # Without wanted text (an image or feedback alone) no text similarity exists to compare an
+    # unwanted term with, so the term is only subtracted, and an image anchor's similarities
+    # are on another scale than text's: it takes a larger weight.
+    negative_term_no_text: float = 2.0
 
 
 @dataclass
@@ -81,8 +86,9 @@ def compose(parts: QueryParts, weights: Weights) -> np.ndarray:
         q = q + weights.feedback_positive * np.mean(parts.feedback_positive, axis=0)
     if parts.feedback_negative:
         q = q - weights.feedback_negative * np.mean(parts.feedback_negative, axis=0)
+    lam = weights.negative_term if text is not None else weights.negative_term_no_text
     for v, w in parts.negatives:
-        q = q - weights.negative_term * w * v
+        q = q - lam * w * v
     return _unit(q, "the query")
 
 

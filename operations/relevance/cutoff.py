@@ -82,6 +82,11 @@ def auto_cut(scores: Sequence[float]) -> int:
     return int(np.argmax(gaps)) + 1
 
 
+def _ranking_score(m: object) -> float:
+    fused = getattr(m, "fused", None)
+    return float(fused) if fused is not None else float(m.score)  # type: ignore[attr-defined]
+
+
 def apply_cut(
     matches: list,
     options: CutOptions,
@@ -107,7 +112,9 @@ def apply_cut(
         kept = [m for m in kept if (report.relevance[m.row.id] or 0.0) >= options.min_relevance]
     report.kept_by_threshold = len(kept)
     if options.cut == "auto":
-        report.auto_cut_at = auto_cut([m.score for m in kept])
+        # The curve of what ranked the results: the fused rank score when text and image
+        # rankings were fused (operations.fusion), else the cosine.
+        report.auto_cut_at = auto_cut([_ranking_score(m) for m in kept])
         kept = kept[: report.auto_cut_at]
     if options.order_by == "created_at":
         # Stable: results of one date keep their relevance order.

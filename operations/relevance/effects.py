@@ -7,6 +7,7 @@ the scene descriptions (`${split}_scenes.jsonl`) of the demo generator:
 - negation, "<shape> -<colour>" against "<shape>" (and "<colour> -<shape>" against "<colour>"):
   the share of the top k holding the unwanted colour (shape), and the share holding the wanted
   shape (colour);
+- negation without text: a stored image with "-<one of its colours>" against the image alone;
 - feedback: "一个<colour>的<shape>" against the same query with three positive_ids, the first
   three images of the plain ranking that hold the object (what a user clicks 更像这个 on);
   precision@k is counted without those three in either list.
@@ -98,6 +99,47 @@ def negation_effect(
 
 
 @dataclass
+class ImageNegationEffect:
+    queries: int
+    plain_unwanted_share: float
+    negated_unwanted_share: float
+    plain_shared_share: float  # results sharing another (shape, colour) object with the query image
+    negated_shared_share: float
+
+
+def image_negation_effect(
+    index: SplitIndex,
+    encode: Callable[[Sequence[str]], np.ndarray],
+    colours: dict[str, str],
+    n_queries: int = 150,
+    k: int = 10,
+    weights: Weights = DEFAULT_WEIGHTS,
+) -> ImageNegationEffect:
+    """Stored images as queries with "-<one of their colours>" (no wanted text): the share of
+    the top k holding that colour, and the share still sharing another object with the query."""
+    keys = sorted(colours)
+    vec = dict(zip(keys, encode([colours[c] for c in keys]), strict=True))
+    rows = np.random.default_rng(0).choice(
+        len(index.image_ids), min(n_queries, len(index.image_ids)), replace=False
+    )
+    pu = nu = ps = ns = slots = 0
+    for qi in (int(r) for r in rows):
+        held = sorted(index.colours(qi))
+        colour = held[qi % len(held)]
+        others = {o for o in index.objects[qi] if o[1] != colour}
+        q = compose(QueryParts(image=index.feats[qi], negatives=[(vec[colour], 1.0)]), weights)
+        plain = _top(index, index.feats[qi], k, {qi})
+        neg = _top(index, q, k, {qi})
+        pu += sum(colour in index.colours(i) for i in plain)
+        nu += sum(colour in index.colours(i) for i in neg)
+        ps += sum(bool(others & index.objects[i]) for i in plain)
+        ns += sum(bool(others & index.objects[i]) for i in neg)
+        slots += k
+    n = max(1, slots)
+    return ImageNegationEffect(len(rows), pu / n, nu / n, ps / n, ns / n)
+
+
+@dataclass
 class FeedbackEffect:
     queries: int
     plain_precision: float
@@ -171,6 +213,9 @@ def measure(encoder, dataset_dir: Path, split: str, shapes, colours, weights: We
         ).__dict__,
         "colour_minus_shape": negation_effect(
             index, encoder.encode_texts, colour_neg, weights=weights
+        ).__dict__,
+        "image_minus_colour": image_negation_effect(
+            index, encoder.encode_texts, colours, weights=weights
         ).__dict__,
         "feedback_3_positives": feedback_effect(index, encoder.encode_texts, objs, weights=weights).__dict__,
     }

@@ -68,7 +68,11 @@ class RelevanceQuery:
 def _weights(svc: Services) -> Weights:
     s = svc.settings
     return Weights(
-        s.negative_term_weight, s.feedback_positive_weight, s.feedback_negative_weight, s.query_image_weight
+        s.negative_term_weight,
+        s.feedback_positive_weight,
+        s.feedback_negative_weight,
+        s.query_image_weight,
+        s.negative_term_weight_no_text,
     )
 
 

@@ -1,5 +1,6 @@
-"""Relevance through HTTP with the demo model on Milvus Lite + SQLite: relevance beside score,
-min_relevance, cut, order, the query language, text plus image, feedback, 422s, the calibrate job."""
+"""Relevance through HTTP with the demo model, on Milvus Lite + SQLite and on the Milvus 2.3
+server + MariaDB: relevance beside score, min_relevance, cut, order, the query language, text
+plus image, feedback, 422s, the calibrate job."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from PIL import Image
 from app.main import create_app
 from datasets import demo_generator as g
 from operations.factory import build_services
-from tests.stack import make_settings
+from tests.fixtures_stack import BACKENDS, backend_settings
 
 REPO = Path(__file__).resolve().parents[2]
 N_IMAGES = 300
@@ -31,15 +32,17 @@ def wait_job(client, job_id: str, timeout: float = 300) -> dict:
     raise AssertionError(f"job {job_id} did not finish")
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+@pytest.fixture(scope="module", params=BACKENDS)
+def demo(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rel")
     # A copy of the shipped calibration: the calibrate job below writes here, never into models/.
     (tmp / "cal").mkdir()
     shipped = REPO / "models" / "demo" / "demo-tiny.calibration.json"
     (tmp / "cal" / "demo-tiny.calibration.json").write_bytes(shipped.read_bytes())
-    settings = make_settings(
+    settings = backend_settings(
+        request,
         tmp,
+        request.param,
         model_name="demo-tiny",
         model_checkpoint=REPO / "models" / "demo" / "demo-tiny.pt",
         model_arch=str(REPO / "config" / "model_configs" / "demo-tiny.json"),
@@ -117,6 +120,12 @@ def test_weights_text_with_stored_image_and_feedback(demo):
     fb = search(demo, query="红色", positive_ids=[first], negative_ids=[weighted[1]["id"]], top_k=10)
     ids = {x["id"] for x in fb["results"]}
     assert first not in ids and weighted[1]["id"] not in ids and len(ids) == 10
+    # an image with an unwanted colour: no wanted text, the term is subtracted
+    red = lambda xs: sum(any(c == "red" for _, c in demo.scenes[x["id"]]) for x in xs)  # noqa: E731
+    red_image = next(i for i, objs in demo.scenes.items() if any(c == "red" for _, c in objs))
+    like = search(demo, image_id=red_image, top_k=10)["results"]
+    unlike = search(demo, query="-红色", image_id=red_image, top_k=10)
+    assert red(unlike["results"]) < red(like) and unlike["calibrated"] is False
     only_fb = search(demo, positive_ids=[first], top_k=5)
     assert only_fb["calibrated"] is False and "text" in only_fb["relevance_note"]
     assert all(x["relevance"] is None for x in only_fb["results"])

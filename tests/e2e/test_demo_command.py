@@ -62,6 +62,9 @@ def test_demo_script_serves_the_demo_and_finds_red_circles(tmp_path):
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["model"] == "demo-tiny" and body["collection"] == "demo"
+        # The demo model ships calibrated: every result carries a relevance in 0..1.
+        assert body["calibrated"] is True, body["relevance_note"]
+        assert all(0 <= x["relevance"] <= 1 for x in body["results"])
         scenes = {}
         with open(REPO / "datasets" / "data" / "demo" / "test_scenes.jsonl", encoding="utf-8") as f:
             for line in f:

@@ -16,7 +16,13 @@ from operations.encoding.model_files import ModelSpec
 from operations.relevance.calibrate import check_calibration, read_labelled_split
 from operations.relevance.calibration_store import CalibrationBook
 from operations.relevance.compose import Weights
-from operations.relevance.effects import demo_queries, feedback_effect, load_split_index, negation_effect
+from operations.relevance.effects import (
+    demo_queries,
+    feedback_effect,
+    image_negation_effect,
+    load_split_index,
+    negation_effect,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = REPO_ROOT / "models" / "demo" / "demo-tiny.pt"
@@ -24,7 +30,9 @@ ARCH = REPO_ROOT / "config" / "model_configs" / "demo-tiny.json"
 SHAPES = {k: v[0] for k, v in g.SHAPES.items()}
 COLOURS = {k: v[0] for k, v in g.COLOURS.items()}
 # The service's defaults (config/settings.py).
-WEIGHTS = Weights(negative_term=0.0, feedback_positive=3.0, feedback_negative=0.25, image=1.0)
+WEIGHTS = Weights(
+    negative_term=0.0, feedback_positive=3.0, feedback_negative=0.25, image=1.0, negative_term_no_text=2.0
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +77,13 @@ def test_an_unwanted_colour_nearly_vanishes_and_the_shape_share_holds(encoder, i
     assert e.plain_unwanted_share > 0.08  # the plain query does show the colour
     assert e.negated_unwanted_share < 0.04 and e.negated_unwanted_share < e.plain_unwanted_share / 3
     assert e.negated_wanted_share > e.plain_wanted_share - 0.05  # stated margin: 5 points
+
+
+def test_an_unwanted_colour_leaves_an_image_query(encoder, index):
+    e = image_negation_effect(index, encoder.encode_texts, COLOURS, weights=WEIGHTS)
+    assert e.plain_unwanted_share > 0.5  # similar images mostly share the colour
+    assert e.negated_unwanted_share < 0.05
+    assert e.negated_shared_share > e.plain_shared_share - 0.04  # stated margin: 4 points
 
 
 def test_three_positive_examples_raise_precision_at_10(encoder, index):

@@ -122,6 +122,14 @@ def test_threshold_cut_and_order_by_date():
     assert [m.row.created_at for m in kept] == [1, 5, 9]
 
 
+def test_auto_cut_follows_the_fused_score_when_results_were_fused():
+    ms = matches([0.2, 0.9, 0.1, 0.8], [1, 2, 3, 4])
+    for m, fused in zip(ms, [0.033, 0.032, 0.016, 0.015], strict=True):
+        m.fused = fused  # type: ignore[attr-defined]
+    kept, report = apply_cut(ms, CutOptions(cut="auto"), None, "")
+    assert report.auto_cut_at == 2 and [m.row.id for m in kept] == [100, 101]
+
+
 def test_uncalibrated_gives_null_relevance_and_refuses_a_threshold():
     ms = matches([0.9, 0.5], [1, 2])
     kept, report = apply_cut(ms, CutOptions(cut="auto"), None, "model 'x' is not calibrated")
