@@ -203,7 +203,7 @@ class ScanRequest(BaseModel):
         None,
         ge=1,
         le=10_000,
-        description="rows of this page: default 100 as json, 10,000 as csv/jsonl (an export)",
+        description="rows of this page: default 100 as json; as csv/jsonl, none = every match, streamed",
     )
     format: Literal["json", "csv", "jsonl"] = "json"
 
@@ -225,5 +225,4 @@ class ScanResponse(BaseModel):
     total: int
     offset: int
     limit: int
-    truncated: bool
     hits: list[ScanItem]
