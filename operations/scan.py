@@ -10,11 +10,17 @@ the page before; see milvus_store.py for Milvus Lite).
 Rows stream: the descriptions' pages are merged best first (`heapq.merge`),
 SQL rows are fetched a batch at a time, and CSV/JSONL are written as they
 come, so memory holds a page per description whatever the number of matches.
+
+On a collection with OCR a scan also takes patterns for the text read in the
+images (built-ins or regular expressions, operations.text_patterns): their hits
+follow the CLIP hits, by image id, with signal "ocr", the pattern and the
+matched text.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import heapq
 import io
 import itertools
@@ -27,7 +33,9 @@ import numpy as np
 from operations.context import Services
 from operations.domain import Hit, SearchFilter
 from operations.errors import InvalidInput
+from operations.ocr_scan import OcrScanStats, iter_ocr_hits
 from operations.stores.vector_base import MAX_STORE_HITS, VectorStore
+from operations.text_patterns import TextPattern, compile_patterns
 from operations.vector_filter import filter_for_vectors
 
 MAX_DESCRIPTIONS = 50
@@ -43,6 +51,8 @@ class ScanHit:
     description: str
     source: str = ""
     created_at: int = 0
+    signal: str = "visual"  # visual: a CLIP description; ocr: a pattern in the text read in the image
+    matched_text: str = ""  # ocr: the text the pattern matched
 
 
 @dataclass
@@ -54,6 +64,7 @@ class ScanOutcome:
     offset: int
     limit: int
     hits: list[ScanHit]
+    ocr_timed_out: int = 0  # (pattern, line) searches that gave up at OCR_REGEX_TIMEOUT_MS
 
 
 @dataclass
@@ -70,14 +81,26 @@ class ScanPlan:
     flt: SearchFilter | None
     nothing: bool
     page_size: int
+    patterns: list[TextPattern] = dataclasses.field(default_factory=list)
+    user_filter: SearchFilter | None = None  # the OCR patterns' filter, before filter_for_vectors
+    ocr_stats: OcrScanStats = dataclasses.field(default_factory=OcrScanStats)
 
     def hits(self) -> Iterator[ScanHit]:
         """Every (image, description) pair at or above the threshold, best first
-        (score descending, then image id, then description)."""
-        if self.nothing:
-            return iter(())
-        streams = [self._keyed(i, vec) for i, vec in enumerate(self.vectors)]
-        return self._with_rows(heapq.merge(*streams))
+        (score descending, then image id, then description), then the OCR pattern
+        matches by image id."""
+        if not self.nothing:
+            streams = [self._keyed(i, vec) for i, vec in enumerate(self.vectors)]
+            yield from self._with_rows(heapq.merge(*streams))
+        if self.patterns:
+            yield from ocr_scan_hits(
+                self.svc,
+                self.collection,
+                self.patterns,
+                len(self.descriptions),
+                self.user_filter,
+                self.ocr_stats,
+            )
 
     def _keyed(self, index: int, vector: np.ndarray) -> Iterator[tuple[float, int, int]]:
         for h in iter_matches(
@@ -116,10 +139,12 @@ def plan_scan(
     descriptions: list[str],
     threshold: float,
     flt: SearchFilter | None = None,
+    ocr_patterns: list[dict] | None = None,
 ) -> ScanPlan:
     """Validate and encode a scan; its rows come from `ScanPlan.hits()`."""
-    if not descriptions or len(descriptions) > MAX_DESCRIPTIONS:
-        raise InvalidInput(f"give 1..{MAX_DESCRIPTIONS} descriptions")
+    patterns = compile_patterns(ocr_patterns or [])
+    if len(descriptions) > MAX_DESCRIPTIONS or not (descriptions or patterns):
+        raise InvalidInput(f"give 1..{MAX_DESCRIPTIONS} descriptions, or OCR patterns")
     if not -1.0 <= threshold <= 1.0:
         raise InvalidInput("threshold is a cosine similarity in -1..1")
     encoder = svc.encoder_for(collection)
@@ -129,7 +154,8 @@ def plan_scan(
                 f"each description is a string of at most {svc.settings.max_query_chars} characters"
             )
         encoder.check_text(text)
-    vectors = encoder.encode_texts(descriptions)
+    vectors = encoder.encode_texts(descriptions) if descriptions else np.zeros((0, encoder.dim), np.float32)
+    user_filter = flt
     flt, nothing = filter_for_vectors(svc, collection, flt)
     if not nothing:
         svc.vectors.describe_meta(collection)  # a missing collection is a 404 before streaming
@@ -143,6 +169,8 @@ def plan_scan(
         flt,
         nothing,
         svc.settings.scan_page_size,
+        patterns,
+        user_filter,
     )
 
 
@@ -154,21 +182,48 @@ def scan(
     flt: SearchFilter | None = None,
     offset: int = 0,
     limit: int = 100,
+    ocr_patterns: list[dict] | None = None,
 ) -> ScanOutcome:
-    """One page of all (image, description) pairs with similarity >= threshold, best first.
+    """One page of all (image, description) pairs with similarity >= threshold, best first,
+    then the (image, OCR pattern) matches by image id.
 
     `total` counts every pair: the whole stream is read (without keeping it).
     """
     if offset < 0 or not 1 <= limit <= 10_000:
         raise InvalidInput("offset must be >= 0 and limit in 1..10000")
-    plan = plan_scan(svc, collection, descriptions, threshold, flt)
+    plan = plan_scan(svc, collection, descriptions, threshold, flt, ocr_patterns)
     page: list[ScanHit] = []
     total = 0
     for hit in plan.hits():
         if offset <= total < offset + limit:
             page.append(hit)
         total += 1
-    return ScanOutcome(collection, plan.model, threshold, total, offset, limit, page)
+    return ScanOutcome(
+        collection, plan.model, threshold, total, offset, limit, page, plan.ocr_stats.timed_out
+    )
+
+
+def ocr_scan_hits(
+    svc: Services,
+    collection: str,
+    patterns: list[TextPattern],
+    first_index: int,
+    flt: SearchFilter | None,
+    stats: OcrScanStats,
+) -> Iterator[ScanHit]:
+    """The OCR patterns' matches as scan rows: description_index counts on after the descriptions,
+    score is the confidence of the line read."""
+    for h in iter_ocr_hits(svc, collection, patterns, flt, stats):
+        yield ScanHit(
+            h.image_id,
+            round(h.confidence, 6),
+            first_index + h.pattern_index,
+            h.pattern,
+            h.source,
+            h.created_at,
+            "ocr",
+            h.matched_text,
+        )
 
 
 FIELDS = list(ScanHit.__dataclass_fields__)
