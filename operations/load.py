@@ -33,7 +33,7 @@ from datasets.formats import BadRecord, FeatureIndex, ImageRecord, dataset_paths
 from datasets.lmdb_io import iter_lmdb_images
 from operations.context import Services
 from operations.encoding.base import Encoder
-from operations.errors import Conflict, NotFound, UnsupportedMedia
+from operations.errors import Conflict, NotFound, PayloadTooLarge, ServiceError
 from operations.images import decode_b64_image, probe, sha256_hex
 from operations.progress import Progress
 from operations.stores.image_base import ImageRow
@@ -129,7 +129,10 @@ def load_split(
         for rec in chunk:
             try:
                 mime, width, height = probe(rec.data)
-            except UnsupportedMedia as exc:
+                if width * height > svc.settings.max_image_pixels:
+                    limit = svc.settings.max_image_pixels
+                    raise PayloadTooLarge(f"image has {width}x{height} pixels; the limit is {limit} pixels")
+            except ServiceError as exc:
                 progress.fail(f"{origin} line {rec.line_no} (image {rec.image_id})", exc.message)
                 continue
             if features is not None:
@@ -201,9 +204,9 @@ def load_split(
             progress.fail(f"image {image_id}", reason)
         keep = set(result.inserted) | set(result.already_present)
         mask = [r.id in keep for r in batch.rows]
-        batch.ids_to_index = [r.id for r, m in zip(batch.rows, mask) if m]
+        batch.ids_to_index = [r.id for r, m in zip(batch.rows, mask, strict=True) if m]
         batch.vectors = batch.vectors[np.array(mask, dtype=bool)]
-        batch.rows = [r for r, m in zip(batch.rows, mask) if m]
+        batch.rows = [r for r, m in zip(batch.rows, mask, strict=True) if m]
         milvus_q.put(batch)
 
     def milvus_batch(batch: _Batch) -> None:
