@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from operations.bounds import MAX_IMAGE_ID, MAX_SCAN_OFFSET, MAX_TIMESTAMP, MIN_IMAGE_ID
 from operations.stores.vector_base import SearchFilter
+
+
+def _no_lone_surrogates(value: str) -> str:
+    # JSON's \ud800 escape yields a str no encoder can write (SQL, the response):
+    # refuse it here, naming the field, instead of failing later.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone UTF-16 surrogate, which is not text") from None
+    return value
+
+
+# Every string and integer of a request goes through one of these types, so the
+# rule is in one place: text is valid Unicode, ids and timestamps are in range.
+Text = Annotated[str, AfterValidator(_no_lone_surrogates)]
+ImageId = Annotated[int, Field(ge=MIN_IMAGE_ID, le=MAX_IMAGE_ID, description="an image id (1..2^63-1)")]
+Timestamp = Annotated[int, Field(ge=0, le=MAX_TIMESTAMP, description="unix seconds")]
+IndexParam = Annotated[int, Field(ge=1, le=65536)]
 
 
 class Filters(BaseModel):
     """Narrow a search. Values are validated, then rendered by one filter builder."""
 
     model_config = ConfigDict(extra="forbid")
-    sources: list[str] = Field(default_factory=list, max_length=64, examples=[["demo"]])
-    tags: list[str] = Field(default_factory=list, max_length=64, description="match any of these tags")
-    created_from: int | None = Field(None, ge=0, description="unix seconds, inclusive")
-    created_to: int | None = Field(None, ge=0, description="unix seconds, inclusive")
+    sources: list[Text] = Field(default_factory=list, max_length=64, examples=[["demo"]])
+    tags: list[Text] = Field(default_factory=list, max_length=64, description="match any of these tags")
+    created_from: Timestamp | None = Field(None, description="unix seconds, inclusive")
+    created_to: Timestamp | None = Field(None, description="unix seconds, inclusive")
 
     def to_filter(self) -> SearchFilter:
         return SearchFilter(tuple(self.sources), tuple(self.tags), self.created_from, self.created_to)
@@ -29,9 +48,9 @@ class TextSearchRequest(BaseModel):
             "examples": [{"query": "左边有一个红色的圆形", "top_k": 10, "collection": "demo"}]
         },
     )
-    query: str = Field(..., min_length=1, max_length=10_000, description="a Chinese sentence")
+    query: Text = Field(..., min_length=1, max_length=10_000, description="a Chinese sentence")
     top_k: int = Field(10, ge=1, le=100)
-    collection: str | None = Field(None, description="defaults to the server's DEFAULT_COLLECTION")
+    collection: Text | None = Field(None, description="defaults to the server's DEFAULT_COLLECTION")
     filters: Filters | None = None
     min_score: float | None = Field(None, ge=-1, le=1, description="drop results below this cosine")
     with_image: bool = Field(False, description="include each image inline as base64")
@@ -93,15 +112,15 @@ class AddResponse(BaseModel):
 
 class FolderAddRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    folder: str = Field(..., description="a folder under the server's DATA_ROOT", examples=["photos/2026"])
-    source: str = "folder"
-    tags: list[str] = Field(default_factory=list)
-    created_at: int | None = Field(None, ge=0)
+    folder: Text = Field(..., description="a folder under the server's DATA_ROOT", examples=["photos/2026"])
+    source: Text = "folder"
+    tags: list[Text] = Field(default_factory=list, max_length=64)
+    created_at: Timestamp | None = None
 
 
 class DeleteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ids: list[int] = Field(default_factory=list, max_length=100_000)
+    ids: list[ImageId] = Field(default_factory=list, max_length=100_000)
     filters: Filters | None = None
 
 
@@ -115,10 +134,14 @@ class LoadRequest(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"dataset": "demo", "split": "valid", "collection": "demo"}]},
     )
-    dataset: str = Field(..., description="dataset directory, relative to DATA_ROOT")
-    split: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    collection: str | None = None
-    source: str | None = Field(
+    dataset: Text = Field(..., description="dataset directory, relative to DATA_ROOT")
+    split: str = Field(
+        ...,
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$",
+        description="a split name (not a path): its files are <split>_imgs.tsv etc. in the dataset directory",
+    )
+    collection: Text | None = None
+    source: Text | None = Field(
         None, description="source label stored with each image (default: dataset name)"
     )
 
@@ -157,11 +180,13 @@ class CollectionCreate(BaseModel):
             ]
         },
     )
-    name: str
-    model: str | None = Field(None, description="a model the server has configured (default: its main model)")
+    name: Text
+    model: Text | None = Field(
+        None, description="a model the server has configured (default: its main model)"
+    )
     index_type: Literal["FLAT", "IVF_FLAT", "HNSW"] | None = None
-    index_params: dict[str, int] = Field(default_factory=dict)
-    search_params: dict[str, int] = Field(default_factory=dict)
+    index_params: dict[Text, IndexParam] = Field(default_factory=dict, max_length=8)
+    search_params: dict[Text, IndexParam] = Field(default_factory=dict, max_length=8)
     source_partitions: int | None = Field(
         None,
         ge=0,
@@ -193,11 +218,11 @@ class ScanRequest(BaseModel):
             ]
         },
     )
-    descriptions: list[str] = Field(..., min_length=1, max_length=50)
+    descriptions: list[Text] = Field(..., min_length=1, max_length=50)
     threshold: float = Field(..., ge=-1, le=1, description="cosine similarity threshold")
-    collection: str | None = None
+    collection: Text | None = None
     filters: Filters | None = None
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_SCAN_OFFSET)
     limit: int | None = Field(
         None,
         ge=1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from operations.bounds import check_image_ids
 from operations.context import Services
 from operations.errors import InvalidInput
 from operations.stores.vector_base import SearchFilter
@@ -16,8 +17,8 @@ def delete_ids(svc: Services, collection: str, ids: list[int]) -> int:
     Milvus' Session consistency makes the delete visible to the next search.
     Deleting again is harmless, so an interrupted delete is finished by retrying.
     """
+    ids = check_image_ids(ids)
     svc.require_collection(collection)
-    ids = [int(i) for i in ids]
     removed = 0
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]

@@ -10,6 +10,7 @@ from app.deps import SvcDep, collection_name
 from app.routes.uploads import read_upload, split_list
 from app.routes.views import search_response
 from app.schemas import SearchResponse, TextSearchRequest
+from operations.bounds import MAX_IMAGE_ID, MAX_TIMESTAMP, MIN_IMAGE_ID
 from operations.search import search_image, search_text
 from operations.stores.vector_base import SearchFilter
 
@@ -40,15 +41,20 @@ def image_search(
     svc: SvcDep,
     file: Annotated[UploadFile | None, File(description="the query photo")] = None,
     image_id: Annotated[
-        int | None, Form(description="or: the id of a stored image (left out of results)")
+        int | None,
+        Form(
+            ge=MIN_IMAGE_ID,
+            le=MAX_IMAGE_ID,
+            description="or: the id of a stored image (left out of results)",
+        ),
     ] = None,
     collection: Annotated[str | None, Form()] = None,
     top_k: Annotated[int, Form(ge=1, le=100)] = 10,
     min_score: Annotated[float | None, Form(ge=-1, le=1)] = None,
     sources: Annotated[str | None, Form(description="comma-separated")] = None,
     tags: Annotated[str | None, Form(description="comma-separated; any of them")] = None,
-    created_from: Annotated[int | None, Form(ge=0)] = None,
-    created_to: Annotated[int | None, Form(ge=0)] = None,
+    created_from: Annotated[int | None, Form(ge=0, le=MAX_TIMESTAMP, description="unix seconds")] = None,
+    created_to: Annotated[int | None, Form(ge=0, le=MAX_TIMESTAMP, description="unix seconds")] = None,
     with_image: Annotated[bool, Form()] = False,
 ) -> SearchResponse:
     flt = SearchFilter(split_list(sources), split_list(tags), created_from, created_to)

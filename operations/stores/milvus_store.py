@@ -29,10 +29,11 @@ from typing import TypeVar
 
 import numpy as np
 
+from operations.bounds import check_int64
 from operations.errors import DependencyUnavailable, InvalidInput, NotFound, ServiceError
 from operations.names import validate_name
 from operations.stores.milvus_filter import build_filter, ids_filter
-from operations.stores.pymilvus_guard import DataType, MilvusClient, MilvusException
+from operations.stores.pymilvus_guard import DataType, MilvusClient, MilvusException, ParamError
 from operations.stores.vector_base import (
     CollectionInfo,
     Hit,
@@ -55,12 +56,24 @@ STRONG_WINDOW_S = 10.0
 MAX_TAGS = 64
 PROP_MODEL, PROP_DIM, PROP_INDEX = "cnclip.model", "cnclip.dim", "cnclip.index"
 _NOT_FOUND_HINTS = ("not found", "not exist", "doesn't exist", "can't find")
+_CONTENT_HINTS = (
+    "failed to create expr plan",
+    "cannot parse expression",
+    "too large to convert",
+    "out of range",
+)
 
 
 def _classify(exc: Exception, name: str | None) -> ServiceError:
     text = str(exc)
     if name and any(h in text.lower() for h in _NOT_FOUND_HINTS) and "collection" in text.lower():
         return NotFound(f"collection {name!r} does not exist", collection=name)
+    # Milvus refusing a value for its content is the caller's error (4xx), not
+    # an outage: 503 is kept for a server that cannot be reached or timed out.
+    if isinstance(exc, ParamError) or any(h in text.lower() for h in _CONTENT_HINTS):
+        return InvalidInput(
+            f"milvus refused the request: {text.splitlines()[0][:300] if text else type(exc).__name__}"
+        )
     return DependencyUnavailable("milvus", text.splitlines()[0][:300] if text else type(exc).__name__)
 
 
@@ -329,11 +342,11 @@ class MilvusVectorStore:
                 # routed by their key. So: delete the ids, then insert. A crash in
                 # between leaves the SQL rows unmarked, and the next run redoes them.
                 pk_ids = [r["id"] for r in rows]
-                self._call(lambda c: c.delete(name, ids=pk_ids, timeout=self.timeout), name)
-                result = self._call(lambda c: c.insert(name, rows, timeout=self.timeout), name)
+                self._call(lambda c, pk_ids=pk_ids: c.delete(name, ids=pk_ids, timeout=self.timeout), name)
+                result = self._call(lambda c, rows=rows: c.insert(name, rows, timeout=self.timeout), name)
                 count = int(result.get("insert_count", len(rows)) if isinstance(result, dict) else len(rows))
             else:
-                result = self._call(lambda c: c.upsert(name, rows, timeout=self.timeout), name)
+                result = self._call(lambda c, rows=rows: c.upsert(name, rows, timeout=self.timeout), name)
                 count = int(result.get("upsert_count", len(rows)) if isinstance(result, dict) else len(rows))
             if count != len(rows):
                 raise DependencyUnavailable("milvus", f"upserted {count} of {len(rows)} vectors")
@@ -363,9 +376,9 @@ class MilvusVectorStore:
             return
         self._ensure_loaded(name)
         for start in range(0, len(ids), 1000):
-            chunk = [int(i) for i in ids[start : start + 1000]]
+            chunk = check_int64(ids[start : start + 1000], "image id")
             self._wrote(name)
-            self._call(lambda c: c.delete(name, ids=chunk, timeout=self.timeout), name)
+            self._call(lambda c, chunk=chunk: c.delete(name, ids=chunk, timeout=self.timeout), name)
 
     def existing_ids(self, name: str, ids: Sequence[int]) -> set[int]:
         if not ids:
@@ -375,7 +388,7 @@ class MilvusVectorStore:
         for start in range(0, len(ids), 1000):
             expr = ids_filter(list(ids[start : start + 1000]))
             rows = self._call(
-                lambda c: c.query(
+                lambda c, expr=expr: c.query(
                     name,
                     filter=expr,
                     output_fields=["id"],
