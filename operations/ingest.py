@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from operations.context import Services
-from operations.errors import InvalidInput, ServiceError
+from operations.data_root import read_under
+from operations.errors import InvalidInput, PayloadTooLarge, ServiceError
 from operations.images import CheckedImage, check_image, decode_b64_image
 from operations.progress import Counter, Progress
 from operations.stores.image_base import ImageRow
@@ -159,7 +160,7 @@ def _add_batch(
 def _report_near_duplicates(svc, collection, new, vectors: np.ndarray) -> None:
     threshold = svc.settings.near_duplicate_threshold
     hits = svc.vectors.search(collection, vectors, 3)
-    for (result, _, _), row_hits in zip(new, hits):
+    for (result, _, _), row_hits in zip(new, hits, strict=True):
         result.near_duplicates = [
             {"id": h.id, "score": round(h.score, 4)}
             for h in row_hits
@@ -184,8 +185,14 @@ def add_folder(
     tags: tuple[str, ...] = (),
     created_at: int | None = None,
     meta: dict[str, dict] | None = None,
+    data_root: Path | None = None,
 ) -> dict:
-    """Add every image under `folder` (a background job); returns counts."""
+    """Add every image under `folder` (a background job); returns counts.
+
+    With `data_root` (every folder add the server runs), each file is opened
+    and checked to lie under it before it is read; one outside is reported
+    as failed and the rest are added.
+    """
     check_metadata(source, tags, created_at, None)
     svc.require_collection(collection)
     repair_unindexed(svc, collection)
@@ -198,13 +205,15 @@ def add_folder(
         uploads = []
         for path in files[start : start + BATCH]:
             m = (meta or {}).get(path.name, {})
-            if path.stat().st_size > svc.settings.max_upload_bytes:
-                progress.fail(path.name, f"file is over {svc.settings.max_upload_bytes} bytes")
+            try:
+                data = _read_file(path, svc.settings.max_upload_bytes, data_root)
+            except ServiceError as exc:
+                progress.fail(path.name, exc.message)
                 continue
             uploads.append(
                 Upload(
                     m.get("filename", path.name),
-                    path.read_bytes(),
+                    data,
                     m.get("source", source),
                     tuple(m.get("tags", tags)),
                     m.get("created_at", created_at),
@@ -216,6 +225,14 @@ def add_folder(
             present += r.status == "present"
     progress.flush()
     return {"added": added, "present": present, "failed": progress.failed, "total": len(files)}
+
+
+def _read_file(path: Path, max_bytes: int, data_root: Path | None) -> bytes:
+    if data_root is not None:
+        return read_under(data_root, path, max_bytes)
+    if path.stat().st_size > max_bytes:
+        raise PayloadTooLarge(f"file is over {max_bytes} bytes")
+    return path.read_bytes()
 
 
 class _NoFlush:
