@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.contract import raises
 from app.deps import SvcDep, WriteAccess
 from app.schemas import CollectionCreate, CollectionView
 from operations.collections import create_collection, describe_collection, drop_collection, list_collections
+from operations.errors import BadRequest, Conflict, InvalidInput, NotFound
 from operations.stores.vector_base import IndexSpec
 
 router = APIRouter(prefix="/img", tags=["collections"])
@@ -29,6 +31,7 @@ def list_all(svc: SvcDep) -> list[CollectionView]:
     status_code=201,
     dependencies=[WriteAccess],
     summary="Create a collection for a model with a chosen index",
+    responses=raises(BadRequest, Conflict, InvalidInput),
 )
 def create(body: CollectionCreate, svc: SvcDep) -> CollectionView:
     default = svc.default_index()
@@ -41,18 +44,32 @@ def create(body: CollectionCreate, svc: SvcDep) -> CollectionView:
     return _view(create_collection(svc, body.name, body.model, index))
 
 
-@router.get("/collections/{name}", response_model=CollectionView, summary="One collection")
+@router.get(
+    "/collections/{name}",
+    response_model=CollectionView,
+    summary="One collection",
+    responses=raises(BadRequest, NotFound),
+)
 def describe(name: str, svc: SvcDep) -> CollectionView:
     return _view(describe_collection(svc, name))
 
 
-@router.get("/collections/{name}/count", summary="How many images a collection holds")
+@router.get(
+    "/collections/{name}/count",
+    summary="How many images a collection holds",
+    responses=raises(BadRequest, NotFound),
+)
 def count(name: str, svc: SvcDep) -> dict:
     summary = describe_collection(svc, name)
     return {"collection": name, "vectors": summary.vectors, "images": summary.images}
 
 
-@router.delete("/collections/{name}", dependencies=[WriteAccess], summary="Drop a collection and its images")
+@router.delete(
+    "/collections/{name}",
+    dependencies=[WriteAccess],
+    summary="Drop a collection and its images",
+    responses=raises(BadRequest, NotFound),
+)
 def drop(name: str, svc: SvcDep) -> dict:
     drop_collection(svc, name)
     return {"dropped": name}

@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile, status
 
+from app.contract import raises
 from app.deps import RunnerDep, SvcDep, WriteAccess
 from app.routes.uploads import read_upload, split_list
 from app.routes.views import image_meta
@@ -18,7 +19,7 @@ from app.schemas import AddItem, AddResponse, DeleteRequest, DeleteResponse, Fol
 from operations.bounds import MAX_IMAGE_ID, MAX_TIMESTAMP, MIN_IMAGE_ID
 from operations.context import Services, resolve_under
 from operations.delete import delete_ids, delete_matching
-from operations.errors import BadRequest, InvalidInput, NotFound
+from operations.errors import BadRequest, Conflict, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMedia
 from operations.images import stored_image_bytes, thumbnail_jpeg
 from operations.ingest import Upload, add_images, check_metadata
 from operations.names import validate_name
@@ -71,7 +72,10 @@ def _row(svc: Services, collection: str, image_id: int, with_image: bool):
 @router.get(
     "/{collection}/{image_id}",
     summary="The image's bytes, or a JPEG thumbnail with ?size=",
-    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}},
+    responses={
+        200: {"content": {"image/jpeg": {}, "image/png": {}}},
+        **raises(BadRequest, NotFound, InvalidInput, PayloadTooLarge, UnsupportedMedia),
+    },
 )
 def get_image(
     collection: str,
@@ -99,7 +103,12 @@ def get_image(
     return Response(thumb, media_type="image/jpeg", headers=headers)
 
 
-@router.get("/{collection}/{image_id}/meta", response_model=ImageMeta, summary="An image's metadata")
+@router.get(
+    "/{collection}/{image_id}/meta",
+    response_model=ImageMeta,
+    summary="An image's metadata",
+    responses=raises(BadRequest, NotFound),
+)
 def get_meta(collection: str, image_id: ImageIdPath, svc: SvcDep) -> ImageMeta:
     return image_meta(collection, _row(svc, collection, image_id, with_image=False))
 
@@ -109,7 +118,10 @@ def get_meta(collection: str, image_id: ImageIdPath, svc: SvcDep) -> ImageMeta:
     response_model=AddResponse,
     dependencies=[WriteAccess],
     summary="Add uploaded images (a large batch becomes a background job)",
-    responses={202: {"model": AddResponse}},
+    responses={
+        202: {"model": AddResponse},
+        **raises(BadRequest, NotFound, Conflict, InvalidInput, PayloadTooLarge),
+    },
 )
 def add(
     collection: str,
@@ -222,6 +234,7 @@ def _spool_and_submit(svc, runner, collection, uploads, source, tags, created_at
     status_code=202,
     dependencies=[WriteAccess],
     summary="Add every image of a folder under DATA_ROOT (background job)",
+    responses=raises(BadRequest, NotFound, InvalidInput),
 )
 def add_folder_job(collection: str, body: FolderAddRequest, svc: SvcDep, runner: RunnerDep) -> dict:
     validate_name(collection)
@@ -243,6 +256,7 @@ def add_folder_job(collection: str, body: FolderAddRequest, svc: SvcDep, runner:
     response_model=DeleteResponse,
     dependencies=[WriteAccess],
     summary="Delete one image from both stores",
+    responses=raises(BadRequest, NotFound, InvalidInput),
 )
 def delete_one(collection: str, image_id: ImageIdPath, svc: SvcDep) -> DeleteResponse:
     validate_name(collection)
@@ -256,6 +270,7 @@ def delete_one(collection: str, image_id: ImageIdPath, svc: SvcDep) -> DeleteRes
     response_model=DeleteResponse,
     dependencies=[WriteAccess],
     summary="Delete many images, by ids or by filter",
+    responses=raises(BadRequest, NotFound, InvalidInput),
 )
 def delete_many(collection: str, body: DeleteRequest, svc: SvcDep) -> DeleteResponse:
     validate_name(collection)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from app.contract import raises
 from app.deps import SvcDep, collection_name
 from app.routes.views import image_url
 from app.schemas import ScanItem, ScanRequest, ScanResponse
+from operations.errors import BadRequest, Conflict, InvalidInput, NotFound
 from operations.scan import scan, to_csv, to_jsonl
 
 router = APIRouter(prefix="/img", tags=["scan"])
@@ -17,7 +19,10 @@ router = APIRouter(prefix="/img", tags=["scan"])
     "/scan",
     response_model=ScanResponse,
     summary="Every image whose similarity to any description reaches the threshold",
-    responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}},
+    responses={
+        200: {"content": {"text/csv": {}, "application/x-ndjson": {}}},
+        **raises(BadRequest, NotFound, Conflict, InvalidInput),
+    },
 )
 def risk_scan(body: ScanRequest, svc: SvcDep):
     collection = collection_name(svc, body.collection)

@@ -6,18 +6,25 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
+from app.contract import raises
 from app.deps import SvcDep, collection_name
 from app.routes.uploads import read_upload, split_list
 from app.routes.views import search_response
 from app.schemas import SearchResponse, TextSearchRequest
 from operations.bounds import MAX_IMAGE_ID, MAX_TIMESTAMP, MIN_IMAGE_ID
+from operations.errors import BadRequest, Conflict, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMedia
 from operations.search import search_image, search_text
 from operations.stores.vector_base import SearchFilter
 
 router = APIRouter(prefix="/img", tags=["search"])
 
 
-@router.post("/search", response_model=SearchResponse, summary="Search images by a Chinese sentence")
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    summary="Search images by a Chinese sentence",
+    responses=raises(BadRequest, NotFound, Conflict, InvalidInput),
+)
 def text_search(body: TextSearchRequest, svc: SvcDep) -> SearchResponse:
     flt = body.filters.to_filter() if body.filters else None
     outcome = search_text(
@@ -36,6 +43,7 @@ def text_search(body: TextSearchRequest, svc: SvcDep) -> SearchResponse:
     "/search/image",
     response_model=SearchResponse,
     summary="Search images similar to an uploaded image, or to a stored image by id",
+    responses=raises(BadRequest, NotFound, Conflict, InvalidInput, PayloadTooLarge, UnsupportedMedia),
 )
 def image_search(
     svc: SvcDep,
