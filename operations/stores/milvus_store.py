@@ -91,6 +91,7 @@ class MilvusVectorStore:
         self._token = token
         self._client: MilvusClient | None = None
         self._client_lock = threading.Lock()
+        self._create_lock = threading.Lock()
         self._loaded: set[str] = set()
         self._info_cache: dict[str, CollectionInfo] = {}
         self._last_write: dict[str, float] = {}
@@ -158,6 +159,13 @@ class MilvusVectorStore:
     def create_collection(self, name: str, dim: int, model_name: str, index: IndexSpec) -> None:
         validate_name(name)
         index.check()
+        # One creation at a time in this process: a request and a load job
+        # creating the same collection at once both saw it missing, and the
+        # second creation failed ("File exists" on Milvus Lite) as a 503.
+        with self._create_lock:
+            self._create_collection(name, dim, model_name, index)
+
+    def _create_collection(self, name: str, dim: int, model_name: str, index: IndexSpec) -> None:
         if self.has_collection(name):
             self._repair_index(name, index)
             check_model(self.describe_meta(name), model_name, dim)
