@@ -23,7 +23,7 @@ def _no_lone_surrogates(value: str) -> str:
 # Every string and integer of a request goes through one of these types, so the
 # rule is in one place: text is valid Unicode, ids and timestamps are in range.
 Text = Annotated[str, AfterValidator(_no_lone_surrogates)]
-ImageId = Annotated[int, Field(ge=MIN_IMAGE_ID, le=MAX_IMAGE_ID, description="an image id (1..2^63-1)")]
+ImageId = Annotated[int, Field(ge=MIN_IMAGE_ID, le=MAX_IMAGE_ID, description="an image id (0..2^63-1)")]
 Timestamp = Annotated[int, Field(ge=0, le=MAX_TIMESTAMP, description="unix seconds")]
 IndexParam = Annotated[int, Field(ge=1, le=65536)]
 

@@ -1,8 +1,8 @@
 """The one rule for integers at the edge, shared by the API, the operations and the stores.
 
 Ids are int64 in both stores (Milvus INT64 primary key, SQL BIGINT), and image
-ids are positive: MySQL's AUTO_INCREMENT stores a row given id 0 under a new
-id, so 0 could never be found again. Timestamps are unix seconds up to the
+ids are not negative (Chinese-CLIP's ids are not; 0 is kept as 0, see the
+SQL pool's sql_mode). Timestamps are unix seconds up to the
 end of year 9999. A value outside these bounds is the caller's mistake: it is
 refused as input (422) before any store sees it, never reported as a store
 being unavailable.
@@ -15,14 +15,14 @@ from collections.abc import Iterable
 from operations.errors import InvalidInput
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-MIN_IMAGE_ID, MAX_IMAGE_ID = 1, INT64_MAX
+MIN_IMAGE_ID, MAX_IMAGE_ID = 0, INT64_MAX
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z
 # A scan finds at most 16,384 hits per description and takes 50 descriptions.
 MAX_SCAN_OFFSET = 1_000_000
 
 
 def check_image_ids(ids: Iterable[object], what: str = "image id") -> list[int]:
-    """`ids` as ints, or InvalidInput naming the first one outside 1..int64 max."""
+    """`ids` as ints, or InvalidInput naming the first one outside 0..int64 max."""
     return _check(ids, MIN_IMAGE_ID, MAX_IMAGE_ID, what)
 
 

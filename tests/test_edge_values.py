@@ -36,7 +36,7 @@ def _field_named(response, field: str) -> None:
     assert field in err["message"], err
 
 
-@pytest.mark.parametrize("image_id", [HUGE, BIG, 0, -1, -BIG])
+@pytest.mark.parametrize("image_id", [HUGE, BIG, -1, -BIG])
 def test_image_ids_outside_the_stores_range_are_422_naming_image_id(client, stored, image_id):
     collection, _ = stored
     for response in (
@@ -52,12 +52,13 @@ def test_image_ids_outside_the_stores_range_are_422_naming_image_id(client, stor
 
 def test_the_largest_int64_id_is_a_plain_404(client, stored):
     collection, _ = stored
+    assert client.get(f"/img/images/{collection}/0").status_code == 404
     assert client.get(f"/img/images/{collection}/{BIG - 1}").status_code == 404
     assert client.get(f"/img/images/{collection}/{BIG - 1}/meta").status_code == 404
     assert client.delete(f"/img/images/{collection}/{BIG - 1}").status_code == 404
 
 
-@pytest.mark.parametrize("bad", [BIG, HUGE, 0, -5])
+@pytest.mark.parametrize("bad", [BIG, HUGE, -5])
 def test_delete_many_with_ids_outside_int64_is_422(client, stored, bad):
     collection, image_id = stored
     r = client.post(f"/img/images/{collection}/delete", json={"ids": [image_id, bad]})

@@ -26,7 +26,7 @@ from operations.names import validate_name
 
 router = APIRouter(prefix="/img/images", tags=["images"])
 THUMB_SIZES = (64, 128, 256, 512)
-ImageIdPath = Annotated[int, Path(ge=MIN_IMAGE_ID, le=MAX_IMAGE_ID, description="an image id (1..2^63-1)")]
+ImageIdPath = Annotated[int, Path(ge=MIN_IMAGE_ID, le=MAX_IMAGE_ID, description="an image id (0..2^63-1)")]
 MAX_EXTERNAL_ID_CHARS = 256
 
 

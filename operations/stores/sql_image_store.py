@@ -169,7 +169,7 @@ class SqlImageStore:
         """Insert rows with their own ids; existing ids and duplicate bytes are reported, not stored."""
         table = self._table(collection)
         rejected: dict[int, str] = {}
-        # MySQL's AUTO_INCREMENT gives a row inserted with id 0 a new id: image ids are positive.
+        # Image ids are 0..2^63-1 (operations.bounds), in every store alike.
         for r in rows:
             if not MIN_IMAGE_ID <= int(r.id) <= MAX_IMAGE_ID:  # type: ignore[arg-type]
                 rejected[int(r.id)] = f"image id {r.id} is outside {MIN_IMAGE_ID}..{MAX_IMAGE_ID}"  # type: ignore[arg-type]
