@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from operations.bounds import MAX_TIMESTAMP
 from operations.context import Services
 from operations.data_root import read_under
 from operations.errors import InvalidInput, PayloadTooLarge, ServiceError
@@ -56,8 +57,12 @@ def check_metadata(source: str, tags: Iterable[str], created_at: int | None, ext
     check_label(source, "source")
     for tag in tags:
         check_label(tag, "tag")
-    if created_at is not None and (not isinstance(created_at, int) or not 0 <= created_at < 2**62):
-        raise InvalidInput("created_at must be unix seconds")
+    if created_at is not None and (
+        not isinstance(created_at, int)
+        or isinstance(created_at, bool)
+        or not 0 <= created_at <= MAX_TIMESTAMP
+    ):
+        raise InvalidInput(f"created_at must be unix seconds in 0..{MAX_TIMESTAMP}")
     if external_id is not None and (not isinstance(external_id, str) or len(external_id) > 256):
         raise InvalidInput("external_id must be a string of at most 256 characters")
 
