@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from operations.bounds import MAX_IMAGE_ID, MAX_SCAN_OFFSET, MAX_TIMESTAMP, MIN_IMAGE_ID
-from operations.stores.vector_base import SearchFilter
+from operations.domain import SearchFilter
+from operations.search import MAX_SEARCH_TOP_K
 
 
 def _no_lone_surrogates(value: str) -> str:
@@ -49,7 +50,7 @@ class TextSearchRequest(BaseModel):
         },
     )
     query: Text = Field(..., min_length=1, max_length=10_000, description="a Chinese sentence")
-    top_k: int = Field(10, ge=1, le=100)
+    top_k: int = Field(10, ge=1, le=MAX_SEARCH_TOP_K)
     collection: Text | None = Field(None, description="defaults to the server's DEFAULT_COLLECTION")
     filters: Filters | None = None
     min_score: float | None = Field(None, ge=-1, le=1, description="drop results below this cosine")

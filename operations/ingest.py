@@ -20,12 +20,11 @@ import numpy as np
 from operations.bounds import MAX_TIMESTAMP
 from operations.context import Services
 from operations.data_root import read_under
+from operations.domain import ImageRow, VectorAttrs
 from operations.errors import InvalidInput, PayloadTooLarge, ServiceError
 from operations.images import CheckedImage, check_image, decode_b64_image
+from operations.names import check_label
 from operations.progress import Counter, Progress
-from operations.stores.image_base import ImageRow
-from operations.stores.milvus_filter import check_label
-from operations.stores.vector_base import VectorAttrs
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}

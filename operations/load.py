@@ -34,13 +34,12 @@ from datasets.formats import BadRecord, FeatureIndex, ImageRecord, dataset_paths
 from datasets.lmdb_io import iter_lmdb_images
 from operations.context import Services
 from operations.data_root import check_under, opened_under
+from operations.domain import ImageRow, IndexSpec, VectorAttrs
 from operations.encoding.base import Encoder
 from operations.errors import Conflict, NotFound, PayloadTooLarge, ServiceError
 from operations.images import decode_b64_image, probe, sha256_hex
+from operations.names import check_label
 from operations.progress import Progress
-from operations.stores.image_base import ImageRow
-from operations.stores.milvus_filter import check_label
-from operations.stores.vector_base import IndexSpec, VectorAttrs
 
 log = logging.getLogger(__name__)
 _DONE = object()

@@ -8,8 +8,8 @@ from app.contract import raises
 from app.deps import SvcDep, WriteAccess
 from app.schemas import CollectionCreate, CollectionView
 from operations.collections import create_collection, describe_collection, drop_collection, list_collections
+from operations.domain import IndexSpec
 from operations.errors import BadRequest, Conflict, InvalidInput, NotFound
-from operations.stores.vector_base import IndexSpec
 
 router = APIRouter(prefix="/img", tags=["collections"])
 

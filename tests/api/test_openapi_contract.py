@@ -5,7 +5,7 @@ STATUS), from what a route depends on (app/contract.py STRUCTURAL) and from the 
 errors its own code raises (read from the source of the route and the module functions
 it calls). A route that starts raising an error its documentation does not list fails
 this test. (Statuses raised deeper, in operations and stores, are declared with
-`raises(...)` and checked at run time by the schemathesis run in tests/test_fuzz.py.)
+`raises(...)` and checked at run time by the schemathesis run in tests/e2e/test_fuzz.py.)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from app.main import ROUTE_MODULES, create_app
 from operations import errors as e
 from tests.stack import make_settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ The server is the real one (`python -m app.main`, the demo model models/demo/, a
 split of the demo data loaded through the API), with and without API_KEY. Each
 configuration runs every phase (examples, coverage, fuzzing, stateful) twice: once with
 a fixed seed (the same cases every run) and once with a random seed, printed so a
-failure can be replayed: FUZZ_SEED=<seed> python3 -m pytest tests/test_fuzz.py.
+failure can be replayed: FUZZ_SEED=<seed> python3 -m pytest tests/e2e/test_fuzz.py.
 Checks: no server error, only documented statuses, documented content types, and
 bodies matching their schemas. Zero failures allowed.
 
@@ -28,7 +28,7 @@ import pytest
 
 from datasets.demo_generator import generate_split, write_split
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FIXED_SEED = 20261202
 MAX_EXAMPLES = 30
 RANDOM_BUDGET_S = 40
@@ -160,7 +160,7 @@ def run_schemathesis(
         + (
             "(the fixed seed)"
             if seed == FIXED_SEED
-            else f"(replay: FUZZ_SEED={seed} python3 -m pytest tests/test_fuzz.py)"
+            else f"(replay: FUZZ_SEED={seed} python3 -m pytest tests/e2e/test_fuzz.py)"
         )
     )
     assert out.returncode == 0 and not result["failures"], (
