@@ -56,7 +56,7 @@ DESCRIPTIONS: dict[int, tuple[str, str, str]] = {
         "top_k: Input should be less than or equal to 100",
     ),
     503: (
-        "Milvus or SQL unavailable: retry after Retry-After seconds",
+        "Milvus or SQL unavailable, or the service at its load limit (overloaded): retry after Retry-After",
         "dependency_unavailable",
         "milvus unavailable: timeout",
     ),

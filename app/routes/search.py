@@ -1,9 +1,16 @@
-"""以文搜图 and 以图搜图."""
+"""以文搜图 and 以图搜图.
+
+The routes are async: they await the encoder and vector-search batchers
+(operations.serving), so a request waiting for its batch holds no worker
+thread; the blocking stages (store reads, decoding an upload) run on the
+worker pool, never on the event loop.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, File, Form, UploadFile
 
 from app.contract import raises
@@ -14,7 +21,7 @@ from app.schemas import SearchResponse, TextSearchRequest
 from operations.bounds import MAX_IMAGE_ID, MAX_TIMESTAMP, MIN_IMAGE_ID
 from operations.domain import SearchFilter
 from operations.errors import BadRequest, Conflict, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMedia
-from operations.search import MAX_SEARCH_TOP_K, search_image, search_text
+from operations.search import MAX_SEARCH_TOP_K, search_image_async, search_text_async
 
 router = APIRouter(prefix="/img", tags=["search"])
 
@@ -25,9 +32,9 @@ router = APIRouter(prefix="/img", tags=["search"])
     summary="Search images by a Chinese sentence",
     responses=raises(BadRequest, NotFound, Conflict, InvalidInput),
 )
-def text_search(body: TextSearchRequest, svc: SvcDep) -> SearchResponse:
+async def text_search(body: TextSearchRequest, svc: SvcDep) -> SearchResponse:
     flt = body.filters.to_filter() if body.filters else None
-    outcome = search_text(
+    outcome = await search_text_async(
         svc,
         collection_name(svc, body.collection),
         body.query,
@@ -45,7 +52,7 @@ def text_search(body: TextSearchRequest, svc: SvcDep) -> SearchResponse:
     summary="Search images similar to an uploaded image, or to a stored image by id",
     responses=raises(BadRequest, NotFound, Conflict, InvalidInput, PayloadTooLarge, UnsupportedMedia),
 )
-def image_search(
+async def image_search(
     svc: SvcDep,
     file: Annotated[UploadFile | None, File(description="the query photo")] = None,
     image_id: Annotated[
@@ -66,8 +73,12 @@ def image_search(
     with_image: Annotated[bool, Form()] = False,
 ) -> SearchResponse:
     flt = SearchFilter(split_list(sources), split_list(tags), created_from, created_to)
-    data = read_upload(file, svc.settings.max_upload_bytes) if file is not None else None
-    outcome = search_image(
+    data = (
+        await anyio.to_thread.run_sync(read_upload, file, svc.settings.max_upload_bytes)
+        if file is not None
+        else None
+    )
+    outcome = await search_image_async(
         svc,
         collection_name(svc, collection),
         data=data,
@@ -78,3 +89,8 @@ def image_search(
         with_image=with_image,
     )
     return search_response(outcome)
+
+
+@router.get("/stats", summary="Query cache hits and misses, encoder batches, queues and shed requests")
+def serving_stats(svc: SvcDep) -> dict:
+    return svc.serving.stats()

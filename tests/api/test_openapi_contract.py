@@ -42,7 +42,7 @@ def raised_in_code(endpoint) -> set[int]:
     """Statuses of the ServiceErrors `endpoint` raises itself or through functions of its module."""
     module = inspect.getmodule(endpoint)
     tree = ast.parse(inspect.getsource(module))
-    functions = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+    functions = {n.name: n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     todo, seen, statuses = [endpoint.__name__], set(), set()
     while todo:
         name = todo.pop()
@@ -60,9 +60,19 @@ def raised_in_code(endpoint) -> set[int]:
     return statuses
 
 
+def endpoint_is_read(endpoint) -> bool:
+    """The reader finds the endpoint's own definition (sync or async)."""
+    tree = ast.parse(inspect.getsource(inspect.getmodule(endpoint)))
+    return any(
+        isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == endpoint.__name__
+        for n in ast.walk(tree)
+    )
+
+
 def documentation_gaps(route, schema: dict) -> list[str]:
     """What the OpenAPI document of `route` lacks; empty when it is complete."""
     gaps = []
+    assert endpoint_is_read(route.endpoint), route.endpoint
     want = expected_statuses(route) | raised_in_code(route.endpoint)
     for method in route.methods:
         op = schema["paths"][route.path_format][method.lower()]
@@ -155,9 +165,10 @@ def test_error_bodies_match_the_documented_schema(tmp_path):
 
 def test_this_module_reads_route_code(schema):
     """The source reader sees the raises of app/routes (guards against it silently finding nothing)."""
-    from app.routes import images, jobs
+    from app.routes import images, jobs, search
 
     assert 422 in raised_in_code(images.get_image)  # size not in THUMB_SIZES
     assert 404 in raised_in_code(images.get_meta)  # through _row
     assert 400 in raised_in_code(jobs.load)
+    assert endpoint_is_read(search.text_search)
     assert textwrap.dedent(inspect.getsource(images.add_folder_job)).count("raise") >= 1
