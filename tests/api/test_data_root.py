@@ -200,3 +200,27 @@ def test_a_folder_file_that_became_a_symlink_after_the_check(lite):
     counts = add_folder(lite.services, collection, checked, progress, data_root=lite.root)
     assert counts["added"] == 1 and counts["failed"] == 1, counts
     assert "outside the data root" in progress.failures[0][1]
+
+
+# -- calibration reads a labelled split the same way ----------------------------------
+
+
+@pytest.mark.parametrize("split", ["..", ".", "../valid"])
+def test_a_calibration_split_is_a_name_not_a_path(lite, split):
+    write_dataset(lite.root / "calnamed", "valid", 3, tiny_encoder().dim)
+    r = lite.post("/img/calibrate", json={"dataset": "calnamed", "split": split})
+    assert r.status_code == 422, r.text
+
+
+def test_a_calibration_whose_texts_file_points_outside_is_not_read(lite):
+    ds = lite.root / "caltexts"
+    write_dataset(ds, "valid", 5, tiny_encoder().dim, seed=3)
+    secret = lite.outside / "secret" / "valid_texts.jsonl"
+    secret.write_text('{"text_id": 1, "text": "秘密", "image_ids": [1]}\n')
+    (ds / "valid_texts.jsonl").symlink_to(secret)
+    collection = unique("cal")
+    assert lite.post("/img/collections", json={"name": collection}).status_code == 201
+    r = lite.post("/img/calibrate", json={"dataset": "caltexts", "split": "valid", "collection": collection})
+    assert r.status_code == 202, r.text
+    job = _wait(lite, r.json()["job_id"])
+    assert job["state"] == "failed" and "outside the data root" in job["message"], job

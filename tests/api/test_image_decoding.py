@@ -360,3 +360,16 @@ def test_orientation_through_the_api(lite, orientation):
     assert float(vec @ upright) > 1 - 1e-4
     if orientation != 1:
         assert float(vec @ sideways) < float(vec @ upright) - 1e-4
+
+
+def test_a_calibration_split_with_bombs_skips_them(tmp_path):
+    """Calibration encodes a split's images itself: the same decode, bombs skipped with a warning."""
+    from operations.relevance.calibrate import read_labelled_split
+
+    write_image_tsv(
+        tmp_path / "valid_imgs.tsv",
+        [(1, jpeg(1)), (2, BOMBS["png_20000x20000"]()), (3, BOMBS["header_100000x100000"]()), (4, jpeg(4))],
+    )
+    (tmp_path / "valid_texts.jsonl").write_text('{"text_id": 1, "text": "红色", "image_ids": [1, 4]}\n')
+    data = read_labelled_split(tiny_encoder(), tmp_path, "valid")
+    assert data.image_ids == [1, 4] and data.image_source == "images"
