@@ -87,6 +87,7 @@ def models(svc: SvcDep) -> dict:
     status_code=202,
     dependencies=[WriteAccess],
     summary="Turn OCR on for a collection and read its stored images (background job with progress)",
+    responses=raises(BadRequest, NotFound, Conflict),
 )
 def ocr_job(name: str, svc: SvcDep, runner: RunnerDep) -> dict:
     validate_name(name)

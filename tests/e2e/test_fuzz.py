@@ -163,8 +163,13 @@ def run_schemathesis(
             else f"(replay: FUZZ_SEED={seed} python3 -m pytest tests/e2e/test_fuzz.py)"
         )
     )
+    if out.returncode != 0 or result["failures"]:
+        (server.tmp / f"schemathesis-{seed}.log").write_text(out.stdout)
     assert out.returncode == 0 and not result["failures"], (
-        f"seed {seed}\n" + out.stdout[-12000:] + "\nserver log:\n" + server.tail()
+        f"seed {seed} (output and server log in {server.tmp})\n"
+        + out.stdout[-12000:]
+        + "\nserver log:\n"
+        + server.tail()
     )
     for phase in PHASES.split(","):
         assert result["phases"][phase]["status"] == "success", (phase, result["phases"][phase])
