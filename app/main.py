@@ -20,6 +20,7 @@ from operations.domain import check_model
 from operations.errors import DependencyUnavailable, ServiceError
 from operations.factory import build_services
 from operations.jobs import JobRunner
+from operations.ocr import close_ocr
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             if runner is not None:
                 await anyio.to_thread.run_sync(runner.shutdown)
             svc.close_serving()
+            await anyio.to_thread.run_sync(close_ocr, svc)
             svc.vectors.close()
             svc.images.close()
 

@@ -342,7 +342,7 @@ class ScanRequest(BaseModel):
         None,
         ge=1,
         le=10_000,
-        description="rows of this page: default 100 as json, 10,000 as csv/jsonl (an export)",
+        description="rows of this page: default 100 as json; as csv/jsonl, none = every match, streamed",
     )
     format: Literal["json", "csv", "jsonl"] = "json"
 
@@ -366,6 +366,5 @@ class ScanResponse(BaseModel):
     total: int
     offset: int
     limit: int
-    truncated: bool
     hits: list[ScanItem]
     ocr_timed_out: int = Field(0, description="(pattern, line) searches stopped at OCR_REGEX_TIMEOUT_MS")

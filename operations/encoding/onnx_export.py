@@ -348,6 +348,7 @@ def onnx_encoder_for(
             shutil.rmtree(folder, ignore_errors=True)
     try:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        _remove_stale_work(Path(cache_dir), folder.name)
         work = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache_dir))
         work.chmod(0o755)  # mkdtemp makes it private; the cache is shared like the models
     except OSError as exc:
@@ -386,6 +387,14 @@ def onnx_encoder_for(
         return onnx
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _remove_stale_work(cache_dir: Path, name: str, age_s: float = 3600.0) -> None:
+    """Remove work folders of this export left by a killed process (an hour old: none runs that long)."""
+    for stale in cache_dir.glob(f".{name}.*"):
+        with contextlib.suppress(OSError):
+            if stale.is_dir() and time.time() - stale.stat().st_mtime > age_s:
+                shutil.rmtree(stale, ignore_errors=True)
 
 
 def _fmt(report: dict) -> str:

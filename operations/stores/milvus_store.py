@@ -25,10 +25,12 @@ Why the choices here:
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -50,6 +52,10 @@ T = TypeVar("T")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 CONSISTENCY_LEVELS = ("Adaptive", "Strong", "Session", "Bounded", "Eventually")
 MAX_TAGS = 64
+# Ids returned within this much above a range page's lowest score are excluded
+# from the next page by id (its window starts this much higher), so a boundary
+# score the server rounds differently is neither lost nor repeated.
+_TIE_BAND = 1e-6
 PROP_MODEL, PROP_DIM, PROP_INDEX = "cnclip.model", "cnclip.dim", "cnclip.index"
 _NOT_FOUND_HINTS = ("not found", "not exist", "doesn't exist", "can't find")
 _CONTENT_HINTS = (
@@ -518,14 +524,35 @@ class MilvusVectorStore:
         return [_hits(row) for row in result]
 
     def range_search(
-        self, name: str, vector: np.ndarray, min_score: float, limit: int, flt: SearchFilter | None = None
+        self,
+        name: str,
+        vector: np.ndarray,
+        min_score: float,
+        limit: int,
+        flt: SearchFilter | None = None,
+        max_score: float | None = None,
+    ) -> list[Hit]:
+        """The best `limit` hits with min_score <= score (<= max_score when given), best first."""
+        return self._range(name, vector, min_score, limit, flt, max_score, 0)
+
+    def _range(
+        self,
+        name: str,
+        vector: np.ndarray,
+        min_score: float,
+        limit: int,
+        flt: SearchFilter | None,
+        max_score: float | None,
+        offset: int,
     ) -> list[Hit]:
         meta = self.describe_meta(name)
         self._ensure_loaded(name)
         expr, _ = build_filter(flt)
         # For IP, Milvus returns radius < score <= range_filter; nudge the
-        # lower bound so a score exactly at the threshold is included.
-        params = self._search_params(meta, {"radius": float(min_score) - 1e-6, "range_filter": 1.0 + 1e-3})
+        # lower bound so a score exactly at the threshold is included (the
+        # upper bound is inclusive already).
+        upper = 1.0 + 1e-3 if max_score is None else float(max_score)
+        params = self._search_params(meta, {"radius": float(min_score) - 1e-6, "range_filter": upper})
         result = self._call(
             lambda c: c.search(
                 name,
@@ -536,10 +563,50 @@ class MilvusVectorStore:
                 search_params=params,
                 consistency_level=self._read_level(name),
                 timeout=self.timeout,
+                **({"offset": offset} if offset else {}),
             ),
             name,
         )
-        return [h for h in _hits(result[0]) if h.score >= min_score]
+        return [h for h in _hits(result[0]) if min_score <= h.score <= upper]
+
+    def range_pages(
+        self, name: str, vector: np.ndarray, min_score: float, page_size: int, flt: SearchFilter | None = None
+    ) -> Iterator[list[Hit]]:
+        """Every hit with score >= min_score, best first, `page_size` (<= 16,384) at a time.
+
+        A server pages by score: each page asks for scores at or below the last
+        page's lowest (range_filter), and the ids already returned at (or within
+        _TIE_BAND above) that score are excluded by the filter, so equal scores
+        spanning a page boundary come once each. Milvus Lite 3.x answers a range
+        search from the top 5 x (limit + offset) hits only, so a score window far
+        down the ranking comes back short: Lite pages by `offset` instead (it has
+        no cap on offset + limit; the server caps it at 16,384).
+        """
+        page_size = max(1, min(page_size, MAX_STORE_HITS))
+        if self.is_lite:
+            offset = 0
+            while True:
+                page = self._range(name, vector, min_score, page_size, flt, None, offset)
+                yield page
+                if len(page) < page_size:
+                    return
+                offset += len(page)
+        upper: float | None = None
+        band: dict[int, float] = {}  # returned ids whose score may reach the next page's window
+        base = flt or SearchFilter()
+        while True:
+            page_filter = (
+                dataclasses.replace(base, exclude_ids=base.exclude_ids + tuple(band)) if band else flt
+            )
+            page = [h for h in self.range_search(name, vector, min_score, page_size, page_filter, upper)]
+            page = [h for h in page if h.id not in band]
+            yield page
+            if len(page) < page_size:
+                return
+            upper = page[-1].score + _TIE_BAND
+            band = {
+                i: s for i, s in itertools.chain(band.items(), ((h.id, h.score) for h in page)) if s <= upper
+            }
 
 
 def _hits(row) -> list[Hit]:

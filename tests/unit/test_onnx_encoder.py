@@ -318,3 +318,19 @@ def test_evaluation_pipeline_recall_is_the_same_with_onnx(tmp_path, demo_pair, c
         recalls[backend] = capsys.readouterr().out
     assert recalls["onnx"] == recalls["torch"]
     assert '"success": true' in recalls["onnx"]
+
+
+def test_work_folders_of_a_killed_export_are_cleaned_up(tmp_path):
+    import os
+
+    from operations.encoding.onnx_export import cache_folder
+
+    spec = demo(tmp_path, "onnx")
+    name = cache_folder(spec, tmp_path / "cache")[0].name
+    stale, running = tmp_path / "cache" / f".{name}.old1", tmp_path / "cache" / f".{name}.now1"
+    for d in (stale, running):
+        d.mkdir(parents=True)
+        (d / "text.onnx").write_bytes(b"half written")
+    os.utime(stale, (1_000_000_000, 1_000_000_000))
+    assert load_encoder(spec).backend == "onnx"
+    assert not stale.exists() and running.exists()  # another process may still be exporting
