@@ -20,10 +20,11 @@ Measurements: bench/README.md, "Load".
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,9 +41,10 @@ from datasets.formats import (
 )
 from datasets.lmdb_io import iter_lmdb_images
 from operations.context import Services
+from operations.data_root import check_under, opened_under
 from operations.domain import ImageRow, IndexSpec, VectorAttrs
 from operations.encoding.base import Encoder
-from operations.errors import Conflict, NotFound, UnsupportedMedia
+from operations.errors import Conflict, NotFound, PayloadTooLarge, ServiceError
 from operations.images import decode_b64_image, probe, sha256_hex
 from operations.names import check_label
 from operations.ocr import enable_ocr, ocr_enabled, read_backlog
@@ -89,11 +91,18 @@ def count_lines(path: Path) -> int:
     return n + (last != b"\n")
 
 
-def _image_source(dataset_dir: Path, split: str) -> tuple[Iterator[ImageRecord | BadRecord], int | None, str]:
+def _image_source(
+    dataset_dir: Path, split: str, readable: Callable[[Path], Path], data_root: Path | None
+) -> tuple[Iterator[ImageRecord | BadRecord], int | None, str]:
     paths = dataset_paths(dataset_dir, split)
     if paths.imgs_tsv.is_file():
-        return iter_image_tsv(paths.imgs_tsv), count_lines(paths.imgs_tsv), paths.imgs_tsv.name
+        tsv = readable(paths.imgs_tsv)
+        return iter_image_tsv(tsv), count_lines(tsv), paths.imgs_tsv.name
     if paths.lmdb_imgs.is_dir():
+        if data_root is not None:
+            # LMDB opens its own files by name: their real paths are checked just before.
+            for part in (paths.lmdb_split, paths.lmdb_imgs, paths.lmdb_imgs / "data.mdb"):
+                check_under(data_root, part)
         return iter_lmdb_images(paths.lmdb_split), None, f"lmdb/{split}/imgs"
     raise NotFound(
         f"split {split!r} has neither {paths.imgs_tsv.name} nor lmdb/{split}/imgs in {dataset_dir}"
@@ -111,20 +120,77 @@ def load_split(
     batch_size: int | None = None,
     index: IndexSpec | None = None,
     encoder: Encoder | None = None,
+    data_root: Path | None = None,
 ) -> LoadReport:
     """Load `split` of `dataset_dir` into `collection`; see the module docstring.
 
     The steps: open the split (images, optional features), then run batches through the
-    pipeline read+make -> SQL rows -> vectors + mark indexed, then flush the collection."""
+    pipeline read+make -> SQL rows -> vectors + mark indexed, then flush the collection.
+    With `data_root` (every load the server runs), each file is opened and checked to lie
+    under it before it is read (operations.data_root)."""
+    with contextlib.ExitStack() as files:
+
+        def readable(path: Path) -> Path:
+            if data_root is None:
+                return path
+            return Path(files.enter_context(opened_under(data_root, path)))
+
+        return _load_split(
+            svc,
+            collection,
+            dataset_dir,
+            split,
+            progress,
+            source,
+            batch_size,
+            index,
+            encoder,
+            readable,
+            data_root,
+        )
+
+
+def _load_split(
+    svc: Services,
+    collection: str,
+    dataset_dir: Path,
+    split: str,
+    progress: Progress,
+    source: str | None,
+    batch_size: int | None,
+    index: IndexSpec | None,
+    encoder: Encoder | None,
+    readable: Callable[[Path], Path],
+    data_root: Path | None,
+) -> LoadReport:
     started = time.perf_counter()
+    if data_root is not None:
+        dataset_dir = check_under(data_root, dataset_dir)
     if not Path(dataset_dir).is_dir():
         raise NotFound(f"dataset directory {dataset_dir} does not exist")
     source = check_label(source or Path(dataset_dir).name or "dataset", "source")
+    # The split's files are opened (and checked) before the collection is made.
+    paths = dataset_paths(dataset_dir, split)
+    feat_file = readable(paths.img_feat) if paths.img_feat.is_file() else None
+    records, total, origin = _image_source(Path(dataset_dir), split, readable, data_root)
     is_new = not svc.vectors.has_collection(collection)
     encoder = svc.ensure_collection(collection, encoder, index)
     if is_new and svc.settings.ocr_enabled:
         enable_ocr(svc, collection)
-    split_load = _SplitLoad(svc, collection, Path(dataset_dir), split, progress, source, encoder)
+    progress.set_total(total)
+    split_load = _SplitLoad(
+        svc,
+        collection,
+        split,
+        progress,
+        source,
+        encoder,
+        records,
+        total,
+        origin,
+        paths.img_feat.name,
+        feat_file,
+    )
     writers = svc.settings.load_sql_writers if svc.images.parallel_writes else 1
     try:
         run_stages(
@@ -161,24 +227,26 @@ class _SplitLoad:
         self,
         svc: Services,
         collection: str,
-        dataset_dir: Path,
         split: str,
         progress: Progress,
         source: str,
         encoder: Encoder,
+        records: Iterator[ImageRecord | BadRecord],
+        total: int | None,
+        origin: str,
+        feat_name: str,
+        feat_file: Path | None,
     ) -> None:
         self.svc, self.collection, self.progress = svc, collection, progress
         self.source, self.encoder = source, encoder
-        self.records, total, self.origin = _image_source(dataset_dir, split)
-        progress.set_total(total)
-        self.feat_path = dataset_paths(dataset_dir, split).img_feat
+        self.records, self.origin, self.feat_name = records, origin, feat_name
         self.features: FeatureIndex | None = None
-        if self.feat_path.is_file():
-            self.features = FeatureIndex(self.feat_path, "image_id", encoder.dim)
-            _check_feature_dim(self.feat_path, encoder)
+        if feat_file is not None:
+            self.features = FeatureIndex(feat_file, "image_id", encoder.dim)
+            _check_feature_dim(feat_file, feat_name, encoder)
             for bad in self.features.bad:
                 if bad.record_id is None:
-                    progress.fail(f"{self.feat_path.name} line {bad.line_no}", bad.reason)
+                    progress.fail(f"{feat_name} line {bad.line_no}", bad.reason)
         self.report = LoadReport(collection, split, total)
         self.now = int(time.time())
         self._lock = threading.Lock()
@@ -209,7 +277,10 @@ class _SplitLoad:
             where = f"{self.origin} line {rec.line_no} (image {rec.image_id})"
             try:
                 mime, width, height = probe(rec.data)
-            except UnsupportedMedia as exc:
+                if width * height > self.svc.settings.max_image_pixels:
+                    limit = self.svc.settings.max_image_pixels
+                    raise PayloadTooLarge(f"image has {width}x{height} pixels; the limit is {limit} pixels")
+            except ServiceError as exc:
                 self.progress.fail(where, exc.message)
                 continue
             if self.features is not None:
@@ -245,7 +316,7 @@ class _SplitLoad:
         self, rec: ImageRecord, feat: FeatureRecord | BadRecord | None, where: str
     ) -> np.ndarray | None:
         """The record's feature vector, or None after reporting why it cannot be used."""
-        name = self.feat_path.name
+        name = self.feat_name
         if feat is None:
             self.progress.fail(where, f"no feature for image {rec.image_id} in {name}")
             return None
@@ -293,7 +364,7 @@ class _SplitLoad:
         self.progress.advance(len(batch.ids_to_index))
 
 
-def _check_feature_dim(path: Path, encoder: Encoder) -> None:
+def _check_feature_dim(path: Path, name: str, encoder: Encoder) -> None:
     """Refuse a features file of another model at once, not as one failure per line."""
     with open(path, "rb") as f:
         for line in f:
@@ -303,7 +374,7 @@ def _check_feature_dim(path: Path, encoder: Encoder) -> None:
                 continue  # a broken line is reported with its number later
             if dim != encoder.dim:
                 raise Conflict(
-                    f"{path.name} holds {dim}-d features; the model {encoder.model_name} makes "
+                    f"{name} holds {dim}-d features; the model {encoder.model_name} makes "
                     f"{encoder.dim}-d vectors: extract features with this model or load another one"
                 )
             return

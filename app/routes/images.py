@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile, status
 
+from app.contract import raises
 from app.deps import RunnerDep, SvcDep, WriteAccess
 from app.routes.uploads import read_upload, split_list
 from app.routes.views import image_meta
@@ -20,9 +21,10 @@ from app.schemas import (
     OcrLineView,
     OcrView,
 )
+from operations.bounds import MAX_IMAGE_ID, MAX_TIMESTAMP, MIN_IMAGE_ID
 from operations.context import Services, resolve_under
 from operations.delete import delete_ids, delete_matching
-from operations.errors import BadRequest, InvalidInput, NotFound
+from operations.errors import BadRequest, Conflict, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMedia
 from operations.image_files import (
     THUMB_SIZES,
     ThumbnailCache,
@@ -36,6 +38,8 @@ from operations.names import validate_name
 from operations.ocr import ocr_text
 
 router = APIRouter(prefix="/img/images", tags=["images"])
+ImageIdPath = Annotated[int, Path(ge=MIN_IMAGE_ID, le=MAX_IMAGE_ID, description="an image id (0..2^63-1)")]
+MAX_EXTERNAL_ID_CHARS = 256
 
 
 def _cache(request: Request, svc: Services) -> ThumbnailCache:
@@ -47,11 +51,14 @@ def _cache(request: Request, svc: Services) -> ThumbnailCache:
 @router.get(
     "/{collection}/{image_id}",
     summary="The image's bytes, or a JPEG thumbnail with ?size=",
-    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}},
+    responses={
+        200: {"content": {"image/jpeg": {}, "image/png": {}}},
+        **raises(BadRequest, NotFound, InvalidInput, PayloadTooLarge, UnsupportedMedia),
+    },
 )
 def get_image(
     collection: str,
-    image_id: int,
+    image_id: ImageIdPath,
     svc: SvcDep,
     request: Request,
     size: Annotated[int | None, Query(description=f"thumbnail edge, one of {THUMB_SIZES}")] = None,
@@ -64,8 +71,13 @@ def get_image(
     return Response(image.data, media_type=image.media_type, headers=headers)
 
 
-@router.get("/{collection}/{image_id}/meta", response_model=ImageMeta, summary="An image's metadata")
-def get_meta(collection: str, image_id: int, svc: SvcDep) -> ImageMeta:
+@router.get(
+    "/{collection}/{image_id}/meta",
+    response_model=ImageMeta,
+    summary="An image's metadata",
+    responses=raises(BadRequest, NotFound),
+)
+def get_meta(collection: str, image_id: ImageIdPath, svc: SvcDep) -> ImageMeta:
     return image_meta(collection, image_row(svc, collection, image_id))
 
 
@@ -73,8 +85,9 @@ def get_meta(collection: str, image_id: int, svc: SvcDep) -> ImageMeta:
     "/{collection}/{image_id}/ocr",
     response_model=OcrView,
     summary="The text read in an image (OCR): lines with boxes and confidences",
+    responses=raises(BadRequest, NotFound),
 )
-def get_ocr(collection: str, image_id: int, svc: SvcDep) -> OcrView:
+def get_ocr(collection: str, image_id: ImageIdPath, svc: SvcDep) -> OcrView:
     image_row(svc, collection, image_id)  # 404 unless the image is there
     record = ocr_text(svc, collection, image_id)
     if record is None:
@@ -95,7 +108,10 @@ def get_ocr(collection: str, image_id: int, svc: SvcDep) -> OcrView:
     response_model=AddResponse,
     dependencies=[WriteAccess],
     summary="Add uploaded images (a large batch becomes a background job)",
-    responses={202: {"model": AddResponse}},
+    responses={
+        202: {"model": AddResponse},
+        **raises(BadRequest, NotFound, Conflict, InvalidInput, PayloadTooLarge),
+    },
 )
 def add(
     collection: str,
@@ -105,7 +121,9 @@ def add(
     files: Annotated[list[UploadFile], File(description="one or many images")],
     source: Annotated[str, Form()] = "upload",
     tags: Annotated[str | None, Form(description="comma-separated")] = None,
-    created_at: Annotated[int | None, Form(ge=0, description="unix seconds (default: now)")] = None,
+    created_at: Annotated[
+        int | None, Form(ge=0, le=MAX_TIMESTAMP, description="unix seconds (default: now)")
+    ] = None,
     external_ids: Annotated[str | None, Form(description="JSON list, one per file")] = None,
     near_duplicates: Annotated[
         bool, Form(description="report stored images above the near-duplicate threshold")
@@ -139,15 +157,37 @@ def add(
 
 
 def _external_ids(raw: str | None, n: int) -> list[str | None]:
+    """The `external_ids` form field: a flat JSON list, one string (or int, or null) per file."""
     if not raw:
         return [None] * n
     try:
         values = json.loads(raw)
-    except ValueError:
-        raise InvalidInput("external_ids must be a JSON list") from None
+    except (ValueError, RecursionError):  # RecursionError: thousands of nested brackets
+        raise InvalidInput("external_ids must be a JSON list", field="external_ids") from None
     if not isinstance(values, list) or len(values) != n:
-        raise InvalidInput("external_ids must be a JSON list with one entry per file")
-    return [None if v is None else str(v) for v in values]
+        raise InvalidInput("external_ids must be a JSON list with one entry per file", field="external_ids")
+    out: list[str | None] = []
+    for i, v in enumerate(values):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (str, int))):
+            raise InvalidInput(
+                f"external_ids[{i}] must be a string, an integer or null", field="external_ids"
+            )
+        text = None if v is None else str(v)
+        if text is not None and (len(text) > MAX_EXTERNAL_ID_CHARS or not _is_text(text)):
+            raise InvalidInput(
+                f"external_ids[{i}] must be text of at most {MAX_EXTERNAL_ID_CHARS} characters",
+                field="external_ids",
+            )
+        out.append(text)
+    return out
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
+        return False
+    return True
 
 
 @router.post(
@@ -155,6 +195,7 @@ def _external_ids(raw: str | None, n: int) -> list[str | None]:
     status_code=202,
     dependencies=[WriteAccess],
     summary="Add every image of a folder under DATA_ROOT (background job)",
+    responses=raises(BadRequest, NotFound, InvalidInput),
 )
 def add_folder_job(collection: str, body: FolderAddRequest, svc: SvcDep, runner: RunnerDep) -> dict:
     validate_name(collection)
@@ -176,8 +217,9 @@ def add_folder_job(collection: str, body: FolderAddRequest, svc: SvcDep, runner:
     response_model=DeleteResponse,
     dependencies=[WriteAccess],
     summary="Delete one image from both stores",
+    responses=raises(BadRequest, NotFound, InvalidInput),
 )
-def delete_one(collection: str, image_id: int, svc: SvcDep) -> DeleteResponse:
+def delete_one(collection: str, image_id: ImageIdPath, svc: SvcDep) -> DeleteResponse:
     validate_name(collection)
     if delete_ids(svc, collection, [image_id]) == 0:
         raise NotFound(f"image {image_id} is not in collection {collection!r}", image_id=image_id)
@@ -189,6 +231,7 @@ def delete_one(collection: str, image_id: int, svc: SvcDep) -> DeleteResponse:
     response_model=DeleteResponse,
     dependencies=[WriteAccess],
     summary="Delete many images, by ids or by filter",
+    responses=raises(BadRequest, NotFound, InvalidInput),
 )
 def delete_many(collection: str, body: DeleteRequest, svc: SvcDep) -> DeleteResponse:
     validate_name(collection)
