@@ -316,7 +316,7 @@ def test_bombs_in_a_bulk_add_job_folder_add_and_load_are_reported_per_file(lite)
 
 def test_thumbnail_of_a_stored_bomb_is_413_not_500(lite):
     """Rows stored before the checks (or by another tool) still cannot take the server down."""
-    from operations.stores.image_base import ImageRow
+    from operations.domain import ImageRow
 
     c = lite.collection
     data = BOMBS["png_20000x20000"]()
