@@ -85,7 +85,7 @@ def get_meta(collection: str, image_id: ImageIdPath, svc: SvcDep) -> ImageMeta:
     "/{collection}/{image_id}/ocr",
     response_model=OcrView,
     summary="The text read in an image (OCR): lines with boxes and confidences",
-    responses=raises(BadRequest, NotFound),
+    responses=raises(BadRequest, NotFound, Conflict),
 )
 def get_ocr(collection: str, image_id: ImageIdPath, svc: SvcDep) -> OcrView:
     image_row(svc, collection, image_id)  # 404 unless the image is there
