@@ -464,7 +464,9 @@ def test_tag_filters_on_lite_are_resolved_in_sql(client, monkeypatch):
         vectors, "search", lambda c, v, k, flt=None: seen.append(flt) or real_search(c, v, k, flt)
     )
     monkeypatch.setattr(
-        vectors, "range_search", lambda c, v, s, n, flt=None: seen.append(flt) or real_range(c, v, s, n, flt)
+        vectors,
+        "range_search",
+        lambda c, v, s, n, flt=None, *more: seen.append(flt) or real_range(c, v, s, n, flt, *more),
     )
 
     def search(tags):
