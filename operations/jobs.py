@@ -31,7 +31,14 @@ def _run_load(svc: Services, job: Job, progress: JobProgress) -> str:
     p = job.params
     index = IndexSpec(**p["index"]) if p.get("index") else None
     report = load_split(
-        svc, job.collection, Path(p["dataset_dir"]), p["split"], progress, source=p.get("source"), index=index
+        svc,
+        job.collection,
+        Path(p["dataset_dir"]),
+        p["split"],
+        progress,
+        source=p.get("source"),
+        index=index,
+        data_root=svc.settings.data_root,
     )
     ocr = f", OCR read {report.ocr['read']} (failed {report.ocr['failed']})" if report.ocr else ""
     return f"loaded {report.loaded}, already there {report.already_loaded}, failed {report.failed}{ocr}"
@@ -53,6 +60,7 @@ def _run_add_folder(svc: Services, job: Job, progress: JobProgress) -> str:
         tags=tuple(p.get("tags", ())),
         created_at=p.get("created_at"),
         meta=p.get("meta"),
+        data_root=svc.settings.data_root,
     )
     return f"added {counts['added']}, already present {counts['present']}, failed {counts['failed']}"
 
@@ -62,7 +70,12 @@ def _run_calibrate(svc: Services, job: Job, progress: JobProgress) -> str:
 
     p = job.params
     cal, path = calibrate_model(
-        svc, Path(p["dataset_dir"]), p["split"], collection=p.get("collection"), model=p.get("model")
+        svc,
+        Path(p["dataset_dir"]),
+        p["split"],
+        collection=p.get("collection"),
+        model=p.get("model"),
+        data_root=svc.settings.data_root,
     )
     f = cal.fitted_on
     return (

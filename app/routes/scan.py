@@ -7,9 +7,11 @@ import itertools
 from fastapi import APIRouter
 from fastapi.responses import Response, StreamingResponse
 
+from app.contract import raises
 from app.deps import SvcDep, collection_name
 from app.routes.views import image_url
 from app.schemas import ScanItem, ScanRequest, ScanResponse
+from operations.errors import BadRequest, Conflict, InvalidInput, NotFound
 from operations.scan import csv_lines, jsonl_lines, plan_scan, scan, to_csv, to_jsonl
 
 router = APIRouter(prefix="/img", tags=["scan"])
@@ -24,7 +26,10 @@ _FILES = {
     "/scan",
     response_model=ScanResponse,
     summary="Every image whose similarity to any description reaches the threshold",
-    responses={200: {"content": {"text/csv": {}, "application/x-ndjson": {}}}},
+    responses={
+        200: {"content": {"text/csv": {}, "application/x-ndjson": {}}},
+        **raises(BadRequest, NotFound, Conflict, InvalidInput),
+    },
 )
 def risk_scan(body: ScanRequest, svc: SvcDep):
     collection = collection_name(svc, body.collection)

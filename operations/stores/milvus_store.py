@@ -36,11 +36,12 @@ from typing import TypeVar
 
 import numpy as np
 
+from operations.bounds import check_int64
 from operations.domain import CollectionInfo, Hit, IndexSpec, SearchFilter, VectorAttrs, check_model
 from operations.errors import DependencyUnavailable, InvalidInput, NotFound, ServiceError
 from operations.names import validate_name
 from operations.stores.milvus_filter import build_filter, ids_filter
-from operations.stores.pymilvus_guard import DataType, MilvusClient, MilvusException
+from operations.stores.pymilvus_guard import DataType, MilvusClient, MilvusException, ParamError
 from operations.stores.vector_base import MAX_STORE_HITS
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,24 @@ MAX_TAGS = 64
 _TIE_BAND = 1e-6
 PROP_MODEL, PROP_DIM, PROP_INDEX = "cnclip.model", "cnclip.dim", "cnclip.index"
 _NOT_FOUND_HINTS = ("not found", "not exist", "doesn't exist", "can't find")
+_CONTENT_HINTS = (
+    "failed to create expr plan",
+    "cannot parse expression",
+    "too large to convert",
+    "out of range",
+)
 
 
 def _classify(exc: Exception, name: str | None) -> ServiceError:
     text = str(exc)
     if name and any(h in text.lower() for h in _NOT_FOUND_HINTS) and "collection" in text.lower():
         return NotFound(f"collection {name!r} does not exist", collection=name)
+    # Milvus refusing a value for its content is the caller's error (4xx), not
+    # an outage: 503 is kept for a server that cannot be reached or timed out.
+    if isinstance(exc, ParamError) or any(h in text.lower() for h in _CONTENT_HINTS):
+        return InvalidInput(
+            f"milvus refused the request: {text.splitlines()[0][:300] if text else type(exc).__name__}"
+        )
     return DependencyUnavailable("milvus", text.splitlines()[0][:300] if text else type(exc).__name__)
 
 
@@ -80,6 +93,7 @@ class MilvusVectorStore:
         self._token = token
         self._client: MilvusClient | None = None
         self._client_lock = threading.Lock()
+        self._create_lock = threading.Lock()
         self._loaded: set[str] = set()
         self._info_cache: dict[str, CollectionInfo] = {}
         # Writes per collection not yet known to be visible to Bounded reads.
@@ -186,6 +200,13 @@ class MilvusVectorStore:
     def create_collection(self, name: str, dim: int, model_name: str, index: IndexSpec) -> None:
         validate_name(name)
         index.check()
+        # One creation at a time in this process: a request and a load job
+        # creating the same collection at once both saw it missing, and the
+        # second creation failed ("File exists" on Milvus Lite) as a 503.
+        with self._create_lock:
+            self._create_collection(name, dim, model_name, index)
+
+    def _create_collection(self, name: str, dim: int, model_name: str, index: IndexSpec) -> None:
         if self.has_collection(name):
             self._repair_index(name, index)
             check_model(self.describe_meta(name), model_name, dim)
@@ -378,11 +399,11 @@ class MilvusVectorStore:
                 # routed by their key. So: delete the ids, then insert. A crash in
                 # between leaves the SQL rows unmarked, and the next run redoes them.
                 pk_ids = [r["id"] for r in rows]
-                self._call(lambda c: c.delete(name, ids=pk_ids, timeout=self.timeout), name)
-                result = self._call(lambda c: c.insert(name, rows, timeout=self.timeout), name)
+                self._call(lambda c, pk_ids=pk_ids: c.delete(name, ids=pk_ids, timeout=self.timeout), name)
+                result = self._call(lambda c, rows=rows: c.insert(name, rows, timeout=self.timeout), name)
                 count = int(result.get("insert_count", len(rows)) if isinstance(result, dict) else len(rows))
             else:
-                result = self._call(lambda c: c.upsert(name, rows, timeout=self.timeout), name)
+                result = self._call(lambda c, rows=rows: c.upsert(name, rows, timeout=self.timeout), name)
                 count = int(result.get("upsert_count", len(rows)) if isinstance(result, dict) else len(rows))
             if count != len(rows):
                 raise DependencyUnavailable("milvus", f"upserted {count} of {len(rows)} vectors")
@@ -417,9 +438,9 @@ class MilvusVectorStore:
             return
         self._ensure_loaded(name)
         for start in range(0, len(ids), 1000):
-            chunk = [int(i) for i in ids[start : start + 1000]]
+            chunk = check_int64(ids[start : start + 1000], "image id")
             self._wrote(name)
-            self._call(lambda c: c.delete(name, ids=chunk, timeout=self.timeout), name)
+            self._call(lambda c, chunk=chunk: c.delete(name, ids=chunk, timeout=self.timeout), name)
         if visible:
             self.wait_visible(name)
 
@@ -431,7 +452,7 @@ class MilvusVectorStore:
         for start in range(0, len(ids), 1000):
             expr = ids_filter(list(ids[start : start + 1000]))
             rows = self._call(
-                lambda c: c.query(
+                lambda c, expr=expr: c.query(
                     name,
                     filter=expr,
                     output_fields=["id"],
