@@ -220,7 +220,9 @@ def main() -> None:
                     )
         with (
             UvicornProcess(
-                server_env(base / "inline", batch, args.torch_threads), OUT / "add_server_inline.log"
+                server_env(base / "inline", batch, args.torch_threads),
+                OUT / "add_server_inline.log",
+                timeout=900,  # a first start with ENCODER_BACKEND=auto exports the ONNX towers
             ) as srv,
             httpx.Client(base_url=srv.url, timeout=1800) as client,
         ):

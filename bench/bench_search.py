@@ -302,7 +302,8 @@ def run_sweep(args) -> None:
             env = {**base_env, **extra}
             print(f"\n== server {name}: {' '.join(f'{k}={v}' for k, v in extra.items())}", flush=True)
             with (
-                UvicornProcess(env, OUT / f"sweep_server_{name}.log") as srv,
+                # A first start with ENCODER_BACKEND=auto exports and verifies the ONNX towers.
+                UvicornProcess(env, OUT / f"sweep_server_{name}.log", timeout=900) as srv,
                 httpx.Client(base_url=srv.url, timeout=60) as c,
             ):
                 ready = c.get("/readyz").json()
