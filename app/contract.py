@@ -44,7 +44,7 @@ DESCRIPTIONS: dict[int, tuple[str, str, str]] = {
     401: ("missing or wrong X-API-Key", "unauthorized", "missing or wrong X-API-Key"),
     404: ("no such collection, image or job", "not_found", "collection 'nope' does not exist"),
     409: (
-        "model mismatch, or a job in the wrong state",
+        "model mismatch, a job in the wrong state, or a drop while jobs run",
         "conflict",
         "collection 'demo' was built with model RN50",
     ),

@@ -102,6 +102,7 @@ class JobRunner:
         self.jobs = svc.jobs
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
         self._progress: dict[str, JobProgress] = {}
+        self._collections: dict[str, str] = {}  # running job id -> its collection
         self._lock = threading.Lock()
         self._shutting_down = False
 
@@ -117,6 +118,11 @@ class JobRunner:
         self._start(job)
         return self.jobs.get(job_id)
 
+    def running_on(self, collection: str) -> list[str]:
+        """Ids of the jobs of this process running (or queued) on `collection`."""
+        with self._lock:
+            return sorted(j for j, c in self._collections.items() if c == collection)
+
     def cancel(self, job_id: str) -> None:
         with self._lock:
             progress = self._progress.get(job_id)
@@ -130,6 +136,7 @@ class JobRunner:
             if job.id in self._progress:
                 raise Conflict(f"job {job.id} is already running")
             self._progress[job.id] = progress
+            self._collections[job.id] = job.collection
         self.jobs.start(job.id)
         self._pool.submit(self._run, job, progress)
 
@@ -152,6 +159,7 @@ class JobRunner:
         finally:
             with self._lock:
                 self._progress.pop(job.id, None)
+                self._collections.pop(job.id, None)
 
     def _finish_quietly(self, job_id: str, message: str) -> None:
         try:

@@ -69,10 +69,19 @@ def count(name: str, svc: SvcDep) -> dict:
 @router.delete(
     "/collections/{name}",
     dependencies=[WriteAccess],
-    summary="Drop a collection and its images",
-    responses=raises(BadRequest, NotFound),
+    summary="Drop a collection and its images (409 while a job of this server works on it)",
+    responses=raises(BadRequest, NotFound, Conflict),
 )
-def drop(name: str, svc: SvcDep) -> dict:
+def drop(name: str, svc: SvcDep, runner: RunnerDep) -> dict:
+    # A job writing to a collection that is dropped under it broke the stores'
+    # files (Milvus Lite: "WAL already closed", a 503) and could leave half a
+    # collection behind: the job is cancelled first, or finishes.
+    if running := runner.running_on(validate_name(name)):
+        raise Conflict(
+            f"collection {name!r} has running jobs ({', '.join(running)}): "
+            "cancel them (POST /img/jobs/{id}/cancel) or wait, then drop it",
+            jobs=running,
+        )
     drop_collection(svc, name)
     return {"dropped": name}
 
