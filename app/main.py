@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             return batch_limit
         return 8 * 1024 * 1024
 
-    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, read_timeout_s=settings.body_read_timeout_s)
     for module in (health, search, images, collections, jobs, scan, web):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
