@@ -147,6 +147,8 @@ def _add_batch(
         # Take the new rows back so a failed add leaves no image without vector.
         try:
             svc.images.delete(collection, [r.id for r, _, _ in new])  # type: ignore[misc]
+        except ServiceError as exc:  # the SQL store is what failed: no traceback per request
+            log.warning("could not remove rows of a failed add (%s); repair will index them", exc.message)
         except Exception:
             log.exception("could not remove rows of a failed add; repair will index them")
         raise

@@ -77,21 +77,27 @@ def _classify(exc: Exception, name: str | None) -> ServiceError:
     return DependencyUnavailable("milvus", text.splitlines()[0][:300] if text else type(exc).__name__)
 
 
+_answered = threading.local()  # .n: server calls this thread got an answer to
+
+
 def _one_deadline(method: Callable[..., T]) -> Callable[..., T]:
-    """The method and every Milvus call it makes share one deadline; its outcome
-    feeds the outage log (outermost calls only)."""
+    """The method and every Milvus call it makes share one deadline. Its outcome
+    feeds the outage log (outermost methods only; one answered from the cache
+    alone says nothing about the server)."""
 
     @functools.wraps(method)
     def wrapper(self: MilvusVectorStore, *args, **kwargs) -> T:
         if deadline.current(STORE) is not None:
             return method(self, *args, **kwargs)
+        answered = getattr(_answered, "n", 0)
         with deadline.store_call(STORE, self.timeout_s):
             try:
                 result = method(self, *args, **kwargs)
             except DependencyUnavailable as exc:
                 self.outage.failed(exc.message)
                 raise
-        self.outage.succeeded()
+        if getattr(_answered, "n", 0) != answered:
+            self.outage.succeeded()
         return result
 
     return wrapper
@@ -192,7 +198,9 @@ class MilvusVectorStore:
         """One Milvus call within the current deadline (`wait_s`: its own, longer one)."""
         with deadline.store_call(STORE, wait_s or self.timeout_s, own=wait_s is not None) as d:
             try:
-                return self._run(fn, self._connect(d), d)
+                result = self._run(fn, self._connect(d), d)
+                _answered.n = getattr(_answered, "n", 0) + 1
+                return result
             except DependencyUnavailable:
                 self._loaded.clear()
                 raise
