@@ -84,16 +84,20 @@ def test_deadline_nests_and_runs_out():
 
 def test_outage_log_is_two_lines_with_counts(caplog):
     caplog.set_level(logging.INFO)
-    outage = OutageLog("milvus", logging.getLogger("test.outage"))
+    outage = OutageLog("milvus", logging.getLogger("test.outage"), settle_s=0.3)
     outage.succeeded()
     for _ in range(5):
         outage.failed("deadline exceeded")
+    outage.succeeded()  # answering again, not yet settled:
+    outage.failed("no answer within 2 s")  # still the same outage
+    outage.succeeded()
+    time.sleep(0.35)
     outage.succeeded()
     outage.succeeded()
     lines = [r.getMessage() for r in caplog.records if r.name == "test.outage"]
     assert len(lines) == 2, lines
     assert "milvus is down" in lines[0] and "deadline exceeded" in lines[0]
-    assert "milvus is back" in lines[1] and "5 calls failed" in lines[1]
+    assert "milvus is back" in lines[1] and "6 calls failed" in lines[1]
 
 
 def test_healthz_answers_while_every_worker_thread_is_busy(tmp_path):

@@ -14,13 +14,21 @@ import time
 
 
 class OutageLog:
-    """Tracks one store's state from the outcome of its calls."""
+    """Tracks one store's state from the outcome of its calls.
 
-    def __init__(self, store: str, logger: logging.Logger) -> None:
+    A store that answers again is declared back once it has answered for
+    `settle_s` without a failure: a server that has just restarted often
+    answers some calls and times out on others for a while, and that is still
+    the same outage, not a new one per slow call.
+    """
+
+    def __init__(self, store: str, logger: logging.Logger, settle_s: float = 10.0) -> None:
         self.store = store
+        self.settle_s = settle_s
         self._log = logger
         self._lock = threading.Lock()
         self._down_since: float | None = None
+        self._answering_since: float | None = None
         self._failed = 0
 
     @property
@@ -31,6 +39,7 @@ class OutageLog:
         """A call failed because the store could not be reached or did not answer."""
         with self._lock:
             self._failed += 1
+            self._answering_since = None
             if self._down_since is not None:
                 return
             self._down_since = time.monotonic()
@@ -43,6 +52,13 @@ class OutageLog:
         with self._lock:
             if self._down_since is None:
                 return
-            lasted, failed = time.monotonic() - self._down_since, self._failed
-            self._down_since, self._failed = None, 0
-        self._log.warning("%s is back after %.1f s; %d calls failed meanwhile", self.store, lasted, failed)
+            now = time.monotonic()
+            if self._answering_since is None:
+                self._answering_since = now
+            if now - self._answering_since < self.settle_s:
+                return
+            lasted, failed = self._answering_since - self._down_since, self._failed
+            self._down_since, self._answering_since, self._failed = None, None, 0
+        self._log.warning(
+            "%s is back after %.1f s down; %d calls failed meanwhile", self.store, lasted, failed
+        )
