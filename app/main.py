@@ -15,10 +15,10 @@ from app.limits import BodyLimitMiddleware
 from app.routes import collections, health, images, jobs, scan, search, web
 from config.settings import Settings, get_settings
 from operations.context import Services
+from operations.domain import check_model
 from operations.errors import DependencyUnavailable, ServiceError
 from operations.factory import build_services
 from operations.jobs import JobRunner
-from operations.stores.vector_base import check_model
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).parent / "static"

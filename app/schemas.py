@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from operations.stores.vector_base import SearchFilter
+from operations.domain import SearchFilter
+from operations.search import MAX_SEARCH_TOP_K
 
 
 class Filters(BaseModel):
@@ -30,7 +31,7 @@ class TextSearchRequest(BaseModel):
         },
     )
     query: str = Field(..., min_length=1, max_length=10_000, description="a Chinese sentence")
-    top_k: int = Field(10, ge=1, le=100)
+    top_k: int = Field(10, ge=1, le=MAX_SEARCH_TOP_K)
     collection: str | None = Field(None, description="defaults to the server's DEFAULT_COLLECTION")
     filters: Filters | None = None
     min_score: float | None = Field(None, ge=-1, le=1, description="drop results below this cosine")

@@ -37,7 +37,6 @@ def run_child(
     """
     full_env = os.environ.copy()
     full_env.update(env or {})
-    full_env.setdefault("PYTHONPATH", str(REPO))
     t0 = time.perf_counter()
     out_f = open(stdout_path, "w+b") if stdout_path else subprocess.PIPE  # noqa: SIM115
     proc = subprocess.Popen(
@@ -187,14 +186,14 @@ BULK_MARIADB_ARGS = (
 
 @contextlib.contextmanager
 def services(mariadb: bool = True, milvus: bool = True, mariadb_args: tuple = BULK_MARIADB_ARGS):
-    """MariaDB and/or the Milvus 2.3 test server (tests.services), with the start-up time printed.
+    """MariaDB and/or the Milvus 2.3 test server (scripts.dev_services), with the start-up time printed.
 
     MariaDB runs with `BULK_MARIADB_ARGS` unless told otherwise.
 
     Only one Milvus test server runs per machine: a bench waits here while a test
     session holds it (MILVUS_TEST_LOCK_TIMEOUT, default 900 s).
     """
-    from tests.services import mariadb_server, milvus_server
+    from scripts.dev_services import mariadb_server, milvus_server
 
     with contextlib.ExitStack() as stack:
         db = mv = None
@@ -223,7 +222,6 @@ class UvicornProcess:
         self.port = free_port()
         full_env = os.environ.copy()
         full_env.update(env)
-        full_env.setdefault("PYTHONPATH", str(REPO))
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(

@@ -27,15 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
 from bench._common import UvicornProcess, add_torch_threads_arg, machine, median, other_load, table
+
+REPO = Path(__file__).resolve().parent.parent
 
 OUT = REPO / "bench" / "out"
 COLLECTION = "bench_add"
@@ -128,7 +126,8 @@ def encode_check(n_images: int = 32) -> dict:
     from PIL import Image
 
     from bench.gen_split import fresh_jpegs
-    from operations.encoding.clip_encoder import ClipEncoder, ModelSpec
+    from operations.encoding.clip_encoder import ClipEncoder
+    from operations.encoding.model_files import ModelSpec
 
     enc = ClipEncoder.load(ModelSpec(name="RN50", random_init=True, device="cpu"))
     images = [

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import io
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,10 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from datasets.formats import FeatureWriter, ImageRecord, iter_features, iter_image_tsv, write_image_tsv
-from operations.encoding.clip_encoder import ClipEncoder, ModelSpec
+from operations.encoding.clip_encoder import ClipEncoder
+from operations.encoding.model_files import ModelSpec
 from operations.evaluation.extract import decode_image, extract_image_features
 
 

@@ -4,7 +4,7 @@
 
 Through `MilvusVectorStore.search` (our store: the filter expression comes
 from `milvus_filter.build_filter`), top-10, on the Milvus 2.3 server
-(tests.services.milvus_server), collection FLAT, 1024-d random unit vectors.
+(scripts.dev_services.milvus_server), collection FLAT, 1024-d random unit vectors.
 Each vector has a source (one of 10), 0-3 tags (of 20) and a created_at in
 2024. Filters, measured in the same run, query by query in rotating order:
 
@@ -30,17 +30,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
 from bench._common import machine, median, other_load, pct, table
+
+REPO = Path(__file__).resolve().parent.parent
 
 OUT = REPO / "bench" / "out"
 DIM = 1024
@@ -63,7 +61,7 @@ def make_data(n: int, seed: int):
 
 
 def filters():
-    from operations.stores.vector_base import SearchFilter
+    from operations.domain import SearchFilter
 
     return {
         "none": None,
@@ -92,7 +90,7 @@ def mask_for(flt, sources, tags, created) -> np.ndarray:
 
 
 def fill(store, name: str, ids: np.ndarray, vectors, sources, tags, created, chunk: int = 10_000) -> float:
-    from operations.stores.vector_base import IndexSpec, VectorAttrs
+    from operations.domain import IndexSpec, VectorAttrs
 
     store.create_collection(name, DIM, "RN50", IndexSpec("FLAT"))
     t = time.perf_counter()
@@ -151,7 +149,7 @@ def tags_via_sql(lite, base: Path, ids: np.ndarray, data, queries: np.ndarray, l
     id list. Timed per query: the SQL lookup plus the search."""
     from types import SimpleNamespace
 
-    from operations.stores.image_base import ImageRow
+    from operations.domain import ImageRow
     from operations.stores.sql_image_store import SqlImageStore
     from operations.stores.sql_pool import SqlPool
     from operations.vector_filter import filter_for_vectors

@@ -3,8 +3,8 @@
     python -m bench.bench_load [--quick] [--n 31783] [--runs 1] [--no-naive] [--no-cli] [--no-ceiling]
                                [--experiment no-mark] [--profile] [--mysql-arg=--innodb-...]
 
-Real services: a private MariaDB (tests.services.mariadb_server) and the Milvus
-2.3 server (tests.services.milvus_server); collections FLAT, consistency Strong.
+Real services: a private MariaDB (scripts.dev_services.mariadb_server) and the Milvus
+2.3 server (scripts.dev_services.milvus_server); collections FLAT, consistency Strong.
 The split (1024-d features + 20-80 KB JPEGs) comes from bench.gen_split.
 
 Every load runs in its own child process, so each peak RSS (wait4's ru_maxrss
@@ -44,9 +44,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
 from bench._common import (
     BULK_MARIADB_ARGS,
     last_json,
@@ -57,6 +54,8 @@ from bench._common import (
     run_child,
     table,
 )
+
+REPO = Path(__file__).resolve().parent.parent
 
 OUT = REPO / "bench" / "out"
 
@@ -102,7 +101,7 @@ INDEXES = {"FLAT": ("FLAT", {}, {}), "HNSW": ("HNSW", {"M": 16, "efConstruction"
 
 
 def index_spec(name: str | None):
-    from operations.stores.vector_base import IndexSpec
+    from operations.domain import IndexSpec
 
     kind, build, search = INDEXES[name or "FLAT"]
     return IndexSpec(kind, dict(build), dict(search)).check()
@@ -193,10 +192,10 @@ def child_naive(args) -> dict:
     from PIL import Image
     from pymilvus import MilvusClient
 
+    from operations.domain import IndexSpec
     from operations.stores.milvus_store import MilvusVectorStore
     from operations.stores.sql_image_store import SqlImageStore, table_name
     from operations.stores.sql_pool import MySQLParams
-    from operations.stores.vector_base import IndexSpec
 
     rss_before = proc_status_kb("VmRSS")
     cpu0 = _cpu_self()
@@ -300,9 +299,9 @@ def child_ceiling(args) -> dict:
 
     import orjson
 
+    from operations.domain import IndexSpec, VectorAttrs
     from operations.stores.milvus_store import MilvusVectorStore
     from operations.stores.sql_image_store import SqlImageStore, table_name
-    from operations.stores.vector_base import IndexSpec, VectorAttrs
 
     tsv = Path(args.dataset) / f"{args.split}_imgs.tsv"
     feat = Path(args.dataset) / f"{args.split}_imgs.img_feat.jsonl"
@@ -489,7 +488,6 @@ def run_child_exe(exe: str, args: list[str]):
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     return p.returncode, p.stdout, p.stderr, 0, 0.0
 

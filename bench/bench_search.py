@@ -3,7 +3,7 @@
     python -m bench.bench_search [--quick] [--n 31783] [--queries 200] [--warmup 20]
                                  [--indexes FLAT,HNSW] [--texts fp32,int8] [--levels Adaptive]
 
-Set-up: a private MariaDB and the Milvus 2.3 server (tests.services); the
+Set-up: a private MariaDB and the Milvus 2.3 server (scripts.dev_services); the
 31,783-image split of bench.gen_split loaded with our loader
 (`operations.load.load_split`, model name "RN50") once per index: FLAT
 (exact) and HNSW (M=16, efConstruction=200, search ef=64). One server per
@@ -32,12 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 from bench._common import (
     UvicornProcess,
@@ -50,6 +46,8 @@ from bench._common import (
     run_child,
     table,
 )
+
+REPO = Path(__file__).resolve().parent.parent
 
 OUT = REPO / "bench" / "out"
 COLLECTION = "bench_search"
@@ -118,7 +116,8 @@ def encode_check(qs: list[str], rounds: int = 3) -> dict:
     from cn_clip.clip import tokenize
 
     from operations.encoding.base import l2_normalise
-    from operations.encoding.clip_encoder import ClipEncoder, ModelSpec
+    from operations.encoding.clip_encoder import ClipEncoder
+    from operations.encoding.model_files import ModelSpec
 
     enc = ClipEncoder.load(ModelSpec(name="RN50", random_init=True, device="cpu"))
     padded, trimmed, max_diff = [], [], 0.0

@@ -14,8 +14,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from operations.errors import BadRequest
-from operations.names import validate_name
+from config.names import name_problem
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -117,10 +116,10 @@ class Settings(BaseSettings):
     @field_validator("default_collection")
     @classmethod
     def _collection_name(cls, value: str) -> str:
-        try:
-            return validate_name(value)
-        except BadRequest as exc:
-            raise ValueError(exc.message) from None
+        problem = name_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("index_params", "search_params", "extra_models", mode="before")
     @classmethod

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from operations.context import Services
+from operations.domain import IndexSpec
 from operations.errors import NotFound
 from operations.names import validate_name
-from operations.stores.vector_base import IndexSpec
 
 
 @dataclass

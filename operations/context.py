@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from config.settings import Settings
+from operations.domain import IndexSpec, check_model
 from operations.encoding.base import Encoder
 from operations.errors import Conflict, NotFound
 from operations.stores.image_base import ImageStore
 from operations.stores.job_store import JobStore
-from operations.stores.vector_base import IndexSpec, VectorStore, check_model
+from operations.stores.vector_base import VectorStore
 
 
 class EncoderRegistry:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from operations.context import Services
+from operations.domain import SearchFilter
 from operations.errors import InvalidInput
-from operations.stores.vector_base import SearchFilter
 
 CHUNK = 1000
 

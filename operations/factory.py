@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 from config.settings import Settings
 from operations.context import EncoderRegistry, Services
-from operations.encoding.model_files import LazyClipEncoder, ModelSpec
+from operations.encoding.lazy_encoder import LazyClipEncoder
+from operations.encoding.model_files import ModelSpec
 from operations.stores.job_store import JobStore
 from operations.stores.milvus_store import MilvusVectorStore
 from operations.stores.sql_image_store import SqlImageStore

@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from operations.context import Services
+from operations.domain import ImageRow, VectorAttrs
 from operations.errors import InvalidInput, ServiceError
 from operations.images import CheckedImage, check_image, decode_b64_image
+from operations.names import check_label
 from operations.progress import Counter, Progress
-from operations.stores.image_base import ImageRow
-from operations.stores.milvus_filter import check_label
-from operations.stores.vector_base import VectorAttrs
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}

@@ -17,12 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from operations.context import Services
+from operations.domain import IndexSpec
 from operations.errors import Conflict, ServiceError
 from operations.ingest import add_folder
 from operations.load import load_split
 from operations.progress import JobProgress
 from operations.stores.job_store import Job
-from operations.stores.vector_base import IndexSpec
 
 log = logging.getLogger(__name__)
 # How long a finished job keeps trying to record its end while SQL is unavailable;

@@ -32,13 +32,12 @@ import orjson
 from datasets.formats import BadRecord, FeatureIndex, ImageRecord, dataset_paths, iter_image_tsv
 from datasets.lmdb_io import iter_lmdb_images
 from operations.context import Services
+from operations.domain import ImageRow, IndexSpec, VectorAttrs
 from operations.encoding.base import Encoder
 from operations.errors import Conflict, NotFound, UnsupportedMedia
 from operations.images import decode_b64_image, probe, sha256_hex
+from operations.names import check_label
 from operations.progress import Progress
-from operations.stores.image_base import ImageRow
-from operations.stores.milvus_filter import check_label
-from operations.stores.vector_base import IndexSpec, VectorAttrs
 
 log = logging.getLogger(__name__)
 _DONE = object()

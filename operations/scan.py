@@ -12,9 +12,9 @@ import json
 from dataclasses import asdict, dataclass
 
 from operations.context import Services
+from operations.domain import SearchFilter
 from operations.errors import InvalidInput
-from operations.stores.milvus_store import MAX_TOPK
-from operations.stores.vector_base import SearchFilter
+from operations.stores.vector_base import MAX_STORE_HITS
 from operations.vector_filter import filter_for_vectors
 
 MAX_DESCRIPTIONS = 50
@@ -73,8 +73,10 @@ def scan(
     hits: list[ScanHit] = []
     truncated = False
     for i, (text, vector) in enumerate(zip(descriptions, vectors)):
-        found = [] if nothing else svc.vectors.range_search(collection, vector, threshold, MAX_TOPK, flt)
-        truncated |= len(found) >= MAX_TOPK
+        found = (
+            [] if nothing else svc.vectors.range_search(collection, vector, threshold, MAX_STORE_HITS, flt)
+        )
+        truncated |= len(found) >= MAX_STORE_HITS
         hits.extend(ScanHit(h.id, round(h.score, 6), i, text) for h in found)
     hits.sort(key=lambda h: (-h.score, h.image_id, h.description_index))
     page = hits[offset : offset + limit]

@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from operations.context import Services
+from operations.domain import ImageRow, SearchFilter
 from operations.errors import InvalidInput, NotFound
 from operations.images import check_image
-from operations.stores.image_base import ImageRow
-from operations.stores.vector_base import SearchFilter
 from operations.vector_filter import filter_for_vectors
 
-MAX_TOP_K = 100
+# The most results one search returns to a caller (API, CLI); the stores' own cap is
+# operations.stores.vector_base.MAX_STORE_HITS.
+MAX_SEARCH_TOP_K = 100
 log = logging.getLogger(__name__)
 
 
@@ -48,8 +49,8 @@ class _Timer:
 
 
 def _check_top_k(top_k: int) -> None:
-    if not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
-        raise InvalidInput(f"top_k must be an integer in 1..{MAX_TOP_K}")
+    if not isinstance(top_k, int) or not 1 <= top_k <= MAX_SEARCH_TOP_K:
+        raise InvalidInput(f"top_k must be an integer in 1..{MAX_SEARCH_TOP_K}")
 
 
 def search_vector(

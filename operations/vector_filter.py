@@ -11,8 +11,7 @@ left to Lite as well.
 from __future__ import annotations
 
 from operations.context import Services
-from operations.stores.milvus_filter import MAX_ONLY_IDS
-from operations.stores.vector_base import SearchFilter
+from operations.domain import MAX_ONLY_IDS, SearchFilter
 
 
 def filter_for_vectors(

@@ -16,15 +16,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
 from datasets import demo_generator as g
 from datasets.demo_generator import (
@@ -34,7 +30,10 @@ from datasets.demo_generator import (
     read_scenes,
     read_texts,
 )
-from operations.encoding.clip_encoder import ClipEncoder, ModelSpec
+from operations.encoding.clip_encoder import ClipEncoder
+from operations.encoding.model_files import ModelSpec
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "demo" / "demo-tiny.pt"
 DEFAULT_ARCH = REPO_ROOT / "config" / "model_configs" / "demo-tiny.json"

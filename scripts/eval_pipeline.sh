@@ -27,7 +27,6 @@
 # Exit status: non-zero when a step fails or exact and FLAT predictions disagree.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python3}"
 
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
@@ -66,7 +65,7 @@ if [[ "$DATASET" == "$REPO/datasets/data/demo" ]]; then
 fi
 if [[ ! -f "$DATASET/${SPLIT}_imgs.tsv" || ! -f "$DATASET/${SPLIT}_texts.jsonl" ]]; then
   echo "no $DATASET/${SPLIT}_imgs.tsv or ${SPLIT}_texts.jsonl; for the demo data run:" >&2
-  echo "  python3 -m datasets.demo_generator --out $DATASET" >&2
+  echo "  imgsearch demo-data --out $DATASET" >&2
   exit 2
 fi
 mkdir -p "$WORK"

@@ -2,7 +2,9 @@
 # Idempotent setup of a fresh Debian machine for this service and its tests:
 #   - system packages: mariadb-server (tests run a private mariadbd), chromium + chromium-driver
 #     (browser tests), installed only when missing;
-#   - Python packages from requirements.txt (torch/torchvision come from local disk here).
+#   - Python packages from requirements.txt (the pinned lock, dev tools included; torch/torchvision
+#     come from local disk here), then this project itself as an editable package (`pip install
+#     --no-deps -e .`: the `imgsearch` command, and imports that work from any directory).
 # Runs as root, or through sudo when not root. Quiet unless something fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,4 +65,6 @@ fi
 
 echo "setup.sh: installing Python packages (requirements.txt) with $("$PYTHON" --version 2>&1)"
 PIP_ROOT_USER_ACTION=ignore quiet "$PYTHON" -m pip install -q -r requirements.txt
+# --no-deps: the lock above already holds every dependency, at the versions CI tests.
+PIP_ROOT_USER_ACTION=ignore quiet "$PYTHON" -m pip install -q --no-deps -e .
 echo "setup.sh: done"

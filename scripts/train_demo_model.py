@@ -21,22 +21,19 @@ import argparse
 import io
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
-
 from cn_clip.clip import image_transform, tokenize
 from cn_clip.clip.model import CLIP
+from PIL import Image
 
 from datasets.demo_generator import COLOURS, SHAPES, read_families, read_images, read_scenes, read_texts
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 CONTEXT_LENGTH = 52
 

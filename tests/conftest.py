@@ -1,8 +1,18 @@
 """Fixtures shared by the whole test suite.
 
-Real services (MariaDB, Milvus 2.3 server) start once per session, on first use. They are
-skipped only when SKIP_REAL_SERVICES=1; otherwise a service that fails to start is a test
-ERROR, so CI really runs them. Tests that use them get the `real_services` marker.
+Layout: tests/unit (no I/O beyond files, Milvus Lite and SQLite), tests/stores (the stores on
+every backend), tests/api (the HTTP API and its faults), tests/e2e (processes started and
+killed: the demo, resumed loads, training), tests/browser (Chromium). Shared helpers stay here:
+stack.py (a service on a chosen backend), fixtures_stack.py, data/.
+
+Real services (MariaDB, Milvus 2.3 server, from scripts.dev_services) start once per session,
+on first use. They are skipped only when SKIP_REAL_SERVICES=1; otherwise a service that fails
+to start is a test ERROR, so CI really runs them.
+
+The `services` marker is what the fast loop leaves out (`pytest -m "not services"`): it is
+added here to every test that uses a server fixture or the "server" backend, and to everything
+under tests/e2e and tests/browser (processes, servers, Chromium, training); a test elsewhere
+that starts a server or loads a big model says `@pytest.mark.services` itself.
 
 Add your own fixtures in tests/fixtures_<area>.py and list the module in `pytest_plugins`.
 """
@@ -15,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import services
+from scripts import dev_services as services
 
 pytest_plugins: list[str] = [
     "tests.fixtures_stack",
@@ -23,6 +33,9 @@ pytest_plugins: list[str] = [
 
 SKIP_ENV = "SKIP_REAL_SERVICES"
 _REAL_SERVICE_FIXTURES = {"mariadb", "milvus_server"}
+# Values of a backend parameter (fixtures_stack.py, the store fixtures) that use the real servers.
+_SERVER_BACKENDS = {"server", "mariadb"}
+_SERVICE_FOLDERS = ("e2e", "browser")
 
 
 def _skip_if_disabled(what: str) -> None:
@@ -77,7 +90,19 @@ def sqlite_path(tmp_path: Path) -> Path:
     return tmp_path / "images.sqlite3"
 
 
+def _needs_services(item: pytest.Item) -> bool:
+    if _REAL_SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and _SERVER_BACKENDS.intersection(
+        v for v in callspec.params.values() if isinstance(v, str)
+    ):
+        return True
+    folder = Path(str(item.fspath)).parent.name
+    return folder in _SERVICE_FOLDERS
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if _REAL_SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.real_services)
+        if _needs_services(item):
+            item.add_marker(pytest.mark.services)

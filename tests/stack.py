@@ -13,7 +13,8 @@ from PIL import Image
 from config.settings import Settings, load_settings
 from datasets.formats import write_features_jsonl, write_image_tsv
 from operations.context import Services
-from operations.encoding.clip_encoder import ClipEncoder, ModelSpec
+from operations.encoding.clip_encoder import ClipEncoder
+from operations.encoding.model_files import ModelSpec
 from operations.factory import build_services
 
 REPO = Path(__file__).resolve().parent.parent

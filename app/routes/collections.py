@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from app.deps import SvcDep, WriteAccess
 from app.schemas import CollectionCreate, CollectionView
 from operations.collections import create_collection, describe_collection, drop_collection, list_collections
-from operations.stores.vector_base import IndexSpec
+from operations.domain import IndexSpec
 
 router = APIRouter(prefix="/img", tags=["collections"])
 

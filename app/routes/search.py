@@ -10,8 +10,8 @@ from app.deps import SvcDep, collection_name
 from app.routes.uploads import read_upload, split_list
 from app.routes.views import search_response
 from app.schemas import SearchResponse, TextSearchRequest
-from operations.search import search_image, search_text
-from operations.stores.vector_base import SearchFilter
+from operations.domain import SearchFilter
+from operations.search import MAX_SEARCH_TOP_K, search_image, search_text
 
 router = APIRouter(prefix="/img", tags=["search"])
 
@@ -43,7 +43,7 @@ def image_search(
         int | None, Form(description="or: the id of a stored image (left out of results)")
     ] = None,
     collection: Annotated[str | None, Form()] = None,
-    top_k: Annotated[int, Form(ge=1, le=100)] = 10,
+    top_k: Annotated[int, Form(ge=1, le=MAX_SEARCH_TOP_K)] = 10,
     min_score: Annotated[float | None, Form(ge=-1, le=1)] = None,
     sources: Annotated[str | None, Form(description="comma-separated")] = None,
     tags: Annotated[str | None, Form(description="comma-separated; any of them")] = None,

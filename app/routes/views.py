@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from app.schemas import ImageMeta, ResultItem, SearchResponse
+from operations.domain import ImageRow
 from operations.search import SearchOutcome
-from operations.stores.image_base import ImageRow
 
 
 def image_url(collection: str, image_id: int, size: int | None = None) -> str:

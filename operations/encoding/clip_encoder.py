@@ -21,14 +21,7 @@ from cn_clip.clip.model import CLIP
 from PIL import Image
 
 from operations.encoding.base import l2_normalise
-from operations.encoding.model_files import (  # noqa: F401 (re-exported: the encoder's public names)
-    CONTEXT_LENGTH,
-    LazyClipEncoder,
-    ModelSpec,
-    ModelUnavailable,
-    locate_model,
-    resolve_architecture,
-)
+from operations.encoding.model_files import CONTEXT_LENGTH, ModelSpec, ModelUnavailable, locate_model
 from operations.errors import InvalidInput
 
 log = logging.getLogger(__name__)

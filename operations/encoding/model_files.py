@@ -2,9 +2,10 @@
 
 Name, architecture and dim of a model are known from cn_clip's tables and
 JSON configs; reading them needs neither torch nor cn_clip.clip (whose import
-alone costs ~500 MB of RSS). So command-line work that never encodes (a load
-of precomputed features) stays light: `LazyClipEncoder` imports the real
-encoder on its first encode.
+alone costs hundreds of MB of RSS). So command-line work that never encodes (a
+load of precomputed features) stays light: `lazy_encoder.LazyClipEncoder`
+imports the real encoder (`clip_encoder`) on its first encode. This module
+imports neither.
 """
 
 from __future__ import annotations
@@ -13,19 +14,10 @@ import ast
 import functools
 import importlib.util
 import json
-import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import numpy as np
-from PIL import Image
 
 from operations.errors import ServiceError
-
-if TYPE_CHECKING:
-    from operations.encoding.clip_encoder import ClipEncoder
 
 CONTEXT_LENGTH = 52
 
@@ -143,55 +135,3 @@ def locate_model(spec: ModelSpec) -> tuple[Path | None, str, dict]:
     if not Path(checkpoint).is_file():
         raise ModelUnavailable(f"checkpoint not found: {checkpoint}")
     return Path(checkpoint), arch, info
-
-
-class LazyClipEncoder:
-    """A `ClipEncoder` whose weights are read on the first encode.
-
-    Name and dim come from the architecture, and a missing checkpoint fails at
-    once as with the eager encoder. For the command line: a load of
-    precomputed features never encodes, so it never pays the model's memory
-    (RN50: peak RSS 1.2 GB with the model vs 0.3 GB without).
-    """
-
-    def __init__(self, spec: ModelSpec) -> None:
-        _, _, info = locate_model(spec)
-        self.spec = spec
-        self.model_name = spec.name
-        self.dim = int(info["embed_dim"])
-        self.context_length = CONTEXT_LENGTH
-        self._encoder: ClipEncoder | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def loaded(self) -> bool:
-        return self._encoder is not None
-
-    @property
-    def text_int8(self) -> bool:
-        # Read without loading the model (/readyz asks): what the settings ask
-        # until loaded, then what the encoder did (int8 is CPU only).
-        return self._encoder.text_int8 if self._encoder is not None else bool(self.spec.text_int8)
-
-    def _get(self) -> ClipEncoder:
-        with self._lock:
-            if self._encoder is None:
-                from operations.encoding.clip_encoder import ClipEncoder  # torch: only now
-
-                self._encoder = ClipEncoder.load(self.spec)
-            return self._encoder
-
-    def check_text(self, text: str) -> None:
-        self._get().check_text(text)
-
-    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self._get().encode_texts(texts)
-
-    def encode_images(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self._get().encode_images(images)
-
-    def __getattr__(self, name: str):
-        # Everything else (preprocess, encode_pixels, ...) is the real encoder's.
-        if name.startswith("_") or name == "spec":
-            raise AttributeError(name)
-        return getattr(self._get(), name)

@@ -80,7 +80,8 @@ def _encoder(args: argparse.Namespace):
     try:
         from operations.factory import build_encoder
     except ImportError:  # before the factory existed
-        from operations.encoding.clip_encoder import ClipEncoder, ModelSpec
+        from operations.encoding.clip_encoder import ClipEncoder
+        from operations.encoding.model_files import ModelSpec
 
         return ClipEncoder.load(
             ModelSpec(
@@ -181,9 +182,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 0
     if args.direction != "t2i":
         raise SystemExit("--via-store predicts text->image only (the store holds image vectors)")
+    from operations.domain import IndexSpec
     from operations.evaluation.store_predict import load_features_into_store, predict_files_via_store
     from operations.names import validate_name
-    from operations.stores.vector_base import IndexSpec
 
     collection = validate_name(args.collection or f"eval_{args.split}".replace("-", "_").replace(".", "_"))
     output = args.output or paths.dataset_dir / f"{args.split}_predictions.store.jsonl"

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from datasets.formats import BadRecord, PathLike, iter_features, write_predictions_jsonl
+from operations.domain import IndexSpec
 from operations.evaluation.knn import TopK, _iter_chunks
-from operations.stores.vector_base import IndexSpec, VectorStore
+from operations.stores.vector_base import VectorStore
 
 
 def load_features_into_store(

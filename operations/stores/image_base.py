@@ -1,41 +1,11 @@
-"""The image store interface and the row it keeps per image."""
+"""The image store interface: images and their metadata, keyed by the vector's id."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Protocol
 
-from operations.stores.vector_base import SearchFilter
-
-
-@dataclass
-class ImageRow:
-    """One stored image. `image_b64` is None when only metadata was fetched."""
-
-    id: int | None
-    sha256: str
-    image_b64: str | None = None
-    mime: str = "image/jpeg"
-    width: int = 0
-    height: int = 0
-    source: str = ""
-    tags: tuple[str, ...] = ()
-    external_id: str | None = None
-    created_at: int = 0
-    added_at: int = 0
-    indexed: bool = False
-    extra: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class InsertResult:
-    """Outcome of inserting rows with given ids."""
-
-    inserted: list[int]
-    already_present: list[int]  # same id existed (a re-run load)
-    duplicate_of: dict[int, int]  # id -> existing id holding the same bytes
-    rejected: dict[int, str] = field(default_factory=dict)  # id -> why the row cannot be stored
+from operations.domain import ImageRow, InsertResult, SearchFilter
 
 
 class ImageStore(Protocol):

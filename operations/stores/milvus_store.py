@@ -38,19 +38,13 @@ from typing import TypeVar
 import numpy as np
 
 from operations import deadline
+from operations.domain import CollectionInfo, Hit, IndexSpec, SearchFilter, VectorAttrs, check_model
 from operations.errors import DependencyUnavailable, InvalidInput, NotFound, ServiceError
 from operations.names import validate_name
 from operations.stores.milvus_filter import build_filter, ids_filter
 from operations.stores.outage import OutageLog
 from operations.stores.pymilvus_guard import DataType, MilvusClient, MilvusException
-from operations.stores.vector_base import (
-    CollectionInfo,
-    Hit,
-    IndexSpec,
-    SearchFilter,
-    VectorAttrs,
-    check_model,
-)
+from operations.stores.vector_base import MAX_STORE_HITS
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,7 +52,6 @@ T = TypeVar("T")
 # One insert message must stay under Milvus' 64 MB limit; 16 MB leaves room
 # for protobuf overhead and the scalar fields.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-MAX_TOPK = 16384  # Milvus' own limit for one search
 CONSISTENCY_LEVELS = ("Adaptive", "Strong", "Session", "Bounded", "Eventually")
 # Longer than Milvus' default bounded staleness (gracefulTime, 5 s) plus a time tick.
 STRONG_WINDOW_S = 10.0
@@ -531,8 +524,8 @@ class MilvusVectorStore:
     def search(
         self, name: str, vectors: np.ndarray, top_k: int, flt: SearchFilter | None = None
     ) -> list[list[Hit]]:
-        if not 1 <= top_k <= MAX_TOPK:
-            raise InvalidInput(f"top_k must be in 1..{MAX_TOPK}")
+        if not 1 <= top_k <= MAX_STORE_HITS:
+            raise InvalidInput(f"top_k must be in 1..{MAX_STORE_HITS}")
         meta = self.describe_meta(name)
         self._ensure_loaded(name)
         expr, _ = build_filter(flt)
@@ -566,7 +559,7 @@ class MilvusVectorStore:
             lambda c: c.search(
                 name,
                 data=[np.asarray(vector, np.float32).tolist()],
-                limit=min(limit, MAX_TOPK),
+                limit=min(limit, MAX_STORE_HITS),
                 filter=expr,
                 output_fields=["id"],
                 search_params=params,

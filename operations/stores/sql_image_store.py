@@ -16,12 +16,21 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from operations.domain import ImageRow, InsertResult, SearchFilter
 from operations.errors import NotFound, PayloadTooLarge
-from operations.names import validate_name
-from operations.stores.image_base import ImageRow, InsertResult
-from operations.stores.milvus_filter import build_filter, check_label, decode_tags, encode_tags
+from operations.names import TAG_SEPARATOR, validate_name
 from operations.stores.sql_pool import SqlPool, is_integrity_error
-from operations.stores.vector_base import SearchFilter
+
+
+def encode_tags(tags: tuple[str, ...] | list[str]) -> str:
+    """Tags as stored in SQL: ',a,b,' so that one tag matches with LIKE '%,tag,%'."""
+    return TAG_SEPARATOR + TAG_SEPARATOR.join(tags) + TAG_SEPARATOR if tags else ""
+
+
+def decode_tags(stored: str) -> tuple[str, ...]:
+    """Inverse of `encode_tags`."""
+    return tuple(t for t in (stored or "").split(TAG_SEPARATOR) if t)
+
 
 _COLUMNS = (
     "id",
@@ -373,16 +382,16 @@ class SqlImageStore:
 
     def ids_matching(self, collection: str, flt: SearchFilter, limit: int) -> list[int]:
         """Ids whose metadata matches `flt` (the same semantics as the Milvus filter)."""
-        build_filter(flt)  # validates every value the same way as for Milvus
+        flt.check()  # the same values are refused as by the Milvus filter builder
         table = self._table(collection)
         where, params = ["1 = 1"], []
         if flt.sources:
             where.append(f"source IN ({_placeholders(len(flt.sources))})")
-            params += [check_label(s, "source") for s in flt.sources]
+            params += list(flt.sources)
         if flt.tags:
             # "_" is a LIKE wildcard and may appear in a tag: escape it.
             where.append("(" + " OR ".join(["tags LIKE ? ESCAPE '!'"] * len(flt.tags)) + ")")
-            params += [f"%,{check_label(t, 'tag').replace('_', '!_')},%" for t in flt.tags]
+            params += [f"%,{t.replace('_', '!_')},%" for t in flt.tags]
         if flt.created_from is not None:
             where.append("created_at >= ?")
             params.append(int(flt.created_from))

@@ -78,7 +78,7 @@ class _DeadlineConnection(pymysql.connections.Connection):
         # Rounded up to 0.1 s so the socket timeout is not reset for every packet.
         return max(0.1, math.ceil(d.left() * 10) / 10)
 
-    @property  # type: ignore[override]
+    @property
     def _read_timeout(self) -> float | None:
         return self._bounded(self._configured_read_timeout)
 
@@ -86,7 +86,7 @@ class _DeadlineConnection(pymysql.connections.Connection):
     def _read_timeout(self, value: float | None) -> None:
         self._configured_read_timeout = value
 
-    @property  # type: ignore[override]
+    @property
     def _write_timeout(self) -> float | None:
         return self._bounded(self._configured_write_timeout)
 
@@ -123,6 +123,7 @@ class SqlPool:
         return statement.replace("?", "%s") if self.dialect == "mysql" else statement
 
     def _open(self, d: deadline.Deadline) -> Any:
+        conn: Any
         try:
             if self._mysql is not None:
                 p = self._mysql
@@ -155,7 +156,7 @@ class SqlPool:
         except (pymysql.Error, sqlite3.Error, OSError) as exc:
             raise DependencyUnavailable(self.dialect, str(exc)[:300]) from exc
         if self._mysql is not None:
-            conn._opened_at = time.monotonic()  # type: ignore[attr-defined]
+            conn._opened_at = time.monotonic()
         return conn
 
     def _healthy(self, conn: Any) -> bool:

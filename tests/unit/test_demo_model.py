@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 
 from datasets import demo_generator as g
-from operations.encoding.clip_encoder import ClipEncoder, ModelSpec
+from operations.encoding.clip_encoder import ClipEncoder
+from operations.encoding.model_files import ModelSpec
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = REPO_ROOT / "models" / "demo" / "demo-tiny.pt"
 ARCH = REPO_ROOT / "config" / "model_configs" / "demo-tiny.json"
 

@@ -14,9 +14,8 @@ COLUMNS = ("id", "label", "note", "data", "text_blob")
 
 
 @pytest.fixture
-def pool(request):
-    db = request.getfixturevalue("mariadb")
-    p = SqlPool(db.create_database(), None, 5, 1)  # one connection: every call reuses it
+def pool(mariadb):
+    p = SqlPool(mariadb.create_database(), None, 5, 1)  # one connection: every call reuses it
     yield p
     p.close()
 
@@ -204,10 +203,10 @@ def test_length_prefixes_at_their_edges(n, encoded):
     assert mysql_prepared._lenenc(n) == encoded
 
 
-def test_statements_are_prepared_again_after_a_server_restart(request):
+def test_statements_are_prepared_again_after_a_server_restart(mariadb):
     """A restart kills the connection and the statements prepared on it; the
     pool's pre-ping replaces the connection and the next batch prepares anew."""
-    db = request.getfixturevalue("mariadb")
+    db = mariadb
     pool = SqlPool(db.create_database(), None, 5, 1)
     try:
         table = _table(pool)
@@ -219,10 +218,10 @@ def test_statements_are_prepared_again_after_a_server_restart(request):
         pool.close()
 
 
-def test_a_row_over_16_mb_travels_in_several_packets(request):
+def test_a_row_over_16_mb_travels_in_several_packets(mariadb):
     """One COM_STMT_EXECUTE over 16 MB is split into protocol packets (a large
     photo on a server with a bigger max_allowed_packet); it arrives whole."""
-    db = request.getfixturevalue("mariadb")
+    db = mariadb
     admin = SqlPool(db.create_database(), None, 5, 1)
     ((old,),) = admin.query("SELECT @@GLOBAL.max_allowed_packet")
     admin.execute("SET GLOBAL max_allowed_packet = ?", (64 << 20,))

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from tests.stack import jpeg, make_services, make_settings, unique, write_dataset
 
-pytestmark = pytest.mark.real_services
+pytestmark = pytest.mark.services
 
 
 @pytest.fixture

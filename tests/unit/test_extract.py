@@ -12,7 +12,8 @@ from PIL import Image
 
 from datasets.formats import iter_features, write_image_tsv, write_texts_jsonl
 from datasets.lmdb_io import build_lmdb
-from operations.encoding.clip_encoder import ClipEncoder, ModelSpec
+from operations.encoding.clip_encoder import ClipEncoder
+from operations.encoding.model_files import ModelSpec
 from operations.evaluation import cli
 from operations.evaluation.extract import (
     cn_clip_text_preprocess,
@@ -20,7 +21,7 @@ from operations.evaluation.extract import (
     extract_text_features,
 )
 
-TINY_ARCH = Path(__file__).parent / "data" / "tiny-arch.json"
+TINY_ARCH = Path(__file__).resolve().parents[1] / "data" / "tiny-arch.json"
 
 
 @pytest.fixture(scope="module")

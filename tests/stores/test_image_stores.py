@@ -9,11 +9,10 @@ import threading
 
 import pytest
 
+from operations.domain import ImageRow, SearchFilter
 from operations.errors import BadRequest, NotFound
-from operations.stores.image_base import ImageRow
 from operations.stores.sql_image_store import SqlImageStore
 from operations.stores.sql_pool import SqlPool
-from operations.stores.vector_base import SearchFilter
 from tests.stack import jpeg, unique
 
 
@@ -140,10 +139,10 @@ def test_names_are_validated_and_unknown_collections_are_404(store):
     assert not store.has_collection(c)
 
 
-def test_rows_over_mysql_max_allowed_packet_are_refused_clearly(request):
+def test_rows_over_mysql_max_allowed_packet_are_refused_clearly(mariadb):
     from operations.errors import PayloadTooLarge
 
-    db = request.getfixturevalue("mariadb")
+    db = mariadb
     store = SqlImageStore(SqlPool(db.create_database(), None, 5, 2))
     try:
         assert store.max_image_b64_bytes() > 1024 * 1024  # read from the server
@@ -234,15 +233,15 @@ def test_image_id_zero_keeps_its_id(store):
     assert store.count(name) == 2
 
 
-def test_mysql_batch_inserts_keep_text_and_images_exact(request):
+def test_mysql_batch_inserts_keep_text_and_images_exact(mariadb):
     """Batch inserts go through prepared statements (values as bytes, never
-    lexed; tests/test_mysql_prepared.py). Through the store: Chinese text lands
+    lexed; tests/stores/test_mysql_prepared.py). Through the store: Chinese text lands
     as the same characters and is found by filters, images come back as str,
     the image column of new tables is LONGBLOB, and tables made before it was
     (LONGTEXT) still work."""
     from operations.stores.sql_image_store import table_name
 
-    db = request.getfixturevalue("mariadb")
+    db = mariadb
     store = SqlImageStore(SqlPool(db.create_database(), None, 5, 1))
     try:
         c = unique()

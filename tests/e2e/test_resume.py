@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from tests.services import free_port
+from scripts.dev_services import free_port
 from tests.stack import REPO, TINY_ARCH, make_services, tiny_encoder, unique, write_dataset
 
 N = 3000
@@ -34,7 +34,6 @@ def _env(settings, collection: str) -> dict:
             "DEFAULT_COLLECTION": collection,
             "DATA_ROOT": str(settings.data_root),
             "LOAD_BATCH_SIZE": "50",
-            "PYTHONPATH": str(REPO),
         }
     )
     return env

@@ -10,7 +10,8 @@ import torch
 from cn_clip.clip import tokenize
 from PIL import Image
 
-from operations.encoding.clip_encoder import ClipEncoder, ModelSpec, ModelUnavailable, resolve_architecture
+from operations.encoding.clip_encoder import ClipEncoder
+from operations.encoding.model_files import ModelSpec, ModelUnavailable, resolve_architecture
 from operations.errors import InvalidInput
 from tests.stack import TINY_ARCH, tiny_encoder
 
@@ -89,7 +90,7 @@ def test_text_is_prepared_as_cn_clip_prepares_it():
 
 def test_lazy_encoder_reads_weights_on_first_encode_only(tmp_path):
     """The CLI's encoder: name and dim without the weights; the same features once used."""
-    from operations.encoding.clip_encoder import LazyClipEncoder
+    from operations.encoding.lazy_encoder import LazyClipEncoder
 
     ckpt = tmp_path / "tiny.pt"
     torch.save({"state_dict": tiny_encoder().model.state_dict()}, ckpt)
@@ -110,7 +111,7 @@ def test_lazy_encoder_reads_weights_on_first_encode_only(tmp_path):
 def test_loading_precomputed_features_never_reads_the_model(tmp_path):
     """`scripts.cli load` of a split with features keeps the model's weights
     out of memory (lazy encoder); the rows and vectors still all arrive."""
-    from operations.encoding.clip_encoder import LazyClipEncoder
+    from operations.encoding.lazy_encoder import LazyClipEncoder
     from operations.factory import build_services
     from operations.load import load_split
     from operations.progress import TqdmProgress
@@ -146,7 +147,8 @@ def test_model_lookup_and_the_command_line_need_no_torch():
     assert cn_clip_tables() == (_MODELS, _MODEL_INFO)
     code = (
         "import sys, scripts.cli\n"
-        "from operations.encoding.model_files import LazyClipEncoder, ModelSpec\n"
+        "from operations.encoding.lazy_encoder import LazyClipEncoder\n"
+        "from operations.encoding.model_files import ModelSpec\n"
         "e = LazyClipEncoder(ModelSpec(name='RN50', random_init=True, text_int8=True))\n"
         "assert (e.model_name, e.dim, e.text_int8) == ('RN50', 1024, True), (e.model_name, e.dim)\n"
         "print(sorted(m for m in ('torch', 'torchvision', 'cn_clip.clip') if m in sys.modules))"

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.browser_support import (
+from tests.browser.support import (
     ServerThread,
     Site,
     browser_available,

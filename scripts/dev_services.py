@@ -1,8 +1,10 @@
-"""Start and stop real MariaDB and Milvus servers for tests.
+"""Start and stop private MariaDB and Milvus 2.3 servers for development: tests and benchmarks.
 
-Plain Python (no pytest import), so a benchmark or a shell session can use it too::
+Plain Python (no pytest import): the test fixtures (tests/conftest.py), bench/ and a shell
+session use it alike. It lives in scripts/ (developer tooling) rather than tests/, so that
+bench/ needs nothing from the tests; the service itself never imports it (layer rule)::
 
-    from tests.services import mariadb_server, milvus_server
+    from scripts.dev_services import mariadb_server, milvus_server
     with mariadb_server() as db, milvus_server() as mv:
         print(db.url, mv.uri)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from operations.domain import IndexSpec, SearchFilter, VectorAttrs
 from operations.errors import BadRequest, Conflict, InvalidInput, NotFound
+from operations.stores.memory_vector_store import InMemoryVectorStore
 from operations.stores.milvus_store import MilvusVectorStore
-from operations.stores.vector_base import IndexSpec, InMemoryVectorStore, SearchFilter, VectorAttrs
 from tests.stack import unique, unit_rows
 
 DIM = 16

@@ -1,11 +1,10 @@
-"""Deadlines that hold: a store call waits at most its store's timeout (pre-ping, reconnect and
-retries share it), /healthz answers from the event loop whatever the worker threads do, a body
-that stops arriving is cut with 408, and an outage logs a line when it starts and one when it
-ends. The fault scenarios under traffic are in tests/test_faults.py."""
+"""Deadlines the client sees: /healthz answers from the event loop whatever the worker threads
+do, and a body that stops arriving is cut with 408 (BODY_READ_TIMEOUT_S). The fault scenarios
+under traffic are in tests/api/test_faults.py; the stores' deadlines in tests/stores and
+tests/unit/test_deadline.py."""
 
 from __future__ import annotations
 
-import logging
 import socket
 import threading
 import time
@@ -14,90 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from operations import deadline
-from operations.errors import DependencyUnavailable
-from operations.stores.outage import OutageLog
-from operations.stores.sql_pool import SqlPool
-from tests.browser_support import ServerThread
+from tests.browser.support import ServerThread, http_json
 from tests.stack import make_services, make_settings, unique
 
-T_S = 2.0
 MARGIN_S = 1.0
-
-
-@pytest.fixture
-def frozen_pool(mariadb):
-    """A pool with one idle pooled connection, and its MariaDB frozen (SIGSTOP)."""
-    pool = SqlPool(mariadb.create_database(), timeout_s=T_S, size=2)
-    assert pool.query("SELECT 1") == [(1,)]
-    mariadb.pause()
-    try:
-        yield pool
-    finally:
-        mariadb.resume()
-        pool.close()
-
-
-def test_frozen_mariadb_costs_one_timeout_not_preping_plus_reconnect(frozen_pool):
-    # The pooled connection's pre-ping waits, then a new connection is opened: both share
-    # the call's one deadline.
-    started = time.monotonic()
-    with pytest.raises(DependencyUnavailable):
-        frozen_pool.query("SELECT 1")
-    assert time.monotonic() - started < T_S + MARGIN_S
-
-
-def test_a_request_does_not_wait_again_for_a_store_that_failed(frozen_pool):
-    # E.g. an add taking back its rows after the SQL store timed out: the request ends.
-    started = time.monotonic()
-    with deadline.request_scope():
-        for _ in range(3):
-            with pytest.raises(DependencyUnavailable):
-                frozen_pool.query("SELECT 1")
-    assert time.monotonic() - started < T_S + MARGIN_S
-
-
-def test_busy_pool_slot_wait_shares_the_deadline(mariadb):
-    pool = SqlPool(mariadb.create_database(), timeout_s=T_S, size=1)
-    try:
-        with pool.connection():  # the only slot, held by "another request"
-            started = time.monotonic()
-            with pytest.raises(DependencyUnavailable, match="busy"):
-                pool.query("SELECT 1")
-            assert time.monotonic() - started < T_S + MARGIN_S
-        assert pool.query("SELECT 1") == [(1,)]
-    finally:
-        pool.close()
-
-
-def test_deadline_nests_and_runs_out():
-    with deadline.store_call("x", 0.3) as outer:
-        with deadline.store_call("x", 10.0) as inner:
-            assert inner is outer  # nested calls share the outer call's deadline
-        with deadline.store_call("y", 10.0) as other:
-            assert other.left() > 5  # another store has its own
-        time.sleep(0.35)
-        with pytest.raises(DependencyUnavailable, match="x unavailable"):
-            outer.left_or_raise()
-    assert deadline.current("x") is None
-
-
-def test_outage_log_is_two_lines_with_counts(caplog):
-    caplog.set_level(logging.INFO)
-    outage = OutageLog("milvus", logging.getLogger("test.outage"), settle_s=0.3)
-    outage.succeeded()
-    for _ in range(5):
-        outage.failed("deadline exceeded")
-    outage.succeeded()  # answering again, not yet settled:
-    outage.failed("no answer within 2 s")  # still the same outage
-    outage.succeeded()
-    time.sleep(0.35)
-    outage.succeeded()
-    outage.succeeded()
-    lines = [r.getMessage() for r in caplog.records if r.name == "test.outage"]
-    assert len(lines) == 2, lines
-    assert "milvus is down" in lines[0] and "deadline exceeded" in lines[0]
-    assert "milvus is back" in lines[1] and "6 calls failed" in lines[1]
 
 
 def test_healthz_answers_while_every_worker_thread_is_busy(tmp_path):
@@ -142,15 +61,13 @@ def _raw_request(port: int, head: bytes, body: bytes, wait_s: float) -> tuple[by
         return data, time.monotonic() - started
 
 
+@pytest.mark.services  # uvicorn: a raw socket needs a real server
 def test_stalled_upload_is_cut_with_408(tmp_path):
     settings = make_settings(tmp_path, body_read_timeout_s=1.0)
     svc = make_services(settings)
     server = ServerThread(create_app(settings, svc)).start()
     try:
         collection = unique("stall")
-        assert svc.vectors is not None
-        from tests.browser_support import http_json
-
         status, _ = http_json(f"{server.url}/img/collections", "POST", {"name": collection})
         assert status == 201
         declared = 200 * 1024 * 1024

@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from tests.services import free_port
+from scripts.dev_services import free_port
 from tests.stack import REPO
 
 pytestmark = pytest.mark.slow

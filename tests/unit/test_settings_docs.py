@@ -8,7 +8,7 @@ from pathlib import Path
 
 from config.settings import Settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _names() -> list[str]:

@@ -18,7 +18,8 @@ def _train(data, out):
     subprocess.run(
         [
             sys.executable,
-            str(REPO / "scripts" / "train_demo_model.py"),
+            "-m",
+            "scripts.train_demo_model",
             "--data",
             str(data),
             "--epochs",
@@ -31,6 +32,7 @@ def _train(data, out):
         check=True,
         capture_output=True,
         timeout=300,
+        cwd=REPO,
     )
     return torch.load(out, map_location="cpu", weights_only=True)
 

@@ -13,13 +13,14 @@ from datasets.formats import (
     write_predictions_jsonl,
     write_texts_jsonl,
 )
+from operations.domain import IndexSpec
 from operations.evaluation import cli
 from operations.evaluation.crosscheck import crosscheck, feature_scorer
 from operations.evaluation.knn import exact_topk, predict_files
 from operations.evaluation.recall import evaluate
 from operations.evaluation.store_predict import load_features_into_store, predict_via_store
+from operations.stores.memory_vector_store import InMemoryVectorStore
 from operations.stores.milvus_store import MilvusVectorStore
-from operations.stores.vector_base import IndexSpec, InMemoryVectorStore
 
 
 def normalised(rng, n, d):
@@ -179,7 +180,7 @@ def test_crosscheck_files(tmp_path):
     assert r["queries"] == 1 and r["only_in_a"] == 1 and r["only_in_b"] == 1
 
 
-@pytest.mark.real_services
+@pytest.mark.services
 def test_milvus_server_flat_agrees_with_exact(data, milvus_server):
     d, _, _, txt_ids, txt = data
     store = MilvusVectorStore(milvus_server.uri, timeout_s=60)

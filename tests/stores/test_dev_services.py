@@ -10,7 +10,7 @@ import pytest
 from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 
-from tests import services
+from scripts import dev_services as services
 
 MILVUS_ERRORS = (MilvusException, grpc.RpcError)
 

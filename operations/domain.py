@@ -1,0 +1,192 @@
+"""The service's value types: what an image, a vector's attributes, a filter, an index and a
+search hit are, with the rules every store and use case shares.
+
+Plain data with validation, no I/O: stores (`operations/stores/`) take and return these, use
+cases build them, routes translate them to and from JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from operations.errors import Conflict, InvalidInput
+from operations.names import check_label
+
+INDEX_TYPES = ("FLAT", "IVF_FLAT", "HNSW")
+# Milvus caps partitions per collection (rootCoord.maxPartitionNum, 1024 on small setups).
+MAX_SOURCE_PARTITIONS = 1024
+# Sources or tags in one filter: each becomes one literal of a filter expression.
+MAX_FILTER_VALUES = 64
+# An `only_ids` list (Lite tag filters resolved in SQL, see operations.vector_filter): each id
+# is one literal of an `id in [...]` expression.
+MAX_ONLY_IDS = 20_000
+INT64_MAX = 2**63 - 1
+
+
+def check_int64(value: object, what: str) -> int:
+    """`value` if it is a Python int within int64 (not a bool), else InvalidInput naming it."""
+    if not isinstance(value, int) or isinstance(value, bool) or not -INT64_MAX <= value <= INT64_MAX:
+        raise InvalidInput(f"{what} must be an integer")
+    return value
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """Index type and its build/search parameters (validated by `check`)."""
+
+    type: str = "FLAT"
+    build_params: dict = field(default_factory=dict)
+    search_params: dict = field(default_factory=dict)
+    # > 0: Milvus hashes `source` into this many partitions (a partition key),
+    # so a search filtered by source reads only its partitions. Large
+    # libraries with many sources; results are the same either way.
+    source_partitions: int = 0
+
+    def check(self) -> IndexSpec:
+        if self.type not in INDEX_TYPES:
+            raise InvalidInput(f"index type must be one of {INDEX_TYPES}, not {self.type!r}")
+        allowed: tuple[set[str], set[str]] = {
+            "FLAT": (set(), set()),
+            "IVF_FLAT": ({"nlist"}, {"nprobe"}),
+            "HNSW": ({"M", "efConstruction"}, {"ef"}),
+        }[self.type]
+        for given, ok, what in (
+            (self.build_params, allowed[0], "build"),
+            (self.search_params, allowed[1], "search"),
+        ):
+            for key, value in given.items():
+                if key not in ok:
+                    raise InvalidInput(f"{self.type} takes no {what} parameter {key!r}")
+                if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65536:
+                    raise InvalidInput(f"{self.type} {key} must be an integer in 1..65536")
+        n = self.source_partitions
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_SOURCE_PARTITIONS:
+            raise InvalidInput(
+                f"source_partitions must be an integer in 0..{MAX_SOURCE_PARTITIONS} (0 = none)"
+            )
+        return self
+
+
+@dataclass(frozen=True)
+class VectorAttrs:
+    """Scalar fields stored beside each vector, used by filters."""
+
+    source: str = ""
+    tags: tuple[str, ...] = ()
+    created_at: int = 0  # unix seconds
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """Typed filter values: `check` validates them, each store renders them its own way
+    (`milvus_filter.build_filter`, the SQL store's WHERE clause)."""
+
+    sources: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()  # an image matches when it has any of them
+    created_from: int | None = None
+    created_to: int | None = None
+    exclude_ids: tuple[int, ...] = ()
+    # Only these ids (resolved from the SQL store beforehand); None = any id.
+    only_ids: tuple[int, ...] | None = None
+
+    def is_empty(self) -> bool:
+        return not (
+            self.sources
+            or self.tags
+            or self.exclude_ids
+            or self.only_ids is not None
+            or self.created_from is not None
+            or self.created_to is not None
+        )
+
+    def check(self) -> SearchFilter:
+        """Raise InvalidInput unless every value is one a store may render into a query."""
+        for values, what in ((self.sources, "source"), (self.tags, "tag")):
+            if len(values) > MAX_FILTER_VALUES:
+                raise InvalidInput(f"at most {MAX_FILTER_VALUES} {what} values in one filter")
+            for v in values:
+                check_label(v, what)
+        if self.created_from is not None:
+            check_int64(self.created_from, "created_from")
+        if self.created_to is not None:
+            check_int64(self.created_to, "created_to")
+        for i in self.exclude_ids:
+            check_int64(i, "image id")
+        if self.only_ids is not None:
+            if not self.only_ids or len(self.only_ids) > MAX_ONLY_IDS:
+                raise InvalidInput(f"only_ids must hold 1..{MAX_ONLY_IDS} ids")
+            for i in self.only_ids:
+                check_int64(i, "image id")
+        return self
+
+    def matches(self, image_id: int, attrs: VectorAttrs) -> bool:
+        """Reference semantics, used by the in-memory store and the tests."""
+        if self.sources and attrs.source not in self.sources:
+            return False
+        if self.tags and not set(self.tags) & set(attrs.tags):
+            return False
+        if self.created_from is not None and attrs.created_at < self.created_from:
+            return False
+        if self.created_to is not None and attrs.created_at > self.created_to:
+            return False
+        if self.only_ids is not None and image_id not in self.only_ids:
+            return False
+        return image_id not in self.exclude_ids
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: an image id and its cosine similarity to the query."""
+
+    id: int
+    score: float
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """What a vector collection records about itself."""
+
+    name: str
+    model_name: str
+    dim: int
+    index: IndexSpec
+    count: int
+
+
+def check_model(info: CollectionInfo, model_name: str, dim: int) -> None:
+    """Refuse to mix vectors of different models in one collection."""
+    if info.dim != dim or info.model_name != model_name:
+        raise Conflict(
+            f"collection {info.name!r} was built with model {info.model_name} ({info.dim}-d); "
+            f"the service runs {model_name} ({dim}-d): use another collection or model",
+            collection=info.name,
+        )
+
+
+@dataclass
+class ImageRow:
+    """One stored image. `image_b64` is None when only metadata was fetched."""
+
+    id: int | None
+    sha256: str
+    image_b64: str | None = None
+    mime: str = "image/jpeg"
+    width: int = 0
+    height: int = 0
+    source: str = ""
+    tags: tuple[str, ...] = ()
+    external_id: str | None = None
+    created_at: int = 0
+    added_at: int = 0
+    indexed: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    """Outcome of inserting rows with given ids."""
+
+    inserted: list[int]
+    already_present: list[int]  # same id existed (a re-run load)
+    duplicate_of: dict[int, int]  # id -> existing id holding the same bytes
+    rejected: dict[int, str] = field(default_factory=dict)  # id -> why the row cannot be stored

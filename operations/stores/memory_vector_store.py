@@ -1,0 +1,106 @@
+"""An exact in-memory vector store: the reference for congruence tests and fast unit tests.
+
+The Milvus store (`milvus_store.py`) is what users run; this one answers what an exact search
+over the same vectors must answer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from operations.domain import CollectionInfo, Hit, IndexSpec, SearchFilter, VectorAttrs, check_model
+from operations.errors import NotFound
+from operations.names import validate_name
+
+
+class InMemoryVectorStore:
+    """Exact inner-product search in numpy; the reference implementation."""
+
+    def __init__(self) -> None:
+        self._collections: dict[str, dict] = {}
+
+    def _get(self, name: str) -> dict:
+        validate_name(name)
+        if name not in self._collections:
+            raise NotFound(f"collection {name!r} does not exist", collection=name)
+        return self._collections[name]
+
+    slow_array_filters = False
+
+    def ping(self) -> None:
+        return None
+
+    def create_collection(self, name: str, dim: int, model_name: str, index: IndexSpec) -> None:
+        validate_name(name)
+        if name in self._collections:
+            check_model(self.describe(name), model_name, dim)
+            return
+        self._collections[name] = {
+            "dim": dim,
+            "model": model_name,
+            "index": index.check(),
+            "vectors": {},
+            "attrs": {},
+        }
+
+    def has_collection(self, name: str) -> bool:
+        return validate_name(name) in self._collections
+
+    def describe(self, name: str) -> CollectionInfo:
+        c = self._get(name)
+        return CollectionInfo(name, c["model"], c["dim"], c["index"], len(c["vectors"]))
+
+    describe_meta = describe
+
+    def get_vectors(self, name, ids) -> dict[int, np.ndarray]:
+        c = self._get(name)
+        return {int(i): c["vectors"][int(i)] for i in ids if int(i) in c["vectors"]}
+
+    def list_collections(self) -> list[str]:
+        return sorted(self._collections)
+
+    def drop_collection(self, name: str) -> None:
+        self._collections.pop(validate_name(name), None)
+
+    def upsert(self, name, ids, vectors, attrs=None) -> int:
+        c = self._get(name)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        for i, image_id in enumerate(ids):
+            c["vectors"][int(image_id)] = vectors[i]
+            c["attrs"][int(image_id)] = attrs[i] if attrs else VectorAttrs()
+        return len(ids)
+
+    def flush(self, name, bulk: bool = False) -> None:
+        self._get(name)
+
+    def delete(self, name, ids) -> None:
+        c = self._get(name)
+        for image_id in ids:
+            c["vectors"].pop(int(image_id), None)
+            c["attrs"].pop(int(image_id), None)
+
+    def existing_ids(self, name, ids) -> set[int]:
+        c = self._get(name)
+        return {int(i) for i in ids if int(i) in c["vectors"]}
+
+    def count(self, name) -> int:
+        return len(self._get(name)["vectors"])
+
+    def _scored(self, c: dict, vector: np.ndarray, flt: SearchFilter | None) -> list[Hit]:
+        ids = [i for i in c["vectors"] if flt is None or flt.matches(i, c["attrs"][i])]
+        if not ids:
+            return []
+        scores = np.stack([c["vectors"][i] for i in ids]) @ np.asarray(vector, np.float32)
+        order = sorted(range(len(ids)), key=lambda k: (-scores[k], ids[k]))
+        return [Hit(ids[k], float(scores[k])) for k in order]
+
+    def search(self, name, vectors, top_k, flt=None) -> list[list[Hit]]:
+        c = self._get(name)
+        return [self._scored(c, v, flt)[:top_k] for v in np.atleast_2d(vectors)]
+
+    def range_search(self, name, vector, min_score, limit, flt=None) -> list[Hit]:
+        c = self._get(name)
+        return [h for h in self._scored(c, vector, flt) if h.score >= min_score][:limit]
+
+    def close(self) -> None:
+        return None
