@@ -10,9 +10,13 @@ import threading
 import time
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from app.limits import BodyLimitMiddleware
 from app.main import create_app
+from operations import deadline
+from operations.errors import DependencyUnavailable
 from tests.browser.support import ServerThread, http_json
 from tests.stack import make_services, make_settings, unique
 
@@ -104,3 +108,27 @@ def test_stalled_upload_is_cut_with_408(tmp_path):
         assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
     finally:
         server.stop()
+
+
+def test_sync_routes_run_inside_the_request_scope():
+    # The scope opened by the middleware reaches the worker thread of a sync route, so a
+    # store that failed earlier in the request is not waited for again there.
+    app = FastAPI()
+    app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: 1024)
+
+    @app.post("/twice")
+    def twice() -> dict:
+        waited = []
+        for _ in range(2):
+            started = time.monotonic()
+            try:
+                with deadline.store_call("db", 0.3) as d:
+                    time.sleep(0.35)
+                    d.left_or_raise()
+            except DependencyUnavailable:
+                waited.append(round(time.monotonic() - started, 2))
+        return {"waited": waited}
+
+    with TestClient(app) as c:
+        waited = c.post("/twice").json()["waited"]
+    assert len(waited) == 2 and waited[0] >= 0.3 and waited[1] < 0.05, waited
