@@ -23,6 +23,7 @@ STATUS = {
     e.UnsupportedMedia: 415,
     e.InvalidInput: 422,
     e.DependencyUnavailable: 503,
+    e.Overloaded: 503,
 }
 
 
@@ -53,6 +54,9 @@ def install(app: FastAPI) -> None:
             log.debug("dependency unavailable: %s", exc.message)
         elif isinstance(exc, e.RequestTimeout):
             headers["Connection"] = "close"  # the rest of the body is never read
+        elif isinstance(exc, e.Overloaded):
+            # Shed at once, so a client backs off instead of queueing for seconds.
+            headers["Retry-After"] = str(exc.retry_after_s)
         elif status == 500:
             log.error("unmapped service error: %s", exc.message)
         return JSONResponse(error_body(exc.code, exc.message, **exc.details), status, headers=headers)

@@ -30,8 +30,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        # Blocking work (decode, encode, SQL, Milvus) runs in sync routes on
-        # anyio's thread pool; bound it so a burst cannot start 40 encodes.
+        # Blocking work (decode, SQL, Milvus) runs on anyio's thread pool,
+        # bounded by WORKER_THREADS. Encoding is not bounded by it: searches
+        # await the encoder batchers (their own threads, a bounded queue), so
+        # the pool can be sized for I/O waits: a blocking store call should
+        # not queue behind other requests' store calls.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         svc = services or await anyio.to_thread.run_sync(build_services, settings)
         app.state.services = svc
@@ -51,6 +54,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         finally:
             if runner is not None:
                 await anyio.to_thread.run_sync(runner.shutdown)
+            svc.close_serving()
             svc.vectors.close()
             svc.images.close()
 

@@ -1,6 +1,14 @@
-"""Adding images through the API: one batch of 256 uploads against 256 single uploads.
+"""Adding images through the API: one batch of 256 uploads against 256 single uploads,
+and the issue-11 target (one POST of 256 at >= 2x the 3.1 img/s measured before).
 
     python -m bench.bench_add [--quick] [--batch 256] [--runs 2] [--job-runs 1] [--no-job]
+                              [--no-baseline]
+
+- baseline (unless --no-baseline): first, a server as the 3.1 img/s figure was
+  measured: the torch encoder on one thread (ENCODER_BACKEND=torch,
+  OMP_NUM_THREADS=1, ENCODER_THREADS=1); one POST of `--batch` files, `--runs` times.
+  Its code is today's (pipelined add, numpy preprocessing), so the ratio
+  new / baseline shows what the encoder backend and threads add on top.
 
 Stores: the embedded defaults, Milvus Lite (a file) + SQLite, in a fresh
 directory under bench/out/. The server is the real entry point
@@ -37,6 +45,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 OUT = REPO / "bench" / "out"
 COLLECTION = "bench_add"
+# One POST of 256 through the API before issue 11 (bench/README.md, torch, 1 thread).
+BEFORE_IMG_S = 3.1
 
 
 def server_env(base: Path, inline_limit: int, torch_threads: str = "default") -> dict:
@@ -160,6 +170,9 @@ def main() -> None:
     ap.add_argument("--job-runs", type=int, default=1, help="runs of the background-job variant")
     ap.add_argument("--no-job", action="store_true", help="skip the background-job variant")
     ap.add_argument(
+        "--no-baseline", action="store_true", help="skip the baseline server (torch encoder, 1 thread)"
+    )
+    ap.add_argument(
         "--no-encode-check",
         action="store_true",
         help="skip the in-process encode check (ms/image by batch size and thread count)",
@@ -182,9 +195,27 @@ def main() -> None:
     print(f"load average before start: {other_load():.2f} (2 cores)")
     t_all = time.perf_counter()
     base = OUT / f"add_{uuid.uuid4().hex[:8]}"
-    results: dict[str, list[float]] = {"batch": [], "loop": [], "job": []}
+    results: dict[str, list[float]] = {"baseline": [], "batch": [], "loop": [], "job": []}
     rss = {}
     try:
+        if not args.no_baseline:
+            env = server_env(base / "baseline", batch, "1")
+            env.update({"ENCODER_BACKEND": "torch", "ENCODER_THREADS": "1"})
+            with (
+                UvicornProcess(env, OUT / "add_server_baseline.log") as srv,
+                httpx.Client(base_url=srv.url, timeout=1800) as client,
+            ):
+                client.post("/img/collections", json={"name": COLLECTION}).raise_for_status()
+                run_batch(client, fresh_jpegs(4, f"warm-{uuid.uuid4().hex}"), "warm")
+                for run in range(runs):
+                    images = fresh_jpegs(batch, f"baseline-{run}-{uuid.uuid4().hex}")
+                    dt = run_batch(client, images, f"baseline{run}")
+                    results["baseline"].append(dt)
+                    print(
+                        f"  baseline run {run + 1}: {batch} images in {dt:6.1f} s = {batch / dt:6.1f} img/s "
+                        "(torch, 1 thread)",
+                        flush=True,
+                    )
         with (
             UvicornProcess(
                 server_env(base / "inline", batch, args.torch_threads), OUT / "add_server_inline.log"
@@ -234,11 +265,12 @@ def main() -> None:
 
     rows, summary = [], {}
     labels = {
+        "baseline": f"baseline: 1 POST x {batch} files, torch encoder on 1 thread",
         "batch": f"1 POST x {batch} files (inline, INLINE_ADD_LIMIT={batch})",
         "loop": f"{batch} POSTs x 1 file",
         "job": f"1 POST x {batch} files -> background job (limit 16)",
     }
-    for kind in ("batch", "loop", "job"):
+    for kind in ("baseline", "batch", "loop", "job"):
         if not results[kind]:
             continue
         med = median(results[kind])
@@ -257,6 +289,16 @@ def main() -> None:
     print(table(["mode", "runs", "images", "seconds", "images/s", "ms/image"], rows))
     ratio = summary["batch"]["images_per_s"] / summary["loop"]["images_per_s"]
     print(f"batch / loop throughput: {ratio:.2f}x")
+    target = 2 * BEFORE_IMG_S
+    got = summary["batch"]["images_per_s"]
+    print(
+        f"target (issue 11): one POST of {batch} at >= 2x {BEFORE_IMG_S} img/s = {target:.1f} img/s: "
+        f"{got:.2f} img/s -> {'met' if got >= target else 'NOT met'}"
+        + (" (a --quick batch is too small to judge)" if args.quick else "")
+    )
+    if "baseline" in summary:
+        before = summary["baseline"]["images_per_s"]
+        print(f"new / baseline (torch, 1 thread, same run): {got / before:.2f}x ({before:.2f} img/s)")
     print("server peak RSS: " + ", ".join(f"{k} {v:.0f} MB" for k, v in rss.items()))
     enc = None
     if not (args.quick or args.no_encode_check):

@@ -1,7 +1,27 @@
-"""End-to-end text search latency: `POST /img/search` through a real uvicorn server.
+"""End-to-end search through a real uvicorn server: latency per variant, or (--sweep)
+serving many clients at once.
 
+    python -m bench.bench_search --sweep [--quick] [--duration 20] [--clients 1,4,16,64]
     python -m bench.bench_search [--quick] [--n 31783] [--queries 200] [--warmup 20]
                                  [--indexes FLAT,HNSW] [--texts fp32,int8] [--levels Adaptive]
+
+--sweep (issue 11's figures): the 31,783-image split in a FLAT collection on the
+Milvus 2.3 server + MariaDB, RN50 architecture with random weights on CPU, and two
+servers run one after the other in the same bench: "baseline" = the torch encoder
+without batching (ENCODER_BACKEND=torch, BATCH_WINDOW_MS=0, QUERY_CACHE_SIZE=0,
+WORKER_THREADS=4, no load shedding), and "new" = the defaults (ENCODER_BACKEND=auto:
+ONNX when it verifies; micro-batching, query cache, shedding). Per server, a
+closed-loop sweep of 1, 4, 16 and 64 keep-alive clients sending distinct Chinese
+queries (bench/search_load.py) prints QPS, median, p90, p99, errors, 503s and the
+stage split (medians of timings_ms: queue, encode, vector_search, image_fetch, other
+in the operation, HTTP overhead), plus the batches formed (GET /img/stats). Then, on
+the new server only: 256 clients (past QUEUE_LIMIT: 503 + Retry-After expected, and
+how fast), one client repeating one query (cache hits), and 8 clients read-only
+(6 text + 2 image searches) against 8 clients mixed (4 text, 2 image searches, one
+adding single images, one deleting them). Each issue target is printed beside its
+figure, met or NOT met.
+
+Without --sweep: latency per variant, one client:
 
 Set-up: a private MariaDB and the Milvus 2.3 server (scripts.dev_services); the
 31,783-image split of bench.gen_split loaded with our loader
@@ -186,8 +206,322 @@ def load_collection(mv, db, info, index: str) -> dict:
     return res
 
 
+WHERE = [
+    "",
+    "，照片很清晰",
+    "，远处有山",
+    "，镜头很近",
+    "，画面有点模糊",
+    "，颜色很鲜艳",
+    "，黑白照片",
+    "，从上往下拍",
+    "，背景是蓝天",
+    "，地上有落叶",
+    "，旁边停着一辆车",
+    "，身后有一座桥",
+]
+
+
+def endless_queries(seed: int = 0):
+    """Distinct sentences for ever: all combinations shuffled, then again with a numbered suffix."""
+    all_q = [w + a + c + d for w in WHO for a in WHAT for c in WHEN for d in WHERE]
+    random.Random(seed).shuffle(all_q)
+    round_ = 0
+    while True:
+        for q in all_q:
+            yield q if round_ == 0 else f"{q}，第{round_}张"
+        round_ += 1
+
+
+BASELINE_ENV = {
+    "ENCODER_BACKEND": "torch",
+    "BATCH_WINDOW_MS": "0",
+    "QUERY_CACHE_SIZE": "0",
+    "WORKER_THREADS": "4",
+    "QUEUE_LIMIT": "100000",
+    "QUEUE_TIMEOUT_MS": "600000",
+}
+NEW_ENV = {"ENCODER_BACKEND": "auto"}
+TARGETS = {
+    "single_median_ms": 20.0,
+    "c64_qps": 100.0,
+    "c64_p99_ms": 1000.0,
+    "shed_p99_ms": 100.0,
+    "cache_median_ms": 8.0,
+    "mixed_ratio": 2.0,
+}
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def run_sweep(args) -> None:
+    """The --sweep bench (see the module docstring)."""
+    import httpx
+
+    from bench import search_load as sl
+    from bench._common import services
+    from bench.gen_split import QUICK_N, QUICK_POOL, ensure_split, fresh_jpegs
+
+    quick = args.quick
+    n = QUICK_N if quick else args.n
+    duration = 3.0 if quick else args.duration
+    warmup = 1.0 if quick else args.warmup_s
+    levels = [int(c) for c in args.clients.split(",") if c.strip()]
+    pool = QUICK_POOL if quick else 300
+    info = ensure_split(n, args.seed, pool_size=pool)
+    collection = f"{COLLECTION}_flat"
+    query_images = fresh_jpegs(32, "query-images", pool_size=pool)
+    fresh_tag = f"mixed-{time.time_ns()}"
+
+    def fresh(i: int) -> bytes:
+        return fresh_jpegs(1, f"{fresh_tag}-{i}", pool_size=pool)[0]
+
+    print(f"load average before start: {other_load():.2f} (2 cores)", flush=True)
+    t_all = time.perf_counter()
+    results: dict[str, dict[str, dict]] = {"baseline": {}, "new": {}}
+    batches: dict[str, dict[str, dict]] = {"baseline": {}, "new": {}}
+    backends: dict[str, str] = {}
+    with services() as (db, mv):
+        load = load_collection(mv, db, info, "FLAT")
+        print(f"loaded {load['loaded']:,} images into {collection} in {load['seconds']:.1f} s", flush=True)
+        waited = wait_until_sealed_served(mv.uri, collection, info.n)
+        print(f"query nodes serve all rows from sealed segments {waited:.1f} s after the load", flush=True)
+        base_env = {
+            "MODEL_NAME": "RN50",
+            "MODEL_RANDOM_INIT": "true",
+            "DEVICE": "cpu",
+            "MILVUS_URI": mv.uri,
+            "MYSQL_URL": db.url,
+            "DEFAULT_COLLECTION": collection,
+            "DATA_ROOT": str(OUT / "data"),
+            "MAX_BATCH_UPLOAD": "16",
+        }
+        for name, extra in (("baseline", BASELINE_ENV), ("new", NEW_ENV)):
+            env = {**base_env, **extra}
+            print(f"\n== server {name}: {' '.join(f'{k}={v}' for k, v in extra.items())}", flush=True)
+            with (
+                UvicornProcess(env, OUT / f"sweep_server_{name}.log") as srv,
+                httpx.Client(base_url=srv.url, timeout=60) as c,
+            ):
+                ready = c.get("/readyz").json()
+                backends[name] = ready.get("checks", {}).get("model", "?")
+                print(f"   model: {backends[name]}", flush=True)
+
+                def stats(c=c) -> dict:
+                    r = c.get("/img/stats")
+                    return r.json() if r.status_code == 200 else {}
+
+                for q in ("热身", "一只猫", "两个人在街上走"):  # first passes pay lazy init
+                    c.post("/img/search", json={"query": q, "collection": collection})
+                queries = sl.QueryStream(endless_queries(args.seed))
+                runs = [(f"{k} clients", k, sl.text_search(queries, collection, args.top_k)) for k in levels]
+                if name == "new":
+                    runs += [
+                        (
+                            f"{args.shed_clients} clients (past the limit)",
+                            args.shed_clients,
+                            sl.text_search(queries, collection, args.top_k),
+                        ),
+                        (
+                            "1 client, one query repeated (cache)",
+                            1,
+                            sl.text_search(
+                                queries, collection, args.top_k, repeat="一只黑色的狗在草地上奔跑"
+                            ),
+                        ),
+                        (
+                            "8 clients read-only (6 text, 2 image)",
+                            8,
+                            sl.mixed(
+                                queries,
+                                collection,
+                                args.top_k,
+                                ["text"] * 6 + ["image"] * 2,
+                                query_images,
+                                fresh,
+                            ),
+                        ),
+                        (
+                            "8 clients mixed (4 text, 2 image, add, delete)",
+                            8,
+                            sl.mixed(
+                                queries,
+                                collection,
+                                args.top_k,
+                                ["text", "image", "add", "text", "delete", "text", "image", "text"],
+                                query_images,
+                                fresh,
+                            ),
+                        ),
+                    ]
+                for label, clients, make in runs:
+                    res = sl.run_closed_loop(srv.url, label, clients, make, duration, warmup, stats)
+                    summary = {
+                        role: res.summary(role) for role in ("text", "image", "add", "delete") if res.of(role)
+                    }
+                    results[name][label] = summary
+                    batches[name][label] = res.stats_delta
+                    head = summary.get("text") or next(iter(summary.values()))
+                    print(
+                        f"   {label:<48} {head['qps']:7.1f} q/s  median {head['median_ms']} ms  "
+                        f"p99 {head['p99_ms']} ms  errors {head['errors']}  503 {head['shed_503']}",
+                        flush=True,
+                    )
+    _print_sweep(results, batches, backends, levels, args, info.n, duration, warmup)
+    print(f"total bench time {time.perf_counter() - t_all:.0f} s; load average now {other_load():.2f}")
+    print(
+        json.dumps(
+            {
+                "bench": "search_sweep",
+                "n": info.n,
+                "quick": quick,
+                "machine": machine(),
+                "duration_s": duration,
+                "backends": backends,
+                "results": results,
+                "batches": batches,
+            },
+            ensure_ascii=False,
+        )
+    )
+
+
+def _print_sweep(results, batches, backends, levels, args, n, duration, warmup) -> None:
+    print()
+    print(
+        f"POST /img/search under load: {n:,} images x 1024-d, FLAT, Milvus 2.3 server + MariaDB, RN50 "
+        f"random weights on CPU; closed-loop keep-alive clients, distinct queries, {duration:.0f} s per row "
+        f"after {warmup:.0f} s warm-up; milliseconds; stage columns are medians of timings_ms"
+    )
+    headers = [
+        "server",
+        "run",
+        "QPS",
+        "median",
+        "p90",
+        "p99",
+        "errors",
+        "503",
+        "queue",
+        "encode",
+        "vector",
+        "fetch",
+        "other",
+        "HTTP",
+        "mean batch (enc/search)",
+    ]
+    rows = []
+    for name in ("baseline", "new"):
+        for label, by_role in results[name].items():
+            for role, s in by_role.items():
+                b = batches[name].get(label, {})
+                enc = next((v["mean_batch"] for k, v in b.items() if k.endswith("text encoder")), None)
+                vec = b.get("vector search", {}).get("mean_batch")
+                rows.append(
+                    [
+                        name,
+                        f"{label} [{role}]" if len(by_role) > 1 else label,
+                        s["qps"],
+                        s["median_ms"],
+                        s["p90_ms"],
+                        s["p99_ms"],
+                        s["errors"],
+                        s["shed_503"],
+                        s.get("queue_ms"),
+                        s.get("encode_ms"),
+                        s.get("vector_search_ms"),
+                        s.get("image_fetch_ms"),
+                        s.get("other_ms"),
+                        s.get("http_ms"),
+                        f"{enc if enc is not None else '-'} / {vec if vec is not None else '-'}",
+                    ]
+                )
+    print(table(headers, [[_num(c) for c in r] for r in rows]))
+    print(f"models: baseline {backends.get('baseline')}; new {backends.get('new')}")
+    new, base = results["new"], results["baseline"]
+
+    def get(res, label, role="text"):
+        return res.get(label, {}).get(role, {})
+
+    print("\nTargets (issue 11) against the new path:")
+    one = get(new, "1 clients")
+    if one:
+        print(
+            f"  single client: median <= {TARGETS['single_median_ms']:.0f} ms: {one['median_ms']} ms "
+            f"-> {_met(one['median_ms'] is not None and one['median_ms'] <= TARGETS['single_median_ms'])}"
+            f"  (baseline {get(base, '1 clients').get('median_ms')} ms)"
+        )
+    c64 = get(new, "64 clients")
+    if c64:
+        ok = (
+            c64["qps"] >= TARGETS["c64_qps"]
+            and (c64["p99_ms"] or 1e9) <= TARGETS["c64_p99_ms"]
+            and c64["errors"] == 0
+            and c64["shed_503"] == 0
+        )
+        print(
+            f"  64 clients: >= {TARGETS['c64_qps']:.0f} QPS, p99 <= {TARGETS['c64_p99_ms']:.0f} ms, "
+            "no errors, "
+            f"none shed: {c64['qps']} QPS, p99 {c64['p99_ms']} ms, {c64['errors']} errors, "
+            f"{c64['shed_503']} shed -> {_met(ok)}  (baseline {get(base, '64 clients').get('qps')} QPS, "
+            f"p99 {get(base, '64 clients').get('p99_ms')} ms)"
+        )
+    shed = get(new, f"{args.shed_clients} clients (past the limit)")
+    if shed:
+        fast = shed["shed_503"] > 0 and (shed["shed_p99_ms"] or 1e9) <= TARGETS["shed_p99_ms"]
+        fast = fast and shed["shed_with_retry_after"] == shed["shed_503"]
+        print(
+            f"  {args.shed_clients} clients: fast 503 + Retry-After (p99 of the 503s <= "
+            f"{TARGETS['shed_p99_ms']:.0f} ms, every one with Retry-After): {shed['shed_503']} 503s, median "
+            f"{shed['shed_median_ms']} ms, p99 {shed['shed_p99_ms']} ms, "
+            f"{shed['shed_with_retry_after']} with Retry-After -> {_met(fast)}; the answered ones: "
+            f"{shed['qps']} QPS, median {shed['median_ms']} ms, "
+            f"p99 {shed['p99_ms']} ms, {shed['errors']} errors"
+        )
+    cache = get(new, "1 client, one query repeated (cache)")
+    if cache:
+        print(
+            f"  repeated query (cache hit): median <= {TARGETS['cache_median_ms']:.0f} ms: "
+            f"{cache['median_ms']} ms "
+            f"-> {_met(cache['median_ms'] is not None and cache['median_ms'] <= TARGETS['cache_median_ms'])}"
+        )
+    ro = new.get("8 clients read-only (6 text, 2 image)", {})
+    mx = new.get("8 clients mixed (4 text, 2 image, add, delete)", {})
+    for role in ("text", "image"):
+        if ro.get(role) and mx.get(role):
+            ratio = mx[role]["median_ms"] / ro[role]["median_ms"]
+            print(
+                f"  mixed load, {role} search median within {TARGETS['mixed_ratio']:.0f}x of read-only: "
+                f"{mx[role]['median_ms']} ms vs {ro[role]['median_ms']} ms = {ratio:.2f}x "
+                f"-> {_met(ratio <= TARGETS['mixed_ratio'])}"
+            )
+    for role in ("add", "delete"):
+        if mx.get(role):
+            print(
+                f"  mixed load, {role}: {mx[role]['ok']} done, median {mx[role]['median_ms']} ms, "
+                f"p99 {mx[role]['p99_ms']} ms, errors {mx[role]['errors']}"
+            )
+    ratios = []
+    for k in levels:
+        b_qps = get(base, f"{k} clients").get("qps")
+        if b_qps:
+            ratios.append(f"{k} clients {get(new, f'{k} clients').get('qps', 0) / b_qps:.2f}x")
+    print("\nnew vs baseline, QPS per level: " + ", ".join(ratios))
+
+
+def _num(v):
+    return "-" if v is None else v
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sweep", action="store_true", help="the serving-under-load bench (issue 11)")
+    ap.add_argument("--duration", type=float, default=20.0, help="--sweep: measured seconds per run")
+    ap.add_argument("--warmup-s", type=float, default=3.0, help="--sweep: unmeasured seconds before each run")
+    ap.add_argument("--clients", default="1,4,16,64", help="--sweep: concurrency levels of the sweep")
+    ap.add_argument("--shed-clients", type=int, default=256, help="--sweep: clients of the shedding run")
     ap.add_argument(
         "--quick", action="store_true", help="1,000 images, 20 queries, warm-up 3, no encode check"
     )
@@ -214,6 +548,9 @@ def main() -> None:
         help="skip the in-process check of text encode time, padded vs trimmed tokens",
     )
     args = ap.parse_args()
+    if args.sweep:
+        run_sweep(args)
+        return
     from bench.gen_split import QUICK_N, QUICK_POOL, ensure_split
 
     n = QUICK_N if args.quick else args.n

@@ -61,8 +61,8 @@ class Settings(BaseSettings):
     )
     milvus_consistency: Literal["Adaptive", "Strong", "Session", "Bounded", "Eventually"] = Field(
         "Adaptive",
-        description="Adaptive: Strong reads for 10 s after this process wrote to a collection, "
-        "Bounded otherwise; Strong: always",
+        description="Adaptive: reads Bounded, every write waits until searches see it; "
+        "or a fixed level for every read (Strong: always fresh, ~200 ms a search)",
     )
     index_type: Literal["FLAT", "IVF_FLAT", "HNSW"] = "FLAT"
     index_params: dict = Field(
@@ -105,7 +105,30 @@ class Settings(BaseSettings):
     max_query_chars: int = Field(200, ge=1, le=10_000)
     max_batch_upload: int = Field(256, ge=1, le=10_000)
     inline_add_limit: int = Field(16, ge=0, description="uploads above this count become a background job")
-    worker_threads: int = Field(4, ge=1, le=64)
+    worker_threads: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="worker threads for blocking request work (SQL, Milvus, decode); searches "
+        "waiting for a batch hold none",
+    )
+    batch_window_ms: float = Field(
+        3.0,
+        ge=0,
+        le=1000,
+        description="longest wait to fill an encoder batch while other queries arrive; 0 = no batching",
+    )
+    max_batch: int = Field(32, ge=1, le=1024, description="queries encoded (or searched) in one batch")
+    queue_limit: int = Field(
+        128, ge=1, le=100_000, description="queries waiting for one encoder; one more is a 503 at once"
+    )
+    queue_timeout_ms: float = Field(
+        1000.0, gt=0, le=600_000, description="a query that cannot start encoding within this is a 503"
+    )
+    search_threads: int = Field(4, ge=1, le=64, description="concurrent (grouped) Milvus searches")
+    query_cache_size: int = Field(
+        1024, ge=0, le=10_000_000, description="query-text embeddings kept (LRU); 0 = off"
+    )
     load_batch_size: int = Field(256, ge=1, le=10_000)
     load_sql_writers: int = Field(
         2, ge=1, le=16, description="MySQL connections inserting load batches at once (SQLite: always 1)"

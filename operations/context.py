@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from config.settings import Settings
 from operations.domain import IndexSpec, check_model
@@ -13,6 +14,9 @@ from operations.errors import Conflict, NotFound
 from operations.stores.image_base import ImageStore
 from operations.stores.job_store import JobStore
 from operations.stores.vector_base import VectorStore
+
+if TYPE_CHECKING:
+    from operations.serving import Serving
 
 
 class EncoderRegistry:
@@ -52,10 +56,29 @@ class Services:
     images: ImageStore
     jobs: JobStore | None = None
     extra: dict = field(default_factory=dict)
+    _serving: Serving | None = field(default=None, init=False, repr=False)
+    _serving_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
     def encoder(self) -> Encoder:
         return self.encoders.default
+
+    @property
+    def serving(self) -> Serving:
+        """The batchers and the query cache of this process (built on first use)."""
+        if self._serving is None:
+            from operations.serving import Serving
+
+            with self._serving_lock:
+                if self._serving is None:
+                    self._serving = Serving(self.settings, self.vectors)
+        return self._serving
+
+    def close_serving(self) -> None:
+        """Stop the batchers (queued requests fail with Overloaded)."""
+        if self._serving is not None:
+            self._serving.close()
+            self._serving = None
 
     def default_index(self) -> IndexSpec:
         s = self.settings

@@ -13,7 +13,7 @@ def delete_ids(svc: Services, collection: str, ids: list[int]) -> int:
     """Delete images by id; returns how many rows existed.
 
     The vector goes first, so no search can return an id whose row is gone;
-    Milvus' Session consistency makes the delete visible to the next search.
+    it returns once the delete is visible to every later search (`wait_visible`).
     Deleting again is harmless, so an interrupted delete is finished by retrying.
     """
     svc.require_collection(collection)
@@ -21,8 +21,9 @@ def delete_ids(svc: Services, collection: str, ids: list[int]) -> int:
     removed = 0
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]
-        svc.vectors.delete(collection, chunk)
+        svc.vectors.delete(collection, chunk, visible=False)
         removed += svc.images.delete(collection, chunk)
+    svc.vectors.wait_visible(collection)
     return removed
 
 
@@ -33,6 +34,7 @@ def delete_matching(svc: Services, collection: str, flt: SearchFilter) -> int:
     svc.require_collection(collection)
     removed = 0
     while ids := svc.images.ids_matching(collection, flt, CHUNK):
-        svc.vectors.delete(collection, ids)
+        svc.vectors.delete(collection, ids, visible=False)
         removed += svc.images.delete(collection, ids)
+    svc.vectors.wait_visible(collection)
     return removed

@@ -75,3 +75,14 @@ class DependencyUnavailable(ServiceError):
         super().__init__(f"{dependency} unavailable: {message}", dependency=dependency)
         self.dependency = dependency
         self.retry_after_s = retry_after_s
+
+
+class Overloaded(ServiceError):
+    """The service is at its configured load limit: queue full, or the request
+    could not start within its deadline (503 with Retry-After, at once)."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1, **details: object) -> None:
+        super().__init__(message, **details)
+        self.retry_after_s = retry_after_s

@@ -209,7 +209,7 @@ def load_split(
         if not batch.ids_to_index:
             return
         attrs = [VectorAttrs(r.source, r.tags, r.created_at) for r in batch.rows]
-        svc.vectors.upsert(collection, batch.ids_to_index, batch.vectors, attrs)
+        svc.vectors.upsert(collection, batch.ids_to_index, batch.vectors, attrs, visible=False)
         svc.images.mark_indexed(collection, batch.ids_to_index)
         with counts_lock:
             report.loaded += len(batch.ids_to_index)

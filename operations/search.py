@@ -1,15 +1,36 @@
-"""Search by text or by image; one result shape for both."""
+"""Search by text or by image; one result shape for both.
+
+A search runs in stages: prepare (validation, the collection's encoder, the
+filter; may read the stores), encode (the text or image batcher of
+`operations.serving`, or the query cache), vector search (grouped with
+concurrent searches of the same collection, filter and top_k) and the SQL
+fetch. `search_text` / `search_image` run them in the calling thread (CLI,
+tests); `search_text_async` / `search_image_async` await the batchers, so
+a request waiting for its batch holds no worker thread, and run the blocking
+stages on the worker pool.
+
+Timings (`timings_ms`): queue (waiting for the encoder batch and for the
+vector-search group), encode (the forward pass of the batch this query rode
+in; 0 on a cache hit), vector_search (the Milvus call), image_fetch (SQL),
+total.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
+import anyio
 import numpy as np
 
+from operations.batching import Timed
 from operations.context import Services
 from operations.domain import ImageRow, SearchFilter
+from operations.encoding.base import Encoder
 from operations.errors import InvalidInput, NotFound
 from operations.images import check_image
 from operations.vector_filter import filter_for_vectors
@@ -43,6 +64,9 @@ class _Timer:
     def stage(self, name: str, started: float) -> None:
         self.ms[name] = round((time.perf_counter() - started) * 1000, 2)
 
+    def add(self, name: str, ms: float) -> None:
+        self.ms[name] = round(self.ms.get(name, 0.0) + ms, 2)
+
     def finish(self) -> dict[str, float]:
         self.ms["total"] = round((time.perf_counter() - self._t0) * 1000, 2)
         return self.ms
@@ -53,36 +77,114 @@ def _check_top_k(top_k: int) -> None:
         raise InvalidInput(f"top_k must be an integer in 1..{MAX_SEARCH_TOP_K}")
 
 
-def search_vector(
-    svc: Services,
-    collection: str,
-    vector: np.ndarray,
-    top_k: int,
-    flt: SearchFilter | None,
-    min_score: float | None,
-    with_image: bool,
-    timer: _Timer,
-    model: str,
-) -> SearchOutcome:
-    """Nearest images to `vector`, best first, joined with their SQL rows."""
+@dataclass
+class _Plan:
+    """A validated search: what the encode, vector and fetch stages need."""
+
+    collection: str
+    encoder: Encoder
+    top_k: int
+    flt: SearchFilter | None
+    min_score: float | None
+    with_image: bool
+    timer: _Timer
+    nothing: bool = False  # the filter matches no image: skip the vector search
+    vector: np.ndarray | None = None  # known without encoding (a stored image)
+    image: object = None  # a decoded upload to encode
+
+
+def _plan(svc: Services, collection, top_k, flt, min_score, with_image) -> _Plan:
+    _check_top_k(top_k)
+    return _Plan(collection, svc.encoder_for(collection), top_k, flt, min_score, with_image, _Timer())
+
+
+def _resolve_filter(svc: Services, plan: _Plan) -> _Plan:
+    plan.flt, plan.nothing = filter_for_vectors(svc, plan.collection, plan.flt)
+    return plan
+
+
+def _take(timed: Timed, plan: _Plan, stage: str) -> Any:
+    plan.timer.add("queue", timed.queue_ms)
+    plan.timer.add(stage, timed.run_ms)
+    return timed.value
+
+
+def _finish(svc: Services, plan: _Plan, hits: list) -> SearchOutcome:
+    """The SQL rows of the hits, ranked; the outcome with its timings."""
+    if plan.min_score is not None:
+        hits = [h for h in hits if h.score >= plan.min_score]
     t = time.perf_counter()
-    flt, nothing = filter_for_vectors(svc, collection, flt)
-    hits = [] if nothing else svc.vectors.search(collection, vector[None, :], top_k, flt)[0]
-    if min_score is not None:
-        hits = [h for h in hits if h.score >= min_score]
-    timer.stage("vector_search", t)
-    t = time.perf_counter()
-    rows = svc.images.get_rows(collection, [h.id for h in hits], with_image=with_image) if hits else {}
-    timer.stage("image_fetch", t)
+    rows = (
+        svc.images.get_rows(plan.collection, [h.id for h in hits], with_image=plan.with_image) if hits else {}
+    )
+    plan.timer.stage("image_fetch", t)
     # A vector whose row is gone (a delete interrupted between the stores) is
     # never shown: the row is the source of truth for what exists.
     matches = [Match(0, h.score, rows[h.id]) for h in hits if h.id in rows]
     for rank, m in enumerate(matches, 1):
         m.rank = rank
-    timings = timer.finish()
+    timings = plan.timer.finish()
     # Per-stage timings in the log, so a slow request explains itself.
-    log.info("search %s top_k=%d hits=%d %s", collection, top_k, len(matches), timings)
-    return SearchOutcome(collection, model, matches, timings)
+    log.info("search %s top_k=%d hits=%d %s", plan.collection, plan.top_k, len(matches), timings)
+    return SearchOutcome(plan.collection, plan.encoder.model_name, matches, timings)
+
+
+def _search_future(svc: Services, plan: _Plan, vector: np.ndarray) -> Future | None:
+    plan.timer.ms.setdefault("vector_search", 0.0)
+    if plan.nothing:
+        return None
+    return svc.serving.search(plan.collection, vector, plan.top_k, plan.flt)
+
+
+def _check_query(svc: Services, query: str) -> None:
+    if not isinstance(query, str) or not query.strip():
+        raise InvalidInput("query must be a non-empty string")
+    if len(query) > svc.settings.max_query_chars:
+        raise InvalidInput(f"query is {len(query)} characters; the limit is {svc.settings.max_query_chars}")
+
+
+def _prepare_text(svc: Services, collection, query, top_k, flt, min_score, with_image) -> _Plan:
+    _check_top_k(top_k)
+    _check_query(svc, query)
+    plan = _plan(svc, collection, top_k, flt, min_score, with_image)
+    plan.encoder.check_text(query)
+    return _resolve_filter(svc, plan)
+
+
+def _prepare_image(svc: Services, collection, data, image_id, top_k, flt, min_score, with_image) -> _Plan:
+    _check_top_k(top_k)
+    if (data is None) == (image_id is None):
+        raise InvalidInput("give either an image upload or an image_id, not both")
+    plan = _plan(svc, collection, top_k, flt, min_score, with_image)
+    t = time.perf_counter()
+    if data is not None:
+        plan.image = check_image(data, svc.settings.max_upload_bytes, svc.settings.max_image_pixels).image
+        plan.timer.stage("decode", t)
+    else:
+        image_id = int(image_id)
+        vectors = svc.vectors.get_vectors(collection, [image_id])
+        if image_id not in vectors:
+            raise NotFound(f"image {image_id} is not in collection {collection!r}", image_id=image_id)
+        plan.vector = vectors[image_id]
+        base = flt or SearchFilter()
+        plan.flt = SearchFilter(
+            base.sources,
+            base.tags,
+            base.created_from,
+            base.created_to,
+            tuple(base.exclude_ids) + (image_id,),
+            base.only_ids,
+        )
+        plan.timer.stage("encode", t)
+    return _resolve_filter(svc, plan)
+
+
+def _result(pending: Future | Timed) -> Timed:
+    return pending if isinstance(pending, Timed) else pending.result()
+
+
+async def _await(pending: Future | Timed) -> Timed:
+    return pending if isinstance(pending, Timed) else await asyncio.wrap_future(pending)
 
 
 def search_text(
@@ -95,20 +197,36 @@ def search_text(
     with_image: bool = False,
 ) -> SearchOutcome:
     """以文搜图: the images that best match a Chinese sentence."""
-    _check_top_k(top_k)
-    if not isinstance(query, str) or not query.strip():
-        raise InvalidInput("query must be a non-empty string")
-    if len(query) > svc.settings.max_query_chars:
-        raise InvalidInput(f"query is {len(query)} characters; the limit is {svc.settings.max_query_chars}")
-    timer = _Timer()
-    encoder = svc.encoder_for(collection)
-    encoder.check_text(query)
-    t = time.perf_counter()
-    vector = encoder.encode_texts([query])[0]
-    timer.stage("encode", t)
-    return search_vector(
-        svc, collection, vector, top_k, flt, min_score, with_image, timer, encoder.model_name
+    plan = _prepare_text(svc, collection, query, top_k, flt, min_score, with_image)
+    vector = _take(_result(svc.serving.encode_text(plan.encoder, query)), plan, "encode")
+    pending = _search_future(svc, plan, vector)
+    hits = _take(_result(pending), plan, "vector_search") if pending else []
+    return _finish(svc, plan, hits)
+
+
+async def search_text_async(
+    svc: Services,
+    collection: str,
+    query: str,
+    top_k: int = 10,
+    flt: SearchFilter | None = None,
+    min_score: float | None = None,
+    with_image: bool = False,
+) -> SearchOutcome:
+    """`search_text` for the event loop: blocking stages on the worker pool, batches awaited."""
+    plan = await anyio.to_thread.run_sync(
+        _prepare_text, svc, collection, query, top_k, flt, min_score, with_image
     )
+    vector = _take(await _await(svc.serving.encode_text(plan.encoder, query)), plan, "encode")
+    pending = _search_future(svc, plan, vector)
+    hits = _take(await _await(pending), plan, "vector_search") if pending else []
+    return await anyio.to_thread.run_sync(_finish, svc, plan, hits)
+
+
+def _image_vector_pending(svc: Services, plan: _Plan) -> Future | Timed:
+    if plan.vector is not None:
+        return Timed(plan.vector, 0.0, 0.0, 0)
+    return svc.serving.encode_image(plan.encoder, plan.image)
 
 
 def search_image(
@@ -126,29 +244,29 @@ def search_image(
 
     A stored image is left out of its own results.
     """
-    _check_top_k(top_k)
-    if (data is None) == (image_id is None):
-        raise InvalidInput("give either an image upload or an image_id, not both")
-    timer = _Timer()
-    encoder = svc.encoder_for(collection)
-    t = time.perf_counter()
-    if data is not None:
-        checked = check_image(data, svc.settings.max_upload_bytes, svc.settings.max_image_pixels)
-        vector = encoder.encode_images([checked.image])[0]
-    else:
-        vectors = svc.vectors.get_vectors(collection, [int(image_id)])  # type: ignore[arg-type]
-        if int(image_id) not in vectors:  # type: ignore[arg-type]
-            raise NotFound(f"image {image_id} is not in collection {collection!r}", image_id=image_id)
-        vector = vectors[int(image_id)]  # type: ignore[arg-type]
-        base = flt or SearchFilter()
-        flt = SearchFilter(
-            base.sources,
-            base.tags,
-            base.created_from,
-            base.created_to,
-            tuple(base.exclude_ids) + (int(image_id),),
-        )  # type: ignore[arg-type]
-    timer.stage("encode", t)
-    return search_vector(
-        svc, collection, vector, top_k, flt, min_score, with_image, timer, encoder.model_name
+    plan = _prepare_image(svc, collection, data, image_id, top_k, flt, min_score, with_image)
+    vector = _take(_result(_image_vector_pending(svc, plan)), plan, "encode")
+    pending = _search_future(svc, plan, vector)
+    hits = _take(_result(pending), plan, "vector_search") if pending else []
+    return _finish(svc, plan, hits)
+
+
+async def search_image_async(
+    svc: Services,
+    collection: str,
+    *,
+    data: bytes | None = None,
+    image_id: int | None = None,
+    top_k: int = 10,
+    flt: SearchFilter | None = None,
+    min_score: float | None = None,
+    with_image: bool = False,
+) -> SearchOutcome:
+    """`search_image` for the event loop (see `search_text_async`)."""
+    plan = await anyio.to_thread.run_sync(
+        _prepare_image, svc, collection, data, image_id, top_k, flt, min_score, with_image
     )
+    vector = _take(await _await(_image_vector_pending(svc, plan)), plan, "encode")
+    pending = _search_future(svc, plan, vector)
+    hits = _take(await _await(pending), plan, "vector_search") if pending else []
+    return await anyio.to_thread.run_sync(_finish, svc, plan, hits)

@@ -1,9 +1,16 @@
-"""以文搜图 and 以图搜图."""
+"""以文搜图 and 以图搜图.
+
+The routes are async: they await the encoder and vector-search batchers
+(operations.serving), so a request waiting for its batch holds no worker
+thread; the blocking stages (store reads, decoding an upload) run on the
+worker pool, never on the event loop.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, File, Form, UploadFile
 
 from app.deps import SvcDep, collection_name
@@ -11,15 +18,15 @@ from app.routes.uploads import read_upload, split_list
 from app.routes.views import search_response
 from app.schemas import SearchResponse, TextSearchRequest
 from operations.domain import SearchFilter
-from operations.search import MAX_SEARCH_TOP_K, search_image, search_text
+from operations.search import MAX_SEARCH_TOP_K, search_image_async, search_text_async
 
 router = APIRouter(prefix="/img", tags=["search"])
 
 
 @router.post("/search", response_model=SearchResponse, summary="Search images by a Chinese sentence")
-def text_search(body: TextSearchRequest, svc: SvcDep) -> SearchResponse:
+async def text_search(body: TextSearchRequest, svc: SvcDep) -> SearchResponse:
     flt = body.filters.to_filter() if body.filters else None
-    outcome = search_text(
+    outcome = await search_text_async(
         svc,
         collection_name(svc, body.collection),
         body.query,
@@ -36,7 +43,7 @@ def text_search(body: TextSearchRequest, svc: SvcDep) -> SearchResponse:
     response_model=SearchResponse,
     summary="Search images similar to an uploaded image, or to a stored image by id",
 )
-def image_search(
+async def image_search(
     svc: SvcDep,
     file: Annotated[UploadFile | None, File(description="the query photo")] = None,
     image_id: Annotated[
@@ -52,8 +59,12 @@ def image_search(
     with_image: Annotated[bool, Form()] = False,
 ) -> SearchResponse:
     flt = SearchFilter(split_list(sources), split_list(tags), created_from, created_to)
-    data = read_upload(file, svc.settings.max_upload_bytes) if file is not None else None
-    outcome = search_image(
+    data = (
+        await anyio.to_thread.run_sync(read_upload, file, svc.settings.max_upload_bytes)
+        if file is not None
+        else None
+    )
+    outcome = await search_image_async(
         svc,
         collection_name(svc, collection),
         data=data,
@@ -64,3 +75,8 @@ def image_search(
         with_image=with_image,
     )
     return search_response(outcome)
+
+
+@router.get("/stats", summary="Query cache hits and misses, encoder batches, queues and shed requests")
+def serving_stats(svc: SvcDep) -> dict:
+    return svc.serving.stats()

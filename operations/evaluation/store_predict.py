@@ -45,7 +45,7 @@ def load_features_into_store(
     start = time.perf_counter()
 
     def flush() -> int:
-        return store.upsert(collection, ids, np.stack(rows))
+        return store.upsert(collection, ids, np.stack(rows), visible=False)
 
     for rec in iter_features(image_feats, "image_id", dim):
         if isinstance(rec, BadRecord):
@@ -67,6 +67,8 @@ def load_features_into_store(
             ids, rows = [], []
     if ids:
         written += flush()
+    if written:
+        store.wait_visible(collection)  # the predictions that follow read every row
     return {
         "collection": collection,
         "upserted": written,

@@ -62,7 +62,7 @@ class InMemoryVectorStore:
     def drop_collection(self, name: str) -> None:
         self._collections.pop(validate_name(name), None)
 
-    def upsert(self, name, ids, vectors, attrs=None) -> int:
+    def upsert(self, name, ids, vectors, attrs=None, *, visible: bool = True) -> int:
         c = self._get(name)
         vectors = np.asarray(vectors, dtype=np.float32)
         for i, image_id in enumerate(ids):
@@ -70,10 +70,13 @@ class InMemoryVectorStore:
             c["attrs"][int(image_id)] = attrs[i] if attrs else VectorAttrs()
         return len(ids)
 
+    def wait_visible(self, name: str) -> None:
+        return None  # every write is visible at once
+
     def flush(self, name, bulk: bool = False) -> None:
         self._get(name)
 
-    def delete(self, name, ids) -> None:
+    def delete(self, name, ids, *, visible: bool = True) -> None:
         c = self._get(name)
         for image_id in ids:
             c["vectors"].pop(int(image_id), None)

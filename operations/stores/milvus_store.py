@@ -4,14 +4,20 @@ Why the choices here:
 - The primary key is the image id (no auto id), so a vector and its SQL row
   share one key and a re-run load can upsert without duplicates.
 - Metric IP on L2-normalised vectors: the score is the cosine, best first.
-- Consistency "Adaptive" by default: measured on the 2.3 server, "Session" still
-  returned an id right after this very client deleted it, and "Strong" costs
-  ~200 ms a search (it waits for the next time tick) against ~5 ms for
-  "Bounded" (tests/MILVUS_NOTES.md, bench/). So reads of a collection this
-  process wrote to in the last STRONG_WINDOW_S seconds are Strong (a delete or
-  add is visible to the very next search); other reads are Bounded. Writes by
-  another process become visible within Milvus' bounded staleness (~5 s).
-  MILVUS_CONSISTENCY=Strong makes every read Strong.
+- Consistency "Adaptive" by default, from what the 2.3 server does
+  (tests/MILVUS_NOTES.md, "Reading your own writes"): a Bounded search right
+  after a write misses it, "Session" is not reliable either, and a Strong read
+  waits for the next time tick. One Strong read of the collection makes the
+  query nodes consume everything up to a time after the write, and Bounded
+  searches after it see the write. So: every read is Bounded, and every
+  operation that writes ends with `wait_visible` (one Strong probe, paid by
+  the writer's request alone): when an add or delete returns, the very next
+  search, by anyone in this process, sees it, and readers never wait for a
+  time tick. Writes by another process show within Milvus' bounded staleness.
+  MILVUS_CONSISTENCY=Strong makes every read Strong; a fixed weaker level
+  skips the probe (the operator chose staleness). Milvus Lite reads its own
+  writes at once and needs no probe. The probe covers the replica it hit: one
+  replica (the default) is every read; with several use Strong.
 - Every call carries `timeout=`; a dead server otherwise hangs for minutes. A
   public method is one store call with one deadline (operations/deadline.py):
   the collection description, the load before a search and pymilvus' own
@@ -29,9 +35,9 @@ import functools
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TypeVar
 
@@ -53,8 +59,6 @@ T = TypeVar("T")
 # for protobuf overhead and the scalar fields.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 CONSISTENCY_LEVELS = ("Adaptive", "Strong", "Session", "Bounded", "Eventually")
-# Longer than Milvus' default bounded staleness (gracefulTime, 5 s) plus a time tick.
-STRONG_WINDOW_S = 10.0
 MAX_TAGS = 64
 PROP_MODEL, PROP_DIM, PROP_INDEX = "cnclip.model", "cnclip.dim", "cnclip.index"
 _NOT_FOUND_HINTS = ("not found", "not exist", "doesn't exist", "can't find")
@@ -115,17 +119,61 @@ class MilvusVectorStore:
         self._client_lock = threading.Lock()
         self._loaded: set[str] = set()
         self._info_cache: dict[str, CollectionInfo] = {}
-        self._last_write: dict[str, float] = {}
+        # Writes per collection not yet known to be visible to Bounded reads.
+        self._writes: dict[str, int] = {}
+        self._visible: dict[str, int] = {}
+        self._writes_lock = threading.Lock()
+        # The level of the latest read and of the latest visibility probe per
+        # collection (tests assert on them; they cost nothing to keep).
+        self.last_read_level: dict[str, str] = {}
+        self.probes: dict[str, int] = {}
 
     def _wrote(self, name: str) -> None:
-        self._last_write[name] = time.monotonic()
+        with self._writes_lock:
+            self._writes[name] = self._writes.get(name, 0) + 1
 
     def _read_level(self, name: str) -> str:
         """The consistency level for a read of `name` (see the module docstring)."""
-        if self.consistency != "Adaptive":
-            return self.consistency
-        recent = time.monotonic() - self._last_write.get(name, -1e9) < STRONG_WINDOW_S
-        return "Strong" if recent else "Bounded"
+        level = "Bounded" if self.consistency == "Adaptive" else self.consistency
+        self.last_read_level[name] = level
+        return level
+
+    @_one_deadline
+    def wait_visible(self, name: str) -> None:
+        """Return once this process's writes to `name` are visible to Bounded reads.
+
+        One Strong query (it waits until the query nodes have consumed the
+        collection's channels up to now, ~one time tick); nothing to do on
+        Milvus Lite, with a fixed consistency level, or when nothing was written
+        since the last probe.
+        """
+        if self.is_lite or self.consistency != "Adaptive":
+            return
+        with self._writes_lock:
+            written = self._writes.get(name, 0)
+            if written == self._visible.get(name, 0):
+                return
+        self._ensure_loaded(name)
+        self._call(
+            lambda c: c.query(
+                name,
+                filter="id in [0]",
+                output_fields=["id"],
+                limit=1,
+                consistency_level="Strong",
+                timeout=self.timeout,
+            ),
+            name,
+        )
+        with self._writes_lock:
+            # Writes that raced with the probe may be later than its timestamp:
+            # only those before it are known visible.
+            self._visible[name] = max(self._visible.get(name, 0), written)
+            self.probes[name] = self.probes.get(name, 0) + 1
+
+    def _fresh_deadline(self) -> AbstractContextManager[deadline.Deadline]:
+        """A new MILVUS_TIMEOUT_S for the calls after a long wait (a flush, an index build)."""
+        return deadline.store_call(STORE, self.timeout_s, own=True)
 
     @property
     def timeout(self) -> float:
@@ -234,7 +282,8 @@ class MilvusVectorStore:
         index.check()
         if self.has_collection(name):
             self._repair_index(name, index)
-            check_model(self.describe_meta(name), model_name, dim)
+            with self._fresh_deadline():  # a repair may have waited long for an index build
+                check_model(self.describe_meta(name), model_name, dim)
             return
         schema = MilvusClient.create_schema(
             auto_id=False,
@@ -392,8 +441,16 @@ class MilvusVectorStore:
     # -- rows ---------------------------------------------------------------
     @_one_deadline
     def upsert(
-        self, name: str, ids: Sequence[int], vectors: np.ndarray, attrs: Sequence[VectorAttrs] | None = None
+        self,
+        name: str,
+        ids: Sequence[int],
+        vectors: np.ndarray,
+        attrs: Sequence[VectorAttrs] | None = None,
+        *,
+        visible: bool = True,
     ) -> int:
+        """Write vectors by id; with `visible`, return once searches see them (else
+        the caller ends its writes with `flush` or `wait_visible`)."""
         vectors = np.asarray(vectors, dtype=np.float32)
         meta = self.describe_meta(name)
         if vectors.ndim != 2 or vectors.shape[1] != meta.dim or len(ids) != len(vectors):
@@ -431,6 +488,8 @@ class MilvusVectorStore:
             if count != len(rows):
                 raise DependencyUnavailable("milvus", f"upserted {count} of {len(rows)} vectors")
             total += count
+        if visible:
+            self.wait_visible(name)
         return total
 
     @_one_deadline
@@ -442,7 +501,8 @@ class MilvusVectorStore:
         after every load or add batch. A server searches unsealed ("growing")
         rows without the collection's index; after a bulk load (`bulk`) it is
         flushed too. Small adds on a server are left to Milvus' own sealing:
-        flushing each would leave many tiny segments.
+        flushing each would leave many tiny segments. Either way it returns
+        once searches see the writes (`wait_visible`).
         """
         if self.is_lite or bulk:
             # Sealing a large load can take longer than one ordinary call.
@@ -451,9 +511,12 @@ class MilvusVectorStore:
             # A load ends searchable: wait for the collection's load if it is
             # still running (see create_collection), as patiently as for the flush.
             self._ensure_loaded(name, wait_s=max(self.timeout_s, 120.0))
+        with self._fresh_deadline():  # the long waits above may have used up this call's
+            self.wait_visible(name)
 
     @_one_deadline
-    def delete(self, name: str, ids: Sequence[int]) -> None:
+    def delete(self, name: str, ids: Sequence[int], *, visible: bool = True) -> None:
+        """Delete by id; with `visible`, return once searches no longer see them."""
         if not ids:
             return
         self._ensure_loaded(name)
@@ -461,6 +524,8 @@ class MilvusVectorStore:
             chunk = [int(i) for i in ids[start : start + 1000]]
             self._wrote(name)
             self._call(lambda c: c.delete(name, ids=chunk, timeout=self.timeout), name)
+        if visible:
+            self.wait_visible(name)
 
     @_one_deadline
     def existing_ids(self, name: str, ids: Sequence[int]) -> set[int]:

@@ -30,10 +30,25 @@ class VectorStore(Protocol):
     def list_collections(self) -> list[str]: ...
     def drop_collection(self, name: str) -> None: ...
     def upsert(
-        self, name: str, ids: Sequence[int], vectors: np.ndarray, attrs: Sequence[VectorAttrs] | None = None
-    ) -> int: ...
-    def delete(self, name: str, ids: Sequence[int]) -> None: ...
-    def flush(self, name: str, bulk: bool = False) -> None: ...
+        self,
+        name: str,
+        ids: Sequence[int],
+        vectors: np.ndarray,
+        attrs: Sequence[VectorAttrs] | None = None,
+        *,
+        visible: bool = True,
+    ) -> int:
+        """Write vectors by id; `visible`: return once searches see them."""
+
+    def delete(self, name: str, ids: Sequence[int], *, visible: bool = True) -> None:
+        """Delete by id; `visible`: return once searches no longer see them."""
+
+    def flush(self, name: str, bulk: bool = False) -> None:
+        """Seal what was written; returns once searches see it (`wait_visible`)."""
+
+    def wait_visible(self, name: str) -> None:
+        """Return once this process's writes to `name` are visible to every later search."""
+
     def existing_ids(self, name: str, ids: Sequence[int]) -> set[int]: ...
     def count(self, name: str) -> int: ...
     def search(

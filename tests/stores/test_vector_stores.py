@@ -190,7 +190,8 @@ def test_a_new_server_collection_takes_writes_while_it_loads_and_a_bulk_flush_en
         rng = np.random.default_rng(0)
         vectors = rng.standard_normal((20, 8)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        assert s.upsert(name, list(range(20)), vectors) == 20
+        # As a bulk load writes: visibility is waited for once, by the final flush.
+        assert s.upsert(name, list(range(20)), vectors, visible=False) == 20
         assert name not in s._loaded  # nor did the write
         s.flush(name, bulk=True)
         state = s._connect().get_load_state(name)["state"]

@@ -1,0 +1,245 @@
+"""Closed-loop load against a running server: N keep-alive clients, each sending its
+next request as soon as the previous one is answered (after a 503, it first waits
+the Retry-After it was given, at most 1 s, as a well-behaved client does).
+
+Used by `bench.bench_search --sweep`: the concurrency sweep, the shedding run past the
+queue limit, the repeated-query (cache hit) run and the mixed read/write run.
+The clients are asyncio tasks with one httpx.AsyncClient (one connection) each, so
+64 or 256 clients cost the bench process little CPU; it still shares the machine's
+cores with the server, Milvus and MariaDB (the load average is printed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from bench._common import median, pct
+
+STAGES = ("queue", "encode", "vector_search", "image_fetch")
+
+
+@dataclass
+class Sample:
+    role: str
+    status: int
+    latency_ms: float
+    timings: dict | None = None
+    retry_after: str | None = None
+
+
+@dataclass
+class RunResult:
+    label: str
+    clients: int
+    seconds: float
+    samples: list[Sample] = field(default_factory=list)
+    stats_delta: dict = field(default_factory=dict)
+
+    def of(self, role: str | None = None) -> list[Sample]:
+        return [s for s in self.samples if role is None or s.role == role]
+
+    def summary(self, role: str | None = None) -> dict:
+        """QPS (answered 200 per second), latency percentiles of the 200s, stage medians,
+        errors (neither 200 nor 503) and 503s with their latency."""
+        samples = self.of(role)
+        ok = [s for s in samples if s.status == 200]
+        shed = [s for s in samples if s.status == 503]
+        errors = [s for s in samples if s.status not in (200, 503)]
+        lat = [s.latency_ms for s in ok]
+        out = {
+            "clients": self.clients,
+            "requests": len(samples),
+            "ok": len(ok),
+            "qps": round(len(ok) / self.seconds, 1) if self.seconds else 0.0,
+            "median_ms": round(median(lat), 1) if lat else None,
+            "p90_ms": round(pct(lat, 90), 1) if lat else None,
+            "p99_ms": round(pct(lat, 99), 1) if lat else None,
+            "errors": len(errors),
+            "error_examples": sorted({s.status for s in errors})[:5],
+            "shed_503": len(shed),
+            "shed_median_ms": round(median([s.latency_ms for s in shed]), 1) if shed else None,
+            "shed_p99_ms": round(pct([s.latency_ms for s in shed], 99), 1) if shed else None,
+            "shed_with_retry_after": sum(1 for s in shed if s.retry_after),
+        }
+        timed = [s for s in ok if s.timings]
+        for stage in STAGES:
+            out[f"{stage}_ms"] = (
+                round(median([s.timings.get(stage, 0.0) for s in timed]), 2) if timed else None
+            )
+        if timed:
+            out["other_ms"] = round(
+                median([s.timings["total"] - sum(s.timings.get(k, 0.0) for k in STAGES) for s in timed]), 2
+            )
+            out["http_ms"] = round(median([s.latency_ms - s.timings["total"] for s in timed]), 2)
+        return out
+
+
+class QueryStream:
+    """Distinct queries, never one twice in this process (thread-safe enough for asyncio)."""
+
+    def __init__(self, texts: Iterator[str]) -> None:
+        self._it = texts
+
+    def next(self) -> str:
+        return next(self._it)
+
+
+# A request maker gets (client index, request number) and returns the role label and
+# an async function that sends the request with the client given to it.
+RequestMaker = Callable[[int, int], tuple[str, Callable]]
+
+
+async def _client_loop(
+    url: str, idx: int, make: RequestMaker, start_at: float, end_at: float, out: list[Sample]
+) -> None:
+    import httpx
+
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        for seq in itertools.count():
+            now = time.perf_counter()
+            if now >= end_at:
+                return
+            role, send = make(idx, seq)
+            if role == "idle":
+                await send(client)
+                continue
+            t = time.perf_counter()
+            try:
+                r = await send(client)
+                status = r.status_code
+                body = r.json() if status == 200 and "json" in r.headers.get("content-type", "") else None
+                retry = r.headers.get("retry-after")
+            except httpx.HTTPError:
+                status, body, retry = 599, None, None
+            dt = (time.perf_counter() - t) * 1000
+            if t >= start_at and time.perf_counter() <= end_at:
+                timings = body.get("timings_ms") if isinstance(body, dict) else None
+                out.append(Sample(role, status, dt, timings, retry))
+            if status == 503 and retry:
+                await asyncio.sleep(min(float(retry), 1.0))
+
+
+def run_closed_loop(
+    url: str, label: str, clients: int, make: RequestMaker, duration_s: float, warmup_s: float, stats=None
+) -> RunResult:
+    """`clients` closed-loop clients for warm-up + duration; samples from after the warm-up."""
+
+    async def main() -> list[Sample]:
+        out: list[Sample] = []
+        begin = time.perf_counter()
+        start_at, end_at = begin + warmup_s, begin + warmup_s + duration_s
+        await asyncio.gather(*(_client_loop(url, i, make, start_at, end_at, out) for i in range(clients)))
+        return out
+
+    before = stats() if stats else {}
+    samples = asyncio.run(main())
+    after = stats() if stats else {}
+    return RunResult(label, clients, duration_s, samples, _delta(before, after))
+
+
+def _delta(before: dict, after: dict) -> dict:
+    """Batches and items formed during the run, per batcher (from GET /img/stats)."""
+    out = {}
+    for name, now in {**after.get("encoders", {}), "vector search": after.get("vector_search", {})}.items():
+        was = before.get("encoders", {}).get(name) if name != "vector search" else before.get("vector_search")
+        was = was or {}
+        batches = now.get("batches", 0) - was.get("batches", 0)
+        items = now.get("items", 0) - was.get("items", 0)
+        if batches:
+            out[name] = {
+                "batches": batches,
+                "mean_batch": round(items / batches, 2),
+                "shed": now.get("shed_full", 0)
+                + now.get("shed_deadline", 0)
+                - was.get("shed_full", 0)
+                - was.get("shed_deadline", 0),
+            }
+    cache_now, cache_was = after.get("query_cache", {}), before.get("query_cache", {})
+    if cache_now:
+        out["query cache"] = {
+            "hits": cache_now.get("hits", 0) - cache_was.get("hits", 0),
+            "misses": cache_now.get("misses", 0) - cache_was.get("misses", 0),
+        }
+    return out
+
+
+def text_search(queries: QueryStream, collection: str, top_k: int, repeat: str | None = None) -> Callable:
+    """A maker of text searches: distinct queries, or always `repeat`."""
+
+    def make(_idx: int, _seq: int):
+        q = repeat if repeat is not None else queries.next()
+
+        async def send(client):
+            return await client.post(
+                "/img/search", json={"query": q, "top_k": top_k, "collection": collection}
+            )
+
+        return "text", send
+
+    return make
+
+
+def mixed(
+    queries: QueryStream,
+    collection: str,
+    top_k: int,
+    roles: list[str],
+    images: list[bytes],
+    fresh_image: Callable[[int], bytes],
+) -> Callable:
+    """Clients by role: text, image (search by upload), add (one new image), delete (one
+    of the images the adders added; idle while there is none)."""
+    added: deque[int] = deque()
+    counter = itertools.count()
+
+    def make(idx: int, seq: int):
+        role = roles[idx % len(roles)]
+        if role == "text":
+            return text_search(queries, collection, top_k)(idx, seq)
+        if role == "image":
+            data = images[(idx * 7919 + seq) % len(images)]
+
+            async def send(client):
+                return await client.post(
+                    "/img/search/image",
+                    files={"file": ("q.jpg", data, "image/jpeg")},
+                    data={"top_k": str(top_k), "collection": collection},
+                )
+
+            return "image", send
+        if role == "add":
+            data = fresh_image(next(counter))
+
+            async def send(client):
+                r = await client.post(
+                    f"/img/images/{collection}",
+                    files=[("files", ("new.jpg", data, "image/jpeg"))],
+                    data={"source": "bench"},
+                )
+                if r.status_code == 200:
+                    for item in r.json().get("results", []):
+                        if item.get("status") == "added":
+                            added.append(int(item["id"]))
+                return r
+
+            return "add", send
+        if added:
+            image_id = added.popleft()
+
+            async def send(client):
+                return await client.delete(f"/img/images/{collection}/{image_id}")
+
+            return "delete", send
+
+        async def idle(_client):
+            await asyncio.sleep(0.02)
+
+        return "idle", idle
+
+    return make

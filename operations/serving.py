@@ -1,0 +1,133 @@
+"""Serving many searches at once: batched encoders, grouped vector searches, a query cache.
+
+One `Serving` per process (built on first use by `Services.serving`):
+- a text batcher and an image batcher per encoder: concurrent queries are
+  encoded in one forward pass (`operations.batching`), behind a bounded queue
+  that sheds load with `Overloaded` (503 + Retry-After);
+- one vector-search batcher: concurrent searches that agree on (collection,
+  filter, top_k) go to Milvus as one search with nq > 1, in `SEARCH_THREADS`
+  concurrent calls; the rest go one by one. `min_score` is applied per caller
+  afterwards, so it does not split groups;
+- the query cache: a repeated query text skips the encoder entirely.
+
+Everything is built on the `Encoder` protocol, so it serves any backend.
+`BATCH_WINDOW_MS=0` turns batching (and grouping) off: one item per call.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable
+from concurrent.futures import Future
+from typing import Any, cast
+
+import numpy as np
+
+from config.settings import Settings
+from operations.batching import MicroBatcher, Timed
+from operations.encoding.base import Encoder
+from operations.query_cache import QueryCache, encoder_identity
+from operations.stores.vector_base import SearchFilter, VectorStore
+
+
+class Serving:
+    """Batchers and the query cache of one process (see the module docstring)."""
+
+    def __init__(self, settings: Settings, vectors: VectorStore) -> None:
+        self.settings = settings
+        self.vectors = vectors
+        self.cache = QueryCache(settings.query_cache_size)
+        self._window_s = settings.batch_window_ms / 1000
+        self._deadline_s = settings.queue_timeout_ms / 1000
+        self._lock = threading.Lock()
+        self._text: dict[tuple, MicroBatcher] = {}
+        self._image: dict[tuple, MicroBatcher] = {}
+        self.search_batcher = MicroBatcher(
+            "vector search",
+            self._run_search,
+            max_batch=settings.max_batch,
+            window_s=self._window_s,
+            # Searches that passed the encoders are not refused for their
+            # number alone: the encoder queues in front already bound them.
+            queue_limit=max(settings.queue_limit * 4, settings.max_batch),
+            deadline_s=self._deadline_s,
+            workers=settings.search_threads,
+        )
+
+    # -- encoders -------------------------------------------------------------
+    def _batcher(self, table: dict, kind: str, encoder: Encoder) -> MicroBatcher:
+        key = encoder_identity(encoder)
+        with self._lock:
+            batcher = table.get(key)
+            if batcher is None:
+                run = _encode_texts(encoder) if kind == "text" else _encode_images(encoder)
+                batcher = table[key] = MicroBatcher(
+                    f"{encoder.model_name} {kind} encoder",
+                    run,
+                    max_batch=self.settings.max_batch,
+                    window_s=self._window_s,
+                    queue_limit=self.settings.queue_limit,
+                    deadline_s=self._deadline_s,
+                )
+            return batcher
+
+    def encode_text(self, encoder: Encoder, text: str) -> Future | Timed:
+        """The query's vector: a `Timed` at once on a cache hit, else a future of one."""
+        key = self.cache.key(encoder, text)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return Timed(cached, 0.0, 0.0, 0)
+        future = self._batcher(self._text, "text", encoder).submit(text)
+        future.add_done_callback(lambda f: self._remember(key, f))
+        return future
+
+    def _remember(self, key: tuple, future: Future) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.cache.put(key, future.result().value)
+
+    def encode_image(self, encoder: Encoder, image: Any) -> Future:
+        """A future of the image's vector (`Timed`)."""
+        return self._batcher(self._image, "image", encoder).submit(image)
+
+    # -- vector search ----------------------------------------------------------
+    def search(self, collection: str, vector: np.ndarray, top_k: int, flt: SearchFilter | None) -> Future:
+        """A future of this vector's hits (`Timed`), searched with others of the same group."""
+        return self.search_batcher.submit(vector, key=(collection, top_k, flt))
+
+    def _run_search(self, key: Hashable, vectors: list[np.ndarray]) -> list:
+        collection, top_k, flt = cast(tuple[str, int, SearchFilter | None], key)
+        return self.vectors.search(collection, np.stack(vectors), top_k, flt)
+
+    # -- lifecycle ------------------------------------------------------------
+    def stats(self) -> dict:
+        with self._lock:
+            encoders = {b.name: b.stats() for b in (*self._text.values(), *self._image.values())}
+        return {
+            "query_cache": self.cache.stats(),
+            "encoders": encoders,
+            "vector_search": self.search_batcher.stats(),
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            batchers = [*self._text.values(), *self._image.values()]
+        for b in (*batchers, self.search_batcher):
+            b.close()
+
+
+def _encode_texts(encoder: Encoder):
+    def run(_key: Hashable, texts: list[str]) -> list[np.ndarray]:
+        # The same text twice in one batch is encoded once.
+        unique = list(dict.fromkeys(texts))
+        vectors = encoder.encode_texts(unique)
+        by_text = dict(zip(unique, vectors, strict=True))
+        return [by_text[t] for t in texts]
+
+    return run
+
+
+def _encode_images(encoder: Encoder):
+    def run(_key: Hashable, images: list) -> list[np.ndarray]:
+        return list(encoder.encode_images(images))
+
+    return run
