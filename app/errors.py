@@ -83,7 +83,9 @@ def install(app: FastAPI) -> None:
         if isinstance(cause, e.ServiceError):
             return await service_error(request, cause)
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-        details = {} if isinstance(exc.detail, str) or exc.detail is None else {"detail": exc.detail}
+        details: dict[str, object] = (
+            {} if isinstance(exc.detail, str) or exc.detail is None else {"detail": exc.detail}
+        )
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
         if exc.status_code == 404 and message == "Not Found":
             path = request.url.path
