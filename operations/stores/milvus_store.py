@@ -480,11 +480,11 @@ class MilvusVectorStore:
                 # routed by their key. So: delete the ids, then insert. A crash in
                 # between leaves the SQL rows unmarked, and the next run redoes them.
                 pk_ids = [r["id"] for r in rows]
-                self._call(lambda c, pk_ids=pk_ids: c.delete(name, ids=pk_ids, timeout=self.timeout), name)
-                result = self._call(lambda c, rows=rows: c.insert(name, rows, timeout=self.timeout), name)
+                self._call(lambda c: c.delete(name, ids=pk_ids, timeout=self.timeout), name)  # noqa: B023 - called at once
+                result = self._call(lambda c: c.insert(name, rows, timeout=self.timeout), name)  # noqa: B023
                 count = int(result.get("insert_count", len(rows)) if isinstance(result, dict) else len(rows))
             else:
-                result = self._call(lambda c, rows=rows: c.upsert(name, rows, timeout=self.timeout), name)
+                result = self._call(lambda c: c.upsert(name, rows, timeout=self.timeout), name)  # noqa: B023
                 count = int(result.get("upsert_count", len(rows)) if isinstance(result, dict) else len(rows))
             if count != len(rows):
                 raise DependencyUnavailable("milvus", f"upserted {count} of {len(rows)} vectors")
@@ -524,7 +524,7 @@ class MilvusVectorStore:
         for start in range(0, len(ids), 1000):
             chunk = [int(i) for i in ids[start : start + 1000]]
             self._wrote(name)
-            self._call(lambda c, chunk=chunk: c.delete(name, ids=chunk, timeout=self.timeout), name)
+            self._call(lambda c: c.delete(name, ids=chunk, timeout=self.timeout), name)  # noqa: B023 - called at once
         if visible:
             self.wait_visible(name)
 
@@ -537,9 +537,9 @@ class MilvusVectorStore:
         for start in range(0, len(ids), 1000):
             expr = ids_filter(list(ids[start : start + 1000]))
             rows = self._call(
-                lambda c, expr=expr: c.query(
+                lambda c: c.query(
                     name,
-                    filter=expr,
+                    filter=expr,  # noqa: B023 - the lambda is called at once
                     output_fields=["id"],
                     consistency_level=self._read_level(name),
                     timeout=self.timeout,
