@@ -6,10 +6,14 @@ pre-ping, a reconnect, pymilvus' retries and the loading of a collection before
 a search all draw on the same deadline. Calls made inside a call (a search asks
 for the collection's description first) share the outer call's deadline.
 
-Inside an HTTP request (`request_scope`, opened by the app's middleware), a
-store that already failed is not waited for again by the same request: a
-request that tidies up after a failure (an add taking its rows back) still ends
-within about one timeout of the store hanging.
+Inside an HTTP request (`request_scope`, opened by the app's middleware) the
+timeout is the request's budget for each store: the time its calls to a store
+have waited so far is taken off the next call's deadline, and a store that
+already failed is not waited for again. So a request that makes several calls
+to a store that has turned slow (a check that the collection exists, then the
+write), or tidies up after a failure (an add taking its rows back), still ends
+within about one timeout. Time spent elsewhere (encoding, queueing) is not
+counted. Outside a request (jobs, the command line) each call has its own.
 """
 
 from __future__ import annotations
@@ -44,8 +48,17 @@ class Deadline:
 
 # The deadline of each store's outermost call in progress, in this thread or task.
 _active: ContextVar[dict[str, Deadline] | None] = ContextVar("store_deadlines", default=None)
-# Stores that failed during the current request (None outside a request).
-_failed: ContextVar[set[str] | None] = ContextVar("stores_failed_in_request", default=None)
+
+
+class _RequestBudget:
+    """What one request has spent on each store so far."""
+
+    def __init__(self) -> None:
+        self.waited: dict[str, float] = {}
+        self.failed: set[str] = set()
+
+
+_request: ContextVar[_RequestBudget | None] = ContextVar("store_budget_of_request", default=None)
 
 
 def current(store: str) -> Deadline | None:
@@ -63,33 +76,42 @@ def seconds_left(store: str, default: float) -> float:
 def store_call(store: str, timeout_s: float, *, own: bool = False) -> Iterator[Deadline]:
     """A call to `store` that must end within `timeout_s`; nested calls share its deadline.
 
-    `own`: this call gets its own deadline even inside another call of the same
-    store (for the few calls that are allowed to wait longer, e.g. a bulk flush).
+    `own`: this call gets its own full deadline, even inside another call of the
+    same store or after the request spent its budget (for the few calls that
+    are allowed to wait longer, e.g. a bulk flush or an index build).
     """
     active = _active.get() or {}
     if store in active and not own:
         yield active[store]
         return
-    failed = _failed.get()
-    if failed is not None and store in failed:
-        raise DependencyUnavailable(store, "it did not answer earlier in this request")
-    d = Deadline(store, time.monotonic() + timeout_s, timeout_s)
+    budget = _request.get()
+    allowed = timeout_s
+    if budget is not None and not own:
+        if store in budget.failed:
+            raise DependencyUnavailable(store, "it did not answer earlier in this request")
+        allowed = timeout_s - budget.waited.get(store, 0.0)
+        if allowed <= 0:
+            raise DependencyUnavailable(store, f"this request already waited {timeout_s:g} s for it")
+    started = time.monotonic()
+    d = Deadline(store, started + allowed, timeout_s)
     token = _active.set({**active, store: d})
     try:
         yield d
     except DependencyUnavailable as exc:
-        if failed is not None and exc.dependency == store:
-            failed.add(store)
+        if budget is not None and exc.dependency == store:
+            budget.failed.add(store)
         raise
     finally:
         _active.reset(token)
+        if budget is not None and not own:
+            budget.waited[store] = budget.waited.get(store, 0.0) + time.monotonic() - started
 
 
 @contextlib.contextmanager
 def request_scope() -> Iterator[None]:
     """Scope of one HTTP request (see the module docstring)."""
-    token = _failed.set(set())
+    token = _request.set(_RequestBudget())
     try:
         yield
     finally:
-        _failed.reset(token)
+        _request.reset(token)

@@ -41,3 +41,23 @@ def test_outage_log_is_two_lines_with_counts(caplog):
     assert len(lines) == 2, lines
     assert "milvus is down" in lines[0] and "deadline exceeded" in lines[0]
     assert "milvus is back" in lines[1] and "6 calls failed" in lines[1]
+
+
+def test_a_request_has_one_budget_per_store():
+    with deadline.request_scope():
+        with deadline.store_call("x", 0.5):
+            time.sleep(0.3)  # a slow answer, still in time
+        time.sleep(0.3)  # time spent elsewhere (encoding) is not counted
+        with deadline.store_call("x", 0.5) as second:
+            assert 0.1 < second.left() < 0.25  # what the first call left
+        with deadline.store_call("y", 0.5) as other:
+            assert other.left() > 0.45  # each store has its own budget
+        with deadline.store_call("x", 0.5, own=True) as long_wait:
+            assert long_wait.left() > 0.45  # a call allowed to wait longer has its own
+        with deadline.store_call("x", 0.5) as third:
+            time.sleep(third.left() + 0.01)
+        with pytest.raises(DependencyUnavailable, match="already waited"):
+            with deadline.store_call("x", 0.5):
+                pass
+    with deadline.store_call("x", 0.5) as outside:  # outside a request: each call its own
+        assert outside.left() > 0.45
