@@ -30,18 +30,57 @@ class TextSearchRequest(BaseModel):
             "examples": [{"query": "左边有一个红色的圆形", "top_k": 10, "collection": "demo"}]
         },
     )
-    query: str = Field(..., min_length=1, max_length=10_000, description="a Chinese sentence")
+    query: str = Field(
+        "",
+        max_length=10_000,
+        description="a Chinese sentence or the query language: `海边 日落 -人物` (unwanted term), "
+        "`红色:2 汽车` (weights); may be empty when image_id or positive_ids is given",
+    )
     top_k: int = Field(10, ge=1, le=MAX_SEARCH_TOP_K)
     collection: str | None = Field(None, description="defaults to the server's DEFAULT_COLLECTION")
     filters: Filters | None = None
     min_score: float | None = Field(None, ge=-1, le=1, description="drop results below this cosine")
     with_image: bool = Field(False, description="include each image inline as base64")
+    mode: Literal["visual", "text", "hybrid"] | None = Field(
+        None,
+        description="visual: CLIP; text: the text read in the images (OCR) contains the query; "
+        "hybrid: both rankings fused (RRF). Default: hybrid on a collection with OCR, else visual",
+    )
+    min_relevance: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="drop results whose calibrated relevance is below this (422 if uncalibrated)",
+    )
+    cut: Literal["none", "auto"] = Field("none", description="auto: stop at the largest drop in score")
+    order_by: Literal["relevance", "created_at"] = "relevance"
+    order: Literal["desc", "asc"] = Field("desc", description="created_at desc = newest first")
+    image_id: int | None = Field(None, description="a stored image searched together with the query")
+    positive_ids: list[int] = Field(
+        default_factory=list, max_length=50, description="更像这个: results to move toward"
+    )
+    negative_ids: list[int] = Field(
+        default_factory=list, max_length=50, description="不要这种: results to move away from"
+    )
+
+
+Signal = Literal["visual", "text"]
+
+
+def _visual_only() -> list[Signal]:
+    return ["visual"]
 
 
 class ResultItem(BaseModel):
     id: int
     rank: int
     score: float = Field(..., description="cosine similarity in -1..1; not a probability")
+    relevance: float | None = Field(
+        None, description="calibrated probability (0..1) that the image matches; null when uncalibrated"
+    )
+    tier: Literal["relevant", "maybe", "other"] | None = Field(
+        None, description="相关 / 可能相关 / the rest, by relevance; null when uncalibrated"
+    )
     url: str
     thumbnail_url: str
     source: str
@@ -52,6 +91,17 @@ class ResultItem(BaseModel):
     mime: str
     external_id: str | None = None
     image_b64: str | None = None
+    signals: list[Signal] = Field(default_factory=_visual_only, description="which rankings found this image")
+    fused_score: float | None = Field(None, description="the RRF score it was ranked by (text, hybrid)")
+    ocr_text: str | None = Field(
+        None, description="the line of text read in the image that matched the query"
+    )
+
+
+class CutView(BaseModel):
+    candidates: int = Field(description="results before min_relevance and cut")
+    kept_by_threshold: int
+    auto_cut_at: int | None = Field(None, description="results kept by cut=auto")
 
 
 class SearchResponse(BaseModel):
@@ -59,6 +109,22 @@ class SearchResponse(BaseModel):
     model: str
     results: list[ResultItem]
     timings_ms: dict[str, float]
+    calibrated: bool = Field(False, description="false: relevance is null, relevance_note says why")
+    relevance_note: str = ""
+    cut: CutView | None = None
+
+
+class CalibrateRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"dataset": "demo", "split": "valid", "collection": "demo"}]},
+    )
+    dataset: str = Field(..., description="dataset directory, relative to DATA_ROOT")
+    split: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="split with ${split}_texts.jsonl")
+    collection: str | None = Field(
+        None, description="calibrate this collection's model (default collection when model is unset)"
+    )
+    model: str | None = Field(None, description="or: a model the server runs")
 
 
 class ImageMeta(BaseModel):
@@ -77,6 +143,22 @@ class ImageMeta(BaseModel):
     indexed: bool
 
 
+class OcrLineView(BaseModel):
+    text: str
+    box: list[list[float]] = Field(..., description="the line's 4 corners, pixels (x, y)")
+    confidence: float
+
+
+class OcrView(BaseModel):
+    id: int
+    collection: str
+    status: Literal["ok", "failed", "pending"] = Field(..., description="pending: not read yet")
+    text: str = Field(..., description="the lines, one per line")
+    lines: list[OcrLineView]
+    error: str | None = None
+    updated_at: int | None = None
+
+
 class AddItem(BaseModel):
     index: int
     filename: str
@@ -84,6 +166,11 @@ class AddItem(BaseModel):
     id: int | None = None
     error: str | None = None
     near_duplicates: list[dict] = Field(default_factory=list)
+    ocr: dict | None = Field(
+        None,
+        description='collections with OCR: {"status": "ok"|"failed", "lines", "text", "error"}; '
+        "a failed read never loses the image",
+    )
 
 
 class AddResponse(BaseModel):
@@ -160,6 +247,9 @@ class CollectionCreate(BaseModel):
     )
     name: str
     model: str | None = Field(None, description="a model the server has configured (default: its main model)")
+    ocr: bool | None = Field(
+        None, description="read the text in this collection's images (default: the server's OCR_ENABLED)"
+    )
     index_type: Literal["FLAT", "IVF_FLAT", "HNSW"] | None = None
     index_params: dict[str, int] = Field(default_factory=dict)
     search_params: dict[str, int] = Field(default_factory=dict)
@@ -183,6 +273,20 @@ class CollectionView(BaseModel):
     source_partitions: int
     vectors: int
     images: int
+    ocr: bool = Field(False, description="the text in this collection's images is read")
+
+
+class OcrPattern(BaseModel):
+    """One pattern for the text read in images: a built-in or a regular expression."""
+
+    model_config = ConfigDict(extra="forbid")
+    builtin: Literal["phone_cn", "wechat", "qq", "url"] | None = Field(
+        None,
+        description="phone_cn: mainland mobile numbers; wechat / qq: ids after a label; url: web addresses",
+    )
+    regex: str | None = Field(
+        None, min_length=1, max_length=200, description="a regular expression (the regex package's syntax)"
+    )
 
 
 class ScanRequest(BaseModel):
@@ -194,8 +298,14 @@ class ScanRequest(BaseModel):
             ]
         },
     )
-    descriptions: list[str] = Field(..., min_length=1, max_length=50)
+    descriptions: list[str] = Field(default_factory=list, max_length=50)
     threshold: float = Field(..., ge=-1, le=1, description="cosine similarity threshold")
+    ocr_patterns: list[OcrPattern] = Field(
+        default_factory=list,
+        max_length=20,
+        description="collections with OCR: patterns for the text read in the images; "
+        "give descriptions, patterns or both",
+    )
     collection: str | None = None
     filters: Filters | None = None
     offset: int = Field(0, ge=0)
@@ -210,12 +320,14 @@ class ScanRequest(BaseModel):
 
 class ScanItem(BaseModel):
     image_id: int
-    score: float
-    description_index: int
-    description: str
+    score: float = Field(..., description="visual: cosine similarity; ocr: confidence of the line read")
+    description_index: int = Field(..., description="index into descriptions, then into ocr_patterns")
+    description: str = Field(..., description="the description, or the pattern (builtin:NAME / regex:SOURCE)")
     source: str
     created_at: int
     url: str
+    signal: Literal["visual", "ocr"] = "visual"
+    matched_text: str = Field("", description="ocr: the text the pattern matched")
 
 
 class ScanResponse(BaseModel):
@@ -227,3 +339,4 @@ class ScanResponse(BaseModel):
     limit: int
     truncated: bool
     hits: list[ScanItem]
+    ocr_timed_out: int = Field(0, description="(pattern, line) searches stopped at OCR_REGEX_TIMEOUT_MS")

@@ -44,11 +44,54 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     half_precision: bool = Field(False, description="fp16 inference on GPU")
     text_int8: bool = Field(
-        False, description="int8 text tower on CPU: queries ~2x faster, vectors a little off fp32 (README)"
+        False,
+        description="int8 text tower on CPU (ONNX or torch, whichever backend runs): queries faster, "
+        "vectors a little off fp32 (README)",
+    )
+    encoder_backend: Literal["auto", "onnx", "torch"] = Field(
+        "auto",
+        description="auto: ONNX Runtime on CPU when its export verifies against torch, else torch; "
+        "onnx: ONNX or the start fails; torch: torch only",
+    )
+    onnx_cache_dir: Path = Field(
+        REPO_ROOT / "models" / "onnx",
+        description="exported ONNX towers, one folder per checkpoint hash, architecture and exporter version",
+    )
+    encoder_text_threads: int = Field(
+        1, ge=0, le=256, description="intra-op threads for a batch of up to 8 texts; 0 = all available cores"
+    )
+    encoder_image_threads: int = Field(
+        0, ge=0, le=256, description="intra-op threads for images and text batches over 8; 0 = all cores"
     )
     extra_models: dict = Field(
         default_factory=dict,
         description='JSON {"name": {"checkpoint": path, "arch": arch}} served beside the default model',
+    )
+
+    calibration_dir: Path | None = Field(
+        None,
+        description="where model calibrations are read and written; unset = beside each checkpoint "
+        "(<checkpoint>.calibration.json)",
+    )
+
+    # --- relevance (query language, feedback; README "Relevance") ------------
+    negative_term_weight: float = Field(
+        0.0, ge=0, le=2, description="how much of a -term's vector is subtracted from the query"
+    )
+    negative_term_weight_no_text: float = Field(
+        2.0,
+        ge=0,
+        le=8,
+        description="the same for a query without wanted text (an image or feedback with -terms)",
+    )
+    feedback_positive_weight: float = Field(
+        3.0, ge=0, le=4, description="Rocchio beta: weight of the mean of positive_ids' vectors"
+    )
+    feedback_negative_weight: float = Field(
+        0.25, ge=0, le=4, description="Rocchio gamma: weight of the mean of negative_ids' vectors"
+    )
+    query_image_weight: float = Field(
+        1.0, ge=0, le=4, description="weight of the image beside the text in a text-plus-image query"
     )
 
     # --- Milvus ----------------------------------------------------------
@@ -135,6 +178,34 @@ class Settings(BaseSettings):
     )
     near_duplicate_threshold: float = Field(0.95, ge=0, le=1)
     thumbnail_cache_items: int = Field(512, ge=0)
+
+    # --- text in images (OCR) -------------------------------------------------
+    ocr_enabled: bool = Field(
+        False, description='new collections read the text in their images ("ocr" on create wins)'
+    )
+    ocr_threads: int = Field(1, ge=1, le=64, description="images read at once (the OCR pool's workers)")
+    ocr_queue: int = Field(
+        64, ge=1, le=100_000, description="images waiting for the OCR pool; more blocks the adder"
+    )
+    ocr_onnx_threads: int = Field(1, ge=1, le=64, description="ONNX Runtime threads of each OCR worker")
+    ocr_min_confidence: float = Field(
+        0.5, ge=0, le=1, description="lines read below this are kept but not searched"
+    )
+    ocr_text_candidates: int = Field(
+        1000, ge=1, le=100_000, description="images holding a query's characters checked per text search"
+    )
+    ocr_regex_timeout_ms: float = Field(
+        50.0, gt=0, le=10_000, description="time one OCR pattern may take on one image's text in a scan"
+    )
+    search_rrf_k: int = Field(
+        60, ge=1, le=10_000, description="reciprocal rank fusion constant of hybrid search"
+    )
+    search_weight_visual: float = Field(
+        1.0, ge=0, le=100, description="weight of the CLIP ranking in hybrid search"
+    )
+    search_weight_text: float = Field(
+        1.0, ge=0, le=100, description="weight of the OCR text ranking in hybrid search"
+    )
 
     @field_validator("default_collection")
     @classmethod

@@ -58,6 +58,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from datasets.text_images import write_text_images
+
 SPLITS = ("train", "valid", "test")
 SPLIT_ID_BASE = {"train": 1, "valid": 1_000_001, "test": 2_000_001}
 DEFAULT_SIZES = {"train": 4000, "valid": 1000, "test": 1000}
@@ -832,6 +834,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ensure_demo_data(args.out, args.seed, sizes, verbose=True)
     else:
         generate(args.out, args.seed, sizes, verbose=True)
+    # Images with Chinese text (price tags, a phone number, a shop sign) for the OCR demo.
+    write_text_images(Path(args.out) / "text_images")
     return 0
 
 

@@ -8,6 +8,7 @@ from operations.context import Services
 from operations.domain import IndexSpec
 from operations.errors import NotFound
 from operations.names import validate_name
+from operations.ocr import drop_ocr, enable_ocr, ocr_enabled
 
 
 @dataclass
@@ -21,15 +22,27 @@ class CollectionSummary:
     source_partitions: int
     vectors: int
     images: int
+    ocr: bool = False
 
 
 def create_collection(
-    svc: Services, name: str, model: str | None = None, index: IndexSpec | None = None
+    svc: Services,
+    name: str,
+    model: str | None = None,
+    index: IndexSpec | None = None,
+    ocr: bool | None = None,
 ) -> CollectionSummary:
-    """Create `name` for `model` (the default model if None); idempotent for the same model."""
+    """Create `name` for `model` (the default model if None); idempotent for the same model.
+
+    ocr: read the text in its images (None: OCR_ENABLED for a new collection). Turning it on
+    for a collection that already holds images reads only new ones; the OCR job reads the rest.
+    """
     validate_name(name)
     encoder = svc.encoders.get(model) if model else svc.encoder
+    is_new = not svc.vectors.has_collection(name)
     svc.ensure_collection(name, encoder, (index or svc.default_index()).check())
+    if ocr or (ocr is None and is_new and svc.settings.ocr_enabled):
+        enable_ocr(svc, name)
     return describe_collection(svc, name)
 
 
@@ -47,6 +60,7 @@ def describe_collection(svc: Services, name: str) -> CollectionSummary:
         info.index.source_partitions,
         info.count,
         images,
+        svc.images.has_collection(name) and ocr_enabled(svc, name),
     )
 
 
@@ -61,3 +75,4 @@ def drop_collection(svc: Services, name: str) -> None:
         raise NotFound(f"collection {name!r} does not exist", collection=name)
     svc.vectors.drop_collection(name)
     svc.images.drop_collection(name)
+    drop_ocr(svc, name)

@@ -11,6 +11,7 @@ from config.settings import Settings
 from operations.domain import IndexSpec, check_model
 from operations.encoding.base import Encoder
 from operations.errors import Conflict, NotFound
+from operations.relevance.calibration_store import CalibrationBook, CalibrationState
 from operations.stores.image_base import ImageStore
 from operations.stores.job_store import JobStore
 from operations.stores.vector_base import VectorStore
@@ -56,6 +57,8 @@ class Services:
     images: ImageStore
     jobs: JobStore | None = None
     extra: dict = field(default_factory=dict)
+    # Calibrations of the models served (None: every model uncalibrated).
+    calibrations: CalibrationBook | None = None
     _serving: Serving | None = field(default=None, init=False, repr=False)
     _serving_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -92,6 +95,12 @@ class Services:
         encoder = self.encoders.get(info.model_name)
         check_model(info, encoder.model_name, encoder.dim)
         return encoder
+
+    def calibration_of(self, model_name: str) -> CalibrationState:
+        """The model's calibration, or None and the reason (see operations.relevance)."""
+        if self.calibrations is None:
+            return CalibrationState(None, "no calibration store is configured")
+        return self.calibrations.get(model_name)
 
     def ensure_collection(
         self, collection: str, encoder: Encoder | None = None, index: IndexSpec | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from operations.context import Services
 from operations.domain import SearchFilter
 from operations.errors import InvalidInput
+from operations.ocr import forget
 
 CHUNK = 1000
 
@@ -23,6 +24,7 @@ def delete_ids(svc: Services, collection: str, ids: list[int]) -> int:
         chunk = ids[start : start + CHUNK]
         svc.vectors.delete(collection, chunk, visible=False)
         removed += svc.images.delete(collection, chunk)
+        forget(svc, collection, chunk)
     svc.vectors.wait_visible(collection)
     return removed
 
@@ -36,5 +38,6 @@ def delete_matching(svc: Services, collection: str, flt: SearchFilter) -> int:
     while ids := svc.images.ids_matching(collection, flt, CHUNK):
         svc.vectors.delete(collection, ids, visible=False)
         removed += svc.images.delete(collection, ids)
+        forget(svc, collection, ids)
     svc.vectors.wait_visible(collection)
     return removed

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from config.settings import Settings
 from operations.context import EncoderRegistry, Services
 from operations.encoding.lazy_encoder import LazyClipEncoder
-from operations.encoding.model_files import ModelSpec
+from operations.encoding.model_files import ModelSpec, ModelUnavailable, locate_model
+from operations.relevance.calibration_store import CalibrationBook
 from operations.stores.job_store import JobStore
 from operations.stores.milvus_store import MilvusVectorStore
 from operations.stores.sql_image_store import SqlImageStore
 
 if TYPE_CHECKING:
-    from operations.encoding.clip_encoder import ClipEncoder
+    from operations.encoding.base import Encoder
 
 
 def model_spec(settings: Settings) -> ModelSpec:
@@ -25,20 +27,55 @@ def model_spec(settings: Settings) -> ModelSpec:
         device=settings.device,
         half=settings.half_precision,
         random_init=settings.model_random_init,
-        text_int8=settings.text_int8,
+        **encoder_options(settings),
     )
 
 
-def build_encoder(settings: Settings) -> ClipEncoder:
+def encoder_options(settings: Settings) -> dict:
+    """The ModelSpec fields every model of this process shares: int8, backend, cache, threads."""
+    return dict(
+        text_int8=settings.text_int8,
+        backend=settings.encoder_backend,
+        onnx_cache_dir=settings.onnx_cache_dir,
+        text_threads=settings.encoder_text_threads,
+        image_threads=settings.encoder_image_threads,
+    )
+
+
+def _checkpoint_of(spec: ModelSpec) -> Path | None:
+    # The file a calibration is tied to; a model whose files are missing fails elsewhere.
+    try:
+        return locate_model(spec)[0]
+    except ModelUnavailable:
+        return None
+
+
+def build_calibrations(settings: Settings) -> CalibrationBook:
+    """Where the calibration of the default model and of each extra model lives."""
+    checkpoints = {settings.model_name: _checkpoint_of(model_spec(settings))}
+    for name, spec in settings.extra_models.items():
+        checkpoints[name] = _checkpoint_of(
+            ModelSpec(
+                name=name,
+                checkpoint=spec.get("checkpoint"),
+                arch=spec.get("arch"),
+                download_root=settings.model_download_root,
+                random_init=bool(spec.get("random_init", False)),
+            )
+        )
+    return CalibrationBook(checkpoints, settings.calibration_dir)
+
+
+def build_encoder(settings: Settings) -> Encoder:
     return _load(model_spec(settings))
 
 
-def _load(spec: ModelSpec) -> ClipEncoder:
+def _load(spec: ModelSpec) -> Encoder:
     # Imported here: torch and cn_clip cost ~500 MB, which command-line work
     # that never encodes (LazyClipEncoder) does not pay.
-    from operations.encoding.clip_encoder import ClipEncoder
+    from operations.encoding.backends import load_encoder
 
-    return ClipEncoder.load(spec)
+    return load_encoder(spec)
 
 
 def build_vector_store(settings: Settings) -> MilvusVectorStore:
@@ -71,8 +108,8 @@ def build_services(settings: Settings, encoder=None, lazy_model: bool = False) -
                 download_root=settings.model_download_root,
                 device=settings.device,
                 half=settings.half_precision,
-                text_int8=settings.text_int8,
                 random_init=bool(spec.get("random_init", False)),
+                **encoder_options(settings),
             )
         )
     images = build_image_store(settings)
@@ -82,4 +119,5 @@ def build_services(settings: Settings, encoder=None, lazy_model: bool = False) -
         vectors=build_vector_store(settings),
         images=images,
         jobs=JobStore(images.pool),
+        calibrations=build_calibrations(settings),
     )

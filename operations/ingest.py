@@ -23,6 +23,7 @@ from operations.domain import ImageRow, VectorAttrs
 from operations.errors import InvalidInput, ServiceError
 from operations.images import CheckedImage, check_image, decode_b64_image
 from operations.names import check_label
+from operations.ocr import PendingReads, ocr_enabled
 from operations.progress import Counter, Progress
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class AddResult:
     id: int | None = None
     error: str | None = None
     near_duplicates: list[dict] = field(default_factory=list)
+    ocr: dict | None = None  # collections with OCR: {"status", "lines", "text", "error"}
 
 
 def check_metadata(source: str, tags: Iterable[str], created_at: int | None, external_id: str | None) -> None:
@@ -84,6 +86,9 @@ def add_images(
     svc.require_collection(collection)
     encoder = svc.encoder_for(collection)
     progress = progress or Counter()
+    # OCR reads run in their own bounded pool beside the encoder; a collection
+    # without OCR pays this one query.
+    reads = PendingReads(svc, collection) if ocr_enabled(svc, collection) else None
     results: list[AddResult] = []
     chunks = [(start, uploads[start : start + ADD_CHUNK]) for start in range(0, len(uploads), ADD_CHUNK)]
     with ThreadPoolExecutor(1, thread_name_prefix="add-prepare") as pool:
@@ -105,10 +110,18 @@ def add_images(
                         log.exception("could not prepare-and-remove the next chunk of a failed add")
                 raise
             results.extend(prepared.results)
+            if reads is not None:
+                for result, _, img in prepared.new:
+                    reads.submit(result.id, img.image)  # type: ignore[arg-type]
             if pending is None:
                 break
     if any(r.status == "added" for r in results):
         svc.vectors.flush(collection)  # returns once searches see the new images
+    if reads is not None:
+        report = reads.finish()
+        for r in results:
+            if r.status == "added" and r.id in report:
+                r.ocr = report[r.id]
     progress.flush()
     return results
 

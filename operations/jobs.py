@@ -21,6 +21,7 @@ from operations.domain import IndexSpec
 from operations.errors import Conflict, ServiceError
 from operations.ingest import add_folder
 from operations.load import load_split
+from operations.ocr import read_backlog
 from operations.progress import JobProgress
 from operations.stores.job_store import Job
 
@@ -36,7 +37,13 @@ def _run_load(svc: Services, job: Job, progress: JobProgress) -> str:
     report = load_split(
         svc, job.collection, Path(p["dataset_dir"]), p["split"], progress, source=p.get("source"), index=index
     )
-    return f"loaded {report.loaded}, already there {report.already_loaded}, failed {report.failed}"
+    ocr = f", OCR read {report.ocr['read']} (failed {report.ocr['failed']})" if report.ocr else ""
+    return f"loaded {report.loaded}, already there {report.already_loaded}, failed {report.failed}{ocr}"
+
+
+def _run_ocr(svc: Services, job: Job, progress: JobProgress) -> str:
+    counts = read_backlog(svc, job.collection, progress)
+    return f"read {counts['read']}, failed {counts['failed']}"
 
 
 def _run_add_folder(svc: Services, job: Job, progress: JobProgress) -> str:
@@ -54,9 +61,25 @@ def _run_add_folder(svc: Services, job: Job, progress: JobProgress) -> str:
     return f"added {counts['added']}, already present {counts['present']}, failed {counts['failed']}"
 
 
+def _run_calibrate(svc: Services, job: Job, progress: JobProgress) -> str:
+    from operations.relevance.calibrate import calibrate_model
+
+    p = job.params
+    cal, path = calibrate_model(
+        svc, Path(p["dataset_dir"]), p["split"], collection=p.get("collection"), model=p.get("model")
+    )
+    f = cal.fitted_on
+    return (
+        f"calibrated {cal.model_name} (platt a={cal.a:.4f} b={cal.b:.4f}) on {f['captions']} captions x "
+        f"{f['images']} images ({f['matching_pairs']} matching pairs); stored in {path.name}"
+    )
+
+
 RUNNERS: dict[str, Callable[[Services, Job, JobProgress], str]] = {
     "load": _run_load,
     "add": _run_add_folder,
+    "calibrate": _run_calibrate,
+    "ocr": _run_ocr,
 }
 
 

@@ -37,6 +37,7 @@ from operations.encoding.base import Encoder
 from operations.errors import Conflict, NotFound, UnsupportedMedia
 from operations.images import decode_b64_image, probe, sha256_hex
 from operations.names import check_label
+from operations.ocr import enable_ocr, ocr_enabled, read_backlog
 from operations.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class LoadReport:
     failed: int = 0
     seconds: float = 0.0
     failures: list[dict] = field(default_factory=list)
+    ocr: dict | None = None  # collections with OCR: images read and failed after the load
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -108,7 +110,10 @@ def load_split(
         raise NotFound(f"dataset directory {dataset_dir} does not exist")
     source = check_label(source or Path(dataset_dir).name or "dataset", "source")
     batch_size = batch_size or svc.settings.load_batch_size
+    is_new = not svc.vectors.has_collection(collection)
     encoder = svc.ensure_collection(collection, encoder, index)
+    if is_new and svc.settings.ocr_enabled:
+        enable_ocr(svc, collection)
     records, total, origin = _image_source(Path(dataset_dir), split)
     progress.set_total(total)
     paths = dataset_paths(dataset_dir, split)
@@ -262,6 +267,10 @@ def load_split(
     if errors:
         raise errors[0]
     svc.vectors.flush(collection, bulk=True)
+    if ocr_enabled(svc, collection) and not progress.cancelled():
+        # The text of the loaded images is read once they are stored; each image gets a
+        # record, so an interrupted load's re-run (or the OCR job) reads only the rest.
+        report.ocr = read_backlog(svc, collection)
     report.failed = progress.failed
     report.failures = [{"item": i, "reason": r} for i, r in getattr(progress, "failures", [])[:100]]
     report.seconds = time.perf_counter() - started

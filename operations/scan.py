@@ -1,7 +1,10 @@
 """Risk scan: every stored image close to any of a list of descriptions.
 
 A compliance back-check over the whole library, so it uses Milvus range
-search (all hits above a threshold) rather than a top-k.
+search (all hits above a threshold) rather than a top-k. On a collection with
+OCR it also takes patterns for the text read in the images (built-ins or
+regular expressions, operations.text_patterns): their hits follow the CLIP
+hits, by image id, with signal "ocr", the pattern and the matched text.
 """
 
 from __future__ import annotations
@@ -9,12 +12,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 from operations.context import Services
 from operations.domain import SearchFilter
 from operations.errors import InvalidInput
+from operations.ocr_scan import OcrScanStats, iter_ocr_hits
 from operations.stores.vector_base import MAX_STORE_HITS
+from operations.text_patterns import TextPattern, compile_patterns
 from operations.vector_filter import filter_for_vectors
 
 MAX_DESCRIPTIONS = 50
@@ -28,6 +34,8 @@ class ScanHit:
     description: str
     source: str = ""
     created_at: int = 0
+    signal: str = "visual"  # visual: a CLIP description; ocr: a pattern in the text read in the image
+    matched_text: str = ""  # ocr: the text the pattern matched
 
 
 @dataclass
@@ -40,6 +48,7 @@ class ScanOutcome:
     limit: int
     truncated: bool  # a description reached Milvus' per-search cap
     hits: list[ScanHit]
+    ocr_timed_out: int = 0  # (pattern, line) searches that gave up at OCR_REGEX_TIMEOUT_MS
 
 
 def scan(
@@ -50,13 +59,16 @@ def scan(
     flt: SearchFilter | None = None,
     offset: int = 0,
     limit: int = 100,
+    ocr_patterns: list[dict] | None = None,
 ) -> ScanOutcome:
-    """All (image, description) pairs with similarity >= threshold, best first.
+    """All (image, description) pairs with similarity >= threshold, best first, then the
+    (image, OCR pattern) matches by image id.
 
-    Pagination is over that sorted list; `total` counts all pairs.
+    Pagination is over that list; `total` counts all pairs.
     """
-    if not descriptions or len(descriptions) > MAX_DESCRIPTIONS:
-        raise InvalidInput(f"give 1..{MAX_DESCRIPTIONS} descriptions")
+    patterns = compile_patterns(ocr_patterns or [])
+    if len(descriptions) > MAX_DESCRIPTIONS or not (descriptions or patterns):
+        raise InvalidInput(f"give 1..{MAX_DESCRIPTIONS} descriptions, or OCR patterns")
     if not -1.0 <= threshold <= 1.0:
         raise InvalidInput("threshold is a cosine similarity in -1..1")
     if offset < 0 or not 1 <= limit <= 10_000:
@@ -68,7 +80,8 @@ def scan(
                 f"each description is a string of at most {svc.settings.max_query_chars} characters"
             )
         encoder.check_text(text)
-    vectors = encoder.encode_texts(descriptions)
+    vectors = encoder.encode_texts(descriptions) if descriptions else []
+    flt_user = flt
     flt, nothing = filter_for_vectors(svc, collection, flt)
     hits: list[ScanHit] = []
     truncated = False
@@ -79,12 +92,40 @@ def scan(
         truncated |= len(found) >= MAX_STORE_HITS
         hits.extend(ScanHit(h.id, round(h.score, 6), i, text) for h in found)
     hits.sort(key=lambda h: (-h.score, h.image_id, h.description_index))
+    stats = OcrScanStats()
+    if patterns:
+        hits.extend(ocr_scan_hits(svc, collection, patterns, len(descriptions), flt_user, stats))
     page = hits[offset : offset + limit]
     rows = svc.images.get_rows(collection, [h.image_id for h in page]) if page else {}
     page = [h for h in page if h.image_id in rows]
     for h in page:
         h.source, h.created_at = rows[h.image_id].source, rows[h.image_id].created_at
-    return ScanOutcome(collection, encoder.model_name, threshold, len(hits), offset, limit, truncated, page)
+    return ScanOutcome(
+        collection, encoder.model_name, threshold, len(hits), offset, limit, truncated, page, stats.timed_out
+    )
+
+
+def ocr_scan_hits(
+    svc: Services,
+    collection: str,
+    patterns: list[TextPattern],
+    first_index: int,
+    flt: SearchFilter | None,
+    stats: OcrScanStats,
+) -> Iterator[ScanHit]:
+    """The OCR patterns' matches as scan rows: description_index counts on after the descriptions,
+    score is the confidence of the line read."""
+    for h in iter_ocr_hits(svc, collection, patterns, flt, stats):
+        yield ScanHit(
+            h.image_id,
+            round(h.confidence, 6),
+            first_index + h.pattern_index,
+            h.pattern,
+            h.source,
+            h.created_at,
+            "ocr",
+            h.matched_text,
+        )
 
 
 def to_csv(outcome: ScanOutcome) -> str:

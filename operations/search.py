@@ -29,10 +29,13 @@ import numpy as np
 
 from operations.batching import Timed
 from operations.context import Services
-from operations.domain import ImageRow, SearchFilter
+from operations.domain import Hit, ImageRow, SearchFilter, VectorAttrs
 from operations.encoding.base import Encoder
 from operations.errors import InvalidInput, NotFound
+from operations.fusion import MODES, rrf
 from operations.images import check_image
+from operations.ocr import ocr_enabled, text_matches
+from operations.stores.sql_ocr_store import TextMatch
 from operations.vector_filter import filter_for_vectors
 
 # The most results one search returns to a caller (API, CLI); the stores' own cap is
@@ -44,8 +47,11 @@ log = logging.getLogger(__name__)
 @dataclass
 class Match:
     rank: int
-    score: float
+    score: float  # cosine similarity to the query (also for images found by their text)
     row: ImageRow
+    signals: tuple[str, ...] = ("visual",)  # which rankings found it: visual, text
+    fused: float | None = None  # the RRF score it was ranked by (text and hybrid modes)
+    ocr_text: str | None = None  # the line of recognised text that matched the query
 
 
 @dataclass
@@ -91,6 +97,9 @@ class _Plan:
     nothing: bool = False  # the filter matches no image: skip the vector search
     vector: np.ndarray | None = None  # known without encoding (a stored image)
     image: object = None  # a decoded upload to encode
+    mode: str = "visual"  # text search: visual (CLIP), text (OCR) or hybrid (both, fused)
+    text_hits: list[TextMatch] = field(default_factory=list)
+    query_vector: np.ndarray | None = None
 
 
 def _plan(svc: Services, collection, top_k, flt, min_score, with_image) -> _Plan:
@@ -113,6 +122,8 @@ def _finish(svc: Services, plan: _Plan, hits: list) -> SearchOutcome:
     """The SQL rows of the hits, ranked; the outcome with its timings."""
     if plan.min_score is not None:
         hits = [h for h in hits if h.score >= plan.min_score]
+    if plan.mode != "visual":
+        return _finish_fused(svc, plan, hits)
     t = time.perf_counter()
     rows = (
         svc.images.get_rows(plan.collection, [h.id for h in hits], with_image=plan.with_image) if hits else {}
@@ -129,9 +140,74 @@ def _finish(svc: Services, plan: _Plan, hits: list) -> SearchOutcome:
     return SearchOutcome(plan.collection, plan.encoder.model_name, matches, timings)
 
 
+def _finish_fused(svc: Services, plan: _Plan, hits: list[Hit]) -> SearchOutcome:
+    """Text and hybrid modes: fuse the CLIP and OCR rankings by RRF (see operations.fusion).
+
+    `min_score` applies to the CLIP ranking only: a text match is kept whatever its cosine.
+    """
+    s = svc.settings
+    rankings: dict[str, list[int]] = {"text": [m.image_id for m in plan.text_hits]}
+    if plan.mode == "hybrid":
+        rankings["visual"] = [h.id for h in hits]
+    fused = rrf(rankings, {"visual": s.search_weight_visual, "text": s.search_weight_text}, s.search_rrf_k)
+    fused = fused[: plan.top_k]
+    t = time.perf_counter()
+    ids = [f.image_id for f in fused]
+    rows = svc.images.get_rows(plan.collection, ids, with_image=plan.with_image) if ids else {}
+    plan.timer.stage("image_fetch", t)
+    scores = {h.id: h.score for h in hits}
+    missing = [i for i in ids if i not in scores]
+    if missing and plan.query_vector is not None:
+        # Images found by their text alone: their cosine, from their stored vector.
+        stored = svc.vectors.get_vectors(plan.collection, missing)
+        for image_id, vec in stored.items():
+            scores[image_id] = float(np.dot(np.asarray(vec, dtype=np.float32), plan.query_vector))
+    lines = {m.image_id: m.line for m in plan.text_hits}
+    matches = [
+        Match(
+            0,
+            scores.get(f.image_id, 0.0),
+            rows[f.image_id],
+            tuple(sorted(f.signals, key=("visual", "text").index)),
+            round(f.score, 6),
+            lines.get(f.image_id),
+        )
+        for f in fused
+        if f.image_id in rows
+    ]
+    for rank, m in enumerate(matches, 1):
+        m.rank = rank
+    timings = plan.timer.finish()
+    log.info(
+        "search %s mode=%s top_k=%d hits=%d %s", plan.collection, plan.mode, plan.top_k, len(matches), timings
+    )
+    return SearchOutcome(plan.collection, plan.encoder.model_name, matches, timings)
+
+
+def _text_stage(svc: Services, plan: _Plan, query: str) -> None:
+    """The OCR text ranking of a text/hybrid search, narrowed by the caller's filter."""
+    t = time.perf_counter()
+    found = text_matches(svc, plan.collection, query, svc.settings.ocr_text_candidates)
+    user_filter = plan.flt
+    if found and user_filter is not None and not user_filter.is_empty():
+        rows = svc.images.get_rows(plan.collection, [m.image_id for m in found])
+        found = [
+            m
+            for m in found
+            if m.image_id in rows
+            and user_filter.matches(
+                m.image_id,
+                VectorAttrs(rows[m.image_id].source, rows[m.image_id].tags, rows[m.image_id].created_at),
+            )
+        ]
+    plan.text_hits = found[: plan.top_k]
+    plan.timer.stage("text_search", t)
+
+
 def _search_future(svc: Services, plan: _Plan, vector: np.ndarray) -> Future | None:
     plan.timer.ms.setdefault("vector_search", 0.0)
-    if plan.nothing:
+    plan.query_vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if plan.nothing or plan.mode == "text":
         return None
     return svc.serving.search(plan.collection, vector, plan.top_k, plan.flt)
 
@@ -143,11 +219,17 @@ def _check_query(svc: Services, query: str) -> None:
         raise InvalidInput(f"query is {len(query)} characters; the limit is {svc.settings.max_query_chars}")
 
 
-def _prepare_text(svc: Services, collection, query, top_k, flt, min_score, with_image) -> _Plan:
+def _prepare_text(svc: Services, collection, query, top_k, flt, min_score, with_image, mode=None) -> _Plan:
     _check_top_k(top_k)
     _check_query(svc, query)
+    if mode is not None and mode not in MODES:
+        raise InvalidInput(f"mode must be one of {MODES}")
     plan = _plan(svc, collection, top_k, flt, min_score, with_image)
     plan.encoder.check_text(query)
+    # Default: both signals where the collection's text is read, CLIP alone elsewhere.
+    plan.mode = mode or ("hybrid" if ocr_enabled(svc, collection) else "visual")
+    if plan.mode != "visual":
+        _text_stage(svc, plan, query)
     return _resolve_filter(svc, plan)
 
 
@@ -195,9 +277,15 @@ def search_text(
     flt: SearchFilter | None = None,
     min_score: float | None = None,
     with_image: bool = False,
+    mode: str | None = None,
 ) -> SearchOutcome:
-    """以文搜图: the images that best match a Chinese sentence."""
-    plan = _prepare_text(svc, collection, query, top_k, flt, min_score, with_image)
+    """以文搜图: the images that best match a Chinese sentence.
+
+    mode: "visual" (CLIP), "text" (the text read in the images contains the
+    query) or "hybrid" (both rankings fused); None = hybrid on a collection
+    with OCR, visual otherwise.
+    """
+    plan = _prepare_text(svc, collection, query, top_k, flt, min_score, with_image, mode)
     vector = _take(_result(svc.serving.encode_text(plan.encoder, query)), plan, "encode")
     pending = _search_future(svc, plan, vector)
     hits = _take(_result(pending), plan, "vector_search") if pending else []
@@ -212,10 +300,11 @@ async def search_text_async(
     flt: SearchFilter | None = None,
     min_score: float | None = None,
     with_image: bool = False,
+    mode: str | None = None,
 ) -> SearchOutcome:
     """`search_text` for the event loop: blocking stages on the worker pool, batches awaited."""
     plan = await anyio.to_thread.run_sync(
-        _prepare_text, svc, collection, query, top_k, flt, min_score, with_image
+        _prepare_text, svc, collection, query, top_k, flt, min_score, with_image, mode
     )
     vector = _take(await _await(svc.serving.encode_text(plan.encoder, query)), plan, "encode")
     pending = _search_future(svc, plan, vector)

@@ -2,6 +2,10 @@
 
     python -m scripts.cli load --dataset datasets/data/demo --split valid --collection demo
     python -m scripts.cli list | count NAME | drop NAME | repair NAME | search NAME "红色的圆形"
+    python -m scripts.cli add-folder shop datasets/data/demo/text_images --ocr
+    python -m scripts.cli ocr NAME          # turn OCR on and read the images already stored
+    python -m scripts.cli search shop "13812345678" --mode text
+    python -m scripts.cli calibrate --dataset datasets/data/demo --split valid --collection demo
 
 Milvus Lite opens a file in one process at a time: while the server runs on
 the embedded default, load through its API (POST /img/load) instead.
@@ -16,13 +20,23 @@ import sys
 from pathlib import Path
 
 from config.settings import SettingsError, load_settings
-from operations.collections import drop_collection, list_collections
+from operations.collections import create_collection, drop_collection, list_collections
 from operations.errors import ServiceError
 from operations.factory import build_services
-from operations.ingest import repair_unindexed
+from operations.ingest import add_folder, repair_unindexed
 from operations.load import load_split
+from operations.ocr import enable_ocr, read_backlog
 from operations.progress import TqdmProgress
-from operations.search import search_text
+from operations.relevance.calibrate import calibrate_model
+from operations.relevance.cutoff import CutOptions
+from operations.relevance.search import RelevanceQuery, relevance_search
+
+
+def _ids(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise SystemExit("error: ids must be comma-separated integers") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,10 +55,32 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="collections with model, index and counts")
     for name in ("count", "drop", "repair"):
         sub.add_parser(name).add_argument("collection")
-    p = sub.add_parser("search", help="text search from the terminal")
+    p = sub.add_parser("search", help="search from the terminal (query language: 海边 -人物, 红色:2 汽车)")
     p.add_argument("collection")
     p.add_argument("query")
     p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--mode", choices=("visual", "text", "hybrid"), default=None)
+    p.add_argument("--min-relevance", type=float, default=None, help="0..1, calibrated models only")
+    p.add_argument("--cut", choices=("none", "auto"), default="none")
+    p.add_argument("--order-by", choices=("relevance", "created_at"), default="relevance")
+    p.add_argument("--order", choices=("desc", "asc"), default="desc")
+    p.add_argument("--image-id", type=int, default=None, help="a stored image searched with the query")
+    p.add_argument("--positive-ids", default="", help="comma-separated ids: more like these")
+    p.add_argument("--negative-ids", default="", help="comma-separated ids: not like these")
+    p = sub.add_parser("add-folder", help="add every image of a folder (creates the collection)")
+    p.add_argument("collection")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--source", default="folder")
+    p.add_argument("--ocr", action="store_true", help="read the text in the images (OCR)")
+    sub.add_parser("ocr", help="turn OCR on for a collection and read its stored images").add_argument(
+        "collection"
+    )
+    p = sub.add_parser(
+        "calibrate", help="fit the relevance calibration of a collection's model on a labelled split"
+    )
+    p.add_argument("--dataset", required=True, type=Path, help="dataset directory (Chinese-CLIP layout)")
+    p.add_argument("--split", required=True, help="split with ${split}_texts.jsonl (image_ids)")
+    p.add_argument("--collection", default=None, help="its model is calibrated (default: the main model)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -74,11 +110,39 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dropped {collection}")
         elif args.command == "repair":
             print(f"indexed {repair_unindexed(svc, collection)} rows")
+        elif args.command == "add-folder":
+            create_collection(svc, collection, ocr=True if args.ocr else None)
+            counts = add_folder(svc, collection, args.folder, TqdmProgress("add"), source=args.source)
+            print(json.dumps(counts, ensure_ascii=False))
+        elif args.command == "ocr":
+            enable_ocr(svc, collection)
+            print(json.dumps(read_backlog(svc, collection, TqdmProgress("ocr")), ensure_ascii=False))
         elif args.command == "search":
-            outcome = search_text(svc, collection, args.query, args.top_k)
+            rq = RelevanceQuery(
+                query=args.query,
+                top_k=args.top_k,
+                image_id=args.image_id,
+                positive_ids=_ids(args.positive_ids),
+                negative_ids=_ids(args.negative_ids),
+                cut=CutOptions(args.min_relevance, args.cut, args.order_by, args.order),
+                mode=args.mode,
+            )
+            outcome, rel_report = relevance_search(svc, collection, rq)
             for m in outcome.matches:
-                print(f"{m.rank:3d}  id={m.row.id}  similarity={m.score:.4f}  source={m.row.source}")
+                rel = rel_report.relevance.get(m.row.id)  # type: ignore[arg-type]  # stored rows have ids
+                shown = f"{rel:.3f}" if rel is not None else "-"
+                text = f"  text={m.ocr_text!r}" if m.ocr_text else ""
+                print(
+                    f"{m.rank:3d}  id={m.row.id}  similarity={m.score:.4f}  relevance={shown}  "
+                    f"created_at={m.row.created_at}  source={m.row.source}  "
+                    f"signals={','.join(m.signals)}{text}"
+                )
+            if not rel_report.calibrated:
+                print(f"relevance: none ({rel_report.note})")
             print(json.dumps(outcome.timings_ms))
+        elif args.command == "calibrate":
+            cal, path = calibrate_model(svc, args.dataset, args.split, collection=args.collection)
+            print(json.dumps({**cal.to_json(), "stored_in": str(path)}, ensure_ascii=False, indent=2))
     except (SettingsError, ServiceError) as exc:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2

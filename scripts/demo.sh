@@ -23,5 +23,10 @@ for split in ${DEMO_SPLITS:-test}; do
     python3 -m scripts.cli load --dataset datasets/data/demo --split "$split" --collection "$DEFAULT_COLLECTION" \
         > /dev/null
 done
+# Images with Chinese text, in a collection that reads it (OCR): search "13812345678" or "面馆" there.
+if [ -d datasets/data/demo/text_images ]; then
+    echo "demo.sh: adding the text images into collection shop (OCR on)"
+    python3 -m scripts.cli add-folder shop datasets/data/demo/text_images --source demo --ocr > /dev/null
+fi
 echo "demo.sh: serving on http://${HOST:-127.0.0.1}:${PORT:-8000}/ (API docs at /docs); Ctrl-C stops"
 exec python3 -m app.main --host "${HOST:-127.0.0.1}" --port "${PORT:-8000}"

@@ -4,7 +4,7 @@ Each subcommand runs an existing module exactly as `python -m <module>` does (sa
 exit status), so both spellings keep working:
 
     imgsearch serve [--host H --port P]     python -m app.main
-    imgsearch load|list|count|drop|repair|search ...
+    imgsearch load|list|count|drop|repair|search|calibrate ...
                                             python -m scripts.cli ...
     imgsearch eval build-lmdb|extract|predict|evaluate|crosscheck ...
                                             python -m operations.evaluation.cli ...
@@ -29,7 +29,7 @@ COMMANDS = {
     "train-demo": "scripts.train_demo_model",
     "check-demo": "scripts.check_demo_model",
 }
-CLI_COMMANDS = ("load", "list", "count", "drop", "repair", "search")
+CLI_COMMANDS = ("load", "list", "count", "drop", "repair", "search", "calibrate")
 BENCHES = {
     "load": "bench.bench_load",
     "search": "bench.bench_search",
@@ -37,6 +37,7 @@ BENCHES = {
     "filter": "bench.bench_filter",
     "extract": "bench.bench_extract",
     "knn": "bench.bench_knn",
+    "ocr": "bench.bench_ocr",
     "gen-split": "bench.gen_split",
 }
 

@@ -38,8 +38,12 @@ missing=()
 { have mariadbd && have mariadb-install-db; } || missing+=(mariadb-server)
 have chromium || missing+=(chromium)
 have chromedriver || missing+=(chromium-driver)
-# A CJK font, so that the page's Chinese is readable in browser-test screenshots.
+# A CJK font, so that the page's Chinese is readable in browser-test screenshots and the OCR tests
+# and demo can render Chinese text into images.
 dpkg -s fonts-wqy-microhei >/dev/null 2>&1 || missing+=(fonts-wqy-microhei)
+# OpenCV (pulled in by rapidocr-onnxruntime, the OCR) links libGL and glib.
+dpkg -s libgl1 >/dev/null 2>&1 || missing+=(libgl1)
+dpkg -s libglib2.0-0 >/dev/null 2>&1 || dpkg -s libglib2.0-0t64 >/dev/null 2>&1 || missing+=(libglib2.0-0)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup.sh: installing ${missing[*]}"

@@ -29,6 +29,7 @@ from scripts import dev_services as services
 
 pytest_plugins: list[str] = [
     "tests.fixtures_stack",
+    "tests.fixtures_onnx",
 ]
 
 SKIP_ENV = "SKIP_REAL_SERVICES"

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.deps import SvcDep, WriteAccess
+from app.deps import RunnerDep, SvcDep, WriteAccess
 from app.schemas import CollectionCreate, CollectionView
 from operations.collections import create_collection, describe_collection, drop_collection, list_collections
 from operations.domain import IndexSpec
+from operations.names import validate_name
+from operations.ocr import enable_ocr
 
 router = APIRouter(prefix="/img", tags=["collections"])
 
@@ -38,7 +40,7 @@ def create(body: CollectionCreate, svc: SvcDep) -> CollectionView:
         dict(body.search_params) if body.index_type else default.search_params,
         default.source_partitions if body.source_partitions is None else body.source_partitions,
     )
-    return _view(create_collection(svc, body.name, body.model, index))
+    return _view(create_collection(svc, body.name, body.model, index, body.ocr))
 
 
 @router.get("/collections/{name}", response_model=CollectionView, summary="One collection")
@@ -61,3 +63,16 @@ def drop(name: str, svc: SvcDep) -> dict:
 @router.get("/models", summary="Models this server can encode with")
 def models(svc: SvcDep) -> dict:
     return {"default": svc.encoder.model_name, "dim": svc.encoder.dim, "available": svc.encoders.names()}
+
+
+@router.post(
+    "/collections/{name}/ocr",
+    status_code=202,
+    dependencies=[WriteAccess],
+    summary="Turn OCR on for a collection and read its stored images (background job with progress)",
+)
+def ocr_job(name: str, svc: SvcDep, runner: RunnerDep) -> dict:
+    validate_name(name)
+    enable_ocr(svc, name)
+    job = runner.submit("ocr", name, {})
+    return {"collection": name, "ocr": True, "job_id": job.id}

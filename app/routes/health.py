@@ -21,7 +21,8 @@ async def healthz() -> dict:
 @router.get("/readyz", summary="Milvus, SQL and the model are ready")
 def readyz(svc: SvcDep) -> JSONResponse:
     int8 = ", int8 text" if getattr(svc.encoder, "text_int8", False) else ""
-    checks: dict[str, str] = {"model": f"{svc.encoder.model_name} ({svc.encoder.dim}-d{int8})"}
+    backend = getattr(svc.encoder, "backend", "torch")
+    checks: dict[str, str] = {"model": f"{svc.encoder.model_name} ({svc.encoder.dim}-d, {backend}{int8})"}
     ok = True
     for name, ping in (("milvus", svc.vectors.ping), ("sql", svc.images.ping)):
         try:

@@ -14,13 +14,23 @@ from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile,
 from app.deps import RunnerDep, SvcDep, WriteAccess
 from app.routes.uploads import read_upload, split_list
 from app.routes.views import image_meta
-from app.schemas import AddItem, AddResponse, DeleteRequest, DeleteResponse, FolderAddRequest, ImageMeta
+from app.schemas import (
+    AddItem,
+    AddResponse,
+    DeleteRequest,
+    DeleteResponse,
+    FolderAddRequest,
+    ImageMeta,
+    OcrLineView,
+    OcrView,
+)
 from operations.context import Services, resolve_under
 from operations.delete import delete_ids, delete_matching
 from operations.errors import BadRequest, InvalidInput, NotFound
 from operations.images import stored_image_bytes, thumbnail_jpeg
 from operations.ingest import Upload, add_images, check_metadata
 from operations.names import validate_name
+from operations.ocr import ocr_text
 
 router = APIRouter(prefix="/img/images", tags=["images"])
 THUMB_SIZES = (64, 128, 256, 512)
@@ -99,6 +109,28 @@ def get_image(
 @router.get("/{collection}/{image_id}/meta", response_model=ImageMeta, summary="An image's metadata")
 def get_meta(collection: str, image_id: int, svc: SvcDep) -> ImageMeta:
     return image_meta(collection, _row(svc, collection, image_id, with_image=False))
+
+
+@router.get(
+    "/{collection}/{image_id}/ocr",
+    response_model=OcrView,
+    summary="The text read in an image (OCR): lines with boxes and confidences",
+)
+def get_ocr(collection: str, image_id: int, svc: SvcDep) -> OcrView:
+    validate_name(collection)
+    _row(svc, collection, image_id, with_image=False)
+    record = ocr_text(svc, collection, image_id)
+    if record is None:
+        return OcrView(id=image_id, collection=collection, status="pending", text="", lines=[])
+    return OcrView(
+        id=image_id,
+        collection=collection,
+        status="failed" if record.status == "failed" else "ok",
+        text=record.text,
+        lines=[OcrLineView(**line.as_dict()) for line in record.lines],
+        error=record.error,
+        updated_at=record.updated_at,
+    )
 
 
 @router.post(

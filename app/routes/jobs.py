@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from app.deps import RunnerDep, SvcDep, WriteAccess, collection_name
-from app.schemas import JobView, LoadRequest
+from app.schemas import CalibrateRequest, JobView, LoadRequest
 from operations.context import resolve_under
 from operations.errors import BadRequest
 from operations.stores.job_store import Job
@@ -48,6 +48,33 @@ def load(body: LoadRequest, svc: SvcDep, runner: RunnerDep) -> JobView:
         raise BadRequest(f"dataset {body.dataset!r} does not exist under the data root")
     job = runner.submit(
         "load", collection, {"dataset_dir": str(dataset_dir), "split": body.split, "source": body.source}
+    )
+    return job_view(runner.jobs.get(job.id))
+
+
+@router.post(
+    "/calibrate",
+    status_code=202,
+    response_model=JobView,
+    dependencies=[WriteAccess],
+    summary="Calibrate a model's relevance on a labelled split (texts with image_ids), as a job",
+)
+def calibrate(body: CalibrateRequest, svc: SvcDep, runner: RunnerDep) -> JobView:
+    dataset_dir = resolve_under(svc.settings.data_root, body.dataset)
+    if not dataset_dir.is_dir():
+        raise BadRequest(f"dataset {body.dataset!r} does not exist under the data root")
+    if body.model is not None:
+        svc.encoders.get(body.model)  # 409 now for a model the server does not run
+        collection = (
+            collection_name(svc, body.collection) if body.collection else svc.settings.default_collection
+        )
+        target = {"model": body.model}
+    else:
+        collection = collection_name(svc, body.collection)
+        svc.require_collection(collection)
+        target = {"collection": collection}
+    job = runner.submit(
+        "calibrate", collection, {"dataset_dir": str(dataset_dir), "split": body.split, **target}
     )
     return job_view(runner.jobs.get(job.id))
 

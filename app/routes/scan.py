@@ -30,6 +30,7 @@ def risk_scan(body: ScanRequest, svc: SvcDep):
         body.filters.to_filter() if body.filters else None,
         body.offset,
         limit,
+        [p.model_dump(exclude_none=True) for p in body.ocr_patterns],
     )
     if body.format in ("csv", "jsonl"):
         # A file has no room for the page's bounds: they travel as headers.
@@ -62,5 +63,6 @@ def risk_scan(body: ScanRequest, svc: SvcDep):
         offset=outcome.offset,
         limit=outcome.limit,
         truncated=outcome.truncated,
+        ocr_timed_out=outcome.ocr_timed_out,
         hits=[ScanItem(**h.__dict__, url=image_url(collection, h.image_id)) for h in outcome.hits],
     )

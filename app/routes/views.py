@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from app.schemas import ImageMeta, ResultItem, SearchResponse
+from app.schemas import CutView, ImageMeta, ResultItem, SearchResponse
 from operations.domain import ImageRow
+from operations.relevance.cutoff import RelevanceReport
 from operations.search import SearchOutcome
 
 
@@ -14,16 +15,27 @@ def image_url(collection: str, image_id: int, size: int | None = None) -> str:
 THUMBNAIL_SIZE = 256
 
 
-def search_response(outcome: SearchOutcome) -> SearchResponse:
+def search_response(outcome: SearchOutcome, report: RelevanceReport | None = None) -> SearchResponse:
     return SearchResponse(
         collection=outcome.collection,
         model=outcome.model,
         timings_ms=outcome.timings_ms,
+        calibrated=bool(report and report.calibrated),
+        relevance_note=report.note if report else "",
+        cut=CutView(
+            candidates=report.candidates,
+            kept_by_threshold=report.kept_by_threshold,
+            auto_cut_at=report.auto_cut_at,
+        )
+        if report
+        else None,
         results=[
             ResultItem(
                 id=m.row.id,
                 rank=m.rank,
                 score=round(m.score, 6),
+                relevance=report.relevance.get(m.row.id) if report else None,
+                tier=report.tier(m.row.id) if report else None,  # type: ignore[arg-type]
                 url=image_url(outcome.collection, m.row.id),
                 thumbnail_url=image_url(outcome.collection, m.row.id, THUMBNAIL_SIZE),
                 source=m.row.source,
@@ -34,6 +46,9 @@ def search_response(outcome: SearchOutcome) -> SearchResponse:
                 mime=m.row.mime,
                 external_id=m.row.external_id,
                 image_b64=m.row.image_b64,
+                signals=[s for s in ("visual", "text") if s in m.signals],
+                fused_score=m.fused,
+                ocr_text=m.ocr_text,
             )
             for m in outcome.matches
         ],

@@ -17,7 +17,7 @@
     queued: "排队中", running: "进行中", succeeded: "已完成", failed: "失败",
     interrupted: "已中断", cancelled: "已取消",
   };
-  const KIND_LABELS = { load: "导入", add: "批量添加" };
+  const KIND_LABELS = { load: "导入", add: "批量添加", ocr: "文字识别" };
 
   const el = {
     collection: $("collection-select"), collectionsRefresh: $("collections-refresh"), modelInfo: $("model-info"),
@@ -27,10 +27,13 @@
     options: $("search-options"), filtersActive: $("filters-active"),
     status: $("status"), statusText: $("status-text"), statusRetry: $("status-retry"),
     summary: $("query-summary"), summaryText: $("query-summary-text"), preview: $("query-preview"),
-    results: $("results"), template: $("result-template"),
+    results: $("results"), template: $("result-template"), resultsMore: $("results-more"),
+    order: $("order-select"), cutAuto: $("cut-auto"),
+    feedbackBar: $("feedback-bar"), feedbackText: $("feedback-text"), feedbackClear: $("feedback-clear"),
     modal: $("image-modal"), modalTitle: $("modal-title"), modalClose: $("modal-close"), modalImage: $("modal-image"),
     modalScore: $("modal-score"), modalMeta: $("modal-meta"), modalSimilar: $("modal-find-similar"),
     modalOriginal: $("modal-open-original"),
+    modalOcr: $("modal-ocr"), modalOcrStatus: $("modal-ocr-status"), modalOcrLines: $("modal-ocr-lines"),
     apiKey: $("api-key"), apiKeyBox: $("api-key-box"),
     loadForm: $("load-form"), loadDataset: $("load-dataset"), loadSplit: $("load-split"),
     loadCollection: $("load-collection"), loadStart: $("load-start"),
@@ -54,7 +57,10 @@
     modalItem: null,
     watchedJob: null,
     pollTimer: null,
+    // Relevance feedback of the current text query: ids clicked 更像这个 / 不要这种.
+    feedback: { query: "", positive: new Set(), negative: new Set() },
   };
+  const TIER_LABELS = { relevant: "相关", maybe: "可能相关" };
 
   // ---------------------------------------------------------------- helpers
 
@@ -291,7 +297,13 @@
       created_from: dateToUnix(el.from.value, false),
       created_to: dateToUnix(el.to.value, true),
     };
-    return { topK, minScore, filters };
+    const order = el.order.value;
+    return {
+      topK, minScore, filters,
+      orderBy: order === "relevance" ? "relevance" : "created_at",
+      order: order === "oldest" ? "asc" : "desc",
+      cut: el.cutAuto.checked ? "auto" : "none",
+    };
   }
 
   /** "已启用 n 项" next to the options toggle, so collapsed filters are never forgotten. */
@@ -361,9 +373,27 @@
     el.results.dataset.queryId = queryId ? String(queryId) : "";
     el.results.dataset.count = String(items.length);
     el.results.dataset.collection = data.collection;
+    el.results.dataset.calibrated = data.calibrated ? "true" : "false";
     const frag = document.createDocumentFragment();
-    for (const item of items) frag.append(resultCard(item, data.collection));
+    // Calibrated results: 相关 and 可能相关 shown, the rest behind the "more" control (shown
+    // anyway when nothing is relevant, so a search never looks empty when it is not).
+    const tiered = Boolean(data.calibrated) && items.some((i) => i.tier === "relevant" || i.tier === "maybe");
+    let hiddenCount = 0;
+    for (const item of items) {
+      const card = resultCard(item, data.collection, kind);
+      if (tiered && item.tier === "other") {
+        card.classList.add("tier-other");
+        card.hidden = true;
+        hiddenCount += 1;
+      }
+      frag.append(card);
+    }
     el.results.append(frag);
+    el.results.dataset.hidden = String(hiddenCount);
+    el.resultsMore.hidden = hiddenCount === 0;
+    el.resultsMore.setAttribute("aria-expanded", "false");
+    el.resultsMore.textContent = `更多结果（${hiddenCount} 张相关度较低）`;
+    updateFeedbackBar();
 
     el.summaryText.textContent = `${describe} · ${items.length} 条结果 · 集合 ${data.collection} · 模型 ${data.model}`
       + (data.timings_ms && data.timings_ms.total !== undefined ? ` · ${Math.round(data.timings_ms.total)} ms` : "");
@@ -372,7 +402,10 @@
     el.summary.hidden = false;
 
     if (items.length) {
-      setStatus("results", `找到 ${items.length} 张图片，按相似度从高到低排列（相似度为余弦值，不是概率）。`);
+      const order = opts.orderBy === "created_at" ? (opts.order === "asc" ? "按创建时间从早到晚" : "按创建时间从新到旧")
+        : "按相似度从高到低";
+      const rel = data.calibrated ? "相关度是校准后的匹配概率估计" : `没有相关度：${data.relevance_note || "模型未校准"}`;
+      setStatus("results", `找到 ${items.length} 张图片，${order}排列（相似度为余弦值，不是概率；${rel}）。`);
     } else {
       const info = collectionInfo(data.collection);
       if (info && info.images === 0) {
@@ -388,7 +421,7 @@
     el.results.dataset.seq = String(++state.renderSeq);
   }
 
-  function resultCard(item, collection) {
+  function resultCard(item, collection, kind) {
     const node = el.template.content.firstElementChild.cloneNode(true);
     node.dataset.id = String(item.id);
     node.dataset.score = String(item.score);
@@ -408,6 +441,40 @@
     score.textContent = formatScore(item.score);
     score.title = `余弦相似度 ${item.score}（范围 -1 到 1，不是概率）`;
     node.querySelector(".result-id").textContent = `ID ${item.id}`;
+    if (item.ocr_text) {
+      // Found by the text read in the image (OCR): show the line that matched.
+      const match = node.querySelector(".ocr-match");
+      match.textContent = `图中文字：${item.ocr_text}`;
+      match.title = item.signals && item.signals.includes("visual") ? "文字和画面都匹配" : "文字匹配";
+      match.hidden = false;
+    }
+    node.dataset.tier = item.tier || "";
+    if (item.relevance !== null && item.relevance !== undefined) {
+      const rel = node.querySelector(".relevance");
+      rel.hidden = false;
+      rel.textContent = `相关度 ${Number(item.relevance).toFixed(2)}`;
+      rel.title = "校准后的估计：这张图片符合查询的概率（0 到 1）";
+      node.dataset.relevance = String(item.relevance);
+    }
+    if (TIER_LABELS[item.tier]) {
+      const tier = node.querySelector(".tier");
+      tier.hidden = false;
+      tier.textContent = TIER_LABELS[item.tier];
+      tier.classList.add(`tier-${item.tier}`);
+    }
+    const fbButtons = node.querySelector(".feedback-buttons");
+    if (kind === "text") {
+      const more = node.querySelector(".more-like");
+      const less = node.querySelector(".less-like");
+      more.setAttribute("aria-label", `更像图片 ${item.id}：按它重新搜索`);
+      less.setAttribute("aria-label", `不要图片 ${item.id} 这种：按它重新搜索`);
+      more.setAttribute("aria-pressed", String(state.feedback.positive.has(item.id)));
+      less.setAttribute("aria-pressed", String(state.feedback.negative.has(item.id)));
+      more.addEventListener("click", () => giveFeedback(item.id, true));
+      less.addEventListener("click", () => giveFeedback(item.id, false));
+    } else {
+      fbButtons.hidden = true;
+    }
     const similar = node.querySelector(".find-similar");
     similar.id = `find-similar-${item.id}`;
     similar.setAttribute("aria-label", `找与图片 ${item.id} 相似的图片`);
@@ -445,8 +512,42 @@
         body.filters = f;
       }
       if (opts.minScore !== null) body.min_score = opts.minScore;
+      body.order_by = opts.orderBy;
+      body.order = opts.order;
+      body.cut = opts.cut;
+      if (state.feedback.query !== query) resetFeedback(query);
+      if (state.feedback.positive.size) body.positive_ids = [...state.feedback.positive];
+      if (state.feedback.negative.size) body.negative_ids = [...state.feedback.negative];
       return api("/img/search", { method: "POST", json: body, ...extra });
     });
+  }
+
+  // ------------------------------------------------------------- feedback
+
+  function resetFeedback(query) {
+    state.feedback = { query, positive: new Set(), negative: new Set() };
+    updateFeedbackBar();
+  }
+
+  /** 更像这个 / 不要这种: remember the id for this query and search again with the feedback. */
+  function giveFeedback(imageId, positive) {
+    const query = el.query.value.trim();
+    if (state.feedback.query !== query) resetFeedback(query);
+    const [add, drop] = positive
+      ? [state.feedback.positive, state.feedback.negative]
+      : [state.feedback.negative, state.feedback.positive];
+    drop.delete(imageId);
+    add.add(imageId);
+    return textSearch();
+  }
+
+  function updateFeedbackBar() {
+    const p = state.feedback.positive.size;
+    const n = state.feedback.negative.size;
+    el.feedbackBar.hidden = p + n === 0;
+    el.feedbackText.textContent = `反馈：更像 ${p} 张 · 不要 ${n} 张（已从结果中排除）`;
+    el.feedbackBar.dataset.positive = String(p);
+    el.feedbackBar.dataset.negative = String(n);
   }
 
   function imageSearch(file) {
@@ -488,6 +589,8 @@
     el.modalOriginal.href = item.url;
     el.modalScore.textContent = item.score !== undefined ? `第 ${item.rank} 名 · ${formatScore(item.score)}` : "";
     el.modalMeta.replaceChildren(metaRow("状态", "正在读取元数据…"));
+    el.modalOcr.hidden = true;
+    el.modalOcr.dataset.loaded = "false";
     el.modal.dataset.id = String(item.id);
     if (!el.modal.open) {
       if (typeof el.modal.showModal === "function") el.modal.showModal(); else el.modal.setAttribute("open", "");
@@ -501,6 +604,34 @@
       if (!state.modalItem || state.modalItem.item.id !== item.id) return;
       el.modalMeta.replaceChildren(metaRow("错误", describeError(err).text));
     }
+    loadOcr(item, collection);
+  }
+
+  // The text read in the image (OCR); a collection without OCR answers 404 and the section stays hidden.
+  async function loadOcr(item, collection) {
+    let data;
+    try {
+      ({ data } = await api(`/img/images/${encodeURIComponent(collection)}/${item.id}/ocr`, { retries: 0 }));
+    } catch (err) {
+      return;
+    }
+    if (!state.modalItem || state.modalItem.item.id !== item.id) return;
+    const status = {
+      ok: data.lines.length ? `识别出 ${data.lines.length} 行文字` : "没有识别出文字",
+      pending: "还没有识别",
+      failed: `识别失败：${data.error || ""}`,
+    }[data.status];
+    el.modalOcrStatus.textContent = status;
+    el.modalOcrLines.replaceChildren(
+      ...data.lines.map((line) => {
+        const li = document.createElement("li");
+        li.textContent = line.text;
+        li.title = `置信度 ${Number(line.confidence).toFixed(2)}`;
+        return li;
+      })
+    );
+    el.modalOcr.hidden = false;
+    el.modalOcr.dataset.loaded = "true";
   }
 
   function metaRow(label, value) {
@@ -864,6 +995,16 @@
       });
     }
     el.statusRetry.addEventListener("click", () => { if (state.lastSearch) state.lastSearch(); });
+    el.resultsMore.addEventListener("click", () => {
+      for (const card of el.results.querySelectorAll(".tier-other")) card.hidden = false;
+      el.resultsMore.hidden = true;
+      el.resultsMore.setAttribute("aria-expanded", "true");
+      el.results.dataset.hidden = "0";
+    });
+    el.feedbackClear.addEventListener("click", () => {
+      resetFeedback(el.query.value.trim());
+      if (el.query.value.trim()) textSearch();
+    });
     setUpDropZone();
 
     el.modalClose.addEventListener("click", closeModal);

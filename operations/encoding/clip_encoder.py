@@ -20,12 +20,17 @@ from cn_clip.clip.model import CLIP
 from PIL import Image
 
 from operations.encoding.base import FairLock, l2_normalise
-from operations.encoding.model_files import CONTEXT_LENGTH, ModelSpec, ModelUnavailable, locate_model
+from operations.encoding.model_files import (
+    CONTEXT_LENGTH,
+    ModelSpec,
+    ModelUnavailable,
+    locate_model,
+    resolve_threads,
+)
 from operations.encoding.preprocess import FastImageTransform
 from operations.errors import InvalidInput
 
 log = logging.getLogger(__name__)
-DEFAULT_THREADS = torch.get_num_threads()
 
 
 def _checkpoint_state_dict(path: Path) -> dict:
@@ -63,6 +68,8 @@ class ClipEncoder:
         device: torch.device,
         half: bool = False,
         text_int8: bool = False,
+        text_threads: int = 1,
+        image_threads: int = 0,
     ) -> None:
         self.model = model.eval()
         self.model_name = model_name
@@ -79,17 +86,9 @@ class ClipEncoder:
         # encode is bound by those matrix products; int8 made it ~2.4x faster
         # (bench/README.md) at a small cost in fidelity, measured there too.
         # The image tower stays float32, so stored vectors never change.
-        self.text_int8 = bool(text_int8) and device.type == "cpu"
-        if self.text_int8:
-            with warnings.catch_warnings():
-                # torch 2.14 warns that torch.ao.quantization and its quantized
-                # tensors will go in a future release; torch is pinned here and
-                # the tests cover this path (moving to torchao is the way on).
-                warnings.simplefilter("ignore", UserWarning)
-                warnings.simplefilter("ignore", DeprecationWarning)
-                torch.ao.quantization.quantize_dynamic(
-                    self.model.bert, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
-                )
+        self.text_int8 = False
+        if text_int8:
+            self.quantise_text_int8()
         self.dim = int(model.text_projection.shape[1])
         self.context_length = CONTEXT_LENGTH
         self.image_resolution = image_resolution
@@ -97,22 +96,39 @@ class ClipEncoder:
         self.preprocess = FastImageTransform(image_resolution)
         # A short query is a handful of small matrix products: one thread
         # answers it fastest and does not fight Milvus, SQL and other requests
-        # for the cores (measured: 26 ms vs 420 ms with 2 threads on a busy
-        # 2-core machine). Image batches still use every core.
-        self.text_threads = 1
-        # torch's own default (OMP_NUM_THREADS, else the cores), read at import:
-        # passes set the global count, so reading it now would depend on what
-        # ran before (and two encoders could round differently).
-        self.image_threads = DEFAULT_THREADS
+        # for the cores (bench/README.md). Image batches use every core
+        # (0: resolve_threads, which keeps an operator's OMP_NUM_THREADS cap).
+        self.text_threads = resolve_threads(text_threads)
+        self.image_threads = resolve_threads(image_threads)
         # One forward pass at a time: torch already spreads one pass over all
         # cores, and serialising keeps memory predictable under load. Granted
         # in request order, so a query batch waits for at most the pass in
         # progress, never for a whole bulk add.
         self._lock = FairLock()
 
+    backend = "torch"
+
+    def quantise_text_int8(self) -> None:
+        """Turn the text tower's Linear layers int8 (CPU only; a no-op elsewhere or when done)."""
+        if self.text_int8 or self.device.type != "cpu":
+            return
+        with warnings.catch_warnings():
+            # torch 2.14 warns that torch.ao.quantization and its quantized
+            # tensors will go in a future release; torch is pinned here and
+            # the tests cover this path (moving to torchao is the way on).
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.ao.quantization.quantize_dynamic(
+                self.model.bert, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+            )
+        self.text_int8 = True
+
     @classmethod
-    def load(cls, spec: ModelSpec) -> ClipEncoder:
-        """Build the encoder described by `spec` from local files only."""
+    def load(cls, spec: ModelSpec, text_int8: bool | None = None) -> ClipEncoder:
+        """Build the torch encoder described by `spec` from local files only.
+
+        `text_int8` overrides the spec's (the ONNX backend exports a float32 tower).
+        """
         checkpoint, arch, info = locate_model(spec)
         if spec.random_init:
             torch.manual_seed(spec.seed)
@@ -133,7 +149,9 @@ class ClipEncoder:
             int(info["image_resolution"]),
             _pick_device(spec.device),
             spec.half,
-            spec.text_int8,
+            spec.text_int8 if text_int8 is None else text_int8,
+            spec.text_threads,
+            spec.image_threads,
         )
 
     def check_text(self, text: str) -> None:
@@ -148,17 +166,24 @@ class ClipEncoder:
                 limit=self.context_length,
             )
 
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids (n, width) of `texts`, as wide as the longest of them, never padded to 52.
+
+        Padding is masked out of attention and positions are absolute, so the
+        features equal the full 52-token pass, and a short query costs a
+        quarter of it. Texts longer than the context are cut (callers check
+        queries with `check_text` first).
+        """
+        tokens = tokenize([normalise_text(t) for t in texts], self.context_length)
+        width = max(int(tokens.ne(0).sum(dim=1).max()), 1)
+        return tokens[:, :width]
+
     @torch.no_grad()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         out = []
         for start in range(0, len(texts), batch_size):
-            batch = [normalise_text(t) for t in texts[start : start + batch_size]]
-            tokens = tokenize(batch, self.context_length)
-            # Drop the all-padding tail: padding is masked out of attention and
-            # positions are absolute, so the features are the same, and a short
-            # query costs a quarter of the full 52-token pass.
-            width = max(int(tokens.ne(0).sum(dim=1).max()), 1)
-            tokens = tokens[:, :width]
+            batch = texts[start : start + batch_size]
+            tokens = self.tokenize(batch)
             with self._lock:
                 torch.set_num_threads(self.text_threads if len(batch) <= 8 else self.image_threads)
                 feats = self.model.encode_text(tokens.to(self.device))

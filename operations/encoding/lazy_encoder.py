@@ -47,12 +47,18 @@ class LazyClipEncoder:
         # until loaded, then what the encoder did (int8 is CPU only).
         return self._encoder.text_int8 if self._encoder is not None else bool(self.spec.text_int8)
 
+    @property
+    def backend(self) -> str:
+        # Read without loading the model: what the settings ask until loaded.
+        return self._encoder.backend if self._encoder is not None else self.spec.backend
+
     def _get(self) -> ClipEncoder:
         with self._lock:
             if self._encoder is None:
-                from operations.encoding.clip_encoder import ClipEncoder  # torch: only now
+                # torch and the backend choice (ENCODER_BACKEND): only now
+                from operations.encoding.backends import load_encoder
 
-                self._encoder = ClipEncoder.load(self.spec)
+                self._encoder = load_encoder(self.spec)
             return self._encoder
 
     def check_text(self, text: str) -> None:

@@ -14,6 +14,7 @@ import ast
 import functools
 import importlib.util
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,40 @@ class ModelSpec:
     random_init: bool = False
     seed: int = 0
     text_int8: bool = False
+    # ENCODER_BACKEND: "auto" (ONNX Runtime on CPU when its export verifies,
+    # else torch), "onnx" (ONNX or a start-up error) or "torch".
+    backend: str = "torch"
+    onnx_cache_dir: Path | None = None
+    # Intra-op threads: text batches of up to 8 texts use `text_threads`,
+    # image batches and larger text batches `image_threads`; 0 = every core
+    # this process may run on (see `available_cores`).
+    text_threads: int = 1
+    image_threads: int = 0
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity), not the machine's count.
+
+    In a container or under taskset the affinity is the real budget; os.cpu_count()
+    would oversubscribe it.
+    """
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except (AttributeError, OSError):  # not on Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+def resolve_threads(requested: int) -> int:
+    """A thread setting: 0 means every available core, capped by OMP_NUM_THREADS when set.
+
+    Resolved here once, not read back from torch: a pass sets torch's global
+    count, so reading it later would depend on what ran before.
+    """
+    if requested > 0:
+        return requested
+    cores = available_cores()
+    cap = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return min(cores, int(cap)) if cap.isdigit() and int(cap) > 0 else cores
 
 
 def resolve_architecture(arch: str) -> dict:

@@ -7,6 +7,7 @@ Subcommands (each prints one JSON result on stdout; progress goes to stderr):
   predict      exact top-k predictions, or --via-store   (cn_clip's make_topk_predictions.py)
   evaluate     Recall@1/5/10 + mean                      (cn_clip's evaluation.py)
   crosscheck   agreement of two prediction files
+  reliability  predicted vs observed precision per relevance bin (the model's calibration)
 
 Paths default to Chinese-CLIP's names under --dataset-dir for --split; every
 path can also be given explicitly. The model comes from Settings (env
@@ -53,6 +54,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--random-init", action="store_true", default=None, help="random weights (benchmarks/tests only)"
     )
+    g.add_argument(
+        "--encoder-backend",
+        choices=("auto", "onnx", "torch"),
+        help="ENCODER_BACKEND: auto (ONNX Runtime when its export verifies), onnx or torch",
+    )
+    g.add_argument("--text-int8", action="store_true", default=None, help="TEXT_INT8: int8 text tower (CPU)")
 
 
 def _settings(args: argparse.Namespace):
@@ -66,6 +73,8 @@ def _settings(args: argparse.Namespace):
         ("device", "device"),
         ("half", "half_precision"),
         ("random_init", "model_random_init"),
+        ("encoder_backend", "encoder_backend"),
+        ("text_int8", "text_int8"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -129,7 +138,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if not (args.images or args.texts):
         args.images = args.texts = True
     encoder = _encoder(args)
-    out: dict = {"model": encoder.model_name, "dim": encoder.dim}
+    out: dict = {
+        "model": encoder.model_name,
+        "dim": encoder.dim,
+        "backend": getattr(encoder, "backend", "torch"),
+    }
     if args.texts:
         report = extract_text_features(
             encoder,
@@ -246,6 +259,33 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reliability(args: argparse.Namespace) -> int:
+    from operations.factory import build_calibrations
+    from operations.relevance.calibrate import check_calibration, read_labelled_split
+    from operations.relevance.calibration import format_reliability
+
+    settings = _settings(args)
+    state = build_calibrations(settings).get(settings.model_name)
+    if state.calibration is None:
+        sys.stderr.write(f"error: {state.reason}\n")
+        return 2
+    encoder = _encoder(args)
+    data = read_labelled_split(encoder, args.dataset_dir, args.split)
+    bins, ece = check_calibration(data, state.calibration)
+    sys.stderr.write(f"reliability of {settings.model_name} on {args.dataset_dir.name}/{args.split}\n")
+    sys.stderr.write(format_reliability(bins, ece) + "\n")
+    _print(
+        {
+            "model": settings.model_name,
+            "split": args.split,
+            "calibration": state.calibration.to_json(),
+            "expected_calibration_error": ece,
+            "bins": [b.__dict__ for b in bins if b.pairs],
+        }
+    )
+    return 0
+
+
 # --------------------------------------------------------------------------
 
 
@@ -349,6 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=5, help="disagreeing queries to show")
     p.add_argument("--min-agreement", type=float, help="exit 1 when tie-aware agreement is below this")
     p.set_defaults(func=cmd_crosscheck)
+
+    p = sub.add_parser(
+        "reliability", help="reliability diagram of the model's calibration on a labelled split"
+    )
+    _dataset_args(p)
+    _model_args(p)
+    p.set_defaults(func=cmd_reliability)
     return parser
 
 

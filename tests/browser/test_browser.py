@@ -515,3 +515,41 @@ def test_phone_width_has_no_horizontal_scroll(page, site):
     screenshot(d, "test_phone_width_modal")
     d.switch_to.active_element.send_keys(Keys.ESCAPE)
     wait_until(lambda: by_id(d, "image-modal").get_attribute("open") is None, message="the modal to close")
+
+
+def test_text_in_images_is_searched_and_shown(page, site):
+    """A collection with OCR: a phone number written in an image finds it, the card shows the
+    matched line, and the lightbox lists the recognised text."""
+    from datasets.text_images import TEXT_IMAGES, text_image_jpeg
+    from operations.collections import create_collection
+    from operations.ingest import Upload, add_images
+
+    d = page
+    create_collection(site.services, "ocrshop", ocr=True)
+    specs = {s.name: s for s in TEXT_IMAGES}
+    added = add_images(
+        site.services,
+        "ocrshop",
+        [Upload(f"{n}.jpg", text_image_jpeg(specs[n])) for n in ("phone_ad", "shop_sign", "price_tag_tea")],
+    )
+    phone_id = added[0].id
+    open_page(d, site)
+    select_collection(d, "ocrshop")
+    text_search(d, "13812345678")
+    cards = results(d)
+    assert int(cards[0].get_attribute("data-id")) == phone_id
+    match = cards[0].find_element(By.CSS_SELECTOR, "[data-testid=result-ocr-match]")
+    assert match.is_displayed() and "13812345678" in match.text
+    cards[0].find_element(By.CSS_SELECTOR, ".thumb").click()
+    wait_until(lambda: by_id(d, "modal-ocr").get_attribute("data-loaded") == "true", message="the OCR text")
+    assert "13812345678" in by_id(d, "modal-ocr-lines").text
+    assert "专业开锁" in by_id(d, "modal-ocr-lines").text
+    screenshot(d, "test_text_in_images_modal")
+    d.switch_to.active_element.send_keys(Keys.ESCAPE)
+    # A collection without OCR shows no text section.
+    select_collection(d, "demo")
+    text_search(d, "红色")
+    results(d)[0].find_element(By.CSS_SELECTOR, ".thumb").click()
+    wait_until(lambda: by_id(d, "modal-meta").get_attribute("data-loaded") == "true", message="metadata")
+    assert not by_id(d, "modal-ocr").is_displayed()
+    d.switch_to.active_element.send_keys(Keys.ESCAPE)

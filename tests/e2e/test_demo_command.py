@@ -62,6 +62,9 @@ def test_demo_script_serves_the_demo_and_finds_red_circles(tmp_path):
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["model"] == "demo-tiny" and body["collection"] == "demo"
+        # The demo model ships calibrated: every result carries a relevance in 0..1.
+        assert body["calibrated"] is True, body["relevance_note"]
+        assert all(0 <= x["relevance"] <= 1 for x in body["results"])
         scenes = {}
         with open(REPO / "datasets" / "data" / "demo" / "test_scenes.jsonl", encoding="utf-8") as f:
             for line in f:
@@ -74,6 +77,15 @@ def test_demo_script_serves_the_demo_and_finds_red_circles(tmp_path):
         assert sum(hits) >= 2 and sum(hits) / 10 >= 3 * base_rate, (hits, base_rate)
         count = httpx.get(base + "/img/collections/demo/count", timeout=10).json()
         assert count["images"] == count["vectors"] == len(scenes)
+        # The demo's images with Chinese text, in collection "shop" with OCR: found by their text.
+        r = httpx.post(
+            base + "/img/search",
+            json={"query": "13812345678", "collection": "shop", "mode": "text"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        [hit] = r.json()["results"]
+        assert "13812345678" in hit["ocr_text"] and hit["signals"] == ["text"]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -35,6 +35,7 @@ STORE_FAMILIES = {
         "operations.stores.sql_pool",
         "operations.stores.mysql_prepared",
         "operations.stores.job_store",
+        "operations.stores.sql_ocr_store",
     },
     "memory": {"operations.stores.memory_vector_store"},
 }

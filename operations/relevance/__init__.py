@@ -1,0 +1,1 @@
+"""Relevance: calibrated scores, cut-offs, result order and the query language."""
