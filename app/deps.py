@@ -20,6 +20,12 @@ def get_services(request: Request) -> Services:
     return svc
 
 
+async def _services_dependency(request: Request) -> Services:
+    # Async: an attribute read needs no worker thread (a sync dependency takes
+    # one from the pool for every request).
+    return get_services(request)
+
+
 def get_runner(request: Request) -> JobRunner:
     runner = getattr(request.app.state, "runner", None)
     if runner is None:
@@ -34,7 +40,7 @@ def require_api_key(request: Request, x_api_key: Annotated[str | None, Header()]
         raise Unauthorized("missing or wrong X-API-Key")
 
 
-SvcDep = Annotated[Services, Depends(get_services)]
+SvcDep = Annotated[Services, Depends(_services_dependency)]
 RunnerDep = Annotated[JobRunner, Depends(get_runner)]
 WriteAccess = Depends(require_api_key)
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app import errors
+from app.contract import document_errors
 from app.limits import BodyLimitMiddleware
 from app.routes import collections, health, images, jobs, scan, search, web
 from config.settings import Settings, get_settings
@@ -19,9 +20,11 @@ from operations.domain import check_model
 from operations.errors import DependencyUnavailable, ServiceError
 from operations.factory import build_services
 from operations.jobs import JobRunner
+from operations.ocr import close_ocr
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).parent / "static"
+ROUTE_MODULES = (health, search, images, collections, jobs, scan, web)
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
@@ -55,14 +58,16 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             if runner is not None:
                 await anyio.to_thread.run_sync(runner.shutdown)
             svc.close_serving()
+            await anyio.to_thread.run_sync(close_ocr, svc)
             svc.vectors.close()
             svc.images.close()
 
     app = FastAPI(
         title="以文搜图 / 以图搜图 — Chinese-CLIP image search",
         version="1.0.0",
-        description="Search images by Chinese text or by image, over Milvus (vectors) and MySQL/SQLite (images). "
-        "Scores are cosine similarities, not probabilities.",
+        description="Search images by Chinese text or by image, over Milvus (vectors) and MySQL/SQLite "
+        "(images). Scores are cosine similarities, not probabilities. Every error answers "
+        '{"error": {"code", "message", "details"}}; each route lists the statuses it can return.',
         lifespan=lifespan,
     )
     errors.install(app)
@@ -77,8 +82,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         return 8 * 1024 * 1024
 
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, read_timeout_s=settings.body_read_timeout_s)
-    for module in (health, search, images, collections, jobs, scan, web):
-        app.include_router(module.router)
+    routers = [module.router for module in ROUTE_MODULES]
+    document_errors(routers)
+    for router in routers:
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
 

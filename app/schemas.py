@@ -2,22 +2,43 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from operations.bounds import MAX_IMAGE_ID, MAX_SCAN_OFFSET, MAX_TIMESTAMP, MIN_IMAGE_ID
 from operations.domain import SearchFilter
 from operations.search import MAX_SEARCH_TOP_K
+
+
+def _no_lone_surrogates(value: str) -> str:
+    # JSON's \ud800 escape yields a str no encoder can write (SQL, the response):
+    # refuse it here, naming the field, instead of failing later.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("contains a lone UTF-16 surrogate, which is not text") from None
+    return value
+
+
+# Every string and integer of a request goes through one of these types, so the
+# rule is in one place: text is valid Unicode, ids and timestamps are in range.
+Text = Annotated[str, AfterValidator(_no_lone_surrogates)]
+ImageId = Annotated[int, Field(ge=MIN_IMAGE_ID, le=MAX_IMAGE_ID, description="an image id (0..2^63-1)")]
+Timestamp = Annotated[int, Field(ge=0, le=MAX_TIMESTAMP, description="unix seconds")]
+IndexParam = Annotated[int, Field(ge=1, le=65536)]
+# A split is a name: no leading dot ("." and ".." are paths), no slash.
+SPLIT_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
 
 
 class Filters(BaseModel):
     """Narrow a search. Values are validated, then rendered by one filter builder."""
 
     model_config = ConfigDict(extra="forbid")
-    sources: list[str] = Field(default_factory=list, max_length=64, examples=[["demo"]])
-    tags: list[str] = Field(default_factory=list, max_length=64, description="match any of these tags")
-    created_from: int | None = Field(None, ge=0, description="unix seconds, inclusive")
-    created_to: int | None = Field(None, ge=0, description="unix seconds, inclusive")
+    sources: list[Text] = Field(default_factory=list, max_length=64, examples=[["demo"]])
+    tags: list[Text] = Field(default_factory=list, max_length=64, description="match any of these tags")
+    created_from: Timestamp | None = Field(None, description="unix seconds, inclusive")
+    created_to: Timestamp | None = Field(None, description="unix seconds, inclusive")
 
     def to_filter(self) -> SearchFilter:
         return SearchFilter(tuple(self.sources), tuple(self.tags), self.created_from, self.created_to)
@@ -30,14 +51,14 @@ class TextSearchRequest(BaseModel):
             "examples": [{"query": "左边有一个红色的圆形", "top_k": 10, "collection": "demo"}]
         },
     )
-    query: str = Field(
+    query: Text = Field(
         "",
         max_length=10_000,
         description="a Chinese sentence or the query language: `海边 日落 -人物` (unwanted term), "
         "`红色:2 汽车` (weights); may be empty when image_id or positive_ids is given",
     )
     top_k: int = Field(10, ge=1, le=MAX_SEARCH_TOP_K)
-    collection: str | None = Field(None, description="defaults to the server's DEFAULT_COLLECTION")
+    collection: Text | None = Field(None, description="defaults to the server's DEFAULT_COLLECTION")
     filters: Filters | None = None
     min_score: float | None = Field(None, ge=-1, le=1, description="drop results below this cosine")
     with_image: bool = Field(False, description="include each image inline as base64")
@@ -119,12 +140,14 @@ class CalibrateRequest(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"dataset": "demo", "split": "valid", "collection": "demo"}]},
     )
-    dataset: str = Field(..., description="dataset directory, relative to DATA_ROOT")
-    split: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="split with ${split}_texts.jsonl")
-    collection: str | None = Field(
+    dataset: Text = Field(..., description="dataset directory, relative to DATA_ROOT")
+    split: str = Field(
+        ..., pattern=SPLIT_PATTERN, description="split with ${split}_texts.jsonl (a name, not a path)"
+    )
+    collection: Text | None = Field(
         None, description="calibrate this collection's model (default collection when model is unset)"
     )
-    model: str | None = Field(None, description="or: a model the server runs")
+    model: Text | None = Field(None, description="or: a model the server runs")
 
 
 class ImageMeta(BaseModel):
@@ -181,15 +204,15 @@ class AddResponse(BaseModel):
 
 class FolderAddRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    folder: str = Field(..., description="a folder under the server's DATA_ROOT", examples=["photos/2026"])
-    source: str = "folder"
-    tags: list[str] = Field(default_factory=list)
-    created_at: int | None = Field(None, ge=0)
+    folder: Text = Field(..., description="a folder under the server's DATA_ROOT", examples=["photos/2026"])
+    source: Text = "folder"
+    tags: list[Text] = Field(default_factory=list, max_length=64)
+    created_at: Timestamp | None = None
 
 
 class DeleteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ids: list[int] = Field(default_factory=list, max_length=100_000)
+    ids: list[ImageId] = Field(default_factory=list, max_length=100_000)
     filters: Filters | None = None
 
 
@@ -203,10 +226,14 @@ class LoadRequest(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"dataset": "demo", "split": "valid", "collection": "demo"}]},
     )
-    dataset: str = Field(..., description="dataset directory, relative to DATA_ROOT")
-    split: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    collection: str | None = None
-    source: str | None = Field(
+    dataset: Text = Field(..., description="dataset directory, relative to DATA_ROOT")
+    split: str = Field(
+        ...,
+        pattern=SPLIT_PATTERN,
+        description="a split name (not a path): its files are <split>_imgs.tsv etc. in the dataset directory",
+    )
+    collection: Text | None = None
+    source: Text | None = Field(
         None, description="source label stored with each image (default: dataset name)"
     )
 
@@ -245,14 +272,16 @@ class CollectionCreate(BaseModel):
             ]
         },
     )
-    name: str
-    model: str | None = Field(None, description="a model the server has configured (default: its main model)")
+    name: Text
+    model: Text | None = Field(
+        None, description="a model the server has configured (default: its main model)"
+    )
     ocr: bool | None = Field(
         None, description="read the text in this collection's images (default: the server's OCR_ENABLED)"
     )
     index_type: Literal["FLAT", "IVF_FLAT", "HNSW"] | None = None
-    index_params: dict[str, int] = Field(default_factory=dict)
-    search_params: dict[str, int] = Field(default_factory=dict)
+    index_params: dict[Text, IndexParam] = Field(default_factory=dict, max_length=8)
+    search_params: dict[Text, IndexParam] = Field(default_factory=dict, max_length=8)
     source_partitions: int | None = Field(
         None,
         ge=0,
@@ -298,7 +327,7 @@ class ScanRequest(BaseModel):
             ]
         },
     )
-    descriptions: list[str] = Field(default_factory=list, max_length=50)
+    descriptions: list[Text] = Field(default_factory=list, max_length=50)
     threshold: float = Field(..., ge=-1, le=1, description="cosine similarity threshold")
     ocr_patterns: list[OcrPattern] = Field(
         default_factory=list,
@@ -306,14 +335,14 @@ class ScanRequest(BaseModel):
         description="collections with OCR: patterns for the text read in the images; "
         "give descriptions, patterns or both",
     )
-    collection: str | None = None
+    collection: Text | None = None
     filters: Filters | None = None
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=MAX_SCAN_OFFSET)
     limit: int | None = Field(
         None,
         ge=1,
         le=10_000,
-        description="rows of this page: default 100 as json, 10,000 as csv/jsonl (an export)",
+        description="rows of this page: default 100 as json; as csv/jsonl, none = every match, streamed",
     )
     format: Literal["json", "csv", "jsonl"] = "json"
 
@@ -337,6 +366,5 @@ class ScanResponse(BaseModel):
     total: int
     offset: int
     limit: int
-    truncated: bool
     hits: list[ScanItem]
     ocr_timed_out: int = Field(0, description="(pattern, line) searches stopped at OCR_REGEX_TIMEOUT_MS")

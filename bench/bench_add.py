@@ -6,7 +6,7 @@ and the issue-11 target (one POST of 256 at >= 2x the 3.1 img/s measured before)
 
 - baseline (unless --no-baseline): first, a server as the 3.1 img/s figure was
   measured: the torch encoder on one thread (ENCODER_BACKEND=torch,
-  OMP_NUM_THREADS=1, ENCODER_THREADS=1); one POST of `--batch` files, `--runs` times.
+  OMP_NUM_THREADS=1, ENCODER_IMAGE_THREADS=1); one POST of `--batch` files, `--runs` times.
   Its code is today's (pipelined add, numpy preprocessing), so the ratio
   new / baseline shows what the encoder backend and threads add on top.
 
@@ -200,7 +200,9 @@ def main() -> None:
     try:
         if not args.no_baseline:
             env = server_env(base / "baseline", batch, "1")
-            env.update({"ENCODER_BACKEND": "torch", "ENCODER_THREADS": "1"})
+            env.update(
+                {"ENCODER_BACKEND": "torch", "ENCODER_IMAGE_THREADS": "1", "ENCODER_TEXT_THREADS": "1"}
+            )
             with (
                 UvicornProcess(env, OUT / "add_server_baseline.log") as srv,
                 httpx.Client(base_url=srv.url, timeout=1800) as client,
@@ -218,7 +220,9 @@ def main() -> None:
                     )
         with (
             UvicornProcess(
-                server_env(base / "inline", batch, args.torch_threads), OUT / "add_server_inline.log"
+                server_env(base / "inline", batch, args.torch_threads),
+                OUT / "add_server_inline.log",
+                timeout=900,  # a first start with ENCODER_BACKEND=auto exports the ONNX towers
             ) as srv,
             httpx.Client(base_url=srv.url, timeout=1800) as client,
         ):

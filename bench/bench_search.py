@@ -302,7 +302,8 @@ def run_sweep(args) -> None:
             env = {**base_env, **extra}
             print(f"\n== server {name}: {' '.join(f'{k}={v}' for k, v in extra.items())}", flush=True)
             with (
-                UvicornProcess(env, OUT / f"sweep_server_{name}.log") as srv,
+                # A first start with ENCODER_BACKEND=auto exports and verifies the ONNX towers.
+                UvicornProcess(env, OUT / f"sweep_server_{name}.log", timeout=900) as srv,
                 httpx.Client(base_url=srv.url, timeout=60) as c,
             ):
                 ready = c.get("/readyz").json()
@@ -363,6 +364,9 @@ def run_sweep(args) -> None:
                     }
                     results[name][label] = summary
                     batches[name][label] = res.stats_delta
+                    if not summary:
+                        print(f"   {label:<48} no answer arrived within the window", flush=True)
+                        continue
                     head = summary.get("text") or next(iter(summary.values()))
                     print(
                         f"   {label:<48} {head['qps']:7.1f} q/s  median {head['median_ms']} ms  "
@@ -370,6 +374,12 @@ def run_sweep(args) -> None:
                         flush=True,
                     )
     _print_sweep(results, batches, backends, levels, args, info.n, duration, warmup)
+    enc = None
+    if not (quick or args.no_encode_check):
+        enc = encode_batch_check()
+        print("\ntext encode in-process, ms per query by batch size (median of 3 batches):")
+        for label, by_size in enc.items():
+            print(f"  {label:<28} " + "  ".join(f"batch {k}: {v}" for k, v in by_size.items()))
     print(f"total bench time {time.perf_counter() - t_all:.0f} s; load average now {other_load():.2f}")
     print(
         json.dumps(
@@ -382,10 +392,40 @@ def run_sweep(args) -> None:
                 "backends": backends,
                 "results": results,
                 "batches": batches,
+                "encode_ms_per_query": enc,
             },
             ensure_ascii=False,
         )
     )
+
+
+def encode_batch_check(backends: tuple[str, ...] = ("torch", "auto"), rounds: int = 3) -> dict:
+    """In-process: text encode ms per query by batch size, per encoder backend (RN50 random
+    weights, CPU, the service's own encoder and thread rules). Shows what batching can gain
+    on this CPU: the sweep's throughput is bounded by it."""
+    from config.settings import Settings, load_settings
+    from operations.factory import build_encoder
+
+    qs = endless_queries(1)
+    out: dict[str, dict[int, float]] = {}
+    for backend in backends:
+        extra = {"encoder_backend": backend} if "encoder_backend" in Settings.model_fields else {}
+        if not extra and backend != "torch":
+            continue  # no ENCODER_BACKEND setting in this tree: torch only
+        enc = build_encoder(load_settings(model_name="RN50", model_random_init=True, device="cpu", **extra))
+        enc.encode_texts([next(qs) for _ in range(4)])  # warm-up
+        label = f"{backend} ({type(enc).__name__})"
+        out[label] = {}
+        for size in (1, 4, 8, 16, 32):
+            times = []
+            for _ in range(rounds):
+                batch = [next(qs) for _ in range(size)]
+                t = time.perf_counter()
+                enc.encode_texts(batch)
+                times.append((time.perf_counter() - t) * 1000 / size)
+            out[label][size] = round(median(times), 2)
+        del enc
+    return out
 
 
 def _print_sweep(results, batches, backends, levels, args, n, duration, warmup) -> None:

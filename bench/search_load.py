@@ -117,8 +117,11 @@ async def _client_loop(
                 retry = r.headers.get("retry-after")
             except httpx.HTTPError:
                 status, body, retry = 599, None, None
-            dt = (time.perf_counter() - t) * 1000
-            if t >= start_at and time.perf_counter() <= end_at:
+            done = time.perf_counter()
+            dt = (done - t) * 1000
+            # Every answer that arrives inside the window counts (throughput = answers per
+            # second of the window), also one whose request left during the warm-up.
+            if start_at <= done <= end_at:
                 timings = body.get("timings_ms") if isinstance(body, dict) else None
                 out.append(Sample(role, status, dt, timings, retry))
             if status == 503 and retry:

@@ -119,13 +119,7 @@ class Services:
 
 
 def resolve_under(root: Path, relative: str) -> Path:
-    """`relative` inside `root`, or BadRequest: the server reads nothing else."""
-    from operations.errors import BadRequest
+    """`relative` inside `root` (real path, symlinks followed), or BadRequest: see operations.data_root."""
+    from operations.data_root import resolve_under as resolve
 
-    if not isinstance(relative, str) or not relative or "\x00" in relative:
-        raise BadRequest("dataset path is empty or invalid")
-    root = root.resolve()
-    candidate = (root / relative).resolve()
-    if candidate != root and root not in candidate.parents:
-        raise BadRequest(f"path {relative!r} is outside the data root", path=relative)
-    return candidate
+    return resolve(root, relative)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from operations.bounds import check_image_ids
 from operations.context import Services
 from operations.domain import SearchFilter
 from operations.errors import InvalidInput
@@ -17,8 +18,8 @@ def delete_ids(svc: Services, collection: str, ids: list[int]) -> int:
     it returns once the delete is visible to every later search (`wait_visible`).
     Deleting again is harmless, so an interrupted delete is finished by retrying.
     """
+    ids = check_image_ids(ids)
     svc.require_collection(collection)
-    ids = [int(i) for i in ids]
     removed = 0
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start : start + CHUNK]

@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from operations.bounds import MAX_TIMESTAMP
 from operations.context import Services
+from operations.data_root import read_under
 from operations.domain import ImageRow, VectorAttrs
-from operations.errors import InvalidInput, ServiceError
+from operations.errors import InvalidInput, PayloadTooLarge, ServiceError
 from operations.images import CheckedImage, check_image, decode_b64_image
 from operations.names import check_label
 from operations.ocr import PendingReads, ocr_enabled
@@ -61,8 +63,12 @@ def check_metadata(source: str, tags: Iterable[str], created_at: int | None, ext
     check_label(source, "source")
     for tag in tags:
         check_label(tag, "tag")
-    if created_at is not None and (not isinstance(created_at, int) or not 0 <= created_at < 2**62):
-        raise InvalidInput("created_at must be unix seconds")
+    if created_at is not None and (
+        not isinstance(created_at, int)
+        or isinstance(created_at, bool)
+        or not 0 <= created_at <= MAX_TIMESTAMP
+    ):
+        raise InvalidInput(f"created_at must be unix seconds in 0..{MAX_TIMESTAMP}")
     if external_id is not None and (not isinstance(external_id, str) or len(external_id) > 256):
         raise InvalidInput("external_id must be a string of at most 256 characters")
 
@@ -246,8 +252,14 @@ def add_folder(
     tags: tuple[str, ...] = (),
     created_at: int | None = None,
     meta: dict[str, dict] | None = None,
+    data_root: Path | None = None,
 ) -> dict:
-    """Add every image under `folder` (a background job); returns counts."""
+    """Add every image under `folder` (a background job); returns counts.
+
+    With `data_root` (every folder add the server runs), each file is opened
+    and checked to lie under it before it is read; one outside is reported
+    as failed and the rest are added.
+    """
     check_metadata(source, tags, created_at, None)
     svc.require_collection(collection)
     repair_unindexed(svc, collection)
@@ -260,13 +272,15 @@ def add_folder(
         uploads = []
         for path in files[start : start + BATCH]:
             m = (meta or {}).get(path.name, {})
-            if path.stat().st_size > svc.settings.max_upload_bytes:
-                progress.fail(path.name, f"file is over {svc.settings.max_upload_bytes} bytes")
+            try:
+                data = _read_file(path, svc.settings.max_upload_bytes, data_root)
+            except ServiceError as exc:
+                progress.fail(path.name, exc.message)
                 continue
             uploads.append(
                 Upload(
                     m.get("filename", path.name),
-                    path.read_bytes(),
+                    data,
                     m.get("source", source),
                     tuple(m.get("tags", tags)),
                     m.get("created_at", created_at),
@@ -278,6 +292,14 @@ def add_folder(
             present += r.status == "present"
     progress.flush()
     return {"added": added, "present": present, "failed": progress.failed, "total": len(files)}
+
+
+def _read_file(path: Path, max_bytes: int, data_root: Path | None) -> bytes:
+    if data_root is not None:
+        return read_under(data_root, path, max_bytes)
+    if path.stat().st_size > max_bytes:
+        raise PayloadTooLarge(f"file is over {max_bytes} bytes")
+    return path.read_bytes()
 
 
 class _NoFlush:

@@ -35,7 +35,14 @@ def _run_load(svc: Services, job: Job, progress: JobProgress) -> str:
     p = job.params
     index = IndexSpec(**p["index"]) if p.get("index") else None
     report = load_split(
-        svc, job.collection, Path(p["dataset_dir"]), p["split"], progress, source=p.get("source"), index=index
+        svc,
+        job.collection,
+        Path(p["dataset_dir"]),
+        p["split"],
+        progress,
+        source=p.get("source"),
+        index=index,
+        data_root=svc.settings.data_root,
     )
     ocr = f", OCR read {report.ocr['read']} (failed {report.ocr['failed']})" if report.ocr else ""
     return f"loaded {report.loaded}, already there {report.already_loaded}, failed {report.failed}{ocr}"
@@ -57,6 +64,7 @@ def _run_add_folder(svc: Services, job: Job, progress: JobProgress) -> str:
         tags=tuple(p.get("tags", ())),
         created_at=p.get("created_at"),
         meta=p.get("meta"),
+        data_root=svc.settings.data_root,
     )
     return f"added {counts['added']}, already present {counts['present']}, failed {counts['failed']}"
 
@@ -66,7 +74,12 @@ def _run_calibrate(svc: Services, job: Job, progress: JobProgress) -> str:
 
     p = job.params
     cal, path = calibrate_model(
-        svc, Path(p["dataset_dir"]), p["split"], collection=p.get("collection"), model=p.get("model")
+        svc,
+        Path(p["dataset_dir"]),
+        p["split"],
+        collection=p.get("collection"),
+        model=p.get("model"),
+        data_root=svc.settings.data_root,
     )
     f = cal.fitted_on
     return (
@@ -93,6 +106,7 @@ class JobRunner:
         self.jobs = svc.jobs
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
         self._progress: dict[str, JobProgress] = {}
+        self._collections: dict[str, str] = {}  # running job id -> its collection
         self._lock = threading.Lock()
         self._shutting_down = False
         self._stopping = threading.Event()
@@ -109,6 +123,11 @@ class JobRunner:
         self._start(job)
         return self.jobs.get(job_id)
 
+    def running_on(self, collection: str) -> list[str]:
+        """Ids of the jobs of this process running (or queued) on `collection`."""
+        with self._lock:
+            return sorted(j for j, c in self._collections.items() if c == collection)
+
     def cancel(self, job_id: str) -> None:
         with self._lock:
             progress = self._progress.get(job_id)
@@ -122,6 +141,7 @@ class JobRunner:
             if job.id in self._progress:
                 raise Conflict(f"job {job.id} is already running")
             self._progress[job.id] = progress
+            self._collections[job.id] = job.collection
         self.jobs.start(job.id)
         self._pool.submit(self._run, job, progress)
 
@@ -145,6 +165,7 @@ class JobRunner:
         finally:
             with self._lock:
                 self._progress.pop(job.id, None)
+                self._collections.pop(job.id, None)
 
     def _record_end(self, job_id: str, state: str, message: str) -> None:
         """Record how a job ended. While SQL is unavailable (often what ended the job)

@@ -18,11 +18,12 @@ independent (distinct ids), so their order does not matter.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,9 +33,10 @@ import orjson
 from datasets.formats import BadRecord, FeatureIndex, ImageRecord, dataset_paths, iter_image_tsv
 from datasets.lmdb_io import iter_lmdb_images
 from operations.context import Services
+from operations.data_root import check_under, opened_under
 from operations.domain import ImageRow, IndexSpec, VectorAttrs
 from operations.encoding.base import Encoder
-from operations.errors import Conflict, NotFound, UnsupportedMedia
+from operations.errors import Conflict, NotFound, PayloadTooLarge, ServiceError
 from operations.images import decode_b64_image, probe, sha256_hex
 from operations.names import check_label
 from operations.ocr import enable_ocr, ocr_enabled, read_backlog
@@ -81,11 +83,18 @@ def count_lines(path: Path) -> int:
     return n + (last != b"\n")
 
 
-def _image_source(dataset_dir: Path, split: str) -> tuple[Iterator[ImageRecord | BadRecord], int | None, str]:
+def _image_source(
+    dataset_dir: Path, split: str, readable: Callable[[Path], Path], data_root: Path | None
+) -> tuple[Iterator[ImageRecord | BadRecord], int | None, str]:
     paths = dataset_paths(dataset_dir, split)
     if paths.imgs_tsv.is_file():
-        return iter_image_tsv(paths.imgs_tsv), count_lines(paths.imgs_tsv), paths.imgs_tsv.name
+        tsv = readable(paths.imgs_tsv)
+        return iter_image_tsv(tsv), count_lines(tsv), paths.imgs_tsv.name
     if paths.lmdb_imgs.is_dir():
+        if data_root is not None:
+            # LMDB opens its own files by name: their real paths are checked just before.
+            for part in (paths.lmdb_split, paths.lmdb_imgs, paths.lmdb_imgs / "data.mdb"):
+                check_under(data_root, part)
         return iter_lmdb_images(paths.lmdb_split), None, f"lmdb/{split}/imgs"
     raise NotFound(
         f"split {split!r} has neither {paths.imgs_tsv.name} nor lmdb/{split}/imgs in {dataset_dir}"
@@ -103,23 +112,66 @@ def load_split(
     batch_size: int | None = None,
     index: IndexSpec | None = None,
     encoder: Encoder | None = None,
+    data_root: Path | None = None,
 ) -> LoadReport:
-    """Load `split` of `dataset_dir` into `collection`; see the module docstring."""
+    """Load `split` of `dataset_dir` into `collection`; see the module docstring.
+
+    With `data_root` (every load the server runs), each file is opened and
+    checked to lie under it before it is read (operations.data_root).
+    """
+    with contextlib.ExitStack() as files:
+
+        def readable(path: Path) -> Path:
+            if data_root is None:
+                return path
+            return Path(files.enter_context(opened_under(data_root, path)))
+
+        return _load_split(
+            svc,
+            collection,
+            dataset_dir,
+            split,
+            progress,
+            source,
+            batch_size,
+            index,
+            encoder,
+            readable,
+            data_root,
+        )
+
+
+def _load_split(
+    svc: Services,
+    collection: str,
+    dataset_dir: Path,
+    split: str,
+    progress: Progress,
+    source: str | None,
+    batch_size: int | None,
+    index: IndexSpec | None,
+    encoder: Encoder | None,
+    readable: Callable[[Path], Path],
+    data_root: Path | None,
+) -> LoadReport:
     started = time.perf_counter()
+    if data_root is not None:
+        dataset_dir = check_under(data_root, dataset_dir)
     if not Path(dataset_dir).is_dir():
         raise NotFound(f"dataset directory {dataset_dir} does not exist")
     source = check_label(source or Path(dataset_dir).name or "dataset", "source")
     batch_size = batch_size or svc.settings.load_batch_size
+    paths = dataset_paths(dataset_dir, split)
+    feat_file = readable(paths.img_feat) if paths.img_feat.is_file() else None
+    records, total, origin = _image_source(Path(dataset_dir), split, readable, data_root)
     is_new = not svc.vectors.has_collection(collection)
     encoder = svc.ensure_collection(collection, encoder, index)
     if is_new and svc.settings.ocr_enabled:
         enable_ocr(svc, collection)
-    records, total, origin = _image_source(Path(dataset_dir), split)
     progress.set_total(total)
-    paths = dataset_paths(dataset_dir, split)
-    features = FeatureIndex(paths.img_feat, "image_id", encoder.dim) if paths.img_feat.is_file() else None
+    features = FeatureIndex(feat_file, "image_id", encoder.dim) if feat_file is not None else None
     if features is not None:
-        _check_feature_dim(paths.img_feat, encoder)
+        _check_feature_dim(feat_file, paths.img_feat.name, encoder)
     if features is not None:
         for bad in features.bad:
             if bad.record_id is None:
@@ -133,7 +185,10 @@ def load_split(
         for rec in chunk:
             try:
                 mime, width, height = probe(rec.data)
-            except UnsupportedMedia as exc:
+                if width * height > svc.settings.max_image_pixels:
+                    limit = svc.settings.max_image_pixels
+                    raise PayloadTooLarge(f"image has {width}x{height} pixels; the limit is {limit} pixels")
+            except ServiceError as exc:
                 progress.fail(f"{origin} line {rec.line_no} (image {rec.image_id})", exc.message)
                 continue
             if features is not None:
@@ -205,9 +260,9 @@ def load_split(
             progress.fail(f"image {image_id}", reason)
         keep = set(result.inserted) | set(result.already_present)
         mask = [r.id in keep for r in batch.rows]
-        batch.ids_to_index = [r.id for r, m in zip(batch.rows, mask) if m]
+        batch.ids_to_index = [r.id for r, m in zip(batch.rows, mask, strict=True) if m]
         batch.vectors = batch.vectors[np.array(mask, dtype=bool)]
-        batch.rows = [r for r, m in zip(batch.rows, mask) if m]
+        batch.rows = [r for r, m in zip(batch.rows, mask, strict=True) if m]
         milvus_q.put(batch)
 
     def milvus_batch(batch: _Batch) -> None:
@@ -278,7 +333,7 @@ def load_split(
     return report
 
 
-def _check_feature_dim(path: Path, encoder: Encoder) -> None:
+def _check_feature_dim(path: Path, name: str, encoder: Encoder) -> None:
     """Refuse a features file of another model at once, not as one failure per line."""
     with open(path, "rb") as f:
         for line in f:
@@ -288,7 +343,7 @@ def _check_feature_dim(path: Path, encoder: Encoder) -> None:
                 continue  # a broken line is reported with its number later
             if dim != encoder.dim:
                 raise Conflict(
-                    f"{path.name} holds {dim}-d features; the model {encoder.model_name} makes "
+                    f"{name} holds {dim}-d features; the model {encoder.model_name} makes "
                     f"{encoder.dim}-d vectors: extract features with this model or load another one"
                 )
             return

@@ -172,6 +172,15 @@ def forget(svc: Services, collection: str, ids: Sequence[int]) -> None:
         ocr_store(svc).delete(collection, ids)
 
 
+def close_ocr(svc: Services) -> None:
+    """Stop this process's OCR pool (images still waiting are dropped; their adds were answered
+    or are being cancelled, and the OCR job reads what has no record)."""
+    with _lock:
+        engine = svc.extra.pop("ocr_engine", None)
+    if engine is not None:
+        engine.close()
+
+
 def drop_ocr(svc: Services, collection: str) -> None:
     """Drop the OCR tables of a dropped collection."""
     if getattr(svc.images, "pool", None) is not None:

@@ -102,9 +102,10 @@ class _Plan:
     query_vector: np.ndarray | None = None
 
 
-def _plan(svc: Services, collection, top_k, flt, min_score, with_image) -> _Plan:
+def _plan(svc: Services, collection, top_k, flt, min_score, with_image, timer: _Timer | None) -> _Plan:
     _check_top_k(top_k)
-    return _Plan(collection, svc.encoder_for(collection), top_k, flt, min_score, with_image, _Timer())
+    timer = timer or _Timer()
+    return _Plan(collection, svc.encoder_for(collection), top_k, flt, min_score, with_image, timer)
 
 
 def _resolve_filter(svc: Services, plan: _Plan) -> _Plan:
@@ -219,12 +220,22 @@ def _check_query(svc: Services, query: str) -> None:
         raise InvalidInput(f"query is {len(query)} characters; the limit is {svc.settings.max_query_chars}")
 
 
-def _prepare_text(svc: Services, collection, query, top_k, flt, min_score, with_image, mode=None) -> _Plan:
+def _prepare_text(
+    svc: Services,
+    collection,
+    query,
+    top_k,
+    flt,
+    min_score,
+    with_image,
+    mode=None,
+    timer: _Timer | None = None,
+) -> _Plan:
     _check_top_k(top_k)
     _check_query(svc, query)
     if mode is not None and mode not in MODES:
         raise InvalidInput(f"mode must be one of {MODES}")
-    plan = _plan(svc, collection, top_k, flt, min_score, with_image)
+    plan = _plan(svc, collection, top_k, flt, min_score, with_image, timer)
     plan.encoder.check_text(query)
     # Default: both signals where the collection's text is read, CLIP alone elsewhere.
     plan.mode = mode or ("hybrid" if ocr_enabled(svc, collection) else "visual")
@@ -233,11 +244,13 @@ def _prepare_text(svc: Services, collection, query, top_k, flt, min_score, with_
     return _resolve_filter(svc, plan)
 
 
-def _prepare_image(svc: Services, collection, data, image_id, top_k, flt, min_score, with_image) -> _Plan:
+def _prepare_image(
+    svc: Services, collection, data, image_id, top_k, flt, min_score, with_image, timer: _Timer | None = None
+) -> _Plan:
     _check_top_k(top_k)
     if (data is None) == (image_id is None):
         raise InvalidInput("give either an image upload or an image_id, not both")
-    plan = _plan(svc, collection, top_k, flt, min_score, with_image)
+    plan = _plan(svc, collection, top_k, flt, min_score, with_image, timer)
     t = time.perf_counter()
     if data is not None:
         plan.image = check_image(data, svc.settings.max_upload_bytes, svc.settings.max_image_pixels).image
@@ -303,8 +316,9 @@ async def search_text_async(
     mode: str | None = None,
 ) -> SearchOutcome:
     """`search_text` for the event loop: blocking stages on the worker pool, batches awaited."""
+    # The clock starts here, so waiting for a worker thread counts in `total`.
     plan = await anyio.to_thread.run_sync(
-        _prepare_text, svc, collection, query, top_k, flt, min_score, with_image, mode
+        _prepare_text, svc, collection, query, top_k, flt, min_score, with_image, mode, _Timer()
     )
     vector = _take(await _await(svc.serving.encode_text(plan.encoder, query)), plan, "encode")
     pending = _search_future(svc, plan, vector)
@@ -353,7 +367,7 @@ async def search_image_async(
 ) -> SearchOutcome:
     """`search_image` for the event loop (see `search_text_async`)."""
     plan = await anyio.to_thread.run_sync(
-        _prepare_image, svc, collection, data, image_id, top_k, flt, min_score, with_image
+        _prepare_image, svc, collection, data, image_id, top_k, flt, min_score, with_image, _Timer()
     )
     vector = _take(await _await(_image_vector_pending(svc, plan)), plan, "encode")
     pending = _search_future(svc, plan, vector)

@@ -115,12 +115,20 @@ class Serving:
             b.close()
 
 
+# A text pass is padded to its longest query: a large batch is cut, by
+# length, into passes of at most this many, so short queries do not pay for
+# the long one's tokens (the features do not depend on the padding).
+TEXT_PASS = 16
+
+
 def _encode_texts(encoder: Encoder):
     def run(_key: Hashable, texts: list[str]) -> list[np.ndarray]:
         # The same text twice in one batch is encoded once.
-        unique = list(dict.fromkeys(texts))
-        vectors = encoder.encode_texts(unique)
-        by_text = dict(zip(unique, vectors, strict=True))
+        unique = sorted(dict.fromkeys(texts), key=len)
+        by_text: dict[str, np.ndarray] = {}
+        for start in range(0, len(unique), TEXT_PASS):
+            part = unique[start : start + TEXT_PASS]
+            by_text.update(zip(part, encoder.encode_texts(part), strict=True))
         return [by_text[t] for t in texts]
 
     return run

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole evaluation chain on one split, Chinese-CLIP style, printing JSON:
 #   build LMDB -> extract features -> exact top-10 predictions -> Recall@1/5/10
-#   (text->image, and image->text) -> the same text->image predictions through
+#   (text->image, and image->text) -> the reliability diagram of the model's relevance
+#   calibration (use --split test for the held-out one) -> the same text->image predictions through
 #   Milvus (FLAT) -> cross-check exact vs Milvus (and the recall of the Milvus
 #   predictions). Results: <work-dir>/<split>_eval/*.json, and all of them on stdout.
 #
@@ -91,6 +92,10 @@ cli predict --image-feats "$IMG_FEAT" --text-feats "$TXT_FEAT" --output "$PRED" 
 
 step "evaluate exact predictions"
 cli evaluate --dataset-dir "$DATASET" --split "$SPLIT" --predictions "$PRED" > "$RES/recall.json"
+
+step "relevance: reliability of the model's calibration on this split (predicted vs observed per bin)"
+cli reliability --dataset-dir "$DATASET" --split "$SPLIT" > "$RES/reliability.json" \
+  || { echo "(model not calibrated: no reliability diagram; see imgsearch calibrate)" >&2; rm -f "$RES/reliability.json"; }
 
 step "image->text: exact predictions and recall (as cn_clip's *_tr.py; needs >= 10 texts)"
 cli predict --direction i2t --image-feats "$IMG_FEAT" --text-feats "$TXT_FEAT" \

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.contract import raises
 from app.deps import RunnerDep, SvcDep, WriteAccess
 from app.schemas import CollectionCreate, CollectionView
 from operations.collections import create_collection, describe_collection, drop_collection, list_collections
 from operations.domain import IndexSpec
+from operations.errors import BadRequest, Conflict, InvalidInput, NotFound
 from operations.names import validate_name
 from operations.ocr import enable_ocr
 
@@ -31,6 +33,7 @@ def list_all(svc: SvcDep) -> list[CollectionView]:
     status_code=201,
     dependencies=[WriteAccess],
     summary="Create a collection for a model with a chosen index",
+    responses=raises(BadRequest, Conflict, InvalidInput),
 )
 def create(body: CollectionCreate, svc: SvcDep) -> CollectionView:
     default = svc.default_index()
@@ -43,19 +46,42 @@ def create(body: CollectionCreate, svc: SvcDep) -> CollectionView:
     return _view(create_collection(svc, body.name, body.model, index, body.ocr))
 
 
-@router.get("/collections/{name}", response_model=CollectionView, summary="One collection")
+@router.get(
+    "/collections/{name}",
+    response_model=CollectionView,
+    summary="One collection",
+    responses=raises(BadRequest, NotFound),
+)
 def describe(name: str, svc: SvcDep) -> CollectionView:
     return _view(describe_collection(svc, name))
 
 
-@router.get("/collections/{name}/count", summary="How many images a collection holds")
+@router.get(
+    "/collections/{name}/count",
+    summary="How many images a collection holds",
+    responses=raises(BadRequest, NotFound),
+)
 def count(name: str, svc: SvcDep) -> dict:
     summary = describe_collection(svc, name)
     return {"collection": name, "vectors": summary.vectors, "images": summary.images}
 
 
-@router.delete("/collections/{name}", dependencies=[WriteAccess], summary="Drop a collection and its images")
-def drop(name: str, svc: SvcDep) -> dict:
+@router.delete(
+    "/collections/{name}",
+    dependencies=[WriteAccess],
+    summary="Drop a collection and its images (409 while a job of this server works on it)",
+    responses=raises(BadRequest, NotFound, Conflict),
+)
+def drop(name: str, svc: SvcDep, runner: RunnerDep) -> dict:
+    # A job writing to a collection that is dropped under it broke the stores'
+    # files (Milvus Lite: "WAL already closed", a 503) and could leave half a
+    # collection behind: the job is cancelled first, or finishes.
+    if running := runner.running_on(validate_name(name)):
+        raise Conflict(
+            f"collection {name!r} has running jobs ({', '.join(running)}): "
+            "cancel them (POST /img/jobs/{id}/cancel) or wait, then drop it",
+            jobs=running,
+        )
     drop_collection(svc, name)
     return {"dropped": name}
 
@@ -70,6 +96,7 @@ def models(svc: SvcDep) -> dict:
     status_code=202,
     dependencies=[WriteAccess],
     summary="Turn OCR on for a collection and read its stored images (background job with progress)",
+    responses=raises(BadRequest, NotFound, Conflict),
 )
 def ocr_job(name: str, svc: SvcDep, runner: RunnerDep) -> dict:
     validate_name(name)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
+from app.contract import RETRY_AFTER, ErrorBody
 from app.deps import SvcDep
 from operations.errors import ServiceError
 
@@ -18,7 +20,23 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Milvus, SQL and the model are ready")
+class Readiness(BaseModel):
+    status: str = Field(description="ready or unavailable")
+    checks: dict[str, str] = Field(description="model, milvus, sql: ok or what is wrong")
+
+
+@router.get(
+    "/readyz",
+    summary="Milvus, SQL and the model are ready",
+    response_model=Readiness,
+    responses={
+        503: {
+            "model": Readiness | ErrorBody,
+            "description": "a dependency is not ready (or the service is still starting)",
+            "headers": RETRY_AFTER,
+        }
+    },
+)
 def readyz(svc: SvcDep) -> JSONResponse:
     int8 = ", int8 text" if getattr(svc.encoder, "text_int8", False) else ""
     backend = getattr(svc.encoder, "backend", "torch")

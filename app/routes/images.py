@@ -6,11 +6,12 @@ import json
 import threading
 import uuid
 from collections import OrderedDict
-from pathlib import Path
+from pathlib import Path as FsPath
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile, status
+from fastapi import APIRouter, File, Form, Path, Query, Request, Response, UploadFile, status
 
+from app.contract import raises
 from app.deps import RunnerDep, SvcDep, WriteAccess
 from app.routes.uploads import read_upload, split_list
 from app.routes.views import image_meta
@@ -24,9 +25,10 @@ from app.schemas import (
     OcrLineView,
     OcrView,
 )
+from operations.bounds import MAX_IMAGE_ID, MAX_TIMESTAMP, MIN_IMAGE_ID
 from operations.context import Services, resolve_under
 from operations.delete import delete_ids, delete_matching
-from operations.errors import BadRequest, InvalidInput, NotFound
+from operations.errors import BadRequest, Conflict, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMedia
 from operations.images import stored_image_bytes, thumbnail_jpeg
 from operations.ingest import Upload, add_images, check_metadata
 from operations.names import validate_name
@@ -34,6 +36,8 @@ from operations.ocr import ocr_text
 
 router = APIRouter(prefix="/img/images", tags=["images"])
 THUMB_SIZES = (64, 128, 256, 512)
+ImageIdPath = Annotated[int, Path(ge=MIN_IMAGE_ID, le=MAX_IMAGE_ID, description="an image id (0..2^63-1)")]
+MAX_EXTERNAL_ID_CHARS = 256
 
 
 class ThumbnailCache:
@@ -78,11 +82,14 @@ def _row(svc: Services, collection: str, image_id: int, with_image: bool):
 @router.get(
     "/{collection}/{image_id}",
     summary="The image's bytes, or a JPEG thumbnail with ?size=",
-    responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}},
+    responses={
+        200: {"content": {"image/jpeg": {}, "image/png": {}}},
+        **raises(BadRequest, NotFound, InvalidInput, PayloadTooLarge, UnsupportedMedia),
+    },
 )
 def get_image(
     collection: str,
-    image_id: int,
+    image_id: ImageIdPath,
     svc: SvcDep,
     request: Request,
     size: Annotated[int | None, Query(description=f"thumbnail edge, one of {THUMB_SIZES}")] = None,
@@ -106,8 +113,13 @@ def get_image(
     return Response(thumb, media_type="image/jpeg", headers=headers)
 
 
-@router.get("/{collection}/{image_id}/meta", response_model=ImageMeta, summary="An image's metadata")
-def get_meta(collection: str, image_id: int, svc: SvcDep) -> ImageMeta:
+@router.get(
+    "/{collection}/{image_id}/meta",
+    response_model=ImageMeta,
+    summary="An image's metadata",
+    responses=raises(BadRequest, NotFound),
+)
+def get_meta(collection: str, image_id: ImageIdPath, svc: SvcDep) -> ImageMeta:
     return image_meta(collection, _row(svc, collection, image_id, with_image=False))
 
 
@@ -115,8 +127,9 @@ def get_meta(collection: str, image_id: int, svc: SvcDep) -> ImageMeta:
     "/{collection}/{image_id}/ocr",
     response_model=OcrView,
     summary="The text read in an image (OCR): lines with boxes and confidences",
+    responses=raises(BadRequest, NotFound),
 )
-def get_ocr(collection: str, image_id: int, svc: SvcDep) -> OcrView:
+def get_ocr(collection: str, image_id: ImageIdPath, svc: SvcDep) -> OcrView:
     validate_name(collection)
     _row(svc, collection, image_id, with_image=False)
     record = ocr_text(svc, collection, image_id)
@@ -138,7 +151,10 @@ def get_ocr(collection: str, image_id: int, svc: SvcDep) -> OcrView:
     response_model=AddResponse,
     dependencies=[WriteAccess],
     summary="Add uploaded images (a large batch becomes a background job)",
-    responses={202: {"model": AddResponse}},
+    responses={
+        202: {"model": AddResponse},
+        **raises(BadRequest, NotFound, Conflict, InvalidInput, PayloadTooLarge),
+    },
 )
 def add(
     collection: str,
@@ -148,7 +164,9 @@ def add(
     files: Annotated[list[UploadFile], File(description="one or many images")],
     source: Annotated[str, Form()] = "upload",
     tags: Annotated[str | None, Form(description="comma-separated")] = None,
-    created_at: Annotated[int | None, Form(ge=0, description="unix seconds (default: now)")] = None,
+    created_at: Annotated[
+        int | None, Form(ge=0, le=MAX_TIMESTAMP, description="unix seconds (default: now)")
+    ] = None,
     external_ids: Annotated[str | None, Form(description="JSON list, one per file")] = None,
     near_duplicates: Annotated[
         bool, Form(description="report stored images above the near-duplicate threshold")
@@ -181,15 +199,37 @@ def add(
 
 
 def _external_ids(raw: str | None, n: int) -> list[str | None]:
+    """The `external_ids` form field: a flat JSON list, one string (or int, or null) per file."""
     if not raw:
         return [None] * n
     try:
         values = json.loads(raw)
-    except ValueError:
-        raise InvalidInput("external_ids must be a JSON list") from None
+    except (ValueError, RecursionError):  # RecursionError: thousands of nested brackets
+        raise InvalidInput("external_ids must be a JSON list", field="external_ids") from None
     if not isinstance(values, list) or len(values) != n:
-        raise InvalidInput("external_ids must be a JSON list with one entry per file")
-    return [None if v is None else str(v) for v in values]
+        raise InvalidInput("external_ids must be a JSON list with one entry per file", field="external_ids")
+    out: list[str | None] = []
+    for i, v in enumerate(values):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (str, int))):
+            raise InvalidInput(
+                f"external_ids[{i}] must be a string, an integer or null", field="external_ids"
+            )
+        text = None if v is None else str(v)
+        if text is not None and (len(text) > MAX_EXTERNAL_ID_CHARS or not _is_text(text)):
+            raise InvalidInput(
+                f"external_ids[{i}] must be text of at most {MAX_EXTERNAL_ID_CHARS} characters",
+                field="external_ids",
+            )
+        out.append(text)
+    return out
+
+
+def _is_text(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
+        return False
+    return True
 
 
 def _spool_and_submit(svc, runner, collection, uploads, source, tags, created_at) -> str:
@@ -200,8 +240,8 @@ def _spool_and_submit(svc, runner, collection, uploads, source, tags, created_at
     folder.mkdir(parents=True, exist_ok=True)
     meta = {}
     for i, up in enumerate(uploads):
-        name = f"{i:06d}{Path(up.filename).suffix.lower() or '.img'}"
-        if Path(name).suffix not in {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}:
+        name = f"{i:06d}{FsPath(up.filename).suffix.lower() or '.img'}"
+        if FsPath(name).suffix not in {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}:
             name = f"{i:06d}.jpg"  # the content, not the name, decides what it is
         (folder / name).write_bytes(up.data)
         meta[name] = {
@@ -227,6 +267,7 @@ def _spool_and_submit(svc, runner, collection, uploads, source, tags, created_at
     status_code=202,
     dependencies=[WriteAccess],
     summary="Add every image of a folder under DATA_ROOT (background job)",
+    responses=raises(BadRequest, NotFound, InvalidInput),
 )
 def add_folder_job(collection: str, body: FolderAddRequest, svc: SvcDep, runner: RunnerDep) -> dict:
     validate_name(collection)
@@ -248,8 +289,9 @@ def add_folder_job(collection: str, body: FolderAddRequest, svc: SvcDep, runner:
     response_model=DeleteResponse,
     dependencies=[WriteAccess],
     summary="Delete one image from both stores",
+    responses=raises(BadRequest, NotFound, InvalidInput),
 )
-def delete_one(collection: str, image_id: int, svc: SvcDep) -> DeleteResponse:
+def delete_one(collection: str, image_id: ImageIdPath, svc: SvcDep) -> DeleteResponse:
     validate_name(collection)
     if delete_ids(svc, collection, [image_id]) == 0:
         raise NotFound(f"image {image_id} is not in collection {collection!r}", image_id=image_id)
@@ -261,6 +303,7 @@ def delete_one(collection: str, image_id: int, svc: SvcDep) -> DeleteResponse:
     response_model=DeleteResponse,
     dependencies=[WriteAccess],
     summary="Delete many images, by ids or by filter",
+    responses=raises(BadRequest, NotFound, InvalidInput),
 )
 def delete_many(collection: str, body: DeleteRequest, svc: SvcDep) -> DeleteResponse:
     validate_name(collection)

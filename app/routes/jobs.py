@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
+from app.contract import raises
 from app.deps import RunnerDep, SvcDep, WriteAccess, collection_name
 from app.schemas import CalibrateRequest, JobView, LoadRequest
 from operations.context import resolve_under
-from operations.errors import BadRequest
+from operations.errors import BadRequest, Conflict, InvalidInput, NotFound
 from operations.stores.job_store import Job
 
 router = APIRouter(prefix="/img", tags=["jobs"])
@@ -40,6 +41,7 @@ def job_view(job: Job) -> JobView:
     response_model=JobView,
     dependencies=[WriteAccess],
     summary="Load a dataset split (Chinese-CLIP layout, under DATA_ROOT) as a background job",
+    responses=raises(BadRequest, NotFound, Conflict, InvalidInput),
 )
 def load(body: LoadRequest, svc: SvcDep, runner: RunnerDep) -> JobView:
     collection = collection_name(svc, body.collection)
@@ -58,6 +60,7 @@ def load(body: LoadRequest, svc: SvcDep, runner: RunnerDep) -> JobView:
     response_model=JobView,
     dependencies=[WriteAccess],
     summary="Calibrate a model's relevance on a labelled split (texts with image_ids), as a job",
+    responses=raises(BadRequest, NotFound, Conflict),
 )
 def calibrate(body: CalibrateRequest, svc: SvcDep, runner: RunnerDep) -> JobView:
     dataset_dir = resolve_under(svc.settings.data_root, body.dataset)
@@ -85,7 +88,10 @@ def list_jobs(runner: RunnerDep, limit: int = Query(50, ge=1, le=500)) -> list[J
 
 
 @router.get(
-    "/jobs/{job_id}", response_model=JobView, summary="A job's state, counts, rate, ETA and failed items"
+    "/jobs/{job_id}",
+    response_model=JobView,
+    summary="A job's state, counts, rate, ETA and failed items",
+    responses=raises(NotFound),
 )
 def get_job(job_id: str, runner: RunnerDep, failures: int = Query(100, ge=0, le=10_000)) -> JobView:
     return job_view(runner.jobs.get(job_id, failures))
@@ -96,12 +102,18 @@ def get_job(job_id: str, runner: RunnerDep, failures: int = Query(100, ge=0, le=
     response_model=JobView,
     dependencies=[WriteAccess],
     summary="Resume an interrupted or failed job",
+    responses=raises(NotFound, Conflict),
 )
 def resume(job_id: str, runner: RunnerDep) -> JobView:
     return job_view(runner.resume(job_id))
 
 
-@router.post("/jobs/{job_id}/cancel", dependencies=[WriteAccess], summary="Ask a running job to stop")
+@router.post(
+    "/jobs/{job_id}/cancel",
+    dependencies=[WriteAccess],
+    summary="Ask a running job to stop",
+    responses=raises(NotFound, Conflict),
+)
 def cancel(job_id: str, runner: RunnerDep, svc: SvcDep) -> dict:
     runner.cancel(job_id)
     return {"job_id": job_id, "cancelling": True}

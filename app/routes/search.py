@@ -13,12 +13,14 @@ from typing import Annotated, Literal
 import anyio
 from fastapi import APIRouter, File, Form, UploadFile
 
+from app.contract import raises
 from app.deps import SvcDep, collection_name
 from app.routes.uploads import read_upload, split_list
 from app.routes.views import search_response
 from app.schemas import SearchResponse, TextSearchRequest
+from operations.bounds import MAX_IMAGE_ID, MAX_TIMESTAMP, MIN_IMAGE_ID
 from operations.domain import SearchFilter
-from operations.errors import InvalidInput
+from operations.errors import BadRequest, Conflict, InvalidInput, NotFound, PayloadTooLarge, UnsupportedMedia
 from operations.relevance.cutoff import CutOptions
 from operations.relevance.search import RelevanceQuery, relevance_search_async
 from operations.search import MAX_SEARCH_TOP_K
@@ -30,6 +32,7 @@ router = APIRouter(prefix="/img", tags=["search"])
     "/search",
     response_model=SearchResponse,
     summary="Search images by a Chinese sentence or query (`-term`, `term:2`), an image_id, feedback",
+    responses=raises(BadRequest, NotFound, Conflict, InvalidInput),
 )
 async def text_search(body: TextSearchRequest, svc: SvcDep) -> SearchResponse:
     """The query is a small language: words separated by spaces (`海边 日落` is one phrase);
@@ -72,12 +75,18 @@ def _ids(value: str | None, what: str) -> tuple[int, ...]:
     "/search/image",
     response_model=SearchResponse,
     summary="Search images similar to an uploaded image, or to a stored image by id, optionally with a query",
+    responses=raises(BadRequest, NotFound, Conflict, InvalidInput, PayloadTooLarge, UnsupportedMedia),
 )
 async def image_search(
     svc: SvcDep,
     file: Annotated[UploadFile | None, File(description="the query photo")] = None,
     image_id: Annotated[
-        int | None, Form(description="or: the id of a stored image (left out of results)")
+        int | None,
+        Form(
+            ge=MIN_IMAGE_ID,
+            le=MAX_IMAGE_ID,
+            description="or: the id of a stored image (left out of results)",
+        ),
     ] = None,
     query: Annotated[
         str, Form(max_length=10_000, description="text with the image: 像这张，但是红色的")
@@ -87,8 +96,8 @@ async def image_search(
     min_score: Annotated[float | None, Form(ge=-1, le=1)] = None,
     sources: Annotated[str | None, Form(description="comma-separated")] = None,
     tags: Annotated[str | None, Form(description="comma-separated; any of them")] = None,
-    created_from: Annotated[int | None, Form(ge=0)] = None,
-    created_to: Annotated[int | None, Form(ge=0)] = None,
+    created_from: Annotated[int | None, Form(ge=0, le=MAX_TIMESTAMP, description="unix seconds")] = None,
+    created_to: Annotated[int | None, Form(ge=0, le=MAX_TIMESTAMP, description="unix seconds")] = None,
     with_image: Annotated[bool, Form()] = False,
     min_relevance: Annotated[float | None, Form(ge=0, le=1)] = None,
     cut: Annotated[Literal["none", "auto"], Form()] = "none",

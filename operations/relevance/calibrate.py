@@ -9,7 +9,7 @@ caption's `image_ids`.
 
 from __future__ import annotations
 
-import io
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,8 +20,10 @@ from PIL import Image
 
 from datasets.formats import BadRecord, dataset_paths, iter_features, iter_image_tsv, iter_texts
 from operations.context import Services
+from operations.data_root import check_under, opened_under
 from operations.encoding.base import Encoder
-from operations.errors import InvalidInput
+from operations.errors import InvalidInput, ServiceError
+from operations.images import check_image
 from operations.relevance.calibration import (
     Calibration,
     ReliabilityBin,
@@ -53,7 +55,13 @@ class LabelledSplit:
         return pair_scores(self.text_feats, self.positives, self.image_ids, self.image_feats)
 
 
-def _encode_images(encoder: Encoder, tsv: Path) -> tuple[list[int], np.ndarray]:
+# Callers without settings (evaluation scripts) get MAX_IMAGE_PIXELS' default.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def _encode_images(
+    encoder: Encoder, tsv: Path, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[list[int], np.ndarray]:
     ids: list[int] = []
     chunks: list[np.ndarray] = []
     batch: list[Image.Image] = []
@@ -61,8 +69,13 @@ def _encode_images(encoder: Encoder, tsv: Path) -> tuple[list[int], np.ndarray]:
         if isinstance(rec, BadRecord):
             log.warning("%s line %d skipped: %s", tsv.name, rec.line_no, rec.reason)
             continue
+        try:  # the service's one decode: bombs and broken images are skipped, not a crash
+            image = check_image(rec.data, len(rec.data) + 1, max_pixels).image
+        except ServiceError as exc:
+            log.warning("%s line %d skipped: %s", tsv.name, rec.line_no, exc.message)
+            continue
         ids.append(rec.image_id)
-        batch.append(Image.open(io.BytesIO(rec.data)).convert("RGB"))
+        batch.append(image)
         if len(batch) == _IMAGE_BATCH:
             chunks.append(encoder.encode_images(batch))
             batch = []
@@ -76,15 +89,43 @@ def read_labelled_split(
     dataset_dir: Path,
     split: str,
     collection_vectors: Callable[[list[int]], dict[int, np.ndarray]] | None = None,
+    *,
+    data_root: Path | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> LabelledSplit:
-    """The split's captions and images as features of `encoder`'s model (InvalidInput if unusable)."""
+    """The split's captions and images as features of `encoder`'s model (InvalidInput if unusable).
+
+    With `data_root` (a calibration the server runs), each file is opened and
+    checked to lie under it before it is read (operations.data_root).
+    """
+    with contextlib.ExitStack() as files:
+
+        def readable(path: Path) -> Path:
+            if data_root is None:
+                return path
+            return Path(files.enter_context(opened_under(data_root, path)))
+
+        return _read_labelled_split(encoder, dataset_dir, split, collection_vectors, readable, max_pixels)
+
+
+def _read_labelled_split(
+    encoder: Encoder,
+    dataset_dir: Path,
+    split: str,
+    collection_vectors: Callable[[list[int]], dict[int, np.ndarray]] | None,
+    readable: Callable[[Path], Path],
+    max_pixels: int,
+) -> LabelledSplit:
     try:
         paths = dataset_paths(dataset_dir, split)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
     if not paths.texts_jsonl.is_file():
         raise InvalidInput(f"{paths.texts_jsonl.name} not found in {dataset_dir}")
-    texts = [t for t in iter_texts(paths.texts_jsonl) if not isinstance(t, BadRecord) and t.image_ids]
+    texts_file = readable(paths.texts_jsonl)
+    img_feat = readable(paths.img_feat) if paths.img_feat.is_file() else None
+    imgs_tsv = readable(paths.imgs_tsv) if paths.imgs_tsv.is_file() else None
+    texts = [t for t in iter_texts(texts_file) if not isinstance(t, BadRecord) and t.image_ids]
     if not texts:
         raise InvalidInput(f"{paths.texts_jsonl.name} holds no caption with image_ids")
     text_feats = encoder.encode_texts([t.text for t in texts])
@@ -93,21 +134,19 @@ def read_labelled_split(
     source = "features"
     ids: list[int] = []
     feats = np.zeros((0, encoder.dim), np.float32)
-    if paths.img_feat.is_file():
-        recs = [
-            r for r in iter_features(paths.img_feat, "image_id", encoder.dim) if not isinstance(r, BadRecord)
-        ]
+    if img_feat is not None:
+        recs = [r for r in iter_features(img_feat, "image_id", encoder.dim) if not isinstance(r, BadRecord)]
         ids = [r.id for r in recs]
         feats = np.stack([r.vector for r in recs]) if recs else feats
-    if not ids and paths.imgs_tsv.is_file() and collection_vectors is not None:
-        wanted = [r.image_id for r in iter_image_tsv(paths.imgs_tsv) if not isinstance(r, BadRecord)]
+    if not ids and imgs_tsv is not None and collection_vectors is not None:
+        wanted = [r.image_id for r in iter_image_tsv(imgs_tsv) if not isinstance(r, BadRecord)]
         found = collection_vectors(wanted)
         if wanted and len(found) == len(wanted):
             source, ids = "collection", wanted
             feats = np.stack([found[i] for i in wanted]).astype(np.float32)
-    if not ids and paths.imgs_tsv.is_file():
+    if not ids and imgs_tsv is not None:
         source = "images"
-        ids, feats = _encode_images(encoder, paths.imgs_tsv)
+        ids, feats = _encode_images(encoder, imgs_tsv, max_pixels)
     if not ids:
         raise InvalidInput(f"split {split!r} has no images ({paths.imgs_tsv.name} or {paths.img_feat.name})")
     return LabelledSplit(split, text_feats, positives, ids, feats, source)
@@ -154,7 +193,12 @@ def check_calibration(data: LabelledSplit, calibration: Calibration) -> tuple[li
 
 
 def calibrate_model(
-    svc: Services, dataset_dir: Path, split: str, collection: str | None = None, model: str | None = None
+    svc: Services,
+    dataset_dir: Path,
+    split: str,
+    collection: str | None = None,
+    model: str | None = None,
+    data_root: Path | None = None,
 ) -> tuple[Calibration, Path]:
     """Fit the calibration of a model (that of `collection`, else `model`, else the default) on
     a labelled split and store it with the model: every collection of the model then uses it."""
@@ -167,7 +211,12 @@ def calibrate_model(
             return svc.vectors.get_vectors(collection, ids)
     else:
         encoder = svc.encoders.get(model) if model else svc.encoder
-    data = read_labelled_split(encoder, dataset_dir, split, vectors)
+        vectors = None  # type: ignore[assignment]
+    if data_root is not None:
+        dataset_dir = check_under(data_root, dataset_dir)
+    data = read_labelled_split(
+        encoder, dataset_dir, split, vectors, data_root=data_root, max_pixels=svc.settings.max_image_pixels
+    )
     cal = fit_calibration(
         data, encoder.model_name, svc.calibrations.checkpoint_sha256(encoder.model_name), dataset_dir.name
     )

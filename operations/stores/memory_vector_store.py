@@ -6,6 +6,8 @@ over the same vectors must answer.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from operations.domain import CollectionInfo, Hit, IndexSpec, SearchFilter, VectorAttrs, check_model
@@ -101,9 +103,18 @@ class InMemoryVectorStore:
         c = self._get(name)
         return [self._scored(c, v, flt)[:top_k] for v in np.atleast_2d(vectors)]
 
-    def range_search(self, name, vector, min_score, limit, flt=None) -> list[Hit]:
+    def range_search(self, name, vector, min_score, limit, flt=None, max_score=None) -> list[Hit]:
         c = self._get(name)
-        return [h for h in self._scored(c, vector, flt) if h.score >= min_score][:limit]
+        return [
+            h
+            for h in self._scored(c, vector, flt)
+            if h.score >= min_score and (max_score is None or h.score <= max_score)
+        ][:limit]
+
+    def range_pages(self, name, vector, min_score, page_size, flt=None) -> Iterator[list[Hit]]:
+        hits = self.range_search(name, vector, min_score, 2**62, flt)
+        for start in range(0, len(hits), page_size):
+            yield hits[start : start + page_size]
 
     def close(self) -> None:
         return None

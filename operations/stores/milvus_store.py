@@ -31,12 +31,14 @@ Why the choices here:
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import functools
+import itertools
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -45,12 +47,13 @@ from typing import TypeVar
 import numpy as np
 
 from operations import deadline
+from operations.bounds import check_int64
 from operations.domain import CollectionInfo, Hit, IndexSpec, SearchFilter, VectorAttrs, check_model
 from operations.errors import DependencyUnavailable, InvalidInput, NotFound, ServiceError
 from operations.names import validate_name
 from operations.stores.milvus_filter import build_filter, ids_filter
 from operations.stores.outage import OutageLog
-from operations.stores.pymilvus_guard import DataType, MilvusClient, MilvusException
+from operations.stores.pymilvus_guard import DataType, MilvusClient, MilvusException, ParamError
 from operations.stores.vector_base import MAX_STORE_HITS
 
 log = logging.getLogger(__name__)
@@ -61,8 +64,18 @@ T = TypeVar("T")
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 CONSISTENCY_LEVELS = ("Adaptive", "Strong", "Session", "Bounded", "Eventually")
 MAX_TAGS = 64
+# Ids returned within this much above a range page's lowest score are excluded
+# from the next page by id (its window starts this much higher), so a boundary
+# score the server rounds differently is neither lost nor repeated.
+_TIE_BAND = 1e-6
 PROP_MODEL, PROP_DIM, PROP_INDEX = "cnclip.model", "cnclip.dim", "cnclip.index"
 _NOT_FOUND_HINTS = ("not found", "not exist", "doesn't exist", "can't find")
+_CONTENT_HINTS = (
+    "failed to create expr plan",
+    "cannot parse expression",
+    "too large to convert",
+    "out of range",
+)
 STORE = "milvus"
 # Milvus calls of one process in flight at once (request threads plus a load's stages).
 CALL_THREADS = 32
@@ -72,6 +85,12 @@ def _classify(exc: Exception, name: str | None) -> ServiceError:
     text = str(exc)
     if name and any(h in text.lower() for h in _NOT_FOUND_HINTS) and "collection" in text.lower():
         return NotFound(f"collection {name!r} does not exist", collection=name)
+    # Milvus refusing a value for its content is the caller's error (4xx), not
+    # an outage: 503 is kept for a server that cannot be reached or timed out.
+    if isinstance(exc, ParamError) or any(h in text.lower() for h in _CONTENT_HINTS):
+        return InvalidInput(
+            f"milvus refused the request: {text.splitlines()[0][:300] if text else type(exc).__name__}"
+        )
     return DependencyUnavailable("milvus", text.splitlines()[0][:300] if text else type(exc).__name__)
 
 
@@ -118,6 +137,7 @@ class MilvusVectorStore:
         self._pool_lock = threading.Lock()
         self._client: MilvusClient | None = None
         self._client_lock = threading.Lock()
+        self._create_lock = threading.Lock()
         self._loaded: set[str] = set()
         self._info_cache: dict[str, CollectionInfo] = {}
         # Writes per collection not yet known to be visible to Bounded reads.
@@ -281,6 +301,13 @@ class MilvusVectorStore:
     def create_collection(self, name: str, dim: int, model_name: str, index: IndexSpec) -> None:
         validate_name(name)
         index.check()
+        # One creation at a time in this process: a request and a load job
+        # creating the same collection at once both saw it missing, and the
+        # second creation failed ("File exists" on Milvus Lite) as a 503.
+        with self._create_lock:
+            self._create_collection(name, dim, model_name, index)
+
+    def _create_collection(self, name: str, dim: int, model_name: str, index: IndexSpec) -> None:
         if self.has_collection(name):
             self._repair_index(name, index)
             with self._fresh_deadline():  # a repair may have waited long for an index build
@@ -480,11 +507,11 @@ class MilvusVectorStore:
                 # routed by their key. So: delete the ids, then insert. A crash in
                 # between leaves the SQL rows unmarked, and the next run redoes them.
                 pk_ids = [r["id"] for r in rows]
-                self._call(lambda c: c.delete(name, ids=pk_ids, timeout=self.timeout), name)  # noqa: B023 - called at once
-                result = self._call(lambda c: c.insert(name, rows, timeout=self.timeout), name)  # noqa: B023
+                self._call(lambda c, pk_ids=pk_ids: c.delete(name, ids=pk_ids, timeout=self.timeout), name)
+                result = self._call(lambda c, rows=rows: c.insert(name, rows, timeout=self.timeout), name)
                 count = int(result.get("insert_count", len(rows)) if isinstance(result, dict) else len(rows))
             else:
-                result = self._call(lambda c: c.upsert(name, rows, timeout=self.timeout), name)  # noqa: B023
+                result = self._call(lambda c, rows=rows: c.upsert(name, rows, timeout=self.timeout), name)
                 count = int(result.get("upsert_count", len(rows)) if isinstance(result, dict) else len(rows))
             if count != len(rows):
                 raise DependencyUnavailable("milvus", f"upserted {count} of {len(rows)} vectors")
@@ -522,9 +549,9 @@ class MilvusVectorStore:
             return
         self._ensure_loaded(name)
         for start in range(0, len(ids), 1000):
-            chunk = [int(i) for i in ids[start : start + 1000]]
+            chunk = check_int64(ids[start : start + 1000], "image id")
             self._wrote(name)
-            self._call(lambda c: c.delete(name, ids=chunk, timeout=self.timeout), name)  # noqa: B023 - called at once
+            self._call(lambda c, chunk=chunk: c.delete(name, ids=chunk, timeout=self.timeout), name)
         if visible:
             self.wait_visible(name)
 
@@ -537,7 +564,7 @@ class MilvusVectorStore:
         for start in range(0, len(ids), 1000):
             expr = ids_filter(list(ids[start : start + 1000]))
             rows = self._call(
-                lambda c: c.query(
+                lambda c, expr=expr: c.query(
                     name,
                     filter=expr,  # noqa: B023 - the lambda is called at once
                     output_fields=["id"],
@@ -613,14 +640,35 @@ class MilvusVectorStore:
 
     @_one_deadline
     def range_search(
-        self, name: str, vector: np.ndarray, min_score: float, limit: int, flt: SearchFilter | None = None
+        self,
+        name: str,
+        vector: np.ndarray,
+        min_score: float,
+        limit: int,
+        flt: SearchFilter | None = None,
+        max_score: float | None = None,
+    ) -> list[Hit]:
+        """The best `limit` hits with min_score <= score (<= max_score when given), best first."""
+        return self._range(name, vector, min_score, limit, flt, max_score, 0)
+
+    def _range(
+        self,
+        name: str,
+        vector: np.ndarray,
+        min_score: float,
+        limit: int,
+        flt: SearchFilter | None,
+        max_score: float | None,
+        offset: int,
     ) -> list[Hit]:
         meta = self.describe_meta(name)
         self._ensure_loaded(name)
         expr, _ = build_filter(flt)
         # For IP, Milvus returns radius < score <= range_filter; nudge the
-        # lower bound so a score exactly at the threshold is included.
-        params = self._search_params(meta, {"radius": float(min_score) - 1e-6, "range_filter": 1.0 + 1e-3})
+        # lower bound so a score exactly at the threshold is included (the
+        # upper bound is inclusive already).
+        upper = 1.0 + 1e-3 if max_score is None else float(max_score)
+        params = self._search_params(meta, {"radius": float(min_score) - 1e-6, "range_filter": upper})
         result = self._call(
             lambda c: c.search(
                 name,
@@ -631,10 +679,50 @@ class MilvusVectorStore:
                 search_params=params,
                 consistency_level=self._read_level(name),
                 timeout=self.timeout,
+                **({"offset": offset} if offset else {}),
             ),
             name,
         )
-        return [h for h in _hits(result[0]) if h.score >= min_score]
+        return [h for h in _hits(result[0]) if min_score <= h.score <= upper]
+
+    def range_pages(
+        self, name: str, vector: np.ndarray, min_score: float, page_size: int, flt: SearchFilter | None = None
+    ) -> Iterator[list[Hit]]:
+        """Every hit with score >= min_score, best first, `page_size` (<= 16,384) at a time.
+
+        A server pages by score: each page asks for scores at or below the last
+        page's lowest (range_filter), and the ids already returned at (or within
+        _TIE_BAND above) that score are excluded by the filter, so equal scores
+        spanning a page boundary come once each. Milvus Lite 3.x answers a range
+        search from the top 5 x (limit + offset) hits only, so a score window far
+        down the ranking comes back short: Lite pages by `offset` instead (it has
+        no cap on offset + limit; the server caps it at 16,384).
+        """
+        page_size = max(1, min(page_size, MAX_STORE_HITS))
+        if self.is_lite:
+            offset = 0
+            while True:
+                page = self._range(name, vector, min_score, page_size, flt, None, offset)
+                yield page
+                if len(page) < page_size:
+                    return
+                offset += len(page)
+        upper: float | None = None
+        band: dict[int, float] = {}  # returned ids whose score may reach the next page's window
+        base = flt or SearchFilter()
+        while True:
+            page_filter = (
+                dataclasses.replace(base, exclude_ids=base.exclude_ids + tuple(band)) if band else flt
+            )
+            page = [h for h in self.range_search(name, vector, min_score, page_size, page_filter, upper)]
+            page = [h for h in page if h.id not in band]
+            yield page
+            if len(page) < page_size:
+                return
+            upper = page[-1].score + _TIE_BAND
+            band = {
+                i: s for i, s in itertools.chain(band.items(), ((h.id, h.score) for h in page)) if s <= upper
+            }
 
 
 def _hits(row) -> list[Hit]:

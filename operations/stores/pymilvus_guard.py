@@ -24,11 +24,11 @@ if _hide:
 try:
     import pymilvus  # noqa: E402
     from pymilvus import DataType, MilvusClient  # noqa: E402
-    from pymilvus.exceptions import MilvusException  # noqa: E402
+    from pymilvus.exceptions import MilvusException, ParamError  # noqa: E402
 finally:
     if _hide:
         os.environ["MILVUS_URI"] = _uri  # type: ignore[assignment]
 
 logging.getLogger("pymilvus.decorators").setLevel(logging.CRITICAL)
 
-__all__ = ["pymilvus", "DataType", "MilvusClient", "MilvusException"]
+__all__ = ["pymilvus", "DataType", "MilvusClient", "MilvusException", "ParamError"]

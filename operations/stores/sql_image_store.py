@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from operations.bounds import MAX_IMAGE_ID, MIN_IMAGE_ID, check_int64
 from operations.domain import ImageRow, InsertResult, SearchFilter
 from operations.errors import NotFound, PayloadTooLarge
 from operations.names import TAG_SEPARATOR, validate_name
@@ -176,9 +177,15 @@ class SqlImageStore:
     def insert_rows(self, collection: str, rows: Sequence[ImageRow]) -> InsertResult:
         """Insert rows with their own ids; existing ids and duplicate bytes are reported, not stored."""
         table = self._table(collection)
+        rejected: dict[int, str] = {}
+        # Image ids are 0..2^63-1 (operations.bounds), in every store alike.
+        for r in rows:
+            if not MIN_IMAGE_ID <= int(r.id) <= MAX_IMAGE_ID:  # type: ignore[arg-type]
+                rejected[int(r.id)] = f"image id {r.id} is outside {MIN_IMAGE_ID}..{MAX_IMAGE_ID}"  # type: ignore[arg-type]
+        rows = [r for r in rows if int(r.id) not in rejected]  # type: ignore[arg-type]
         ids = [int(r.id) for r in rows]  # type: ignore[arg-type]
         present_sha = self._existing_sha(table, ids)
-        fresh, rejected = [], {}
+        fresh = []
         for r in rows:
             if r.id in present_sha:
                 if present_sha[r.id] != r.sha256:
@@ -289,7 +296,7 @@ class SqlImageStore:
     def mark_indexed(self, collection: str, ids: Sequence[int]) -> None:
         table = self._table(collection)
         for start in range(0, len(ids), _CHUNK):
-            chunk = [int(i) for i in ids[start : start + _CHUNK]]
+            chunk = check_int64(ids[start : start + _CHUNK], "image id")
             self.pool.execute(
                 f"UPDATE {table} SET indexed = 1 WHERE id IN ({_placeholders(len(chunk))})", chunk
             )
@@ -307,7 +314,7 @@ class SqlImageStore:
         table = self._table(collection)
         found: set[int] = set()
         for start in range(0, len(ids), _CHUNK):
-            chunk = [int(i) for i in ids[start : start + _CHUNK]]
+            chunk = check_int64(ids[start : start + _CHUNK], "image id")
             found.update(
                 int(r[0])
                 for r in self.pool.query(
@@ -320,7 +327,7 @@ class SqlImageStore:
         table = self._table(collection)
         removed = 0
         for start in range(0, len(ids), _CHUNK):
-            chunk = [int(i) for i in ids[start : start + _CHUNK]]
+            chunk = check_int64(ids[start : start + _CHUNK], "image id")
             removed += self.pool.execute(
                 f"DELETE FROM {table} WHERE id IN ({_placeholders(len(chunk))})", chunk
             )
@@ -356,7 +363,7 @@ class SqlImageStore:
         columns = ", ".join(_COLUMNS + (("image_b64",) if with_image else ()))
         out: dict[int, ImageRow] = {}
         for start in range(0, len(ids), _CHUNK):
-            chunk = [int(i) for i in ids[start : start + _CHUNK]]
+            chunk = check_int64(ids[start : start + _CHUNK], "image id")
             for r in self.pool.query(
                 f"SELECT {columns} FROM {table} WHERE id IN ({_placeholders(len(chunk))})", chunk
             ):

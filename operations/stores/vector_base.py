@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -55,6 +55,20 @@ class VectorStore(Protocol):
         self, name: str, vectors: np.ndarray, top_k: int, flt: SearchFilter | None = None
     ) -> list[list[Hit]]: ...
     def range_search(
-        self, name: str, vector: np.ndarray, min_score: float, limit: int, flt: SearchFilter | None = None
-    ) -> list[Hit]: ...
+        self,
+        name: str,
+        vector: np.ndarray,
+        min_score: float,
+        limit: int,
+        flt: SearchFilter | None = None,
+        max_score: float | None = None,
+    ) -> list[Hit]:
+        """The best `limit` hits with min_score <= score (<= max_score when given), best first."""
+
+    def range_pages(
+        self, name: str, vector: np.ndarray, min_score: float, page_size: int, flt: SearchFilter | None = None
+    ) -> Iterator[list[Hit]]:
+        """Every hit with score >= min_score, best first, in lists of at most `page_size`:
+        no cap on the total (a risk scan reads them all)."""
+
     def close(self) -> None: ...

@@ -226,12 +226,8 @@ def test_min_score_and_scan(client, loaded):
     assert (
         csv_text.splitlines()[0].startswith("image_id,score") and len(csv_text.splitlines()) == len(want) + 1
     )
-    assert (
-        export.headers["X-Total-Count"],
-        export.headers["X-Offset"],
-        export.headers["X-Limit"],
-        export.headers["X-Truncated"],
-    ) == (str(len(want)), "0", "10000", "false")
+    # Without a limit an export is every match, streamed: no total is known up front.
+    assert export.headers["X-Offset"] == "0" and "X-Total-Count" not in export.headers
     # A partial export says so: its page bounds and the total travel as headers.
     part = client.post(
         "/img/scan",

@@ -3,7 +3,7 @@
     config/      settings: imports nothing of ours outside config/
     datasets/    Chinese-CLIP formats: nothing of ours outside datasets/
     operations/  use cases, domain, encoders, stores: never app/, scripts/, bench/, tests/ or HTTP
-      domain, errors, names: only each other and config/ (the bottom of operations)
+      domain, errors, names, bounds: only each other and config/ (the bottom of operations)
       stores/    only the domain, the store bases and their own family (no store imports another)
     app/         HTTP: never scripts/, bench/ or tests/
     bench/       never tests/ (servers come from scripts.dev_services)
@@ -39,7 +39,13 @@ STORE_FAMILIES = {
     },
     "memory": {"operations.stores.memory_vector_store"},
 }
-DOMAIN = {"operations.domain", "operations.errors", "operations.names", "operations.deadline"}
+DOMAIN = {
+    "operations.domain",
+    "operations.errors",
+    "operations.names",
+    "operations.bounds",
+    "operations.deadline",
+}
 
 
 def module_name(path: Path) -> str:

@@ -1,0 +1,58 @@
+"""Regressions the schemathesis runs (tests/test_fuzz.py) found, kept as plain tests."""
+
+from __future__ import annotations
+
+import threading
+
+from operations.errors import ServiceError
+from tests.stack import unique
+
+
+def test_the_same_collection_created_at_once_by_several_threads(services):
+    """Stateful fuzzing: a load job and POST /img/collections created "demo" at the same
+    moment; the second creation failed inside Milvus Lite ("File exists") and answered 503."""
+
+    def create(name: str, start: threading.Barrier, errors: list) -> None:
+        start.wait()
+        try:
+            services.ensure_collection(name)
+        except ServiceError as exc:
+            errors.append(exc)
+
+    for _ in range(3):
+        name, start, errors = unique("race"), threading.Barrier(6), []
+        threads = [threading.Thread(target=create, args=(name, start, errors)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, [getattr(e, "message", e) for e in errors]
+        assert services.vectors.has_collection(name)
+
+
+def test_a_collection_is_not_dropped_under_a_running_job(tmp_path):
+    """Stateful fuzzing: DELETE /img/collections/demo while a load job wrote to it answered 503
+    (Milvus Lite: "WAL already closed", "Directory not empty") and could leave half a collection."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.stack import make_services, make_settings, tiny_encoder, write_dataset
+
+    settings = make_settings(tmp_path)
+    write_dataset(settings.data_root / "ds", "valid", 3000, tiny_encoder().dim)
+    with TestClient(create_app(settings, make_services(settings))) as client:
+        job_id = client.post(
+            "/img/load", json={"dataset": "ds", "split": "valid", "collection": "busy"}
+        ).json()["job_id"]
+        refused = client.delete("/img/collections/busy")
+        assert refused.status_code == 409, refused.text
+        assert job_id in refused.json()["error"]["message"]
+        deadline = time.time() + 120
+        while client.get(f"/img/jobs/{job_id}").json()["state"] in ("queued", "running"):
+            assert time.time() < deadline
+            time.sleep(0.2)
+        assert client.get(f"/img/jobs/{job_id}").json()["state"] == "succeeded"
+        assert client.get("/img/collections/busy/count").json()["images"] == 3000
+        assert client.delete("/img/collections/busy").status_code == 200
