@@ -50,7 +50,7 @@ DESCRIPTIONS: dict[int, tuple[str, str, str]] = {
         "the request body sent nothing for 30 s",
     ),
     409: (
-        "model mismatch, or a job in the wrong state",
+        "model mismatch, a job in the wrong state, or a drop while jobs run",
         "conflict",
         "collection 'demo' was built with model RN50",
     ),

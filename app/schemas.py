@@ -188,7 +188,17 @@ class AddItem(BaseModel):
     status: Literal["added", "present", "failed"]
     id: int | None = None
     error: str | None = None
-    near_duplicates: list[dict] = Field(default_factory=list)
+    near_duplicates: list[dict] = Field(
+        default_factory=list, description='CLIP near-duplicates (near_duplicates=true): [{"id", "score"}]'
+    )
+    duplicate_tier: Literal["exact", "phash", "clip"] | None = Field(
+        None,
+        description="the strongest duplicate tier matched: exact (the same bytes), phash (the same picture "
+        "re-encoded, resized or lightly cropped), clip (a near-duplicate)",
+    )
+    same_picture: list[dict] = Field(
+        default_factory=list, description='images within PHASH_MAX_DISTANCE pHash bits: [{"id", "distance"}]'
+    )
     ocr: dict | None = Field(
         None,
         description='collections with OCR: {"status": "ok"|"failed", "lines", "text", "error"}; '

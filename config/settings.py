@@ -177,11 +177,19 @@ class Settings(BaseSettings):
         2, ge=1, le=16, description="MySQL connections inserting load batches at once (SQLite: always 1)"
     )
     near_duplicate_threshold: float = Field(0.95, ge=0, le=1)
+    phash_max_distance: int = Field(
+        6,
+        ge=0,
+        le=7,
+        description="pHash bits two images may differ in and still be the same picture (0..7: the band index "
+        "finds every match up to 7)",
+    )
     scan_page_size: int = Field(
         16384,
         ge=1,
         le=16384,
-        description="hits of one range search while a scan pages through its matches (Milvus caps it at 16384)",
+        description="hits of one range search while a scan pages through its matches "
+        "(Milvus caps it at 16384)",
     )
     thumbnail_cache_items: int = Field(512, ge=0)
 

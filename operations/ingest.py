@@ -22,10 +22,12 @@ from operations.bounds import MAX_TIMESTAMP
 from operations.context import Services
 from operations.data_root import read_under
 from operations.domain import ImageRow, VectorAttrs
+from operations.duplicates import same_picture
 from operations.errors import InvalidInput, PayloadTooLarge, ServiceError
 from operations.images import CheckedImage, check_image, decode_b64_image
 from operations.names import check_label
 from operations.ocr import PendingReads, ocr_enabled
+from operations.phash import bands, phash64
 from operations.progress import Counter, Progress
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,11 @@ class AddResult:
     id: int | None = None
     error: str | None = None
     near_duplicates: list[dict] = field(default_factory=list)
+    # The strongest duplicate tier matched (operations.duplicates): "exact" (the same
+    # bytes: status "present"), "phash" (the same picture re-encoded, resized or lightly
+    # cropped: `same_picture`), "clip" (a near-duplicate, with near_duplicates=true).
+    duplicate_tier: str | None = None
+    same_picture: list[dict] = field(default_factory=list)
     ocr: dict | None = None  # collections with OCR: {"status", "lines", "text", "error"}
 
 
@@ -177,8 +184,18 @@ def _prepare(svc, collection, encoder, offset: int, batch: list[Upload], progres
         result.id, created = svc.images.insert_new(collection, row)
         if created:
             new.append((result, up, img))
+            # Checked before this image's own hash is stored; earlier images of the
+            # same add are stored already, so a re-encoded copy within one add is found.
+            value = phash64(img.image)
+            result.same_picture = same_picture(
+                svc.images, collection, value, svc.settings.phash_max_distance, exclude=[result.id]
+            )
+            svc.images.put_phashes(collection, [(result.id, value, bands(value))])
+            if result.same_picture:
+                result.duplicate_tier = "phash"
         else:
             result.status = "present"
+            result.duplicate_tier = "exact"
             progress.advance(1)
     prepared = _Prepared(results, new)
     if new and hasattr(encoder, "preprocess_images") and hasattr(encoder, "encode_pixels"):
@@ -233,6 +250,8 @@ def _report_near_duplicates(svc, collection, new, vectors: np.ndarray) -> None:
             for h in row_hits
             if h.score >= threshold and h.id != result.id
         ]
+        if result.near_duplicates and result.duplicate_tier is None:
+            result.duplicate_tier = "clip"
 
 
 def iter_folder(folder: Path) -> Iterator[Path]:

@@ -93,6 +93,29 @@ def _ddl(dialect: str, table: str) -> list[str]:
     ]
 
 
+def phash_table_name(collection: str) -> str:
+    return "ph_" + validate_name(collection)
+
+
+# Perceptual hashes beside the images (operations.phash): the 64-bit hash as a
+# signed BIGINT and its four 16-bit bands, each indexed, so a lookup reads the
+# rows sharing a band (or a band one bit away) instead of every row.
+PHASH_BANDS = 4
+
+
+def _phash_ddl(dialect: str, table: str) -> list[str]:
+    bands = ", ".join(f"b{i} INT NOT NULL" for i in range(PHASH_BANDS))
+    if dialect == "mysql":
+        keys = ", ".join(f"KEY ix_b{i} (b{i})" for i in range(PHASH_BANDS))
+        return [
+            f"CREATE TABLE IF NOT EXISTS `{table}` (id BIGINT NOT NULL PRIMARY KEY, "
+            f"phash BIGINT NOT NULL, {bands}, {keys}) ENGINE=InnoDB"
+        ]
+    return [
+        f'CREATE TABLE IF NOT EXISTS "{table}" (id INTEGER PRIMARY KEY, phash INTEGER NOT NULL, {bands})'
+    ] + [f'CREATE INDEX IF NOT EXISTS "ix_{table}_b{i}" ON "{table}" (b{i})' for i in range(PHASH_BANDS)]
+
+
 def _as_text(b64: bytes | str) -> str:
     # A LONGBLOB column gives bytes; base64 is ASCII either way.
     return b64.decode("ascii") if isinstance(b64, (bytes, bytearray)) else b64
@@ -108,6 +131,7 @@ class SqlImageStore:
     def __init__(self, pool: SqlPool) -> None:
         self.pool = pool
         self._known: set[str] = set()
+        self._phash_known: set[str] = set()
         self._max_packet: int | None = None
 
     @property
@@ -171,7 +195,66 @@ class SqlImageStore:
 
     def drop_collection(self, collection: str) -> None:
         self.pool.execute(f"DROP TABLE IF EXISTS {self._q(table_name(collection))}")
+        self.pool.execute(f"DROP TABLE IF EXISTS {self._q(phash_table_name(collection))}")
         self._known.discard(collection)
+        self._phash_known.discard(collection)
+
+    # -- perceptual hashes ------------------------------------------------------
+    def _phash_table(self, collection: str) -> str:
+        self._table(collection)  # the collection exists
+        table = phash_table_name(collection)
+        if collection not in self._phash_known:
+            # Collections made before pHashes existed get the table on first use.
+            for statement in _phash_ddl(self.pool.dialect, table):
+                self.pool.execute(statement)
+            self._phash_known.add(collection)
+        return self._q(table)
+
+    def put_phashes(self, collection: str, items: Sequence[tuple[int, int, tuple[int, ...]]]) -> None:
+        """Store (id, signed 64-bit pHash, its bands) rows; an id already hashed keeps its row."""
+        table = self._phash_table(collection)
+        ignore = "INSERT IGNORE" if self.pool.dialect == "mysql" else "INSERT OR IGNORE"
+        cols = ", ".join(f"b{i}" for i in range(PHASH_BANDS))
+        self.pool.executemany(
+            f"{ignore} INTO {table} (id, phash, {cols}) VALUES ({_placeholders(2 + PHASH_BANDS)})",
+            [(int(i), int(h), *(int(b) for b in bands)) for i, h, bands in items],
+        )
+
+    def phash_candidates(self, collection: str, probes: Sequence[Sequence[int]]) -> dict[int, int]:
+        """id -> pHash of the rows whose band i is one of probes[i] (any i): indexed lookups."""
+        table = self._phash_table(collection)
+        found: dict[int, int] = {}
+        for i, values in enumerate(probes[:PHASH_BANDS]):
+            vals = [int(v) for v in values]
+            if not vals:
+                continue
+            for r in self.pool.query(
+                f"SELECT id, phash FROM {table} WHERE b{i} IN ({_placeholders(len(vals))})", vals
+            ):
+                found[int(r[0])] = int(r[1])
+        return found
+
+    def phash_rows(self, collection: str, after_id: int, limit: int) -> list[tuple[int, int]]:
+        """(id, pHash) of hashed images with id > after_id, by id (a listing's pages)."""
+        table = self._phash_table(collection)
+        return [
+            (int(r[0]), int(r[1]))
+            for r in self.pool.query(
+                f"SELECT id, phash FROM {table} WHERE id > ? ORDER BY id LIMIT ?", (int(after_id), int(limit))
+            )
+        ]
+
+    def ids_without_phash(self, collection: str, after_id: int, limit: int) -> list[int]:
+        """Ids of stored images with no pHash yet (id > after_id, by id): the backfill's work."""
+        images, hashes = self._table(collection), self._phash_table(collection)
+        return [
+            int(r[0])
+            for r in self.pool.query(
+                f"SELECT i.id FROM {images} i LEFT JOIN {hashes} h ON h.id = i.id "
+                "WHERE h.id IS NULL AND i.id > ? ORDER BY i.id LIMIT ?",
+                (int(after_id), int(limit)),
+            )
+        ]
 
     # -- writes -----------------------------------------------------------------
     def insert_rows(self, collection: str, rows: Sequence[ImageRow]) -> InsertResult:
@@ -330,6 +413,10 @@ class SqlImageStore:
             chunk = check_int64(ids[start : start + _CHUNK], "image id")
             removed += self.pool.execute(
                 f"DELETE FROM {table} WHERE id IN ({_placeholders(len(chunk))})", chunk
+            )
+            self.pool.execute(
+                f"DELETE FROM {self._phash_table(collection)} WHERE id IN ({_placeholders(len(chunk))})",
+                chunk,
             )
         return removed
 
