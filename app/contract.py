@@ -3,7 +3,8 @@
 The statuses come from two places, both derived, so the OpenAPI document
 cannot fall behind the code:
 - what every route of a kind can answer (`STRUCTURAL`): any parameter can be
-  invalid (422), any write can be over the body limit (413), any route that
+  invalid (422), any write can be over the body limit (413) or stall while
+  its body is read (408), any route that
   needs the services can find them unavailable (503), a protected route can
   refuse the key (401);
 - the domain errors a route's code raises, declared beside it with
@@ -43,6 +44,11 @@ DESCRIPTIONS: dict[int, tuple[str, str, str]] = {
     400: ("bad name or path", "bad_request", "invalid collection name 'x;drop': use letters, digits and _"),
     401: ("missing or wrong X-API-Key", "unauthorized", "missing or wrong X-API-Key"),
     404: ("no such collection, image or job", "not_found", "collection 'nope' does not exist"),
+    408: (
+        "the request body stopped arriving (BODY_READ_TIMEOUT_S); the connection is closed",
+        "request_timeout",
+        "the request body sent nothing for 30 s",
+    ),
     409: (
         "model mismatch, a job in the wrong state, or a drop while jobs run",
         "conflict",
@@ -85,10 +91,8 @@ def _needs(route: APIRoute, dependency: Callable) -> bool:
 # (status, does the route answer it?) for every route, whatever its code raises.
 STRUCTURAL: list[tuple[int, Callable[[APIRoute], bool]]] = [
     (422, _has_params),
-    (
-        413,
-        lambda r: bool(set(r.methods or ()) - {"GET", "HEAD", "OPTIONS"}),
-    ),  # app.limits.BodyLimitMiddleware
+    (413, lambda r: bool(set(r.methods or ()) - {"GET", "HEAD", "OPTIONS"})),  # BodyLimitMiddleware
+    (408, lambda r: bool(set(r.methods or ()) - {"GET", "HEAD", "OPTIONS"})),  # its body read timeout
     (401, lambda r: _needs(r, deps.require_api_key)),
     (503, lambda r: _needs(r, deps.get_services) or _needs(r, deps.get_runner)),
 ]

@@ -18,6 +18,7 @@ STATUS = {
     e.BadRequest: 400,
     e.Unauthorized: 401,
     e.NotFound: 404,
+    e.RequestTimeout: 408,
     e.Conflict: 409,
     e.PayloadTooLarge: 413,
     e.UnsupportedMedia: 415,
@@ -52,7 +53,10 @@ def install(app: FastAPI) -> None:
         headers = {}
         if isinstance(exc, e.DependencyUnavailable):
             headers["Retry-After"] = str(exc.retry_after_s)
-            log.warning("dependency unavailable: %s", exc.message)
+            # Not a warning per request: the store logs the outage once (operations/stores/outage.py).
+            log.debug("dependency unavailable: %s", exc.message)
+        elif isinstance(exc, e.RequestTimeout):
+            headers["Connection"] = "close"  # the rest of the body is never read
         elif isinstance(exc, e.Overloaded):
             # Shed at once, so a client backs off instead of queueing for seconds.
             headers["Retry-After"] = str(exc.retry_after_s)

@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             return batch_limit
         return 8 * 1024 * 1024
 
-    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit)
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, read_timeout_s=settings.body_read_timeout_s)
     routers = [module.router for module in ROUTE_MODULES]
     document_errors(routers)
     for router in routers:

@@ -99,7 +99,9 @@ class Settings(BaseSettings):
         str(REPO_ROOT / "data" / "milvus.db"), description="Milvus Lite file, or http://host:port of a server"
     )
     milvus_token: str = Field("", description="user:password or token for a secured Milvus")
-    milvus_timeout_s: float = Field(10.0, gt=0, le=600)
+    milvus_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="one deadline per Milvus call, its retries included (then 503)"
+    )
     milvus_consistency: Literal["Adaptive", "Strong", "Session", "Bounded", "Eventually"] = Field(
         "Adaptive",
         description="Adaptive: reads Bounded, every write waits until searches see it; "
@@ -121,7 +123,12 @@ class Settings(BaseSettings):
     # --- SQL image store ---------------------------------------------------
     mysql_url: str = Field("", description="mysql://user:pass@host:port/db; empty = SQLite")
     sqlite_path: Path = Field(REPO_ROOT / "data" / "images.sqlite3")
-    sql_timeout_s: float = Field(10.0, gt=0, le=600)
+    sql_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="one deadline per SQL call: pool wait, pre-ping, reconnect and statements (then 503)",
+    )
     sql_pool_size: int = Field(4, ge=1, le=64)
 
     # --- service ---------------------------------------------------------
@@ -135,6 +142,9 @@ class Settings(BaseSettings):
         256 * 1024 * 1024, ge=1024, description="bytes of one multi-image add request"
     )
     max_image_pixels: int = Field(40_000_000, ge=1024)
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a request body that sends nothing for this long is cut (408)"
+    )
     max_query_chars: int = Field(200, ge=1, le=10_000)
     max_batch_upload: int = Field(256, ge=1, le=10_000)
     inline_add_limit: int = Field(16, ge=0, description="uploads above this count become a background job")

@@ -48,6 +48,12 @@ class PayloadTooLarge(ServiceError):
     code = "payload_too_large"
 
 
+class RequestTimeout(ServiceError):
+    """The request body stopped arriving for longer than BODY_READ_TIMEOUT_S (408)."""
+
+    code = "request_timeout"
+
+
 class UnsupportedMedia(ServiceError):
     """An upload that is not an image at all (415)."""
 

@@ -236,6 +236,8 @@ def _take_back(svc, collection, new) -> None:
         return
     try:
         svc.images.delete(collection, [r.id for r, _, _ in new])
+    except ServiceError as exc:  # the SQL store is what failed: one line, no traceback per request
+        log.warning("could not remove rows of a failed add (%s); repair will index them", exc.message)
     except Exception:
         log.exception("could not remove rows of a failed add; repair will index them")
 

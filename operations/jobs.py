@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +26,9 @@ from operations.progress import JobProgress
 from operations.stores.job_store import Job
 
 log = logging.getLogger(__name__)
+# How long a finished job keeps trying to record its end while SQL is unavailable;
+# after a restart, a job still marked running is marked interrupted (resumable).
+RECORD_PATIENCE_S = 600.0
 
 
 def _run_load(svc: Services, job: Job, progress: JobProgress) -> str:
@@ -105,6 +109,7 @@ class JobRunner:
         self._collections: dict[str, str] = {}  # running job id -> its collection
         self._lock = threading.Lock()
         self._shutting_down = False
+        self._stopping = threading.Event()
 
     def submit(self, kind: str, collection: str, params: dict, job_id: str | None = None) -> Job:
         job = self.jobs.create(kind, collection, params, job_id)
@@ -149,26 +154,37 @@ class JobRunner:
                 state = "interrupted" if self._shutting_down else "cancelled"
             else:
                 state = "succeeded"
-            self.jobs.finish(job.id, state, message)
         except ServiceError as exc:
             log.warning("job %s failed: %s", job.id, exc.message)
-            self._finish_quietly(job.id, exc.message)
+            state, message = "failed", exc.message
         except Exception as exc:  # a job never takes the process down
             log.exception("job %s crashed", job.id)
-            self._finish_quietly(job.id, f"{type(exc).__name__}: {exc}")
+            state, message = "failed", f"{type(exc).__name__}: {exc}"
+        try:
+            self._record_end(job.id, state, message)
         finally:
             with self._lock:
                 self._progress.pop(job.id, None)
                 self._collections.pop(job.id, None)
 
-    def _finish_quietly(self, job_id: str, message: str) -> None:
-        try:
-            self.jobs.finish(job_id, "failed", message)
-        except ServiceError:
-            log.error("could not record failure of job %s (SQL unavailable)", job_id)
+    def _record_end(self, job_id: str, state: str, message: str) -> None:
+        """Record how a job ended. While SQL is unavailable (often what ended the job)
+        keep trying: a row left 'running' could never be resumed."""
+        delay, give_up = 1.0, time.monotonic() + RECORD_PATIENCE_S
+        while True:
+            try:
+                self.jobs.finish(job_id, state, message)
+                return
+            except ServiceError as exc:
+                if self._stopping.is_set() or time.monotonic() > give_up:
+                    log.error("could not record that job %s %s: %s", job_id, state, exc.message)
+                    return
+            self._stopping.wait(delay)
+            delay = min(delay * 2, 10.0)
 
     def shutdown(self) -> None:
         self._shutting_down = True
+        self._stopping.set()
         with self._lock:
             for progress in self._progress.values():
                 progress.cancel()

@@ -14,7 +14,9 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", summary="The process is up")
-def healthz() -> dict:
+async def healthz() -> dict:
+    # Async: answered by the event loop, not queued behind the worker threads
+    # (all of them may be waiting on a hung store; the process is still alive).
     return {"status": "ok"}
 
 

@@ -18,29 +18,41 @@ Why the choices here:
   skips the probe (the operator chose staleness). Milvus Lite reads its own
   writes at once and needs no probe. The probe covers the replica it hit: one
   replica (the default) is every read; with several use Strong.
-- Every call carries `timeout=`; a dead server otherwise hangs for minutes.
+- Every call carries `timeout=`; a dead server otherwise hangs for minutes. A
+  public method is one store call with one deadline (operations/deadline.py):
+  the collection description, the load before a search and pymilvus' own
+  retries all share it. On a server, each call runs on a small thread pool
+  and is abandoned (503) when the deadline passes, since pymilvus' retry loop
+  gives each new attempt the full timeout again.
 - The model name and dim live in collection properties, so a collection can
   refuse vectors from another model.
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import functools
 import itertools
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 
+from operations import deadline
 from operations.bounds import check_int64
 from operations.domain import CollectionInfo, Hit, IndexSpec, SearchFilter, VectorAttrs, check_model
 from operations.errors import DependencyUnavailable, InvalidInput, NotFound, ServiceError
 from operations.names import validate_name
 from operations.stores.milvus_filter import build_filter, ids_filter
+from operations.stores.outage import OutageLog
 from operations.stores.pymilvus_guard import DataType, MilvusClient, MilvusException, ParamError
 from operations.stores.vector_base import MAX_STORE_HITS
 
@@ -64,6 +76,9 @@ _CONTENT_HINTS = (
     "too large to convert",
     "out of range",
 )
+STORE = "milvus"
+# Milvus calls of one process in flight at once (request threads plus a load's stages).
+CALL_THREADS = 32
 
 
 def _classify(exc: Exception, name: str | None) -> ServiceError:
@@ -79,6 +94,32 @@ def _classify(exc: Exception, name: str | None) -> ServiceError:
     return DependencyUnavailable("milvus", text.splitlines()[0][:300] if text else type(exc).__name__)
 
 
+_answered = threading.local()  # .n: server calls this thread got an answer to
+
+
+def _one_deadline(method: Callable[..., T]) -> Callable[..., T]:
+    """The method and every Milvus call it makes share one deadline. Its outcome
+    feeds the outage log (outermost methods only; one answered from the cache
+    alone says nothing about the server)."""
+
+    @functools.wraps(method)
+    def wrapper(self: MilvusVectorStore, *args, **kwargs) -> T:
+        if deadline.current(STORE) is not None:
+            return method(self, *args, **kwargs)
+        answered = getattr(_answered, "n", 0)
+        with deadline.store_call(STORE, self.timeout_s):
+            try:
+                result = method(self, *args, **kwargs)
+            except DependencyUnavailable as exc:
+                self.outage.failed(exc.message)
+                raise
+        if getattr(_answered, "n", 0) != answered:
+            self.outage.succeeded()
+        return result
+
+    return wrapper
+
+
 class MilvusVectorStore:
     """`VectorStore` backed by Milvus (Lite file or server)."""
 
@@ -89,8 +130,11 @@ class MilvusVectorStore:
             raise ValueError(f"consistency must be one of {CONSISTENCY_LEVELS}")
         self.uri = uri
         self.consistency = consistency
-        self.timeout = timeout_s
+        self.timeout_s = timeout_s
         self._token = token
+        self.outage = OutageLog(STORE, log)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self._client: MilvusClient | None = None
         self._client_lock = threading.Lock()
         self._create_lock = threading.Lock()
@@ -115,6 +159,7 @@ class MilvusVectorStore:
         self.last_read_level[name] = level
         return level
 
+    @_one_deadline
     def wait_visible(self, name: str) -> None:
         """Return once this process's writes to `name` are visible to Bounded reads.
 
@@ -147,6 +192,15 @@ class MilvusVectorStore:
             self._visible[name] = max(self._visible.get(name, 0), written)
             self.probes[name] = self.probes.get(name, 0) + 1
 
+    def _fresh_deadline(self) -> AbstractContextManager[deadline.Deadline]:
+        """A new MILVUS_TIMEOUT_S for the calls after a long wait (a flush, an index build)."""
+        return deadline.store_call(STORE, self.timeout_s, own=True)
+
+    @property
+    def timeout(self) -> float:
+        """Seconds the Milvus call in progress has left (MILVUS_TIMEOUT_S outside a call)."""
+        return deadline.seconds_left(STORE, self.timeout_s)
+
     # -- connection -------------------------------------------------------
     @property
     def is_lite(self) -> bool:
@@ -158,37 +212,83 @@ class MilvusVectorStore:
         # (bench/README.md, "Filter").
         return self.is_lite
 
-    def _connect(self) -> MilvusClient:
-        with self._client_lock:
+    def _connect(self, d: deadline.Deadline | None = None) -> MilvusClient:
+        if self._client is not None:
+            return self._client
+        d = d or deadline.Deadline(STORE, time.monotonic() + self.timeout_s, self.timeout_s)
+        if not self._client_lock.acquire(timeout=max(0.0, d.left())):
+            raise DependencyUnavailable(STORE, f"no connection within {d.timeout_s:g} s")
+        try:
             if self._client is None:
                 if self.is_lite:
                     Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    self._client = MilvusClient(uri=self.uri, token=self._token, timeout=self.timeout)
+                    self._client = MilvusClient(uri=self.uri, token=self._token, timeout=d.left_or_raise())
+                except ServiceError:
+                    raise
                 except Exception as exc:  # connection refused, lite file locked, ...
                     raise DependencyUnavailable("milvus", str(exc).splitlines()[0][:300]) from exc
             return self._client
+        finally:
+            self._client_lock.release()
 
-    def _call(self, fn: Callable[[MilvusClient], T], name: str | None = None) -> T:
-        client = self._connect()
-        try:
+    def _run(self, fn: Callable[[MilvusClient], T], client: MilvusClient, d: deadline.Deadline) -> T:
+        """`fn(client)`, given up when the deadline passes.
+
+        Milvus Lite runs in this process and is called directly. A server call
+        runs on the pool with this thread's context (so `self.timeout` inside
+        `fn` reads the same deadline) and is left to finish on its own when
+        the deadline passes first (pymilvus restarts the full timeout for each
+        of its retries).
+        """
+        if self.is_lite:
             return fn(client)
-        except ServiceError:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="milvus-call")
+            pool = self._pool
+        future = pool.submit(contextvars.copy_context().run, fn, client)
+        try:
+            return future.result(timeout=d.left_or_raise())
+        except TimeoutError:
+            if not future.done():
+                future.cancel()
+                raise DependencyUnavailable(STORE, f"no answer within {d.timeout_s:g} s") from None
             raise
-        except MilvusException as exc:
-            err = _classify(exc, name)
-            if isinstance(err, DependencyUnavailable):
-                # A server restart invalidates what we knew about load state.
-                self._loaded.clear()
-            raise err from exc
-        except Exception as exc:  # grpc errors, socket errors
-            self._loaded.clear()
-            raise DependencyUnavailable("milvus", f"{type(exc).__name__}: {exc}"[:300]) from exc
 
+    def _call(
+        self, fn: Callable[[MilvusClient], T], name: str | None = None, wait_s: float | None = None
+    ) -> T:
+        """One Milvus call within the current deadline (`wait_s`: its own, longer one)."""
+        with deadline.store_call(STORE, wait_s or self.timeout_s, own=wait_s is not None) as d:
+            try:
+                result = self._run(fn, self._connect(d), d)
+                _answered.n = getattr(_answered, "n", 0) + 1
+                return result
+            except DependencyUnavailable:
+                self._loaded.clear()
+                raise
+            except ServiceError:
+                raise
+            except MilvusException as exc:
+                err = _classify(exc, name)
+                if isinstance(err, DependencyUnavailable):
+                    # A server restart invalidates what we knew about load state.
+                    self._loaded.clear()
+                raise err from exc
+            except Exception as exc:  # grpc errors, socket errors
+                self._loaded.clear()
+                raise DependencyUnavailable("milvus", f"{type(exc).__name__}: {exc}"[:300]) from exc
+
+    @_one_deadline
     def ping(self) -> None:
         self._call(lambda c: c.list_collections(timeout=self.timeout))
 
     def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None
         with self._client_lock:
             if self._client is not None:
                 try:
@@ -198,6 +298,7 @@ class MilvusVectorStore:
                 self._client = None
 
     # -- collections ------------------------------------------------------
+    @_one_deadline
     def create_collection(self, name: str, dim: int, model_name: str, index: IndexSpec) -> None:
         validate_name(name)
         index.check()
@@ -210,7 +311,8 @@ class MilvusVectorStore:
     def _create_collection(self, name: str, dim: int, model_name: str, index: IndexSpec) -> None:
         if self.has_collection(name):
             self._repair_index(name, index)
-            check_model(self.describe_meta(name), model_name, dim)
+            with self._fresh_deadline():  # a repair may have waited long for an index build
+                check_model(self.describe_meta(name), model_name, dim)
             return
         schema = MilvusClient.create_schema(
             auto_id=False,
@@ -281,10 +383,12 @@ class MilvusVectorStore:
         if self.is_lite:
             self._ensure_loaded(name)
 
+    @_one_deadline
     def has_collection(self, name: str) -> bool:
         validate_name(name)
         return bool(self._call(lambda c: c.has_collection(name, timeout=self.timeout), name))
 
+    @_one_deadline
     def describe_meta(self, name: str) -> CollectionInfo:
         """Model, dim and index of a collection, count 0 (cached: they never change)."""
         if name in self._info_cache:
@@ -315,13 +419,16 @@ class MilvusVectorStore:
         self._info_cache[name] = info
         return info
 
+    @_one_deadline
     def describe(self, name: str) -> CollectionInfo:
         meta = self.describe_meta(name)
         return CollectionInfo(meta.name, meta.model_name, meta.dim, meta.index, self.count(name))
 
+    @_one_deadline
     def list_collections(self) -> list[str]:
         return sorted(self._call(lambda c: c.list_collections(timeout=self.timeout)))
 
+    @_one_deadline
     def drop_collection(self, name: str) -> None:
         validate_name(name)
         self._call(lambda c: c.drop_collection(name, timeout=self.timeout), name)
@@ -342,16 +449,16 @@ class MilvusVectorStore:
             # On a server, wait for the build (the rows may be many), so the
             # first search does not spend its timeout on it; Milvus Lite
             # builds at load and cannot answer pymilvus' wait (no AllocTimestamp).
-            c.create_index(name, params, timeout=max(self.timeout, 120.0), sync=not self.is_lite)
+            c.create_index(name, params, timeout=self.timeout, sync=not self.is_lite)
 
-        self._call(create_index, name)
+        self._call(create_index, name, wait_s=max(self.timeout_s, 120.0))
 
     def _ensure_loaded(self, name: str, wait_s: float | None = None) -> None:
         # A collection reopened from disk (or after a server restart) is
         # "released" and refuses searches until loaded again.
         if name in self._loaded:
             return
-        self._call(lambda c: c.load_collection(name, timeout=wait_s or self.timeout), name)
+        self._call(lambda c: c.load_collection(name, timeout=self.timeout), name, wait_s=wait_s)
         self._loaded.add(name)
 
     def _ensure_writable(self, name: str) -> None:
@@ -361,6 +468,7 @@ class MilvusVectorStore:
             self._ensure_loaded(name)
 
     # -- rows ---------------------------------------------------------------
+    @_one_deadline
     def upsert(
         self,
         name: str,
@@ -413,6 +521,7 @@ class MilvusVectorStore:
             self.wait_visible(name)
         return total
 
+    @_one_deadline
     def flush(self, name: str, bulk: bool = False) -> None:
         """Seal what was written, so searches use the collection's index.
 
@@ -426,13 +535,15 @@ class MilvusVectorStore:
         """
         if self.is_lite or bulk:
             # Sealing a large load can take longer than one ordinary call.
-            self._call(lambda c: c.flush(name, timeout=max(self.timeout, 120.0)), name)
+            self._call(lambda c: c.flush(name, timeout=self.timeout), name, wait_s=max(self.timeout_s, 120.0))
         if bulk:
             # A load ends searchable: wait for the collection's load if it is
             # still running (see create_collection), as patiently as for the flush.
-            self._ensure_loaded(name, wait_s=max(self.timeout, 120.0))
-        self.wait_visible(name)
+            self._ensure_loaded(name, wait_s=max(self.timeout_s, 120.0))
+        with self._fresh_deadline():  # the long waits above may have used up this call's
+            self.wait_visible(name)
 
+    @_one_deadline
     def delete(self, name: str, ids: Sequence[int], *, visible: bool = True) -> None:
         """Delete by id; with `visible`, return once searches no longer see them."""
         if not ids:
@@ -445,6 +556,7 @@ class MilvusVectorStore:
         if visible:
             self.wait_visible(name)
 
+    @_one_deadline
     def existing_ids(self, name: str, ids: Sequence[int]) -> set[int]:
         if not ids:
             return set()
@@ -455,7 +567,7 @@ class MilvusVectorStore:
             rows = self._call(
                 lambda c: c.query(
                     name,
-                    filter=expr,  # noqa: B023 (the lambda is called at once, in this iteration)
+                    filter=expr,  # noqa: B023 - the lambda is called at once
                     output_fields=["id"],
                     consistency_level=self._read_level(name),
                     timeout=self.timeout,
@@ -465,6 +577,7 @@ class MilvusVectorStore:
             found.update(int(r["id"]) for r in rows)
         return found
 
+    @_one_deadline
     def get_vectors(self, name: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
         if not ids:
             return {}
@@ -482,6 +595,7 @@ class MilvusVectorStore:
         )
         return {int(r["id"]): np.asarray(r["vector"], dtype=np.float32) for r in rows}
 
+    @_one_deadline
     def count(self, name: str) -> int:
         self._ensure_loaded(name)
         rows = self._call(
@@ -500,6 +614,7 @@ class MilvusVectorStore:
     def _search_params(self, meta: CollectionInfo, extra: dict | None = None) -> dict:
         return {"metric_type": "IP", "params": {**meta.index.search_params, **(extra or {})}}
 
+    @_one_deadline
     def search(
         self, name: str, vectors: np.ndarray, top_k: int, flt: SearchFilter | None = None
     ) -> list[list[Hit]]:
@@ -524,6 +639,7 @@ class MilvusVectorStore:
         )
         return [_hits(row) for row in result]
 
+    @_one_deadline
     def range_search(
         self,
         name: str,

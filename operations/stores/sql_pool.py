@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import sqlite3
 import threading
@@ -21,8 +22,10 @@ from urllib.parse import unquote, urlparse
 
 import pymysql
 
+from operations import deadline
 from operations.errors import DependencyUnavailable
 from operations.stores import mysql_prepared
+from operations.stores.outage import OutageLog
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +61,47 @@ class MySQLParams:
         )
 
 
+class _DeadlineConnection(pymysql.connections.Connection):
+    """A pymysql connection whose every read and write waits at most until the
+    deadline of the store call in progress (operations/deadline.py), not a
+    fresh read timeout per packet: a frozen server costs a call one timeout,
+    however many packets, pings and statements the call has left."""
+
+    def __init__(self, *args: Any, store: str = "mysql", **kwargs: Any) -> None:
+        self._deadline_store = store
+        super().__init__(*args, **kwargs)
+
+    def _bounded(self, configured: float | None) -> float | None:
+        d = deadline.current(self._deadline_store)
+        if d is None:
+            return configured
+        # Rounded up to 0.1 s so the socket timeout is not reset for every packet.
+        return max(0.1, math.ceil(d.left() * 10) / 10)
+
+    @property
+    def _read_timeout(self) -> float | None:
+        return self._bounded(self._configured_read_timeout)
+
+    @_read_timeout.setter
+    def _read_timeout(self, value: float | None) -> None:
+        self._configured_read_timeout = value
+
+    @property
+    def _write_timeout(self) -> float | None:
+        return self._bounded(self._configured_write_timeout)
+
+    @_write_timeout.setter
+    def _write_timeout(self, value: float | None) -> None:
+        self._configured_write_timeout = value
+
+
 class SqlPool:
-    """A small pool; `connection()` yields a live connection or raises 503."""
+    """A small pool; `connection()` yields a live connection or raises 503.
+
+    Each outermost `connection()` (or transaction, or retried batch) is one
+    store call with one deadline of `timeout_s` (operations/deadline.py): the
+    wait for a free slot, the pre-ping, a reconnect and the statements share it.
+    """
 
     def __init__(
         self, mysql_url: str = "", sqlite_path: Path | None = None, timeout_s: float = 10.0, size: int = 4
@@ -75,15 +117,18 @@ class SqlPool:
         # Set once a server refuses prepared statements, so later batches do
         # not ask again (see insert_many).
         self._prepare_refused = False
+        self.outage = OutageLog(self.dialect, log)
 
     def sql(self, statement: str) -> str:
         return statement.replace("?", "%s") if self.dialect == "mysql" else statement
 
-    def _open(self) -> Any:
+    def _open(self, d: deadline.Deadline) -> Any:
+        conn: Any
         try:
             if self._mysql is not None:
                 p = self._mysql
-                conn = pymysql.connect(
+                conn = _DeadlineConnection(
+                    store=self.dialect,
                     host=p.host,
                     port=p.port,
                     user=p.user,
@@ -91,12 +136,12 @@ class SqlPool:
                     database=p.database,
                     charset="utf8mb4",
                     autocommit=True,
-                    connect_timeout=max(1, int(self.timeout)),
+                    connect_timeout=d.left_or_raise(),
                     # A dataset may hold image id 0; without this MySQL would
                     # store it under the next auto-increment id instead.
                     init_command="SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_AUTO_VALUE_ON_ZERO')",
-                    read_timeout=max(1, int(self.timeout)),
-                    write_timeout=max(1, int(self.timeout)),
+                    read_timeout=self.timeout,
+                    write_timeout=self.timeout,
                 )
             else:
                 conn = sqlite3.connect(
@@ -127,7 +172,19 @@ class SqlPool:
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[Any]:
-        if not self._slots.acquire(timeout=self.timeout):
+        with deadline.store_call(self.dialect, self.timeout) as d:
+            try:
+                with self._connection(d) as conn:
+                    yield conn
+            except DependencyUnavailable as exc:
+                if _is_outage(exc):
+                    self.outage.failed(exc.message)
+                raise
+            self.outage.succeeded()
+
+    @contextlib.contextmanager
+    def _connection(self, d: deadline.Deadline) -> Iterator[Any]:
+        if not self._slots.acquire(timeout=max(0.0, d.left())):
             raise DependencyUnavailable(self.dialect, "all SQL connections busy")
         conn = None
         try:
@@ -139,7 +196,7 @@ class SqlPool:
             except queue.Empty:
                 pass
             if conn is None:
-                conn = self._open()
+                conn = self._open(d)
             try:
                 yield conn
             except (
@@ -268,16 +325,18 @@ class SqlPool:
 
     def _with_retries(self, work: Callable[[Any], int]) -> int:
         """`work(cursor)` inside one transaction, retried when MySQL picks it as
-        a deadlock victim (it was rolled back whole, so running it again is safe)."""
-        for attempt in range(DEADLOCK_RETRIES + 1):
-            try:
-                with self.transaction() as cur:
-                    return work(cur)
-            except DependencyUnavailable as exc:
-                if attempt == DEADLOCK_RETRIES or not _is_deadlock(exc.__cause__):
-                    raise
-                log.info("deadlock on a batch insert; retrying (%d)", attempt + 1)
-                time.sleep(0.05 * (attempt + 1))
+        a deadlock victim (it was rolled back whole, so running it again is safe).
+        The attempts share one deadline."""
+        with deadline.store_call(self.dialect, self.timeout):
+            for attempt in range(DEADLOCK_RETRIES + 1):
+                try:
+                    with self.transaction() as cur:
+                        return work(cur)
+                except DependencyUnavailable as exc:
+                    if attempt == DEADLOCK_RETRIES or not _is_deadlock(exc.__cause__):
+                        raise
+                    log.info("deadlock on a batch insert; retrying (%d)", attempt + 1)
+                    time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple]:
@@ -310,6 +369,16 @@ def _refused_prepare(exc: BaseException | None) -> bool:
 # the binary protocol answers COM_STMT_*). Not 1461 (the server-wide
 # max_prepared_stmt_count reached): that passes, so it fails only this batch.
 _PREPARE_REFUSALS = {1295, 1047}
+
+
+def _is_outage(exc: DependencyUnavailable) -> bool:
+    # The server could not be reached or did not answer in time (client errors
+    # 2000+, socket errors, an exhausted deadline or pool), not a statement the
+    # server refused (a deadlock, a lock wait: codes below 2000).
+    cause = exc.__cause__
+    if isinstance(cause, pymysql.err.MySQLError) and cause.args and isinstance(cause.args[0], int):
+        return cause.args[0] >= 2000
+    return not isinstance(cause, sqlite3.Error) or "locked" not in str(cause)
 
 
 def _close_quietly(conn: Any) -> None:

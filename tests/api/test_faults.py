@@ -3,13 +3,18 @@ recovery by itself when they return. Real servers only."""
 
 from __future__ import annotations
 
+import itertools
+import logging
+import re
+import threading
 import time
+from dataclasses import dataclass
 
 import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.stack import jpeg, make_services, make_settings, unique
+from tests.stack import jpeg, make_services, make_settings, unique, write_dataset
 
 pytestmark = pytest.mark.services
 
@@ -124,3 +129,221 @@ def test_add_while_milvus_is_down_leaves_no_orphan_row(client, milvus_server):
         f"/img/images/{client.collection}", files={"files": ("m.jpg", jpeg(1234), "image/jpeg")}
     )
     assert again.json()["results"][0]["status"] == "added"
+
+
+# --------------------------------------------------------------------------- under traffic
+# Each scenario freezes (SIGSTOP) or kills and restarts one server while three clients search,
+# one adds and a load job runs, then checks what a client and an operator would see.
+
+T_S = 2.0  # MILVUS_TIMEOUT_S and SQL_TIMEOUT_S of these scenarios
+MARGIN_S = 1.5  # a request may take this much beyond T_S (HTTP, encoding, a busy 2-core machine)
+RECOVER_S = 15.0  # the first successful search comes within this after the server is back
+FAULT_S = 6.0  # how long a server stays frozen, or dead before it is started again
+HEALTH_S = 0.5  # /healthz answers within this whatever the worker threads do
+LOAD_ROWS = 1500
+SCENARIOS = [("milvus", "freeze"), ("milvus", "restart"), ("mariadb", "freeze"), ("mariadb", "restart")]
+
+
+@dataclass
+class Call:
+    kind: str
+    started: float
+    took: float
+    status: int
+    retry_after: str | None
+    body: str
+
+
+class Traffic:
+    """Three clients searching and one adding (one request at a time each: four requests at most,
+    as many as the worker threads) and a /healthz probe."""
+
+    def __init__(self, client, collection: str) -> None:
+        self.client, self.collection = client, collection
+        self.calls: list[Call] = []
+        self.health: list[tuple[int, float]] = []
+        self.added: list[int] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._seeds = itertools.count(50_000)
+        loops = [self._search_loop] * 3 + [self._add_loop, self._health_loop]
+        self._threads = [threading.Thread(target=loop, daemon=True) for loop in loops]
+
+    def __enter__(self) -> Traffic:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)
+
+    def _record(self, kind: str, send) -> None:
+        started = time.monotonic()
+        r = send()
+        call = Call(
+            kind, started, time.monotonic() - started, r.status_code, r.headers.get("Retry-After"), ""
+        )
+        call.body = r.text[:300]
+        with self._lock:
+            self.calls.append(call)
+            if kind == "add" and r.status_code == 200:
+                self.added += [x["id"] for x in r.json()["results"] if x["status"] == "added"]
+
+    def _search_loop(self) -> None:
+        while not self._stop.is_set():
+            self._record("search", lambda: _search(self.client))
+            time.sleep(0.05)
+
+    def _add_loop(self) -> None:
+        while not self._stop.is_set():
+            seed = next(self._seeds)
+            upload = {"files": (f"{seed}.jpg", jpeg(seed), "image/jpeg")}
+            self._record("add", lambda f=upload: self.client.post(f"/img/images/{self.collection}", files=f))
+            time.sleep(0.05)
+
+    def _health_loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            status = self.client.get("/healthz").status_code
+            self.health.append((status, time.monotonic() - started))
+            time.sleep(0.2)
+
+    def first_search_ok_after(self, moment: float) -> float | None:
+        with self._lock:
+            ends = [c.started + c.took for c in self.calls if c.kind == "search" and c.status == 200]
+        after = [e for e in ends if e >= moment]
+        return min(after) - moment if after else None
+
+
+def _wait_job(c, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        r = c.get(f"/img/jobs/{job_id}")
+        if r.status_code == 200 and r.json()["state"] not in ("queued", "running"):
+            return r.json()
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still running after {timeout} s: {r.text}")
+
+
+def _finish_load(c, job_id: str) -> dict:
+    """Wait for the load; a load the fault made fail is resumed until it succeeds."""
+    for _ in range(5):
+        job = _wait_job(c, job_id)
+        if job["state"] == "succeeded":
+            return job
+        assert job["state"] == "failed", job
+        r = c.post(f"/img/jobs/{job_id}/resume")
+        assert r.status_code in (200, 503), r.text
+        time.sleep(1)
+    raise AssertionError(f"load {job_id} did not finish: {job}")
+
+
+def _counts(c, collection: str) -> dict:
+    r = c.get(f"/img/collections/{collection}/count")
+    assert r.status_code == 200, r.text
+    return {k: r.json()[k] for k in ("images", "vectors")}
+
+
+@pytest.mark.parametrize("store,fault", SCENARIOS, ids=[f"{s}-{f}" for s, f in SCENARIOS])
+def test_fault_under_traffic(store, fault, tmp_path, milvus_server, mariadb, caplog):
+    # Production log levels (the test server fixture quiets pymilvus for its own polling).
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="pymilvus")
+    server = milvus_server if store == "milvus" else mariadb
+    settings = make_settings(
+        tmp_path,
+        milvus_server.uri,
+        mariadb.create_database(),
+        milvus_timeout_s=T_S,
+        sql_timeout_s=T_S,
+        worker_threads=4,
+    )
+    svc = make_services(settings)
+    write_dataset(tmp_path / "data" / "ds", "train", LOAD_ROWS, svc.encoder.dim, seed=7, first_id=1_000_000)
+    with TestClient(create_app(settings, svc), raise_server_exceptions=False) as c:
+        # The load has its own collection: its ids come from the dataset, the adds' from the database.
+        c.collection, loaded = unique("traffic"), unique("loaded")
+        deadline = time.time() + 120  # a previous scenario may leave Milvus reloading for a while
+        for name in (c.collection, loaded):
+            while (r := c.post("/img/collections", json={"name": name})).status_code == 503:
+                assert time.time() < deadline, r.text
+                time.sleep(2)
+            assert r.status_code == 201, r.text
+        first = c.post(
+            f"/img/images/{c.collection}",
+            files=[("files", (f"{i}.jpg", jpeg(70 + i), "image/jpeg")) for i in range(3)],
+        )
+        assert [x["status"] for x in first.json()["results"]] == ["added"] * 3
+        # Setup may have met a store still busy after the previous scenario: start once neither
+        # store counts as down, so this scenario's outage is told from its first line.
+        calm = time.monotonic() + 60
+        while svc.vectors.outage.down or svc.images.pool.outage.down:
+            assert time.monotonic() < calm, "a store still counts as down before the fault"
+            _search(c)
+            time.sleep(1)
+        job = c.post("/img/load", json={"dataset": "ds", "split": "train", "collection": loaded})
+        assert job.status_code == 202, job.text
+        log_start = len(caplog.records)
+        with Traffic(c, c.collection) as traffic:
+            time.sleep(1.0)
+            fault_at = time.monotonic()
+            if fault == "freeze":
+                with server.paused():
+                    time.sleep(FAULT_S)
+            else:
+                server.kill()
+                time.sleep(FAULT_S)
+                server.start()
+            back = time.monotonic()
+            while traffic.first_search_ok_after(back) is None and time.monotonic() < back + RECOVER_S + 5:
+                time.sleep(0.2)
+            time.sleep(1.0)
+        calls = traffic.calls
+        during = [x for x in calls if fault_at <= x.started <= back]
+        assert any(x.status == 503 for x in during), f"the fault was not noticed: {during[:5]}"
+        for x in calls:
+            assert x.status in (200, 503), f"{x.kind} answered {x.status}: {x.body}"
+            if x.status == 503:
+                assert x.retry_after and int(x.retry_after) > 0, x
+                assert '"dependency_unavailable"' in x.body, x.body
+        slowest = max(calls, key=lambda x: x.took)
+        assert slowest.took <= T_S + MARGIN_S, (
+            f"slowest {slowest.kind} took {slowest.took:.1f} s: {slowest.body}"
+        )
+        recovered = traffic.first_search_ok_after(back)
+        assert recovered is not None and recovered <= RECOVER_S, f"first search after return: {recovered}"
+        assert all(s == 200 for s, _ in traffic.health)
+        worst_health = max(t for _, t in traffic.health)
+        assert worst_health < HEALTH_S, f"/healthz took {worst_health:.2f} s"
+
+        # Both stores agree afterwards, and hold every image that was answered as added.
+        load = _finish_load(c, job.json()["job_id"])
+        assert "failed 0" in load["message"], load
+        assert _counts(c, loaded) == {"images": LOAD_ROWS, "vectors": LOAD_ROWS}
+        counts = _counts(c, c.collection)
+        assert counts["images"] == counts["vectors"] >= 3 + len(traffic.added), counts
+        for image_id in traffic.added:
+            assert c.get(f"/img/images/{c.collection}/{image_id}/meta").status_code == 200
+
+        # The log tells the outage in a few lines, without tracebacks. The store is declared
+        # back once it has answered for a while (operations/stores/outage.py).
+        settled = time.monotonic() + 30
+        while not any(" is back" in r.getMessage() for r in caplog.records[log_start:]):
+            assert time.monotonic() < settled, "no line says the store is back"
+            assert _search(c).status_code == 200
+            time.sleep(1)
+        records = caplog.records[log_start:]
+        tracebacks = [r for r in records if r.exc_info or "Traceback" in r.getMessage()]
+        assert not tracebacks, f"{len(tracebacks)} tracebacks, first: {tracebacks[0].getMessage()[:500]}"
+        failed = sum(x.status == 503 for x in calls)
+        loud = [r for r in records if r.levelno >= logging.WARNING]
+        assert len(loud) <= 12, f"{len(loud)} warnings for {failed} failed calls: " + " | ".join(
+            r.getMessage()[:120] for r in loud[:20]
+        )
+        downs = [r.getMessage() for r in records if " is down" in r.getMessage()]
+        backs = [r.getMessage() for r in records if " is back" in r.getMessage()]
+        assert len(downs) == len(backs) == 1, downs + backs
+        assert downs[0].startswith(("milvus is down", "mysql is down")), downs
+        assert re.search(r"is back after [\d.]+ s down; \d+ calls failed", backs[0]), backs

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 OURS = ("app", "bench", "config", "datasets", "operations", "scripts", "tests")
 HTTP = ("fastapi", "starlette", "uvicorn", "httpx")
 # Store modules that belong together: a family may import its own members and the bases only.
-STORE_BASES = {"operations.stores.vector_base", "operations.stores.image_base"}
+STORE_BASES = {"operations.stores.vector_base", "operations.stores.image_base", "operations.stores.outage"}
 STORE_FAMILIES = {
     "milvus": {
         "operations.stores.milvus_store",
@@ -40,7 +40,13 @@ STORE_FAMILIES = {
     },
     "memory": {"operations.stores.memory_vector_store"},
 }
-DOMAIN = {"operations.domain", "operations.errors", "operations.names", "operations.bounds"}
+DOMAIN = {
+    "operations.domain",
+    "operations.errors",
+    "operations.names",
+    "operations.bounds",
+    "operations.deadline",
+}
 
 
 def module_name(path: Path) -> str:
