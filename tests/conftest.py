@@ -107,3 +107,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _needs_services(item):
             item.add_marker(pytest.mark.services)
+
+
+# Files the repository ships that a test run must never rewrite (a calibrate job once wrote a
+# refit into models/demo/ through a test server and broke the shipped calibration).
+_SHIPPED_DIRS = ("models/demo", "config")
+
+
+def _shipped_digests() -> dict[str, str]:
+    import hashlib
+
+    root = Path(__file__).resolve().parent.parent
+    digests = {}
+    for folder in _SHIPPED_DIRS:
+        for path in sorted((root / folder).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                digests[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shipped_files_unchanged() -> Iterator[None]:
+    before = _shipped_digests()
+    yield
+    after = _shipped_digests()
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    assert not changed, f"the test run changed shipped files: {changed}"

@@ -56,6 +56,12 @@ class DemoServer:
         self.port = _free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         data = tmp / "data"
+        # A copy of the shipped calibration: schemathesis calls the calibrate job, which must
+        # write here, never into models/.
+        calibrations = tmp / "calibrations"
+        calibrations.mkdir()
+        shipped = REPO / "models" / "demo" / "demo-tiny.calibration.json"
+        (calibrations / shipped.name).write_bytes(shipped.read_bytes())
         for split, n in (("test", 40), ("valid", 8)):
             write_split(generate_split(split, n), data / "demo")
         env = {
@@ -69,6 +75,7 @@ class DemoServer:
             "DATA_ROOT": str(data),
             "API_KEY": api_key,
             "INLINE_ADD_LIMIT": "4",
+            "CALIBRATION_DIR": str(calibrations),
         }
         self.log = open(tmp / "server.log", "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
