@@ -156,7 +156,7 @@ def test_streaming_memory_stays_flat(big, capsys):
     plan = plan_scan(svc, collection, [DESCRIPTION], THRESHOLD)
     plan.page_size = 2000
     # tracemalloc slows Milvus Lite (Python) several times over: more time for each call.
-    timeout, svc.vectors.timeout = svc.vectors.timeout, 120.0
+    timeout, svc.vectors.timeout_s = svc.vectors.timeout_s, 120.0
 
     def stream() -> None:
         n = 0
@@ -172,7 +172,7 @@ def test_streaming_memory_stays_flat(big, capsys):
         stream()  # one-time costs (imports, connections, caches) before measuring
         streamed, held = _peak_while(stream), _peak_while(hold)
     finally:
-        svc.vectors.timeout = timeout
+        svc.vectors.timeout_s = timeout
     with capsys.disabled():
         print(
             f"\nscan of {N_MATCH} matches: tracemalloc peak {streamed / 1e6:.1f} MB streamed, "
