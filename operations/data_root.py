@@ -20,6 +20,8 @@ from pathlib import Path
 from operations.errors import BadRequest, PayloadTooLarge
 
 _PROC_FD = Path("/proc/self/fd")
+# Linux limits, in bytes: one path component, and a whole path.
+_NAME_MAX, _PATH_MAX = 255, 4096
 
 
 def _outside(what: str) -> BadRequest:
@@ -34,6 +36,12 @@ def resolve_under(root: Path, relative: str, what: str = "path") -> Path:
     """`relative` inside `root`, with symlinks followed, or BadRequest: the server reads nothing else."""
     if not isinstance(relative, str) or not relative or "\x00" in relative:
         raise BadRequest(f"{what} is empty or invalid")
+    # A name the file system cannot hold (ENAMETOOLONG) is the client's error, found here
+    # rather than as an OSError from the first stat of the path.
+    if any(len(part.encode("utf-8", "surrogatepass")) > _NAME_MAX for part in relative.split("/")) or (
+        len(relative.encode("utf-8", "surrogatepass")) > _PATH_MAX
+    ):
+        raise BadRequest(f"{what} is longer than a file name can be", path=relative[:200])
     root = Path(os.path.realpath(root))
     candidate = Path(os.path.realpath(root / relative))
     if not _is_under(root, candidate):

@@ -72,6 +72,21 @@ def test_dataset_paths_outside_the_root_are_400(lite, dataset):
     assert len(lite.get("/img/jobs").json()) == before
 
 
+# Found by schemathesis: a 300-character dataset name made the first stat raise ENAMETOOLONG (500).
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/img/load", {"split": "valid", "collection": "x_long"}),
+        ("/img/calibrate", {"split": "valid", "model": "tiny"}),
+    ],
+)
+def test_a_name_longer_than_the_file_system_allows_is_400(lite, route, body):
+    name = "Ṱo̺ invoke" * 30  # well past 255 bytes in one path component
+    r = lite.post(route, json={**body, "dataset": name})
+    assert r.status_code == 400, r.text
+    assert "longer than a file name" in r.json()["error"]["message"]
+
+
 def test_absolute_path_to_the_outside_dataset_is_400(lite):
     r = lite.post(
         "/img/load", json={"dataset": str(lite.outside / "secret"), "split": "valid", "collection": "x_abs"}
