@@ -284,20 +284,7 @@ class SqlImageStore:
         limit = self.max_image_b64_bytes()
         self.pool.insert_many(
             table,
-            (
-                "id",
-                "sha256",
-                "mime",
-                "width",
-                "height",
-                "source",
-                "tags",
-                "external_id",
-                "created_at",
-                "added_at",
-                "indexed",
-                "image_b64",
-            ),
+            (*_COLUMNS, "image_b64"),
             [
                 (
                     r.id,
