@@ -2,7 +2,9 @@
 
 Features are synthetic unit vectors written straight into the stores (with a tiny SQL row
 each), so more than 16,384 matches for one description take seconds, on Milvus Lite + SQLite
-and on the Milvus 2.3 server + MariaDB.
+and on the Milvus 2.3 server + MariaDB. Building and scanning that collection is heavy work on
+either backend, so the tests over it carry the `services` marker; the fast loop keeps the paging
+itself (test_equal_scores_across_page_boundaries_come_once: pages of 7 on memory and Lite).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def _vectors_around(q: np.ndarray, n: int, lo: float, hi: float, seed: int) -> n
     return v.astype(np.float32)
 
 
-@pytest.fixture(scope="module", params=["lite", "server"])
+@pytest.fixture(scope="module", params=[pytest.param("lite", marks=pytest.mark.services), "server"])
 def big(request, tmp_path_factory):
     """A collection with N_MATCH images above THRESHOLD for DESCRIPTION and N_BELOW below it."""
     settings = backend_settings(request, tmp_path_factory.mktemp("scan"), request.param)

@@ -15,6 +15,7 @@ still ties two modules together; only `if TYPE_CHECKING:` imports are left out).
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,6 +66,12 @@ def our_modules() -> dict[str, Path]:
     }
 
 
+@functools.cache
+def parsed(path: Path) -> ast.Module:
+    """The syntax tree of `path`, parsed once per run (several checks read every module)."""
+    return ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
 def _type_checking_block(node: ast.AST) -> bool:
     return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
 
@@ -74,7 +81,7 @@ def imports(path: Path, module: str, runtime_only: bool = False) -> Iterator[tup
 
     `from pkg import name` yields `pkg.name` when that is one of our modules, else `pkg`.
     runtime_only: leave out imports under `if TYPE_CHECKING:` (never executed)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    tree = parsed(path)
     known = our_modules_cache()
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
 
@@ -216,8 +223,7 @@ def test_domain_types_come_from_the_domain_module() -> None:
     names = {n for n in vars(domain) if not n.startswith("_")}
     detours = []
     for module, path in our_modules_cache().items():
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
+        for node in ast.walk(parsed(path)):
             if isinstance(node, ast.ImportFrom) and node.module in STORE_BASES:
                 for alias in node.names:
                     if alias.name in names:

@@ -1,7 +1,9 @@
 """ONNX Runtime encoders: equal to torch, verified before use, cached, and serving end to end.
 
 RN50 (the real RN50@RBT3-chinese shape, random weights) and the committed demo
-model are exported once per session into the session's cache (fixtures_onnx).
+model are exported once per session into the session's cache (fixtures_onnx). A test about an
+existing cache starts from a copy of that verified export, as a later process would find it;
+only the exports a test is about run in it.
 """
 
 from __future__ import annotations
@@ -128,19 +130,45 @@ class _NoMaskText(torch.nn.Module):
 REAL_EXPORT = onnx_export.export_towers
 
 
-def careless_export(encoder: ClipEncoder, folder: Path) -> None:
-    REAL_EXPORT(encoder, folder)  # a correct image tower, then a wrong text tower
-    with torch.no_grad():
-        torch.onnx.export(
-            _NoMaskText(encoder.model).eval(),
-            (encoder.tokenize(["一只黑色的猫在草地上", "红色"]),),
-            str(folder / onnx_export.TEXT_FILE),
-            input_names=["text"],
-            output_names=["features"],
-            dynamic_axes={"text": {0: "batch", 1: "length"}, "features": {0: "batch"}},
-            opset_version=onnx_export.OPSET,
-            dynamo=False,
-        )
+@pytest.fixture(scope="session")
+def demo_export(demo_pair, demo_spec, onnx_cache_dir) -> Path:
+    """The session's verified export folder of the demo model."""
+    folder, _ = onnx_export.cache_folder(demo_spec, onnx_cache_dir)
+    assert (folder / onnx_export.META_FILE).is_file()
+    return folder
+
+
+def seed_cache(demo_export: Path, cache: Path) -> Path:
+    """`cache` holding a copy of the verified demo export (its float32 files), as a process that
+    exported earlier left it; the cache key does not depend on the cache's location."""
+    folder = cache / demo_export.name
+    folder.mkdir(parents=True)
+    for name in (onnx_export.TEXT_FILE, onnx_export.IMAGE_FILE, onnx_export.META_FILE):
+        shutil.copy(demo_export / name, folder / name)
+    return folder
+
+
+@pytest.fixture
+def careless_export(demo_export):
+    """An exporter of the demo model with a wrong text tower beside a correct image tower (the
+    session's: only the text tower is under test, so only it is exported)."""
+
+    def export(encoder: ClipEncoder, folder: Path) -> None:
+        assert encoder.model_name == "demo-tiny", "the copied image tower is the demo model's"
+        shutil.copy(demo_export / onnx_export.IMAGE_FILE, folder / onnx_export.IMAGE_FILE)
+        with torch.no_grad():
+            torch.onnx.export(
+                _NoMaskText(encoder.model).eval(),
+                (encoder.tokenize(["一只黑色的猫在草地上", "红色"]),),
+                str(folder / onnx_export.TEXT_FILE),
+                input_names=["text"],
+                output_names=["features"],
+                dynamic_axes={"text": {0: "batch", 1: "length"}, "features": {0: "batch"}},
+                opset_version=onnx_export.OPSET,
+                dynamo=False,
+            )
+
+    return export
 
 
 def demo(tmp_path: Path, backend: str, **kw) -> ModelSpec:
@@ -156,7 +184,7 @@ def demo(tmp_path: Path, backend: str, **kw) -> ModelSpec:
     )
 
 
-def test_a_careless_text_export_fails_verification(tmp_path):
+def test_a_careless_text_export_fails_verification(tmp_path, careless_export):
     spec = demo(tmp_path, "onnx")
     encoder = ClipEncoder.load(spec)
     with pytest.raises(ExportFailed, match=r"text cosine to torch -?0\.\d+ < 0\.9999 \(batch of"):
@@ -164,7 +192,7 @@ def test_a_careless_text_export_fails_verification(tmp_path):
     assert not list((tmp_path / "cache").iterdir()), "a failed export must leave nothing cached"
 
 
-def test_auto_falls_back_to_torch_and_onnx_fails_the_start(tmp_path, monkeypatch, caplog):
+def test_auto_falls_back_to_torch_and_onnx_fails_the_start(tmp_path, monkeypatch, caplog, careless_export):
     monkeypatch.setattr(onnx_export, "export_towers", careless_export)
     with caplog.at_level(logging.WARNING):
         enc = load_encoder(demo(tmp_path, "auto", text_int8=True))
@@ -206,15 +234,15 @@ def _demo_copy(tmp_path: Path) -> ModelSpec:
     )
 
 
-def test_cache_is_reused_and_invalidated_by_a_new_checkpoint(tmp_path, count_exports):
+def test_cache_is_reused_and_invalidated_by_a_new_checkpoint(tmp_path, count_exports, demo_export):
     spec = _demo_copy(tmp_path)
+    seed_cache(demo_export, tmp_path / "cache")  # an earlier process exported this checkpoint
     first = load_encoder(spec)
-    assert first.backend == "onnx" and len(count_exports) == 1
-    folders = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert len(folders) == 1 and (tmp_path / "cache" / folders[0] / "meta.json").is_file()
+    assert first.backend == "onnx" and not count_exports, "a cached export is not exported again"
+    assert first.text_model.parent.name == demo_export.name
     assert first.model is None, "torch weights are released once ONNX serves"
     second = load_encoder(spec)
-    assert second.backend == "onnx" and len(count_exports) == 1, "a cached export is not exported again"
+    assert second.backend == "onnx" and not count_exports
     texts = ["红色的圆形", "蓝色"]
     np.testing.assert_allclose(first.encode_texts(texts), second.encode_texts(texts), atol=1e-6)
 
@@ -224,7 +252,7 @@ def test_cache_is_reused_and_invalidated_by_a_new_checkpoint(tmp_path, count_exp
     weights["text_projection"] = weights["text_projection"] * -1
     torch.save(state, spec.checkpoint)
     third = load_encoder(spec)
-    assert len(count_exports) == 2 and len(list((tmp_path / "cache").iterdir())) == 2
+    assert len(count_exports) == 1 and len(list((tmp_path / "cache").iterdir())) == 2
     assert cosines(third.encode_texts(texts), first.encode_texts(texts)).max() < -0.99
 
 
@@ -242,10 +270,9 @@ def _tamper_weights(path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["tampered text graph", "truncated image file"])
-def test_a_damaged_cache_is_exported_again(tmp_path, count_exports, damage, caplog):
+def test_a_damaged_cache_is_exported_again(tmp_path, count_exports, damage, caplog, demo_export, demo_pair):
     spec = demo(tmp_path, "onnx")
-    load_encoder(spec)
-    (folder,) = (tmp_path / "cache").iterdir()
+    folder = seed_cache(demo_export, tmp_path / "cache")
     if damage == "tampered text graph":
         _tamper_weights(folder / onnx_export.TEXT_FILE)
     else:
@@ -253,17 +280,18 @@ def test_a_damaged_cache_is_exported_again(tmp_path, count_exports, damage, capl
         (folder / onnx_export.IMAGE_FILE).write_bytes(data[: len(data) // 2])
     with caplog.at_level(logging.WARNING):
         healed = load_encoder(spec)
-    assert healed.backend == "onnx" and len(count_exports) == 2
+    assert healed.backend == "onnx" and len(count_exports) == 1
+    assert healed.text_model.parent == folder
     assert any("failed verification, exporting again" in r.getMessage() for r in caplog.records)
     texts = texts_of_many_lengths()
-    ref = ClipEncoder.load(demo(tmp_path, "torch")).encode_texts(texts)
+    ref = demo_pair[0].encode_texts(texts)  # the demo model on torch
     assert cosines(healed.encode_texts(texts), ref).min() >= MIN_COSINE
 
 
-def test_a_damaged_cache_and_a_broken_exporter_fall_back(tmp_path, monkeypatch):
+def test_a_damaged_cache_and_a_broken_exporter_fall_back(tmp_path, monkeypatch, demo_export, careless_export):
     spec = demo(tmp_path, "auto")
+    folder = seed_cache(demo_export, tmp_path / "cache")
     assert load_encoder(spec).backend == "onnx"
-    (folder,) = (tmp_path / "cache").iterdir()
     _tamper_weights(folder / onnx_export.IMAGE_FILE)
     monkeypatch.setattr(onnx_export, "export_towers", careless_export)
     assert load_encoder(spec).backend == "torch"
@@ -332,5 +360,7 @@ def test_work_folders_of_a_killed_export_are_cleaned_up(tmp_path):
         d.mkdir(parents=True)
         (d / "text.onnx").write_bytes(b"half written")
     os.utime(stale, (1_000_000_000, 1_000_000_000))
-    assert load_encoder(spec).backend == "onnx"
+    assert load_encoder(spec).backend == "onnx"  # an empty cache: exported and verified now
     assert not stale.exists() and running.exists()  # another process may still be exporting
+    done = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+    assert [p.name for p in done] == [name] and (done[0] / onnx_export.META_FILE).is_file()

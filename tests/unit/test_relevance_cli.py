@@ -22,6 +22,9 @@ def test_cli_calibrate_then_search_with_relevance(tmp_path, monkeypatch, capsys)
         "SQLITE_PATH": str(tmp_path / "images.sqlite3"),
         "CALIBRATION_DIR": str(tmp_path / "cal"),
         "DEVICE": "cpu",
+        # Each command loads the model afresh; with the default (auto) each would verify the ONNX
+        # export again. The backends are the subject of test_onnx_encoder.py, not of this test.
+        "ENCODER_BACKEND": "torch",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
