@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
+import runpy
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -50,10 +51,15 @@ def test_hand_made_recall(hand_made):
     assert set(sj) == {"score", "mean_recall", "r1", "r5", "r10"}
 
 
+def run_script(module: str, *args) -> None:
+    """Run cn_clip's script as `python -m module args` does, in this process: the scripts only
+    read and write the files they are given."""
+    with mock.patch.object(sys, "argv", [module, *map(str, args)]):
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
 def run_cn_clip(module, ref, pred, out):
-    subprocess.run(
-        [sys.executable, "-m", module, str(ref), str(pred), str(out)], check=True, capture_output=True
-    )
+    run_script(module, ref, pred, out)
     return json.loads(out.read_text())
 
 
@@ -120,17 +126,7 @@ def test_random_features_both_directions_equal_cn_clip(tmp_path):
     )
     assert ours == theirs and 0 < ours["scoreJson"]["r1"] < 100
     # Image -> text: reference built by cn_clip's own transform script, scored by evaluation_tr.
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cn_clip.eval.transform_ir_annotation_to_tr",
-            "--input",
-            str(tmp_path / "valid_texts.jsonl"),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    run_script("cn_clip.eval.transform_ir_annotation_to_tr", "--input", tmp_path / "valid_texts.jsonl")
     tr_ref = tmp_path / "valid_texts.tr.jsonl"
     predict_files(tmp_path / "i.jsonl", tmp_path / "t.jsonl", tmp_path / "tr.jsonl", k=10, direction="i2t")
     # evaluation_tr scores only images that have texts; predict for exactly those.
