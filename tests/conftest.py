@@ -27,6 +27,13 @@ import pytest
 
 from scripts import dev_services as services
 
+# Tests run on shared machines (CI runners, a 2-core box several people test on). By default
+# torch's OpenMP workers spin while they wait for work, taking the cores that the app's other
+# threads, Milvus Lite and other processes need, and under contention every parallel region
+# waits for a descheduled worker; sleeping workers change no result. It has to be set before
+# torch is first imported (by the fixture modules below); an OMP_WAIT_POLICY of your own wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 pytest_plugins: list[str] = [
     "tests.fixtures_stack",
     "tests.fixtures_onnx",
