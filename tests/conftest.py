@@ -19,6 +19,7 @@ Add your own fixtures in tests/fixtures_<area>.py and list the module in `pytest
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,11 @@ from pathlib import Path
 import pytest
 
 from scripts import dev_services as services
+
+# Loading (torch, pymilvus, the app, the test modules) makes hundreds of thousands of objects
+# that live for the whole run; the garbage collector would walk them over and over while they
+# load. It is off until collection has finished (pytest_collection_finish).
+gc.disable()
 
 # Tests run on shared machines (CI runners, a 2-core box several people test on). By default
 # torch's OpenMP workers spin while they wait for work, taking the cores that the app's other
@@ -114,6 +120,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _needs_services(item):
             item.add_marker(pytest.mark.services)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What is loaded by now lives for the whole run: frozen, it is left out of every later
+    garbage collection, which then walks the tests' own objects only. Full collections are
+    frequent (every ONNX model load runs one: OnnxClipEncoder.release_torch)."""
+    gc.collect()
+    gc.freeze()
+    gc.enable()
 
 
 # Files the repository ships that a test run must never rewrite (a calibrate job once wrote a

@@ -68,8 +68,16 @@ def our_modules() -> dict[str, Path]:
 
 @functools.cache
 def parsed(path: Path) -> ast.Module:
-    """The syntax tree of `path`, parsed once per run (several checks read every module)."""
+    """The syntax tree of `path`, parsed once for this module's tests (each reads every module)."""
     return ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_trees() -> Iterator[None]:
+    """The trees are hundreds of thousands of objects: kept past this module, every later
+    garbage collection of the run would walk them."""
+    yield
+    parsed.cache_clear()
 
 
 def _type_checking_block(node: ast.AST) -> bool:
