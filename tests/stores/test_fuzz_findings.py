@@ -32,7 +32,10 @@ def test_the_same_collection_created_at_once_by_several_threads(services):
 
 def test_a_collection_is_not_dropped_under_a_running_job(tmp_path):
     """Stateful fuzzing: DELETE /img/collections/demo while a load job wrote to it answered 503
-    (Milvus Lite: "WAL already closed", "Directory not empty") and could leave half a collection."""
+    (Milvus Lite: "WAL already closed", "Directory not empty") and could leave half a collection.
+
+    The DELETE comes while the job is at its first vector write (the collection exists and is
+    being written), and that write waits for the answer: however fast or slow the machine."""
     import time
 
     from fastapi.testclient import TestClient
@@ -41,18 +44,29 @@ def test_a_collection_is_not_dropped_under_a_running_job(tmp_path):
     from tests.stack import make_services, make_settings, tiny_encoder, write_dataset
 
     settings = make_settings(tmp_path)
-    write_dataset(settings.data_root / "ds", "valid", 3000, tiny_encoder().dim)
-    with TestClient(create_app(settings, make_services(settings))) as client:
+    write_dataset(settings.data_root / "ds", "valid", 300, tiny_encoder().dim)
+    svc = make_services(settings)
+    writing, deleted, real_upsert = threading.Event(), threading.Event(), svc.vectors.upsert
+
+    def upsert_after_the_delete(*args, **kwargs):
+        writing.set()
+        assert deleted.wait(60), "the DELETE was not answered"
+        return real_upsert(*args, **kwargs)
+
+    svc.vectors.upsert = upsert_after_the_delete
+    with TestClient(create_app(settings, svc)) as client:
         job_id = client.post(
             "/img/load", json={"dataset": "ds", "split": "valid", "collection": "busy"}
         ).json()["job_id"]
+        assert writing.wait(60), "the load job did not start writing"
         refused = client.delete("/img/collections/busy")
+        deleted.set()
         assert refused.status_code == 409, refused.text
         assert job_id in refused.json()["error"]["message"]
         deadline = time.time() + 120
         while client.get(f"/img/jobs/{job_id}").json()["state"] in ("queued", "running"):
             assert time.time() < deadline
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert client.get(f"/img/jobs/{job_id}").json()["state"] == "succeeded"
-        assert client.get("/img/collections/busy/count").json()["images"] == 3000
+        assert client.get("/img/collections/busy/count").json()["images"] == 300
         assert client.delete("/img/collections/busy").status_code == 200
