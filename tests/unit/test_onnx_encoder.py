@@ -319,6 +319,7 @@ def test_int8_onnx_text_tower_is_close_and_smaller(demo_pair, demo_spec, onnx_ca
 # --- the evaluation pipeline --------------------------------------------------------
 
 
+@pytest.mark.services  # a whole split (300 images, 900 captions) through the model, on each backend
 def test_evaluation_pipeline_recall_is_the_same_with_onnx(tmp_path, demo_pair, capsys):
     from operations.evaluation.cli import main
 
