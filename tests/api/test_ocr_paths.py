@@ -21,8 +21,21 @@ from tests.stack import jpeg, make_services, make_settings, unique
 SPECS = {s.name: s for s in TEXT_IMAGES}
 
 
+@pytest.fixture(scope="module")
+def lite_ocr(tmp_path_factory):
+    """Milvus Lite + SQLite with OCR on for new collections, shared by this module's OCR tests
+    (each works in collections of its own), so one RapidOCR engine loads for all of them."""
+    svc = make_services(make_settings(tmp_path_factory.mktemp("ocr"), ocr_enabled=True))
+    yield svc
+    svc.vectors.close()
+    svc.images.close()
+
+
 @pytest.fixture(params=["lite", "server"])
 def ocr_services(request, tmp_path):
+    if request.param == "lite":
+        yield request.getfixturevalue("lite_ocr")
+        return
     svc = make_services(backend_settings(request, tmp_path, request.param, ocr_enabled=True))
     yield svc
     svc.vectors.close()
@@ -57,8 +70,8 @@ def lite(tmp_path):
     svc.images.close()
 
 
-def test_an_image_ocr_cannot_read_is_added_and_reported(lite, monkeypatch):
-    svc = lite
+def test_an_image_ocr_cannot_read_is_added_and_reported(lite_ocr, monkeypatch):
+    svc = lite_ocr
     collection = unique("fail")
     from operations.collections import create_collection
 
@@ -116,13 +129,13 @@ def test_the_ocr_pool_is_bounded():
         engine.close()
 
 
-def test_text_that_cannot_be_stored_is_reported_and_the_job_reads_it_later(lite, monkeypatch):
+def test_text_that_cannot_be_stored_is_reported_and_the_job_reads_it_later(lite_ocr, monkeypatch):
     from operations.collections import create_collection
     from operations.errors import DependencyUnavailable
     from operations.ocr import read_backlog
     from operations.stores.sql_ocr_store import SqlOcrStore
 
-    svc = lite
+    svc = lite_ocr
     collection = unique("nostore")
     create_collection(svc, collection, ocr=True)
     real_put = SqlOcrStore.put
