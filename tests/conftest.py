@@ -12,7 +12,8 @@ to start is a test ERROR, so CI really runs them.
 The `services` marker is what the fast loop leaves out (`pytest -m "not services"`): it is
 added here to every test that uses a server fixture or the "server" backend, and to everything
 under tests/e2e and tests/browser (processes, servers, Chromium, training); a test elsewhere
-that starts a server or loads a big model says `@pytest.mark.services` itself.
+that starts a server, loads a big model, runs a whole split through a model or measures over
+many requests says `@pytest.mark.services` itself (CONTRIBUTING.md, "Tests").
 
 Add your own fixtures in tests/fixtures_<area>.py and list the module in `pytest_plugins`.
 """
