@@ -47,11 +47,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         if svc.jobs is not None:
             try:
                 await anyio.to_thread.run_sync(svc.jobs.ensure_tables)
-                interrupted = await anyio.to_thread.run_sync(svc.jobs.mark_interrupted)
-                if interrupted:
-                    log.warning("jobs interrupted by the last stop, resumable: %s", interrupted)
             except Exception as exc:  # SQL down at start: serve, report via /readyz, retry on use
                 log.error("job table not ready: %s", exc)
+            # Jobs left by a replica that died (this one before a restart, or another) are taken
+            # over by the runner's watcher once their lease lapses: other replicas may be
+            # running theirs right now, so nothing is marked at start.
             runner = JobRunner(svc)
         app.state.runner = runner
         try:

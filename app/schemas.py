@@ -265,6 +265,9 @@ class JobView(BaseModel):
     message: str
     params: dict
     failures: list[dict] = Field(default_factory=list)
+    owner: str | None = Field(
+        None, description="the replica (host:pid:suffix) running the job, or that ran it last"
+    )
 
 
 class CollectionCreate(BaseModel):

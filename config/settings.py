@@ -192,6 +192,13 @@ class Settings(BaseSettings):
         "(Milvus caps it at 16384)",
     )
     thumbnail_cache_items: int = Field(512, ge=0)
+    job_lease_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="a job's lease: its replica renews it every second; when a replica dies, "
+        "another takes its jobs over once this has passed (database clock)",
+    )
 
     # --- text in images (OCR) -------------------------------------------------
     ocr_enabled: bool = Field(

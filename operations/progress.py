@@ -83,12 +83,16 @@ class TqdmProgress(Counter):
 
 
 class JobProgress(Counter):
-    """Writes counters and new failures to the job row, at most twice a second."""
+    """Writes counters and new failures to the job row, at most twice a second; with a lease
+    `token`, only while that token holds the job (a replica that lost it writes nothing)."""
 
-    def __init__(self, jobs: JobStore, job_id: str, interval_s: float = 0.5) -> None:
+    def __init__(
+        self, jobs: JobStore, job_id: str, interval_s: float = 0.5, token: str | None = None
+    ) -> None:
         super().__init__()
         self.jobs = jobs
         self.job_id = job_id
+        self.token = token
         self.interval = interval_s
         self._last = 0.0
         self._written_failures = 0
@@ -102,7 +106,7 @@ class JobProgress(Counter):
             new = self.failures[self._written_failures :]
             self._written_failures = len(self.failures)
             processed, failed, total = self.processed, self.failed, self.total
-        self.jobs.progress(self.job_id, processed, failed, total, new)
+        self.jobs.progress(self.job_id, processed, failed, total, new, token=self.token)
 
     def set_total(self, total: int | None) -> None:
         super().set_total(total)
