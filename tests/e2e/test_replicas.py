@@ -140,6 +140,7 @@ def stack(tmp_path_factory, milvus_server, mariadb):
             "DATA_ROOT": str(settings.data_root),
             "LOAD_BATCH_SIZE": "50",
             "JOB_LEASE_S": str(LEASE_S),
+            "MILVUS_CONSISTENCY": "Adaptive",  # the default, whatever this shell says
         }
     )
     replicas = [Replica("a", env, tmp), Replica("b", env, tmp)]
@@ -263,7 +264,7 @@ def test_an_add_or_delete_on_one_replica_is_seen_by_the_next_search_on_the_other
     collection = unique("visible")
     assert a.http.post("/img/collections", json={"name": collection}).status_code in (200, 201)
     # Some images first, so a search always has results to return.
-    base = [("f.jpg", jpeg(7000 + k), "image/jpeg") for k in range(20)]
+    base = [("f.jpg", jpeg(7000 + k), "image/jpeg") for k in range(12)]  # <= INLINE_ADD_LIMIT
     r = a.http.post(f"/img/images/{collection}", files=[("files", f) for f in base])
     assert r.status_code == 200, r.text
     for k in range(8):
