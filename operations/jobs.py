@@ -40,7 +40,7 @@ from pathlib import Path
 
 from operations.context import Services
 from operations.domain import IndexSpec
-from operations.errors import Conflict, ServiceError
+from operations.errors import Conflict, NotFound, ServiceError
 from operations.ingest import add_folder
 from operations.load import load_split
 from operations.ocr import read_backlog
@@ -79,6 +79,13 @@ def _run_ocr(svc: Services, job: Job, progress: JobProgress) -> str:
 
 def _run_add_folder(svc: Services, job: Job, progress: JobProgress) -> str:
     p = job.params
+    if not Path(p["folder"]).is_dir():
+        # Taken over by a replica that does not see the folder (a bulk add's spool lives under
+        # DATA_ROOT): failing says so, where adding nothing would look like success.
+        raise NotFound(
+            f"folder {p['folder']} is not on this replica ({socket.gethostname()}); replicas need "
+            "DATA_ROOT on shared storage. Resume the job on a replica that has it"
+        )
     counts = add_folder(
         svc,
         job.collection,

@@ -275,6 +275,11 @@ class MilvusVectorStore:
                 if isinstance(err, DependencyUnavailable):
                     # A server restart invalidates what we knew about load state.
                     self._loaded.clear()
+                elif isinstance(err, NotFound) and name:
+                    # Dropped by another process (a replica): what this one cached of it is void,
+                    # and a collection created again under the name is described afresh.
+                    self._loaded.discard(name)
+                    self._info_cache.pop(name, None)
                 raise err from exc
             except Exception as exc:  # grpc errors, socket errors
                 self._loaded.clear()

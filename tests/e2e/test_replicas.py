@@ -197,6 +197,26 @@ def test_a_replica_killed_mid_load_has_its_job_finished_by_the_other(stack):
     a.start()  # back for the other tests
 
 
+def test_a_replica_stopped_cleanly_hands_its_job_to_the_other_at_once(stack):
+    settings, (a, b) = stack
+    collection = unique("handover")
+    job_id = _load(a, collection)
+    _wait_until(lambda: a.job(job_id)["processed"] >= 300, 120, "the load to make progress on a")
+    a.stop()  # SIGTERM: uvicorn's shutdown stops the job and hands it back
+    assert a.proc is not None and a.proc.returncode == 0, a.tail()
+    _job_when(b, job_id, lambda j: _owned_by(j, b), 30, "b to take the job")
+    done = _job_when(b, job_id, _ended, 300, "the job to end")
+    assert (done["state"], done["processed"], done["failed"]) == ("succeeded", N, 0), done
+    assert _stored(settings, collection) == (N, N)
+    svc = make_services(settings)
+    try:
+        assert svc.jobs is not None and svc.jobs.get(job_id).takeovers == 0  # handed, not taken
+    finally:
+        svc.vectors.close()
+        svc.images.close()
+    a.start()
+
+
 def test_a_job_running_on_one_replica_is_cancelled_through_the_other(stack):
     _, (a, b) = stack
     collection = unique("cancel")
@@ -277,3 +297,34 @@ def test_an_add_or_delete_on_one_replica_is_seen_by_the_next_search_on_the_other
         assert _top(reader, collection, image)[:1] == [res["id"]], f"round {k}: the add is not visible yet"
         assert writer.http.delete(f"/img/images/{collection}/{res['id']}").status_code == 200
         assert res["id"] not in _top(reader, collection, image), f"round {k}: the delete is not visible yet"
+
+
+def test_a_collection_dropped_on_one_replica_is_gone_on_the_other_and_can_be_made_again(stack):
+    _, (a, b) = stack
+    collection = unique("dropped")
+    assert a.http.post("/img/collections", json={"name": collection}).status_code in (200, 201)
+    image = jpeg(6000)
+    r = a.http.post(f"/img/images/{collection}", files={"files": ("d.jpg", image, "image/jpeg")})
+    (res,) = r.json()["results"]
+    # b reads it (and caches what it learns of the collection) ...
+    assert _top(b, collection, image)[:1] == [res["id"]]
+    assert b.http.get(f"/img/images/{collection}/{res['id']}/meta").status_code == 200
+    # ... a drops it: b answers 404, never a 500 or a 503.
+    assert a.http.delete(f"/img/collections/{collection}").status_code == 200
+    r = b.http.post(
+        "/img/search/image", files={"file": ("q.jpg", image, "image/jpeg")}, data={"collection": collection}
+    )
+    assert r.status_code == 404, r.text
+    assert b.http.get(f"/img/images/{collection}/{res['id']}/meta").status_code == 404
+    assert b.http.get(f"/img/images/{collection}/{res['id']}").status_code == 404
+    assert b.http.get(f"/img/collections/{collection}/count").status_code == 404
+    r = b.http.post(f"/img/images/{collection}", files={"files": ("d.jpg", image, "image/jpeg")})
+    assert r.status_code == 404, r.text
+    # Made again on a: b adds to it and finds the image.
+    assert a.http.post("/img/collections", json={"name": collection}).status_code in (200, 201)
+    r = b.http.post(f"/img/images/{collection}", files={"files": ("d.jpg", image, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    (again,) = r.json()["results"]
+    assert again["status"] == "added"
+    assert _top(a, collection, image)[:1] == [again["id"]]
+    assert _top(b, collection, image)[:1] == [again["id"]]

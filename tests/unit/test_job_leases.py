@@ -294,3 +294,13 @@ def test_a_drop_sees_jobs_running_on_other_replicas(replicas):
     assert b.running_on("other") == []
     a.cancel(job.id)
     _wait(lambda: b.running_on("col") == [], 10, "the job to end")
+
+
+def test_a_bulk_add_taken_over_where_its_folder_is_missing_fails_saying_so(tmp_path):
+    from operations.jobs import _run_add_folder
+    from operations.progress import Counter
+    from operations.stores.job_store import Job
+
+    job = Job("j", "add", "col", "running", {"folder": str(tmp_path / ".spool" / "j"), "spooled": True})
+    with pytest.raises(NotFound, match="shared storage"):
+        _run_add_folder(None, job, Counter())  # type: ignore[arg-type]
