@@ -69,7 +69,7 @@ def count(name: str, svc: SvcDep) -> dict:
 @router.delete(
     "/collections/{name}",
     dependencies=[WriteAccess],
-    summary="Drop a collection and its images (409 while a job of this server works on it)",
+    summary="Drop a collection and its images (409 while a job of any replica works on it)",
     responses=raises(BadRequest, NotFound, Conflict),
 )
 def drop(name: str, svc: SvcDep, runner: RunnerDep) -> dict:

@@ -13,11 +13,14 @@ Why the choices here:
   operation that writes ends with `wait_visible` (one Strong probe, paid by
   the writer's request alone): when an add or delete returns, the very next
   search, by anyone in this process, sees it, and readers never wait for a
-  time tick. Writes by another process show within Milvus' bounded staleness.
-  MILVUS_CONSISTENCY=Strong makes every read Strong; a fixed weaker level
-  skips the probe (the operator chose staleness). Milvus Lite reads its own
-  writes at once and needs no probe. The probe covers the replica it hit: one
-  replica (the default) is every read; with several use Strong.
+  time tick. The probe moves the query node itself forward, so the next
+  search of every other process (another API replica) sees the write too
+  (bench/README.md, "Many replicas"); a writer that does not probe shows
+  within Milvus' graceful time. MILVUS_CONSISTENCY=Strong makes every read
+  Strong; a fixed weaker level skips the probe (the operator chose
+  staleness). Milvus Lite reads its own writes at once and needs no probe.
+  The probe covers the query replica it hit: one replica (the default) is
+  every read; with several use Strong.
 - Every call carries `timeout=`; a dead server otherwise hangs for minutes. A
   public method is one store call with one deadline (operations/deadline.py):
   the collection description, the load before a search and pymilvus' own
