@@ -213,7 +213,13 @@ class JobRunner:
         except BaseException:
             self._forget(job.id)
             raise
-        self._pool.submit(self._run, job, progress)
+        try:
+            self._pool.submit(self._run, job, progress)
+        except RuntimeError:  # the pool is shut down: this replica is stopping
+            with contextlib.suppress(ServiceError):
+                self.jobs.release(job.id, token, f"replica {self.owner} stopped before the job started")
+            self._forget(job.id)
+            raise Conflict(f"replica {self.owner} is stopping; job {job.id} is left to another") from None
 
     def _forget(self, job_id: str) -> None:
         with self._lock:
@@ -276,8 +282,12 @@ class JobRunner:
     # -- leases ---------------------------------------------------------------------------
     def _watch(self) -> None:
         next_poll = time.monotonic()  # at start: take over what a dead replica left at once
+        tables_ready = False
         while not self._watch_stop.is_set():
             try:
+                if not tables_ready:  # SQL may have been down when the server started
+                    self.jobs.ensure_tables()
+                    tables_ready = True
                 self.heartbeat()
                 if time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + self.poll_s
