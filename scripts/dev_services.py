@@ -530,9 +530,7 @@ class MariaDBServer(_Service):
                 raise ValueError(f"bad name {name!r}")
         with self._root_connect() as conn, conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
-            cur.execute(
-                f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
-            )
+            cur.execute(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
             for host in ("%", "localhost", "127.0.0.1"):
                 cur.execute("CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s", (user, host, password))
                 cur.execute("ALTER USER %s@%s IDENTIFIED BY %s", (user, host, password))

