@@ -8,10 +8,11 @@ winner's id back as "present".
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,12 +108,19 @@ def add_images(
     results: list[AddResult] = []
     chunks = [(start, uploads[start : start + ADD_CHUNK]) for start in range(0, len(uploads), ADD_CHUNK)]
     with ThreadPoolExecutor(1, thread_name_prefix="add-prepare") as pool:
-        pending = pool.submit(_prepare, svc, collection, encoder, *chunks[0], progress) if chunks else None
+        # The helper thread runs in a copy of this context, so its SQL calls draw on
+        # the request's store budget (operations/deadline.py) like this thread's.
+        def submit(chunk: tuple[int, list[Upload]]) -> Future[_Prepared]:
+            context = contextvars.copy_context()
+            return pool.submit(lambda: context.run(_prepare, svc, collection, encoder, *chunk, progress))
+
+        pending: Future[_Prepared] | None = submit(chunks[0]) if chunks else None
         for k in range(len(chunks)):
-            prepared = pending.result()  # type: ignore[union-attr]  # set for every k < len(chunks)
+            assert pending is not None  # set for every k < len(chunks)
+            prepared = pending.result()
             pending = None
             if k + 1 < len(chunks) and not progress.cancelled():
-                pending = pool.submit(_prepare, svc, collection, encoder, *chunks[k + 1], progress)
+                pending = submit(chunks[k + 1])
             try:
                 _index(svc, collection, encoder, prepared, near_duplicates, progress)
             except BaseException:
