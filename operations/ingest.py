@@ -124,7 +124,7 @@ def add_images(
             try:
                 _index(svc, collection, encoder, prepared, near_duplicates, progress)
             except BaseException:
-                _take_back(svc, collection, prepared.new)
+                _take_back(svc, collection, prepared.new, vectors_sent=prepared.vectors_sent)
                 if pending is not None:
                     # The next chunk's rows are in SQL already: take them back too.
                     try:
@@ -153,6 +153,7 @@ class _Prepared:
     results: list[AddResult]
     new: list[tuple[AddResult, Upload, CheckedImage]]
     pixels: object = None  # the encoder's preprocessed batch of `new`, when it has that step
+    vectors_sent: bool = False  # their vector write began: it may land even if it failed here
 
 
 def _prepare(svc, collection, encoder, offset: int, batch: list[Upload], progress: Progress) -> _Prepared:
@@ -231,6 +232,7 @@ def _index(svc, collection, encoder, prepared: _Prepared, near_duplicates: bool,
     ]
     # Visible at once only when the next chunk's near-duplicate check must see
     # this one; otherwise the final flush waits once for the whole add.
+    prepared.vectors_sent = True
     svc.vectors.upsert(collection, ids, vectors, attrs, visible=near_duplicates)
     svc.images.mark_indexed(collection, ids)
     for result, _, _ in new:
@@ -238,16 +240,28 @@ def _index(svc, collection, encoder, prepared: _Prepared, near_duplicates: bool,
     progress.advance(len(new))
 
 
-def _take_back(svc, collection, new) -> None:
-    """Remove the rows of a chunk that failed, so no image is left without its vector."""
+def _take_back(svc, collection, new, *, vectors_sent: bool = False) -> None:
+    """Remove the rows of a chunk that failed, so no image is left without its vector.
+
+    A vector write that failed may still land (a frozen server applies it when it
+    runs again): once the rows are gone, their ids go to the vector cleanup, which
+    deletes them when Milvus answers, so no vector is left without its row either.
+    """
     if not new:
         return
+    ids = [r.id for r, _, _ in new]
     try:
-        svc.images.delete(collection, [r.id for r, _, _ in new])
+        svc.images.delete(collection, ids)
     except ServiceError as exc:  # the SQL store is what failed: one line, no traceback per request
         log.warning("could not remove rows of a failed add (%s); repair will index them", exc.message)
+        return
     except Exception:
         log.exception("could not remove rows of a failed add; repair will index them")
+        return
+    # Only once the rows are gone: rows left behind are indexed again by a repair,
+    # whose vectors the cleanup must not delete.
+    if vectors_sent:
+        svc.vector_cleanup.submit(collection, ids)
 
 
 def _report_near_duplicates(svc, collection, new, vectors: np.ndarray) -> None:
