@@ -277,11 +277,11 @@ def test_the_same_upload_to_both_replicas_at_once_is_stored_once(stack):
     assert _stored(settings, collection) == (4, 4)
 
 
-def _top(replica: Replica, collection: str, image: bytes) -> list[int]:
+def _top(replica: Replica, collection: str, image: bytes, top_k: int = 3) -> list[int]:
     r = replica.http.post(
         "/img/search/image",
         files={"file": ("q.jpg", image, "image/jpeg")},
-        data={"top_k": "3", "collection": collection},
+        data={"top_k": str(top_k), "collection": collection},
     )
     assert r.status_code == 200, r.text
     return [hit["id"] for hit in r.json()["results"]]
@@ -295,6 +295,7 @@ def test_an_add_or_delete_on_one_replica_is_seen_by_the_next_search_on_the_other
     base = [("f.jpg", jpeg(7000 + k), "image/jpeg") for k in range(12)]  # <= INLINE_ADD_LIMIT
     r = a.http.post(f"/img/images/{collection}", files=[("files", f) for f in base])
     assert r.status_code == 200, r.text
+    cached_for = []
     for k in range(8):
         writer, reader = (a, b) if k % 2 == 0 else (b, a)
         image = jpeg(8000 + k)
@@ -302,9 +303,23 @@ def test_an_add_or_delete_on_one_replica_is_seen_by_the_next_search_on_the_other
         assert r.status_code == 200, r.text
         (res,) = r.json()["results"]
         assert res["status"] == "added", res
+        # A query the reader has not answered before: the add shows at once.
         assert _top(reader, collection, image)[:1] == [res["id"]], f"round {k}: the add is not visible yet"
         assert writer.http.delete(f"/img/images/{collection}/{res['id']}").status_code == 200
-        assert res["id"] not in _top(reader, collection, image), f"round {k}: the delete is not visible yet"
+        deleted = time.monotonic()
+        # A new query (another top_k is another result-cache key): the delete shows at once.
+        assert res["id"] not in _top(reader, collection, image, top_k=4), (
+            f"round {k}: the delete is not visible"
+        )
+        # The query the reader answered before the delete may come from its result cache, for
+        # at most RESULT_CACHE_TTL_S (2 s by default) after it was cached.
+        _wait_until(
+            lambda i=res["id"], rd=reader, im=image: i not in _top(rd, collection, im),
+            10,
+            "the cached result to expire",
+        )
+        cached_for.append(time.monotonic() - deleted)
+    assert max(cached_for) < 2.0 + 1.0, cached_for  # the TTL, plus a search on a busy machine
 
 
 def test_a_collection_dropped_on_one_replica_is_gone_on_the_other_and_can_be_made_again(stack):
