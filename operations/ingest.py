@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from operations import metrics, tracing
 from operations.bounds import MAX_TIMESTAMP
 from operations.context import Services
 from operations.data_root import read_under
@@ -106,13 +107,14 @@ def add_images(
     reads = PendingReads(svc, collection) if ocr_enabled(svc, collection) else None
     results: list[AddResult] = []
     chunks = [(start, uploads[start : start + ADD_CHUNK]) for start in range(0, len(uploads), ADD_CHUNK)]
+    prepare = tracing.carry(_prepare)  # its log lines name this request (or job)
     with ThreadPoolExecutor(1, thread_name_prefix="add-prepare") as pool:
-        pending = pool.submit(_prepare, svc, collection, encoder, *chunks[0], progress) if chunks else None
+        pending = pool.submit(prepare, svc, collection, encoder, *chunks[0], progress) if chunks else None
         for k in range(len(chunks)):
             prepared = pending.result()  # type: ignore[union-attr]  # set for every k < len(chunks)
             pending = None
             if k + 1 < len(chunks) and not progress.cancelled():
-                pending = pool.submit(_prepare, svc, collection, encoder, *chunks[k + 1], progress)
+                pending = pool.submit(prepare, svc, collection, encoder, *chunks[k + 1], progress)
             try:
                 _index(svc, collection, encoder, prepared, near_duplicates, progress)
             except BaseException:
@@ -137,6 +139,8 @@ def add_images(
         for r in results:
             if r.status == "added" and r.id in report:
                 r.ocr = report[r.id]
+    for r in results:
+        metrics.ADD_RESULTS.labels(r.status).inc()
     return results
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from operations import metrics, tracing
 from operations.context import Services
 from operations.domain import IndexSpec
 from operations.errors import Conflict, ServiceError
@@ -136,16 +137,27 @@ class JobRunner:
         progress.cancel()
 
     def _start(self, job: Job) -> None:
-        progress = JobProgress(self.jobs, job.id)
+        progress = JobProgress(self.jobs, job.id, kind=job.kind)
         with self._lock:
             if job.id in self._progress:
                 raise Conflict(f"job {job.id} is already running")
             self._progress[job.id] = progress
             self._collections[job.id] = job.collection
         self.jobs.start(job.id)
-        self._pool.submit(self._run, job, progress)
+        # The job's log lines carry the id of the request that started it, and the job's.
+        self._pool.submit(tracing.carry(self._run, job_id=job.id), job, progress)
 
     def _run(self, job: Job, progress: JobProgress) -> None:
+        metrics.JOBS_STARTED.labels(job.kind).inc()
+        running = metrics.JOBS_RUNNING.labels(job.kind)
+        running.inc()
+        try:
+            self._execute(job, progress)
+        finally:
+            running.dec()
+            progress.finish_metrics()
+
+    def _execute(self, job: Job, progress: JobProgress) -> None:
         try:
             message = RUNNERS[job.kind](self.svc, job, progress)
             if job.params.get("spooled") and not progress.cancelled():
@@ -160,6 +172,7 @@ class JobRunner:
         except Exception as exc:  # a job never takes the process down
             log.exception("job %s crashed", job.id)
             state, message = "failed", f"{type(exc).__name__}: {exc}"
+        metrics.JOBS_FINISHED.labels(job.kind, state).inc()
         try:
             self._record_end(job.id, state, message)
         finally:
