@@ -4,12 +4,13 @@ The HTTP layer binds each request's id (`bound`) for the request's task; every
 log record made while it is bound carries it as `request_id` (the record
 factory installed by `install`), whatever the logger. A context variable
 follows the request into anyio's worker threads (they run in a copy of the
-caller's context) and into the Milvus store's call threads (which copy it
-too), but not into a plain thread or a `ThreadPoolExecutor`: work handed to
-those goes through `carry`, which takes the ids along and nothing else (the
-store deadlines of operations/deadline.py stay with the request's own
-thread, as before). A background job's lines carry the id of the request that
-started it and the job's id.
+caller's context), the Milvus store's call threads and an add's prepare
+thread (both run in a copy of it, store budgets included), but not into a
+plain thread or a `ThreadPoolExecutor`: the job runner, the load's pipeline
+stages and the OCR pool hand their work over through `carry`, which takes the
+ids along and nothing else (the store deadlines of operations/deadline.py
+are not shared with those). A background job's lines carry the id of the
+request that started it and the job's id.
 
 `LOG_FORMAT=text` writes `time level logger [request_id job=...] message`;
 `LOG_FORMAT=json` one JSON object per line (`JsonFormatter`).
