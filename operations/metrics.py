@@ -77,6 +77,16 @@ SHED = Counter(
 QUERY_CACHE = Counter(
     "imgsearch_query_cache_requests_total", "Query-text embedding cache lookups: hit or miss", ["result"]
 )
+RESULT_CACHE = Counter(
+    "imgsearch_result_cache_requests_total", "Vector-search result cache lookups: hit or miss", ["result"]
+)
+SEARCHES_IN_FLIGHT = Gauge(
+    "imgsearch_searches_in_flight", "Searches admitted and not finished (MAX_IN_FLIGHT)"
+)
+ADMISSION_REFUSED = Counter(
+    "imgsearch_admission_refused_total",
+    "Searches refused at once (503 overloaded): MAX_IN_FLIGHT in progress",
+)
 
 ADD_RESULTS = Counter(
     "imgsearch_add_results_total",

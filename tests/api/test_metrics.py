@@ -147,8 +147,15 @@ def test_metrics_count_real_traffic(client, caplog):
     assert scrape.delta("imgsearch_query_cache_requests_total", result="hit") == 1
     assert scrape.delta("imgsearch_batch_size_count", batcher="tiny text encoder") == 2
     assert scrape.delta("imgsearch_batch_size_sum", batcher="tiny text encoder") == 2
-    assert scrape.delta("imgsearch_batch_size_count", batcher="vector search") == 4
-    assert scrape.delta("imgsearch_batch_size_sum", batcher="vector search") == 4
+    # Four vector searches asked the result cache; each miss went to Milvus in a batch of one (the
+    # repeated query is a hit unless RESULT_CACHE_TTL_S passed between the two).
+    result_hits = scrape.delta("imgsearch_result_cache_requests_total", result="hit")
+    result_misses = scrape.delta("imgsearch_result_cache_requests_total", result="miss")
+    assert (result_hits + result_misses, result_hits <= 1) == (4, True)
+    assert scrape.delta("imgsearch_batch_size_count", batcher="vector search") == result_misses
+    assert scrape.delta("imgsearch_batch_size_sum", batcher="vector search") == result_misses
+    assert scrape.delta("imgsearch_admission_refused_total") == 0
+    assert scrape.now("imgsearch_searches_in_flight") == 0
     assert scrape.now("imgsearch_batch_queue_depth", batcher="tiny text encoder") == 0
     assert scrape.delta("imgsearch_shed_total", batcher="tiny text encoder", reason="queue_full") == 0
     assert scrape.delta("imgsearch_add_results_total", status="added") == 2
