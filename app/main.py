@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from app import errors
 from app.contract import document_errors
 from app.limits import BodyLimitMiddleware
-from app.routes import collections, health, images, jobs, scan, search, web
+from app.routes import collections, duplicates, health, images, jobs, scan, search, web
 from config.settings import Settings, get_settings
 from operations.context import Services
 from operations.domain import check_model
@@ -24,7 +24,7 @@ from operations.ocr import close_ocr
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).parent / "static"
-ROUTE_MODULES = (health, search, images, collections, jobs, scan, web)
+ROUTE_MODULES = (health, search, images, collections, jobs, scan, duplicates, web)
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:

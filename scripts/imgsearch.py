@@ -4,7 +4,7 @@ Each subcommand runs an existing module exactly as `python -m <module>` does (sa
 exit status), so both spellings keep working:
 
     imgsearch serve [--host H --port P]     python -m app.main
-    imgsearch load|list|count|drop|repair|search|calibrate ...
+    imgsearch load|list|count|drop|repair|search|calibrate|add-folder|ocr|phash|duplicates ...
                                             python -m scripts.cli ...
     imgsearch eval build-lmdb|extract|predict|evaluate|crosscheck ...
                                             python -m operations.evaluation.cli ...
@@ -29,7 +29,19 @@ COMMANDS = {
     "train-demo": "scripts.train_demo_model",
     "check-demo": "scripts.check_demo_model",
 }
-CLI_COMMANDS = ("load", "list", "count", "drop", "repair", "search", "calibrate")
+CLI_COMMANDS = (
+    "load",
+    "list",
+    "count",
+    "drop",
+    "repair",
+    "search",
+    "calibrate",
+    "add-folder",
+    "ocr",
+    "phash",
+    "duplicates",
+)
 BENCHES = {
     "load": "bench.bench_load",
     "search": "bench.bench_search",
