@@ -32,6 +32,7 @@ from operations.errors import Conflict, InvalidInput
 from operations.phash import MAX_DISTANCE, bands, hamming, probe_radius, probe_values
 from operations.phash_backfill import backfill_phashes
 from operations.progress import Counter, Progress
+from operations.stores.image_base import ImageStore
 from operations.stores.sql_duplicate_store import (
     DuplicateRun,
     GroupMember,
@@ -114,7 +115,9 @@ class Links:
         ]
 
 
-def phash_links(svc: Services, collection: str, max_distance: int, links: Links, progress: Progress) -> None:
+def phash_links(
+    images: ImageStore, collection: str, max_distance: int, links: Links, progress: Progress
+) -> None:
     """Link every pair of stored hashes within `max_distance` bits, a page of hashes at a time.
 
     For a page, the band index is asked once per band for every probe value of the page
@@ -125,7 +128,7 @@ def phash_links(svc: Services, collection: str, max_distance: int, links: Links,
     radius = probe_radius(max_distance)
     after = -1
     while not progress.cancelled():
-        page = svc.images.phash_rows(collection, after, HASH_PAGE)
+        page = images.phash_rows(collection, after, HASH_PAGE)
         if not page:
             return
         after = page[-1][0]
@@ -134,7 +137,7 @@ def phash_links(svc: Services, collection: str, max_distance: int, links: Links,
             for i, band in enumerate(bands(value)):
                 for probe in probe_values(band, radius):
                     by_band[i].setdefault(probe, []).append((image_id, value))
-        found = svc.images.phash_candidates(collection, [list(b) for b in by_band])
+        found = images.phash_candidates(collection, [list(b) for b in by_band])
         for other, other_value in found.items():
             compared: set[int] = set()
             for i, band in enumerate(bands(other_value)):
@@ -212,7 +215,7 @@ def compute_duplicates(
     links = Links()
     if "phash" in chosen:
         backfill_phashes(svc, collection, progress, own_total=False)
-        phash_links(svc, collection, max_distance, links, progress)
+        phash_links(svc.images, collection, max_distance, links, progress)
     if "clip" in chosen and not progress.cancelled():
         clip_links(svc, collection, threshold, links, progress)
     if progress.cancelled():
