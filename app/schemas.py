@@ -400,6 +400,12 @@ class DuplicatesRequest(BaseModel):
     phash_max_distance: int | None = Field(
         None, ge=0, le=7, description="pHash bits a copy may differ in (default PHASH_MAX_DISTANCE)"
     )
+    phash_min_cosine: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="CLIP cosine a phash link also needs (default PHASH_MIN_COSINE; 0 = none)",
+    )
     near_duplicate_threshold: float | None = Field(
         None, ge=0, le=1, description="CLIP cosine of a near-duplicate (default NEAR_DUPLICATE_THRESHOLD)"
     )
@@ -429,6 +435,7 @@ class DuplicatesResponse(BaseModel):
     without_phash: int = Field(description="images that had no pHash when it was computed (undecodable)")
     tiers: list[str]
     phash_max_distance: int
+    phash_min_cosine: float
     near_duplicate_threshold: float
     counts: dict[str, int] = Field(description="groups per tier")
     tier: str | None = Field(None, description="the tier this page is filtered to")

@@ -70,6 +70,7 @@ def _run_duplicates(svc: Services, job: Job, progress: JobProgress) -> str:
         progress,
         tiers=p.get("tiers") or ("phash", "clip"),
         phash_max_distance=p.get("phash_max_distance"),
+        phash_min_cosine=p.get("phash_min_cosine"),
         near_duplicate_threshold=p.get("near_duplicate_threshold"),
     )
     if run is None:

@@ -39,6 +39,7 @@ def _view(page: DuplicatesPage) -> DuplicatesResponse:
         without_phash=run.without_phash,
         tiers=run.params.get("tiers", []),
         phash_max_distance=run.params.get("phash_max_distance", 0),
+        phash_min_cosine=run.params.get("phash_min_cosine", 0.0),
         near_duplicate_threshold=run.params.get("near_duplicate_threshold", 0.0),
         counts=run.counts,
         tier=page.tier,

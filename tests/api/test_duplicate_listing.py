@@ -24,8 +24,9 @@ from PIL import Image
 
 from datasets.demo_generator import generate_split
 from datasets.formats import write_features_jsonl, write_image_tsv
-from operations import duplicate_groups, phash_backfill
-from operations.duplicate_groups import Links, compute_duplicates
+from operations import duplicate_groups, phash_backfill, phash_pairs
+from operations.duplicate_groups import compute_duplicates
+from operations.duplicate_links import Links
 from operations.jobs import RUNNERS
 from operations.phash_backfill import backfill_phashes
 from operations.progress import Counter
@@ -208,6 +209,10 @@ def loaded(client):
         records.append((copy_id, _copy(scenes[i], "jpeg35")))
         feats.append(_near(feats[i], rng))
         copies[100 + i] = copy_id
+    # A copy whose vector is unrelated to its original's: pHash alone says "same picture",
+    # the CLIP check (PHASH_MIN_COSINE) says no.
+    records.append((203, _copy(scenes[3], "jpeg35")))
+    feats.append(_features(1, dim, rng)[0])
     burst = [300, 301, 302]  # three other scenes whose features are nearly one vector
     base = _features(1, dim, rng)[0]
     for k, image_id in enumerate(burst):
@@ -278,7 +283,7 @@ def test_listing_is_the_same_whatever_the_page_sizes(client, loaded, monkeypatch
         monkeypatch.setattr(
             svc.images, name, lambda c, after, limit, real=real: asked.append(limit) or real(c, after, limit)
         )
-    monkeypatch.setattr(duplicate_groups, "HASH_PAGE", 5)
+    monkeypatch.setattr(phash_pairs, "HASH_PAGE", 5)
     monkeypatch.setattr(duplicate_groups, "VECTOR_PAGE", 5)
     monkeypatch.setattr(phash_backfill, "PAGE", 5)
     paged = compute_duplicates(svc, collection, "paged")
@@ -287,6 +292,19 @@ def test_listing_is_the_same_whatever_the_page_sizes(client, loaded, monkeypatch
     assert got["job_id"] == "paged"
     assert [(g["tier"], g["members"]) for g in got["groups"]] == [(g["tier"], g["members"]) for g in wanted]
     assert asked and max(asked) == 5 and len(asked) > 10
+
+
+def test_a_phash_match_whose_vectors_disagree_is_not_the_same_picture(client, loaded):
+    collection, copy_pairs, *_ = loaded
+    _compute(client, collection)
+    body = client.get(f"/img/duplicates/{collection}", params={"tier": "phash"}).json()
+    assert body["phash_min_cosine"] == 0.8
+    assert {frozenset(m["id"] for m in g["members"]) for g in body["groups"]} == copy_pairs
+    _compute(client, collection, {"phash_min_cosine": 0})
+    body = client.get(f"/img/duplicates/{collection}", params={"tier": "phash"}).json()
+    assert body["phash_min_cosine"] == 0
+    pairs = {frozenset(m["id"] for m in g["members"]) for g in body["groups"]}
+    assert pairs == copy_pairs | {frozenset((103, 203))}
 
 
 def test_backfill_resumes_where_it_stopped(client):

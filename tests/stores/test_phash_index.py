@@ -76,11 +76,12 @@ def test_band_lookup_equals_a_full_scan_for_every_allowed_distance(store):
 
 
 def test_listing_links_equal_a_full_scan_across_pages(store, monkeypatch):
-    """The duplicate listing probes a page of hashes at once (operations.duplicate_groups):
+    """The duplicate listing probes a page of hashes at once (operations.phash_pairs):
     with pages of 37 it links exactly the pairs a scan of every pair finds, for distances up to
     7 spread over all four bands (the one-bit probes) and across page boundaries."""
-    from operations import duplicate_groups
-    from operations.duplicate_groups import Links, phash_links
+    from operations import phash_pairs
+    from operations.duplicate_links import Links
+    from operations.phash_pairs import iter_phash_pairs
     from operations.progress import Counter
 
     rng = np.random.default_rng(11)
@@ -102,11 +103,13 @@ def test_listing_links_equal_a_full_scan_across_pages(store, monkeypatch):
         ],  # noqa: E501
     )
     store.put_phashes(collection, [(i, v, bands(v)) for i, v in values.items()])
-    monkeypatch.setattr(duplicate_groups, "HASH_PAGE", 37)
+    monkeypatch.setattr(phash_pairs, "HASH_PAGE", 37)
     ids = sorted(values)
     for max_d in (3, 6, 7):
         links = Links()
-        phash_links(store, collection, max_d, links, Counter())
+        for pairs in iter_phash_pairs(store, collection, max_d, Counter()):
+            for a, b, d in pairs:
+                links.add_phash(a, b, d)
         want = {
             (a, b): hamming(values[a], values[b])
             for n, a in enumerate(ids)
