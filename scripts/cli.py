@@ -24,7 +24,7 @@ from pathlib import Path
 
 from config.settings import SettingsError, load_settings
 from operations.collections import create_collection, drop_collection, list_collections
-from operations.duplicate_groups import compute_duplicates
+from operations.duplicate_groups import check_tiers, compute_duplicates
 from operations.duplicate_listing import latest_listing, read_page
 from operations.errors import ServiceError
 from operations.factory import build_services
@@ -48,7 +48,7 @@ def _ids(value: str) -> tuple[int, ...]:
 def _duplicates(svc, collection: str, args: argparse.Namespace) -> None:
     """Compute a listing in this process (unless --stored) and print its first page as JSON."""
     if not args.stored:
-        tiers = [t.strip() for t in args.tiers.split(",") if t.strip()]
+        tiers = check_tiers([t.strip() for t in args.tiers.split(",") if t.strip()])
         compute_duplicates(svc, collection, uuid.uuid4().hex, TqdmProgress("duplicates"), tiers=tiers)
     run = latest_listing(svc, collection)
     if run is None:
