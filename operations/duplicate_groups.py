@@ -40,7 +40,9 @@ from operations.stores.sql_duplicate_store import DuplicateRun, SqlDuplicateStor
 # Each image's nearest neighbours asked from the vector store. A larger burst is still one
 # group: its members reach each other through their own neighbours (union-find).
 CLIP_NEIGHBOURS = 16
-VECTOR_PAGE = 256  # vectors fetched and searched per page (one batched search)
+# Vectors fetched and searched per page: one batched search, which must finish within the
+# store's deadline (MILVUS_TIMEOUT_S) however large the collection, so pages stay small.
+VECTOR_PAGE = 64
 WRITE_BATCH = 500  # groups written per batch
 
 
