@@ -18,6 +18,7 @@ from operations.stores.vector_base import VectorStore
 
 if TYPE_CHECKING:
     from operations.serving import Serving
+    from operations.vector_cleanup import VectorCleanup
 
 
 class EncoderRegistry:
@@ -61,6 +62,7 @@ class Services:
     calibrations: CalibrationBook | None = None
     _serving: Serving | None = field(default=None, init=False, repr=False)
     _serving_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _cleanup: VectorCleanup | None = field(default=None, init=False, repr=False)
 
     @property
     def encoder(self) -> Encoder:
@@ -78,10 +80,24 @@ class Services:
         return self._serving
 
     def close_serving(self) -> None:
-        """Stop the batchers (queued requests fail with Overloaded)."""
+        """Stop the batchers (queued requests fail with Overloaded) and the vector cleanup."""
         if self._serving is not None:
             self._serving.close()
             self._serving = None
+        if self._cleanup is not None:
+            self._cleanup.close()
+            self._cleanup = None
+
+    @property
+    def vector_cleanup(self) -> VectorCleanup:
+        """Deletes, once Milvus answers, vectors a failed add may have left (built on first use)."""
+        if self._cleanup is None:
+            from operations.vector_cleanup import VectorCleanup
+
+            with self._serving_lock:
+                if self._cleanup is None:
+                    self._cleanup = VectorCleanup(self.vectors)
+        return self._cleanup
 
     def default_index(self) -> IndexSpec:
         s = self.settings

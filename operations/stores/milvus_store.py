@@ -533,9 +533,14 @@ class MilvusVectorStore:
         flushing each would leave many tiny segments. Either way it returns
         once searches see the writes (`wait_visible`).
         """
-        if self.is_lite or bulk:
-            # Sealing a large load can take longer than one ordinary call.
-            self._call(lambda c: c.flush(name, timeout=self.timeout), name, wait_s=max(self.timeout_s, 120.0))
+        if not (self.is_lite or bulk):
+            # An add's flush on a server: the visibility probe shares the request's
+            # Milvus budget, so an add that waited for a slow server already does
+            # not wait one more MILVUS_TIMEOUT_S here.
+            self.wait_visible(name)
+            return
+        # Sealing a large load can take longer than one ordinary call.
+        self._call(lambda c: c.flush(name, timeout=self.timeout), name, wait_s=max(self.timeout_s, 120.0))
         if bulk:
             # A load ends searchable: wait for the collection's load if it is
             # still running (see create_collection), as patiently as for the flush.
