@@ -313,7 +313,7 @@ def test_backfill_resumes_where_it_stopped(client):
     name = unique("bfset")
     folder = svc.settings.data_root / name
     folder.mkdir(parents=True)
-    records = [(1 + i, d) for i, d in enumerate(generate_split("valid", 150).jpegs)]
+    records = [(1 + i, d) for i, d in enumerate(generate_split("valid", 80).jpegs)]
     write_image_tsv(folder / "valid_imgs.tsv", records)
     write_features_jsonl(
         folder / "valid_imgs.img_feat.jsonl",
@@ -331,14 +331,14 @@ def test_backfill_resumes_where_it_stopped(client):
             self.cancel()
 
     first = backfill_phashes(svc, collection, StopAfterOnePage())
-    assert first == {"hashed": phash_backfill.PAGE, "failed": 0, "left": 150 - phash_backfill.PAGE}
+    assert first == {"hashed": phash_backfill.PAGE, "failed": 0, "left": 80 - phash_backfill.PAGE}
     # The job finishes the rest, and only the rest.
     job = wait_job(client, client.post(f"/img/collections/{collection}/phash").json()["job_id"])
     assert (job["state"], job["processed"], job["failed"], job["total"]) == (
         "succeeded",
-        150 - phash_backfill.PAGE,
+        80 - phash_backfill.PAGE,
         0,
-        150 - phash_backfill.PAGE,
+        80 - phash_backfill.PAGE,
     )
     assert svc.images.count_without_phash(collection) == 0
 
