@@ -172,6 +172,23 @@ class Settings(BaseSettings):
     query_cache_size: int = Field(
         1024, ge=0, le=10_000_000, description="query-text embeddings kept (LRU); 0 = off"
     )
+    result_cache_size: int = Field(
+        1024, ge=0, le=10_000_000, description="vector-search results kept (LRU); 0 = off"
+    )
+    result_cache_ttl_s: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="seconds a cached search result is reused; writes made by other processes show "
+        "within this (this process's own writes show at once); 0 = off",
+    )
+    max_in_flight: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="searches in progress at once (from arrival to answer); one more is a 503 with "
+        "Retry-After at once",
+    )
     load_batch_size: int = Field(256, ge=1, le=10_000)
     load_sql_writers: int = Field(
         2, ge=1, le=16, description="MySQL connections inserting load batches at once (SQLite: always 1)"

@@ -205,7 +205,7 @@ def _text_stage(svc: Services, plan: _Plan, query: str) -> None:
     plan.timer.stage("text_search", t)
 
 
-def _search_future(svc: Services, plan: _Plan, vector: np.ndarray) -> Future | None:
+def _search_future(svc: Services, plan: _Plan, vector: np.ndarray) -> Future | Timed | None:
     plan.timer.ms.setdefault("vector_search", 0.0)
     plan.query_vector = np.asarray(vector, dtype=np.float32).reshape(-1)
     if plan.nothing or plan.mode == "text":

@@ -139,6 +139,13 @@ async def relevance_search_async(
     one runs on the worker pool."""
     parsed = _check(svc, rq)
     rq.cut.check()
+    with svc.serving.admit():
+        return await _relevance_search_admitted(svc, collection, rq, parsed)
+
+
+async def _relevance_search_admitted(
+    svc: Services, collection: str, rq: RelevanceQuery, parsed: ParsedQuery
+) -> tuple[SearchOutcome, RelevanceReport]:
     if _is_plain_text(parsed, rq):
         outcome = await search_text_async(
             svc, collection, rq.query, rq.top_k, rq.flt, rq.min_score, rq.with_image, rq.mode

@@ -144,6 +144,7 @@ class MilvusVectorStore:
         self._writes: dict[str, int] = {}
         self._visible: dict[str, int] = {}
         self._writes_lock = threading.Lock()
+        self._generations: dict[str, int] = {}
         # The level of the latest read and of the latest visibility probe per
         # collection (tests assert on them; they cost nothing to keep).
         self.last_read_level: dict[str, str] = {}
@@ -152,6 +153,15 @@ class MilvusVectorStore:
     def _wrote(self, name: str) -> None:
         with self._writes_lock:
             self._writes[name] = self._writes.get(name, 0) + 1
+
+    def _advance(self, name: str) -> None:
+        with self._writes_lock:
+            self._generations[name] = self._generations.get(name, 0) + 1
+
+    def write_generation(self, name: str) -> int:
+        """Advanced when a write of this process to `name` starts, ends or becomes visible."""
+        with self._writes_lock:
+            return self._generations.get(name, 0)
 
     def _read_level(self, name: str) -> str:
         """The consistency level for a read of `name` (see the module docstring)."""
@@ -191,6 +201,7 @@ class MilvusVectorStore:
             # only those before it are known visible.
             self._visible[name] = max(self._visible.get(name, 0), written)
             self.probes[name] = self.probes.get(name, 0) + 1
+            self._generations[name] = self._generations.get(name, 0) + 1
 
     def _fresh_deadline(self) -> AbstractContextManager[deadline.Deadline]:
         """A new MILVUS_TIMEOUT_S for the calls after a long wait (a flush, an index build)."""
@@ -431,7 +442,9 @@ class MilvusVectorStore:
     @_one_deadline
     def drop_collection(self, name: str) -> None:
         validate_name(name)
+        self._advance(name)
         self._call(lambda c: c.drop_collection(name, timeout=self.timeout), name)
+        self._advance(name)
         self._loaded.discard(name)
         self._info_cache.pop(name, None)
 
@@ -484,6 +497,21 @@ class MilvusVectorStore:
         meta = self.describe_meta(name)
         if vectors.ndim != 2 or vectors.shape[1] != meta.dim or len(ids) != len(vectors):
             raise InvalidInput(f"vectors must be ({len(ids)}, {meta.dim}), got {vectors.shape}")
+        self._advance(name)
+        try:
+            return self._upsert(name, meta, ids, vectors, attrs, visible)
+        finally:
+            self._advance(name)
+
+    def _upsert(
+        self,
+        name: str,
+        meta: CollectionInfo,
+        ids: Sequence[int],
+        vectors: np.ndarray,
+        attrs: Sequence[VectorAttrs] | None,
+        visible: bool,
+    ) -> int:
         self._ensure_writable(name)
         rows_per_message = max(1, MAX_MESSAGE_BYTES // (meta.dim * 4 + 2048))
         total = 0
@@ -554,10 +582,14 @@ class MilvusVectorStore:
         if not ids:
             return
         self._ensure_loaded(name)
-        for start in range(0, len(ids), 1000):
-            chunk = check_int64(ids[start : start + 1000], "image id")
-            self._wrote(name)
-            self._call(lambda c: c.delete(name, ids=chunk, timeout=self.timeout), name)  # noqa: B023 (called at once)
+        self._advance(name)
+        try:
+            for start in range(0, len(ids), 1000):
+                chunk = check_int64(ids[start : start + 1000], "image id")
+                self._wrote(name)
+                self._call(lambda c: c.delete(name, ids=chunk, timeout=self.timeout), name)  # noqa: B023 (called at once)
+        finally:
+            self._advance(name)
         if visible:
             self.wait_visible(name)
 
