@@ -15,7 +15,7 @@ from app import errors
 from app.contract import document_errors
 from app.limits import BodyLimitMiddleware
 from app.observability import RequestObservability
-from app.routes import collections, health, images, jobs, metrics, scan, search, web
+from app.routes import collections, duplicates, health, images, jobs, metrics, scan, search, web
 from config.settings import Settings, get_settings
 from operations.context import Services
 from operations.domain import check_model
@@ -28,7 +28,7 @@ from operations.tracing import install as install_log_ids
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).parent / "static"
-ROUTE_MODULES = (health, metrics, search, images, collections, jobs, scan, web)
+ROUTE_MODULES = (health, metrics, search, images, collections, jobs, scan, duplicates, web)
 
 
 class ImageSearchApp(FastAPI):

@@ -212,6 +212,13 @@ class Settings(BaseSettings):
         description="pHash bits two images may differ in and still be the same picture (0..7: the band index "
         "finds every match up to 7)",
     )
+    phash_min_cosine: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="a duplicate listing's phash link also needs this CLIP cosine between the two images "
+        "(drops pHash collisions of different pictures); 0 = pHash alone",
+    )
     scan_page_size: int = Field(
         16384,
         ge=1,

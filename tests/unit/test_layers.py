@@ -37,6 +37,7 @@ STORE_FAMILIES = {
         "operations.stores.mysql_prepared",
         "operations.stores.job_store",
         "operations.stores.sql_ocr_store",
+        "operations.stores.sql_duplicate_store",
     },
     "memory": {"operations.stores.memory_vector_store"},
 }
