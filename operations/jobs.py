@@ -1,4 +1,5 @@
-"""Background jobs: loads and bulk adds, recorded in the SQL job table.
+"""Background jobs: loads, bulk adds, OCR and pHash backfills, duplicate listings, calibration;
+recorded in the SQL job table.
 
 A job runs in a worker thread of this process, so it survives the client
 disconnecting. Its parameters are stored, so a job interrupted by a restart
@@ -38,18 +39,21 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from operations import metrics, tracing
 from operations.context import Services
 from operations.domain import IndexSpec
+from operations.duplicate_groups import compute_duplicates
 from operations.errors import Conflict, NotFound, ServiceError
 from operations.ingest import add_folder
 from operations.load import load_split
 from operations.ocr import read_backlog
+from operations.phash_backfill import backfill_phashes
 from operations.progress import JobProgress
 from operations.stores.job_store import Job
 
 log = logging.getLogger(__name__)
 # How long a finished job keeps trying to record its end while SQL is unavailable;
-# after a restart, a job still marked running is marked interrupted (resumable).
+# a row left 'running' is taken over by another replica once its lease lapses.
 RECORD_PATIENCE_S = 600.0
 # A job cut off this many times by its replica dying is failed, not taken over again.
 MAX_TAKEOVERS = 3
@@ -75,6 +79,32 @@ def _run_load(svc: Services, job: Job, progress: JobProgress) -> str:
 def _run_ocr(svc: Services, job: Job, progress: JobProgress) -> str:
     counts = read_backlog(svc, job.collection, progress)
     return f"read {counts['read']}, failed {counts['failed']}"
+
+
+def _run_phash(svc: Services, job: Job, progress: JobProgress) -> str:
+    counts = backfill_phashes(svc, job.collection, progress)
+    return f"hashed {counts['hashed']}, failed {counts['failed']}, still without a pHash {counts['left']}"
+
+
+def _run_duplicates(svc: Services, job: Job, progress: JobProgress) -> str:
+    p = job.params
+    run = compute_duplicates(
+        svc,
+        job.collection,
+        job.id,  # the listing's id is its job's: GET /img/duplicates names it job_id
+        progress,
+        tiers=p.get("tiers") or ("phash", "clip"),
+        phash_max_distance=p.get("phash_max_distance"),
+        phash_min_cosine=p.get("phash_min_cosine"),
+        near_duplicate_threshold=p.get("near_duplicate_threshold"),
+    )
+    if run is None:
+        return "cancelled: the previous listing (if any) is still the one shown"
+    counts = ", ".join(f"{tier} {n}" for tier, n in run.counts.items())
+    return (
+        f"{run.groups} duplicate groups ({counts}) among {run.images} images; "
+        f"without a pHash {run.without_phash}"
+    )
 
 
 def _run_add_folder(svc: Services, job: Job, progress: JobProgress) -> str:
@@ -124,6 +154,8 @@ RUNNERS: dict[str, Callable[[Services, Job, JobProgress], str]] = {
     "add": _run_add_folder,
     "calibrate": _run_calibrate,
     "ocr": _run_ocr,
+    "phash": _run_phash,
+    "duplicates": _run_duplicates,
 }
 
 
@@ -157,6 +189,7 @@ class JobRunner:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
         self._progress: dict[str, JobProgress] = {}
         self._collections: dict[str, str] = {}  # running job id -> its collection
+        self._kinds: dict[str, str] = {}  # running job id -> its kind
         self._tokens: dict[str, str] = {}  # running job id -> its lease token
         self._lost: set[str] = set()  # jobs another replica took from this one
         self._lock = threading.Lock()
@@ -187,6 +220,13 @@ class JobRunner:
             mine = {j for j, c in self._collections.items() if c == collection}
         return sorted(mine | set(self.jobs.active_on(collection)))
 
+    def active(self, kind: str, collection: str) -> str | None:
+        """The id of a job of `kind` queued or running on `collection`, on any replica."""
+        with self._lock:
+            ids = sorted(j for j, c in self._collections.items() if c == collection)
+            mine = next((j for j in ids if self._kinds[j] == kind), None)
+        return mine if mine is not None else self.jobs.active_of(kind, collection)
+
     def cancel(self, job_id: str) -> None:
         """Ask a job to stop, whichever replica runs it (its flag is in SQL); here at once."""
         self.jobs.request_cancel(job_id)
@@ -200,12 +240,13 @@ class JobRunner:
             return sorted(self._progress)
 
     def _start(self, job: Job, token: str) -> None:
-        progress = JobProgress(self.jobs, job.id, token=token)
+        progress = JobProgress(self.jobs, job.id, kind=job.kind, token=token)
         with self._lock:
             if job.id in self._progress:
                 raise Conflict(f"job {job.id} is already running")
             self._progress[job.id] = progress
             self._collections[job.id] = job.collection
+            self._kinds[job.id] = job.kind
             self._tokens[job.id] = token
         try:
             if not self.jobs.start(job.id, token):
@@ -214,7 +255,8 @@ class JobRunner:
             self._forget(job.id)
             raise
         try:
-            self._pool.submit(self._run, job, progress)
+            # The job's log lines carry the id of the request that started it, and the job's.
+            self._pool.submit(tracing.carry(self._run, job_id=job.id), job, progress)
         except RuntimeError:  # the pool is shut down: this replica is stopping
             with contextlib.suppress(ServiceError):
                 self.jobs.release(job.id, token, f"replica {self.owner} stopped before the job started")
@@ -225,10 +267,21 @@ class JobRunner:
         with self._lock:
             self._progress.pop(job_id, None)
             self._collections.pop(job_id, None)
+            self._kinds.pop(job_id, None)
             self._tokens.pop(job_id, None)
             self._lost.discard(job_id)
 
     def _run(self, job: Job, progress: JobProgress) -> None:
+        metrics.JOBS_STARTED.labels(job.kind).inc()
+        running = metrics.JOBS_RUNNING.labels(job.kind)
+        running.inc()
+        try:
+            self._execute(job, progress)
+        finally:
+            running.dec()
+            progress.finish_metrics()
+
+    def _execute(self, job: Job, progress: JobProgress) -> None:
         try:
             message = RUNNERS[job.kind](self.svc, job, progress)
             if job.params.get("spooled") and not progress.cancelled():
@@ -244,6 +297,11 @@ class JobRunner:
             with self._lock:
                 lost = job.id in self._lost
                 token = self._tokens[job.id]
+            # Handed back at a stop: "interrupted"; taken by another replica: "lost".
+            ended = (
+                "lost" if lost else "interrupted" if state == "cancelled" and self._shutting_down else state
+            )
+            metrics.JOBS_FINISHED.labels(job.kind, ended).inc()
             if lost:
                 log.warning(
                     "job %s was taken over by another replica; this one (%s) stopped it", job.id, self.owner

@@ -229,6 +229,15 @@ class JobStore:
             )
         )
 
+    def active_of(self, kind: str, collection: str) -> str | None:
+        """The oldest job of `kind` queued or running on `collection`, on any replica."""
+        rows = self.pool.query(
+            "SELECT id FROM jobs WHERE collection = ? AND kind = ? AND state IN ('queued', 'running') "
+            "ORDER BY created_at LIMIT 1",
+            (collection, kind),
+        )
+        return rows[0][0] if rows else None
+
     # -- claiming --------------------------------------------------------------------
     def create(
         self,
