@@ -200,14 +200,16 @@ STEPS = 20
 
 
 def _stepper(svc, job, progress) -> str:
-    """A job of STEPS steps of 30 ms; `svc.gate` (when set) holds a step, as a stalled replica."""
+    """A job of STEPS steps of 30 ms; `svc.gates[name]` (when set) holds it after 3 steps until
+    set, as a stalled replica."""
     steps = job.params.get("steps", STEPS)
     progress.set_total(steps)
     for _ in range(steps):
         if progress.cancelled():
             return "stopped"
         gate = svc.gates.get(svc.name)
-        if gate is not None:
+        if gate is not None and progress.processed >= 3:
+            progress.flush()  # the counts so far are in SQL before it stalls
             gate.wait()
         time.sleep(0.03)
         progress.advance(1)
@@ -247,10 +249,10 @@ def _wait(predicate, timeout: float, what: str):
 def test_a_stalled_replicas_job_is_taken_over_and_its_late_end_is_not_recorded(replicas):
     make, gates = replicas
     a, b = make("A", lease_s=0.6), make("B", lease_s=0.6)
+    gates["A"] = threading.Event()  # A's job stalls after 3 steps
     job = a.submit("steps", "col", {})
     _wait(lambda: a.jobs.get(job.id).processed >= 3, 10, "A to make progress")
-    # A stalls: its job and its watcher stop (as a paused or partitioned process).
-    gates["A"] = threading.Event()
+    # A stalls: its watcher stops too (as a paused or partitioned process).
     a._watch_stop.set()
     row = _wait(
         lambda: (r := b.jobs.get(job.id)).owner == "B" and r.state == "succeeded" and r, 15, "B to finish it"
@@ -279,11 +281,14 @@ def test_cancel_on_one_replica_stops_the_job_on_another(replicas):
 def test_a_replica_stopping_hands_its_job_to_another_without_counting_a_takeover(replicas):
     make, _ = replicas
     a, b = make("A", lease_s=30), make("B", lease_s=0.6)  # B looks every 0.3 s
-    job = a.submit("steps", "col", {})
+    job = a.submit("steps", "col", {"steps": 1000})  # far longer than the test
     _wait(lambda: a.jobs.get(job.id).processed >= 2, 10, "A to make progress")
     a.shutdown()
-    row = _wait(lambda: (r := b.jobs.get(job.id)).state == "succeeded" and r, 15, "B to finish it")
-    assert (row.owner, row.takeovers, row.processed) == ("B", 0, STEPS)
+    row = _wait(lambda: (r := b.jobs.get(job.id)).owner == "B" and r, 15, "B to take it")
+    assert (row.state, row.takeovers) == ("running", 0)  # handed over, not taken from a dead A
+    _wait(lambda: b.jobs.get(job.id).processed >= 2, 10, "B to make progress")
+    b.cancel(job.id)
+    _wait(lambda: b.jobs.get(job.id).state == "cancelled", 10, "the job to stop")
 
 
 def test_a_drop_sees_jobs_running_on_other_replicas(replicas):
