@@ -375,6 +375,7 @@ class MilvusVectorStore:
                             "build": index.build_params,
                             "search": index.search_params,
                             "source_partitions": index.source_partitions,
+                            "auto": index.auto,
                         }
                     ),
                 },
@@ -424,6 +425,7 @@ class MilvusVectorStore:
                 idx.get("build", {}),
                 idx.get("search", {}),
                 int(idx.get("source_partitions", 0)),
+                bool(idx.get("auto", False)),
             ),
             0,
         )
