@@ -113,7 +113,7 @@ class Settings(BaseSettings):
         "else HNSW tuned for recall@10 >= 0.99 (README)",
     )
     auto_index_flat_below: int = Field(
-        200_000,
+        50_000,
         ge=0,
         le=1_000_000_000,
         description="AUTO: a new collection expected to hold fewer vectors than this is exact (FLAT); "

@@ -19,7 +19,7 @@ INDEX_TYPES = ("FLAT", "IVF_FLAT", "HNSW")
 # resolved when the collection is created (`IndexSpec.resolve`); stores only see concrete types.
 AUTO = "AUTO"
 AUTO_HNSW_BUILD = {"M": 16, "efConstruction": 200}
-AUTO_HNSW_SEARCH = {"ef": 128}
+AUTO_HNSW_SEARCH = {"ef": 256}
 # Milvus caps partitions per collection (rootCoord.maxPartitionNum, 1024 on small setups).
 MAX_SOURCE_PARTITIONS = 1024
 # Sources or tags in one filter: each becomes one literal of a filter expression.

@@ -56,7 +56,11 @@ def test_exact_index_reaches_1_and_a_coarse_one_what_it_reaches(loaded):
     assert r["queries"] == 40 and r["vectors"] == N and r["recall@10"] == 1.0 and r["index_type"] == "FLAT"
     r = live_recall(svc.vectors, svc.images, ivf, sample=40, block=400, seed=1)
     assert r["queries"] == 40 and r["index_type"] == "IVF_FLAT" and r["search_params"] == {"nprobe": 1}
-    assert r["recall@10"] < 0.9
+    if settings.milvus_uri.startswith("http"):
+        # The 2.3 server searches segments this small (< 1,024 rows) without their index: exact.
+        assert r["recall@10"] == 1.0
+    else:
+        assert r["recall@10"] < 0.9
     picked = sorted(np.random.default_rng(1).choice(np.asarray(ids, np.int64), 40, replace=False).tolist())
     assert r["recall@10"] == pytest.approx(_recall_by_hand(svc, ivf, ids, feats, picked), abs=1e-9)
 
