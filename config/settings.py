@@ -148,6 +148,17 @@ class Settings(BaseSettings):
         REPO_ROOT / "datasets" / "data", description="the only tree the server reads datasets from"
     )
     api_key: str = Field("", description="when set, load/add/delete/drop need header X-API-Key")
+    metrics_enabled: bool = Field(True, description="serve GET /metrics (Prometheus text format)")
+    metrics_require_api_key: bool = Field(
+        False, description="/metrics needs X-API-Key too when API_KEY is set (default: open, like /healthz)"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text lines, or json: one object a line with time, level, logger, message, request_id",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="the server's log level (access lines of /healthz, /readyz, /metrics are DEBUG)"
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="bytes of one uploaded image")
     max_request_bytes: int = Field(
         256 * 1024 * 1024, ge=1024, description="bytes of one multi-image add request"
@@ -211,6 +222,13 @@ class Settings(BaseSettings):
         le=7,
         description="pHash bits two images may differ in and still be the same picture (0..7: the band index "
         "finds every match up to 7)",
+    )
+    phash_min_cosine: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="a duplicate listing's phash link also needs this CLIP cosine between the two images "
+        "(drops pHash collisions of different pictures); 0 = pHash alone",
     )
     scan_page_size: int = Field(
         16384,

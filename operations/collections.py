@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from operations.context import Services
 from operations.domain import IndexSpec
+from operations.duplicate_groups import duplicate_store
 from operations.errors import NotFound
 from operations.names import validate_name
 from operations.ocr import drop_ocr, enable_ocr, ocr_enabled
@@ -91,3 +92,5 @@ def drop_collection(svc: Services, name: str) -> None:
     svc.vectors.drop_collection(name)
     svc.images.drop_collection(name)
     drop_ocr(svc, name)
+    if getattr(svc.images, "pool", None) is not None:
+        duplicate_store(svc).drop(name)

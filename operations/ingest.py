@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from operations import metrics
 from operations.bounds import MAX_TIMESTAMP
 from operations.context import Services
 from operations.data_root import read_under
@@ -109,7 +110,8 @@ def add_images(
     chunks = [(start, uploads[start : start + ADD_CHUNK]) for start in range(0, len(uploads), ADD_CHUNK)]
     with ThreadPoolExecutor(1, thread_name_prefix="add-prepare") as pool:
         # The helper thread runs in a copy of this context, so its SQL calls draw on
-        # the request's store budget (operations/deadline.py) like this thread's.
+        # the request's store budget (operations/deadline.py) like this thread's, and its
+        # log lines carry the request's id (operations/tracing.py).
         def submit(chunk: tuple[int, list[Upload]]) -> Future[_Prepared]:
             context = contextvars.copy_context()
             return pool.submit(lambda: context.run(_prepare, svc, collection, encoder, *chunk, progress))
@@ -145,6 +147,8 @@ def add_images(
         for r in results:
             if r.status == "added" and r.id in report:
                 r.ocr = report[r.id]
+    for r in results:
+        metrics.ADD_RESULTS.labels(r.status).inc()
     return results
 
 

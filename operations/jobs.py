@@ -1,4 +1,5 @@
-"""Background jobs: loads and bulk adds, recorded in the SQL job table.
+"""Background jobs: loads, bulk adds, OCR and pHash backfills, duplicate listings, calibration;
+recorded in the SQL job table.
 
 A job runs in a worker thread of this process, so it survives the client
 disconnecting. Its parameters are stored, so a job interrupted by a restart
@@ -16,12 +17,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from operations import metrics, tracing
 from operations.context import Services
 from operations.domain import IndexSpec
+from operations.duplicate_groups import compute_duplicates
 from operations.errors import Conflict, ServiceError
 from operations.ingest import add_folder
 from operations.load import load_split
 from operations.ocr import read_backlog
+from operations.phash_backfill import backfill_phashes
 from operations.progress import JobProgress
 from operations.stores.job_store import Job
 
@@ -51,6 +55,32 @@ def _run_load(svc: Services, job: Job, progress: JobProgress) -> str:
 def _run_ocr(svc: Services, job: Job, progress: JobProgress) -> str:
     counts = read_backlog(svc, job.collection, progress)
     return f"read {counts['read']}, failed {counts['failed']}"
+
+
+def _run_phash(svc: Services, job: Job, progress: JobProgress) -> str:
+    counts = backfill_phashes(svc, job.collection, progress)
+    return f"hashed {counts['hashed']}, failed {counts['failed']}, still without a pHash {counts['left']}"
+
+
+def _run_duplicates(svc: Services, job: Job, progress: JobProgress) -> str:
+    p = job.params
+    run = compute_duplicates(
+        svc,
+        job.collection,
+        job.id,  # the listing's id is its job's: GET /img/duplicates names it job_id
+        progress,
+        tiers=p.get("tiers") or ("phash", "clip"),
+        phash_max_distance=p.get("phash_max_distance"),
+        phash_min_cosine=p.get("phash_min_cosine"),
+        near_duplicate_threshold=p.get("near_duplicate_threshold"),
+    )
+    if run is None:
+        return "cancelled: the previous listing (if any) is still the one shown"
+    counts = ", ".join(f"{tier} {n}" for tier, n in run.counts.items())
+    return (
+        f"{run.groups} duplicate groups ({counts}) among {run.images} images; "
+        f"without a pHash {run.without_phash}"
+    )
 
 
 def _run_add_folder(svc: Services, job: Job, progress: JobProgress) -> str:
@@ -93,6 +123,8 @@ RUNNERS: dict[str, Callable[[Services, Job, JobProgress], str]] = {
     "add": _run_add_folder,
     "calibrate": _run_calibrate,
     "ocr": _run_ocr,
+    "phash": _run_phash,
+    "duplicates": _run_duplicates,
 }
 
 
@@ -107,6 +139,7 @@ class JobRunner:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="job")
         self._progress: dict[str, JobProgress] = {}
         self._collections: dict[str, str] = {}  # running job id -> its collection
+        self._kinds: dict[str, str] = {}  # running job id -> its kind
         self._lock = threading.Lock()
         self._shutting_down = False
         self._stopping = threading.Event()
@@ -128,6 +161,12 @@ class JobRunner:
         with self._lock:
             return sorted(j for j, c in self._collections.items() if c == collection)
 
+    def active(self, kind: str, collection: str) -> str | None:
+        """The id of a job of `kind` of this process running (or queued) on `collection`."""
+        with self._lock:
+            ids = sorted(j for j, c in self._collections.items() if c == collection)
+            return next((j for j in ids if self._kinds[j] == kind), None)
+
     def cancel(self, job_id: str) -> None:
         with self._lock:
             progress = self._progress.get(job_id)
@@ -136,16 +175,28 @@ class JobRunner:
         progress.cancel()
 
     def _start(self, job: Job) -> None:
-        progress = JobProgress(self.jobs, job.id)
+        progress = JobProgress(self.jobs, job.id, kind=job.kind)
         with self._lock:
             if job.id in self._progress:
                 raise Conflict(f"job {job.id} is already running")
             self._progress[job.id] = progress
             self._collections[job.id] = job.collection
+            self._kinds[job.id] = job.kind
         self.jobs.start(job.id)
-        self._pool.submit(self._run, job, progress)
+        # The job's log lines carry the id of the request that started it, and the job's.
+        self._pool.submit(tracing.carry(self._run, job_id=job.id), job, progress)
 
     def _run(self, job: Job, progress: JobProgress) -> None:
+        metrics.JOBS_STARTED.labels(job.kind).inc()
+        running = metrics.JOBS_RUNNING.labels(job.kind)
+        running.inc()
+        try:
+            self._execute(job, progress)
+        finally:
+            running.dec()
+            progress.finish_metrics()
+
+    def _execute(self, job: Job, progress: JobProgress) -> None:
         try:
             message = RUNNERS[job.kind](self.svc, job, progress)
             if job.params.get("spooled") and not progress.cancelled():
@@ -160,12 +211,14 @@ class JobRunner:
         except Exception as exc:  # a job never takes the process down
             log.exception("job %s crashed", job.id)
             state, message = "failed", f"{type(exc).__name__}: {exc}"
+        metrics.JOBS_FINISHED.labels(job.kind, state).inc()
         try:
             self._record_end(job.id, state, message)
         finally:
             with self._lock:
                 self._progress.pop(job.id, None)
                 self._collections.pop(job.id, None)
+                self._kinds.pop(job.id, None)
 
     def _record_end(self, job_id: str, state: str, message: str) -> None:
         """Record how a job ended. While SQL is unavailable (often what ended the job)

@@ -25,6 +25,7 @@ from collections.abc import Hashable
 
 import numpy as np
 
+from operations import metrics
 from operations.domain import Hit
 
 
@@ -39,6 +40,8 @@ class ResultCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self._hit = metrics.RESULT_CACHE.labels("hit")
+        self._miss = metrics.RESULT_CACHE.labels("miss")
 
     @property
     def enabled(self) -> bool:
@@ -58,9 +61,11 @@ class ResultCache:
                 if entry is not None:
                     del self._items[key]
                 self.misses += 1
+                self._miss.inc()
                 return None
             self._items.move_to_end(key)
             self.hits += 1
+            self._hit.inc()
             return list(entry[2])
 
     def put(self, key: Hashable, generation: int, hits: list[Hit]) -> None:

@@ -31,6 +31,7 @@ from typing import Any, cast
 import numpy as np
 
 from config.settings import Settings
+from operations import metrics
 from operations.batching import MicroBatcher, Timed
 from operations.domain import SearchFilter
 from operations.encoding.base import Encoder
@@ -76,14 +77,17 @@ class Serving:
         with self._in_flight_lock:
             if self._in_flight >= self.max_in_flight:
                 self.refused += 1
+                metrics.ADMISSION_REFUSED.inc()
                 raise Overloaded(
                     f"{self._in_flight} searches are in progress; the limit is {self.max_in_flight}",
                     retry_after_s=1,
                 )
             self._in_flight += 1
+        metrics.SEARCHES_IN_FLIGHT.inc()
         try:
             yield
         finally:
+            metrics.SEARCHES_IN_FLIGHT.dec()
             with self._in_flight_lock:
                 self._in_flight -= 1
 

@@ -103,3 +103,17 @@ def ocr_job(name: str, svc: SvcDep, runner: RunnerDep) -> dict:
     enable_ocr(svc, name)
     job = runner.submit("ocr", name, {})
     return {"collection": name, "ocr": True, "job_id": job.id}
+
+
+@router.post(
+    "/collections/{name}/phash",
+    status_code=202,
+    dependencies=[WriteAccess],
+    summary="Compute the pHash of stored images that have none (a dataset load's), as a background job",
+    responses=raises(BadRequest, NotFound, Conflict),
+)
+def phash_job(name: str, svc: SvcDep, runner: RunnerDep) -> dict:
+    validate_name(name)
+    svc.require_collection(name)
+    job = runner.submit("phash", name, {})
+    return {"collection": name, "job_id": job.id}

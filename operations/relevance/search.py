@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import anyio
 import numpy as np
 
+from operations import metrics
 from operations.context import Services
 from operations.domain import SearchFilter, check_int64
 from operations.errors import InvalidInput, NotFound
@@ -271,6 +272,7 @@ def _composed(
     for rank, m in enumerate(matches, 1):
         m.rank = rank
     ms["total"] = round((time.perf_counter() - t0) * 1000, 2)
+    metrics.observe_search("composed", ms)
     log.info("relevance search %s top_k=%d hits=%d %s", collection, rq.top_k, len(matches), ms)
     outcome = SearchOutcome(collection, encoder.model_name, matches, ms)
     why_none = (

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from operations.errors import DependencyUnavailable
-from tests.stack import jpeg, make_services, make_settings, unique, write_dataset
+from tests.stack import jpeg, make_services, make_settings, metric_samples, unique, write_dataset
 
 pytestmark = pytest.mark.services
 
@@ -66,8 +66,13 @@ def _assert_503(response, within_s: float, started: float) -> None:
     assert time.time() - started < within_s
 
 
+def _metric(c, name: str, **labels: str) -> float:
+    return metric_samples(c.get("/metrics").text).get((name, frozenset(labels.items())), 0.0)
+
+
 def test_milvus_stopped_gives_503_then_recovers(client, milvus_server):
     assert _search(client).status_code == 200
+    unavailable = _metric(client, "imgsearch_unavailable_responses_total", cause="milvus")
     with milvus_server.down():
         t = time.time()
         _assert_503(_search(client), 10, t)
@@ -75,6 +80,10 @@ def test_milvus_stopped_gives_503_then_recovers(client, milvus_server):
         _assert_503(
             client.post("/img/search/image", data={"image_id": "1", "collection": client.collection}), 10, t
         )
+        # /metrics counts both 503s by their cause, and the failed Milvus calls.
+        assert _metric(client, "imgsearch_unavailable_responses_total", cause="milvus") - unavailable == 2
+        assert _metric(client, "imgsearch_store_errors_total", store="milvus") >= 1
+        assert _metric(client, "imgsearch_store_outages_total", store="milvus") >= 1
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["milvus"] != "ok"
         assert client.get("/healthz").status_code == 200  # the process itself is fine
@@ -95,6 +104,8 @@ def test_mariadb_restart_is_survived_and_down_is_503(client, mariadb):
     mariadb.restart()  # pooled connections are now dead: pre-ping must replace them
     r = _search(client)
     assert r.status_code == 200, r.text
+    unavailable = _metric(client, "imgsearch_unavailable_responses_total", cause="mysql")
+    errors = _metric(client, "imgsearch_store_errors_total", store="mysql")
     with mariadb.down():
         t = time.time()
         _assert_503(_search(client), 10, t)
@@ -106,6 +117,9 @@ def test_mariadb_restart_is_survived_and_down_is_503(client, mariadb):
             10,
             t,
         )
+        # /metrics counts both 503s by their cause, and the failed SQL calls.
+        assert _metric(client, "imgsearch_unavailable_responses_total", cause="mysql") - unavailable == 2
+        assert _metric(client, "imgsearch_store_errors_total", store="mysql") - errors >= 2
         assert client.get("/readyz").status_code == 503
     _eventually_ok(client)
     # The add that failed while SQL was down stored nothing: it can be added now.

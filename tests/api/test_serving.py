@@ -21,7 +21,7 @@ from operations.ingest import Upload, add_images
 from operations.search import search_text
 from operations.stores.milvus_store import MilvusVectorStore
 from tests.fixtures_stack import BACKENDS, backend_settings
-from tests.stack import jpeg, tiny_encoder, unique
+from tests.stack import jpeg, metric_samples, tiny_encoder, unique
 
 
 class HashEncoder:
@@ -305,6 +305,12 @@ def test_the_app_sheds_load_with_503_and_retry_after(request, tmp_path):
         def ask(q):
             return client.post("/img/search", json={"query": q, "collection": name, "top_k": 3})
 
+        def metric(name: str, **labels: str) -> float:
+            samples = metric_samples(client.get("/metrics").text)
+            return samples.get((name, frozenset(labels.items())), 0.0)
+
+        overloaded = metric("imgsearch_unavailable_responses_total", cause="overloaded")
+        shed_before = metric("imgsearch_shed_total", batcher="tiny text encoder", reason="queue_full")
         try:
             running = pool.submit(ask, "正在编码")
             assert encoder.started.wait(20)
@@ -325,6 +331,12 @@ def test_the_app_sheds_load_with_503_and_retry_after(request, tmp_path):
         assert [w.result(30).status_code for w in waiting] == [200, 200]
         stats = client.get("/img/stats").json()
         assert stats["encoders"]["tiny text encoder"]["shed_full"] == 1
+        # /metrics says the same: one item shed, one 503 for overload.
+        assert (
+            metric("imgsearch_shed_total", batcher="tiny text encoder", reason="queue_full") - shed_before
+            == 1
+        )
+        assert metric("imgsearch_unavailable_responses_total", cause="overloaded") - overloaded == 1
 
 
 def test_writer_sees_its_writes_while_reads_stay_bounded(milvus_server, mariadb, tmp_path, request):
