@@ -292,9 +292,19 @@ class CollectionCreate(BaseModel):
     ocr: bool | None = Field(
         None, description="read the text in this collection's images (default: the server's OCR_ENABLED)"
     )
-    index_type: Literal["FLAT", "IVF_FLAT", "HNSW"] | None = None
+    index_type: Literal["FLAT", "IVF_FLAT", "HNSW", "AUTO"] | None = Field(
+        None,
+        description="default: the server's INDEX_TYPE; AUTO: FLAT (exact) below the server's "
+        "AUTO_INDEX_FLAT_BELOW expected vectors, else HNSW tuned for recall@10 >= 0.99 (no params)",
+    )
     index_params: dict[Text, IndexParam] = Field(default_factory=dict, max_length=8)
     search_params: dict[Text, IndexParam] = Field(default_factory=dict, max_length=8)
+    expected_vectors: int | None = Field(
+        None,
+        ge=0,
+        le=10_000_000_000,
+        description="AUTO: how many images the collection is expected to hold (default 0: it starts small)",
+    )
     source_partitions: int | None = Field(
         None,
         ge=0,
@@ -316,6 +326,11 @@ class CollectionView(BaseModel):
     vectors: int
     images: int
     ocr: bool = Field(False, description="the text in this collection's images is read")
+    auto_index: dict | None = Field(
+        None,
+        description="set when AUTO chose the index: flat_below (the size AUTO switches at) and "
+        "reindex_due (the collection grew past it while FLAT)",
+    )
 
 
 class OcrPattern(BaseModel):

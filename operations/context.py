@@ -103,7 +103,7 @@ class Services:
         s = self.settings
         return IndexSpec(
             s.index_type, dict(s.index_params), dict(s.search_params), s.source_partitions
-        ).check()
+        ).check(allow_auto=True)
 
     def encoder_for(self, collection: str) -> Encoder:
         """The encoder of the model `collection` was built with (404 if unknown)."""
@@ -119,13 +119,21 @@ class Services:
         return self.calibrations.get(model_name)
 
     def ensure_collection(
-        self, collection: str, encoder: Encoder | None = None, index: IndexSpec | None = None
+        self,
+        collection: str,
+        encoder: Encoder | None = None,
+        index: IndexSpec | None = None,
+        expected_vectors: int = 0,
     ) -> Encoder:
-        """Create the collection in both stores if needed; refuse a model mismatch."""
+        """Create the collection in both stores if needed; refuse a model mismatch.
+
+        expected_vectors: how many vectors the caller is about to write (a load knows its
+        split's size), which an AUTO index is chosen for.
+        """
         encoder = encoder or self.encoder
-        self.vectors.create_collection(
-            collection, encoder.dim, encoder.model_name, index or self.default_index()
-        )
+        spec = (index or self.default_index()).check(allow_auto=True)
+        spec = spec.resolve(expected_vectors, self.settings.auto_index_flat_below)
+        self.vectors.create_collection(collection, encoder.dim, encoder.model_name, spec)
         self.images.ensure_collection(collection)
         return encoder
 

@@ -43,7 +43,7 @@ def create(body: CollectionCreate, svc: SvcDep) -> CollectionView:
         dict(body.search_params) if body.index_type else default.search_params,
         default.source_partitions if body.source_partitions is None else body.source_partitions,
     )
-    return _view(create_collection(svc, body.name, body.model, index, body.ocr))
+    return _view(create_collection(svc, body.name, body.model, index, body.ocr, body.expected_vectors or 0))
 
 
 @router.get(

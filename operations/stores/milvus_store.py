@@ -383,6 +383,7 @@ class MilvusVectorStore:
                             "build": index.build_params,
                             "search": index.search_params,
                             "source_partitions": index.source_partitions,
+                            "auto": index.auto,
                         }
                     ),
                 },
@@ -432,6 +433,7 @@ class MilvusVectorStore:
                 idx.get("build", {}),
                 idx.get("search", {}),
                 int(idx.get("source_partitions", 0)),
+                bool(idx.get("auto", False)),
             ),
             0,
         )
