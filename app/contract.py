@@ -74,8 +74,14 @@ RETRY_AFTER = {
 
 
 def _has_params(route: APIRoute) -> bool:
-    d = route.dependant
-    return bool(d.path_params or d.query_params or d.header_params or d.body_params or route.body_field)
+    # Its dependencies' parameters too (a key header read by a dependency is one FastAPI validates).
+    stack = [route.dependant]
+    while stack:
+        d = stack.pop()
+        if d.path_params or d.query_params or d.header_params or d.body_params:
+            return True
+        stack.extend(d.dependencies)
+    return route.body_field is not None
 
 
 def _needs(route: APIRoute, dependency: Callable) -> bool:
@@ -93,7 +99,7 @@ STRUCTURAL: list[tuple[int, Callable[[APIRoute], bool]]] = [
     (422, _has_params),
     (413, lambda r: bool(set(r.methods or ()) - {"GET", "HEAD", "OPTIONS"})),  # BodyLimitMiddleware
     (408, lambda r: bool(set(r.methods or ()) - {"GET", "HEAD", "OPTIONS"})),  # its body read timeout
-    (401, lambda r: _needs(r, deps.require_api_key)),
+    (401, lambda r: _needs(r, deps.require_api_key) or _needs(r, deps.require_metrics_key)),
     (503, lambda r: _needs(r, deps.get_services) or _needs(r, deps.get_runner)),
 ]
 

@@ -33,16 +33,31 @@ def get_runner(request: Request) -> JobRunner:
     return runner
 
 
+def _check_key(expected: str, given: str | None) -> None:
+    if expected and not hmac.compare_digest((given or "").encode(), expected.encode()):
+        raise Unauthorized("missing or wrong X-API-Key")
+
+
 def require_api_key(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> None:
     """Writes (load, add, delete, drop) need X-API-Key when API_KEY is set."""
-    expected = get_services(request).settings.api_key
-    if expected and not hmac.compare_digest((x_api_key or "").encode(), expected.encode()):
-        raise Unauthorized("missing or wrong X-API-Key")
+    _check_key(get_services(request).settings.api_key, x_api_key)
+
+
+async def require_metrics_key(request: Request, x_api_key: Annotated[str | None, Header()] = None) -> None:
+    """/metrics needs X-API-Key when API_KEY is set and METRICS_REQUIRE_API_KEY is true.
+
+    Async, and from the app's settings rather than the services: a scrape is answered while
+    the service starts and while every worker thread waits on a hung store.
+    """
+    settings = request.app.state.settings
+    if settings.metrics_require_api_key:
+        _check_key(settings.api_key, x_api_key)
 
 
 SvcDep = Annotated[Services, Depends(_services_dependency)]
 RunnerDep = Annotated[JobRunner, Depends(get_runner)]
 WriteAccess = Depends(require_api_key)
+MetricsAccess = Depends(require_metrics_key)
 
 
 def collection_name(svc: Services, name: str | None) -> str:

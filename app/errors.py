@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from operations import errors as e
+from operations import metrics
 from operations.encoding.model_files import ModelUnavailable
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,15 @@ def status_of(exc: e.ServiceError) -> int:
     return 500
 
 
+def unavailable_cause(exc: e.ServiceError) -> str:
+    """The cause label of a 503: the dependency (milvus, mysql, sqlite, model, jobs) or overloaded."""
+    if isinstance(exc, e.Overloaded):
+        return "overloaded"
+    if isinstance(exc, ModelUnavailable):
+        return "model"
+    return str(getattr(exc, "dependency", "other"))[:32]
+
+
 def error_body(code: str, message: str, **details: object) -> dict:
     # `details` always present (maybe empty), so clients read one shape.
     return {"error": {"code": code, "message": message, "details": details}}
@@ -51,6 +61,8 @@ def install(app: FastAPI) -> None:
     async def service_error(_: Request, exc: e.ServiceError) -> JSONResponse:
         status = status_of(exc)
         headers = {}
+        if status == 503:
+            metrics.UNAVAILABLE.labels(unavailable_cause(exc)).inc()
         if isinstance(exc, e.DependencyUnavailable):
             headers["Retry-After"] = str(exc.retry_after_s)
             # Not a warning per request: the store logs the outage once (operations/stores/outage.py).

@@ -9,11 +9,13 @@ from pathlib import Path
 import anyio
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from starlette.routing import BaseRoute
 
 from app import errors
 from app.contract import document_errors
 from app.limits import BodyLimitMiddleware
-from app.routes import collections, health, images, jobs, scan, search, web
+from app.observability import RequestObservability
+from app.routes import collections, duplicates, health, images, jobs, metrics, scan, search, web
 from config.settings import Settings, get_settings
 from operations.context import Services
 from operations.domain import check_model
@@ -21,15 +23,29 @@ from operations.errors import DependencyUnavailable, ServiceError
 from operations.factory import build_services
 from operations.jobs import JobRunner
 from operations.ocr import close_ocr
+from operations.tracing import configure_logging
+from operations.tracing import install as install_log_ids
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).parent / "static"
-ROUTE_MODULES = (health, search, images, collections, jobs, scan, web)
+ROUTE_MODULES = (health, metrics, search, images, collections, jobs, scan, duplicates, web)
+
+
+class ImageSearchApp(FastAPI):
+    """FastAPI with `RequestObservability` around everything, Starlette's error middleware
+    included (app.add_middleware goes inside it, and would miss the 500s it answers)."""
+
+    # The routes with their templates (FastAPI wraps an included router's in an object without one).
+    label_routes: list[BaseRoute] = []
+
+    def build_middleware_stack(self):
+        return RequestObservability(super().build_middleware_stack(), self.label_routes)
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
     """Build the app. Tests may pass ready-made `services` (e.g. in-memory stores)."""
     settings = settings or (services.settings if services else get_settings())
+    install_log_ids()  # every log record carries the request id (operations/tracing.py)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -47,11 +63,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         if svc.jobs is not None:
             try:
                 await anyio.to_thread.run_sync(svc.jobs.ensure_tables)
-                interrupted = await anyio.to_thread.run_sync(svc.jobs.mark_interrupted)
-                if interrupted:
-                    log.warning("jobs interrupted by the last stop, resumable: %s", interrupted)
             except Exception as exc:  # SQL down at start: serve, report via /readyz, retry on use
                 log.error("job table not ready: %s", exc)
+            # Jobs left by a replica that died (this one before a restart, or another) are taken
+            # over by the runner's watcher once their lease lapses: other replicas may be
+            # running theirs right now, so nothing is marked at start.
             runner = JobRunner(svc)
         app.state.runner = runner
         try:
@@ -64,7 +80,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             svc.vectors.close()
             svc.images.close()
 
-    app = FastAPI(
+    app = ImageSearchApp(
         title="以文搜图 / 以图搜图 — Chinese-CLIP image search",
         version="1.0.0",
         description="Search images by Chinese text or by image, over Milvus (vectors) and MySQL/SQLite "
@@ -72,6 +88,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         '{"error": {"code", "message", "details"}}; each route lists the statuses it can return.',
         lifespan=lifespan,
     )
+    app.state.settings = settings
     errors.install(app)
     single_image_limit = settings.max_upload_bytes + 1024 * 1024
     batch_limit = settings.max_request_bytes
@@ -84,11 +101,15 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         return 8 * 1024 * 1024
 
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit, read_timeout_s=settings.body_read_timeout_s)
-    routers = [module.router for module in ROUTE_MODULES]
+    routers = [module.router for module in ROUTE_MODULES if module is not metrics or settings.metrics_enabled]
     document_errors(routers)
     for router in routers:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.label_routes = [
+        *(r for router in routers for r in router.routes),
+        *(r for r in app.routes if hasattr(r, "path_format")),
+    ]
     return app
 
 
@@ -104,13 +125,23 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     try:
         settings = load_settings()
+        configure_logging(settings.log_format, settings.log_level)
         services = preflight(settings)
     except (SettingsError, ServiceError) as exc:
         raise SystemExit(f"error: {getattr(exc, 'message', exc)}") from None
-    uvicorn.run(create_app(settings, services), host=args.host, port=args.port, workers=1)
+    # log_config=None: uvicorn's lines go through our handler (LOG_FORMAT); its access log is
+    # replaced by app.access, whose lines carry the request id (app/observability.py).
+    uvicorn.run(
+        create_app(settings, services),
+        host=args.host,
+        port=args.port,
+        workers=1,
+        log_config=None,
+        access_log=False,
+    )
 
 
 def preflight(settings: Settings) -> Services:

@@ -265,6 +265,9 @@ class JobView(BaseModel):
     message: str
     params: dict
     failures: list[dict] = Field(default_factory=list)
+    owner: str | None = Field(
+        None, description="the replica (host:pid:suffix) running the job, or that ran it last"
+    )
 
 
 class CollectionCreate(BaseModel):
@@ -289,9 +292,19 @@ class CollectionCreate(BaseModel):
     ocr: bool | None = Field(
         None, description="read the text in this collection's images (default: the server's OCR_ENABLED)"
     )
-    index_type: Literal["FLAT", "IVF_FLAT", "HNSW"] | None = None
+    index_type: Literal["FLAT", "IVF_FLAT", "HNSW", "AUTO"] | None = Field(
+        None,
+        description="default: the server's INDEX_TYPE; AUTO: FLAT (exact) below the server's "
+        "AUTO_INDEX_FLAT_BELOW expected vectors, else HNSW tuned for recall@10 >= 0.99 (no params)",
+    )
     index_params: dict[Text, IndexParam] = Field(default_factory=dict, max_length=8)
     search_params: dict[Text, IndexParam] = Field(default_factory=dict, max_length=8)
+    expected_vectors: int | None = Field(
+        None,
+        ge=0,
+        le=10_000_000_000,
+        description="AUTO: how many images the collection is expected to hold (default 0: it starts small)",
+    )
     source_partitions: int | None = Field(
         None,
         ge=0,
@@ -313,6 +326,11 @@ class CollectionView(BaseModel):
     vectors: int
     images: int
     ocr: bool = Field(False, description="the text in this collection's images is read")
+    auto_index: dict | None = Field(
+        None,
+        description="set when AUTO chose the index: flat_below (the size AUTO switches at) and "
+        "reindex_due (the collection grew past it while FLAT)",
+    )
 
 
 class OcrPattern(BaseModel):
@@ -378,3 +396,70 @@ class ScanResponse(BaseModel):
     limit: int
     hits: list[ScanItem]
     ocr_timed_out: int = Field(0, description="(pattern, line) searches stopped at OCR_REGEX_TIMEOUT_MS")
+
+
+# --- duplicate listings (GET/POST /img/duplicates/{collection}) ----------------------------
+
+
+class DuplicatesRequest(BaseModel):
+    """How to compute a listing; every field defaults to the server's settings."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"tiers": ["phash", "clip"], "phash_max_distance": 6}]},
+    )
+    tiers: list[Literal["phash", "clip"]] = Field(
+        ["phash", "clip"],
+        min_length=1,
+        max_length=2,
+        description="phash: the same picture re-encoded, resized or lightly cropped; clip: near-duplicates. "
+        'No "exact": identical bytes are never stored twice (sha256 is unique)',
+    )
+    phash_max_distance: int | None = Field(
+        None, ge=0, le=7, description="pHash bits a copy may differ in (default PHASH_MAX_DISTANCE)"
+    )
+    phash_min_cosine: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="CLIP cosine a phash link also needs (default PHASH_MIN_COSINE; 0 = none)",
+    )
+    near_duplicate_threshold: float | None = Field(
+        None, ge=0, le=1, description="CLIP cosine of a near-duplicate (default NEAR_DUPLICATE_THRESHOLD)"
+    )
+
+
+class DuplicateMember(BaseModel):
+    id: int
+    url: str
+    distance: int | None = Field(None, description="smallest pHash distance (bits) to another member")
+    score: float | None = Field(None, description="largest CLIP cosine to another member")
+
+
+class DuplicateGroup(BaseModel):
+    group: int = Field(description="the group's number in this listing (the cursor: after=group)")
+    tier: Literal["phash", "clip"] = Field(description="its strongest link: phash before clip")
+    size: int
+    members: list[DuplicateMember] = Field(description="by id (the first stored first), at most max_members")
+    members_truncated: bool = Field(description="size > len(members): raise max_members to see more")
+
+
+class DuplicatesResponse(BaseModel):
+    collection: str
+    job_id: str = Field(description="the listing shown (the job that computed it); pin pages with ?job_id=")
+    computed_at: float
+    images: int = Field(description="images in the collection when the listing was computed")
+    images_now: int = Field(description="images now: compute again (POST) after adds and deletes")
+    without_phash: int = Field(description="images that had no pHash when it was computed (undecodable)")
+    tiers: list[str]
+    phash_max_distance: int
+    phash_min_cosine: float
+    near_duplicate_threshold: float
+    counts: dict[str, int] = Field(description="groups per tier")
+    tier: str | None = Field(None, description="the tier this page is filtered to")
+    total: int = Field(description="groups of the listing (of `tier` when filtered)")
+    after: int
+    limit: int
+    next_after: int | None = Field(None, description="the `after` of the next page; null on the last page")
+    running_job_id: str | None = Field(None, description="a newer listing being computed")
+    groups: list[DuplicateGroup]

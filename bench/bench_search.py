@@ -9,14 +9,15 @@ serving many clients at once.
 Milvus 2.3 server + MariaDB, RN50 architecture with random weights on CPU, and two
 servers run one after the other in the same bench: "baseline" = the torch encoder
 without batching (ENCODER_BACKEND=torch, BATCH_WINDOW_MS=0, QUERY_CACHE_SIZE=0,
-WORKER_THREADS=4, no load shedding), and "new" = the defaults (ENCODER_BACKEND=auto:
-ONNX when it verifies; micro-batching, query cache, shedding). Per server, a
+RESULT_CACHE_SIZE=0, WORKER_THREADS=4, no load shedding or admission limit), and "new" =
+the defaults (ENCODER_BACKEND=auto: ONNX when it verifies; micro-batching, query and
+result caches, shedding, MAX_IN_FLIGHT). Per server, a
 closed-loop sweep of 1, 4, 16 and 64 keep-alive clients sending distinct Chinese
 queries (bench/search_load.py) prints QPS, median, p90, p99, errors, 503s and the
 stage split (medians of timings_ms: queue, encode, vector_search, image_fetch, other
 in the operation, HTTP overhead), plus the batches formed (GET /img/stats). Then, on
-the new server only: 256 clients (past QUEUE_LIMIT: 503 + Retry-After expected, and
-how fast), one client repeating one query (cache hits), and 8 clients read-only
+the new server only: 256 clients (past MAX_IN_FLIGHT: 503 + Retry-After expected, and
+how fast), one client repeating one query (cache hits: the query and result caches), and 8 clients read-only
 (6 text + 2 image searches) against 8 clients mixed (4 text, 2 image searches, one
 adding single images, one deleting them). Each issue target is printed beside its
 figure, met or NOT met.
@@ -237,9 +238,11 @@ BASELINE_ENV = {
     "ENCODER_BACKEND": "torch",
     "BATCH_WINDOW_MS": "0",
     "QUERY_CACHE_SIZE": "0",
+    "RESULT_CACHE_SIZE": "0",
     "WORKER_THREADS": "4",
     "QUEUE_LIMIT": "100000",
     "QUEUE_TIMEOUT_MS": "600000",
+    "MAX_IN_FLIGHT": "100000",
 }
 NEW_ENV = {"ENCODER_BACKEND": "auto"}
 TARGETS = {

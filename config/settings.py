@@ -107,7 +107,18 @@ class Settings(BaseSettings):
         description="Adaptive: reads Bounded, every write waits until searches see it; "
         "or a fixed level for every read (Strong: always fresh, ~200 ms a search)",
     )
-    index_type: Literal["FLAT", "IVF_FLAT", "HNSW"] = "FLAT"
+    index_type: Literal["FLAT", "IVF_FLAT", "HNSW", "AUTO"] = Field(
+        "FLAT",
+        description="index of new collections; AUTO: FLAT below AUTO_INDEX_FLAT_BELOW expected vectors, "
+        "else HNSW tuned for recall@10 >= 0.99 (README)",
+    )
+    auto_index_flat_below: int = Field(
+        50_000,
+        ge=0,
+        le=1_000_000_000,
+        description="AUTO: a new collection expected to hold fewer vectors than this is exact (FLAT); "
+        "0 = always HNSW",
+    )
     index_params: dict = Field(
         default_factory=dict, description='JSON, e.g. {"nlist":1024} or {"M":16,"efConstruction":200}'
     )
@@ -137,6 +148,17 @@ class Settings(BaseSettings):
         REPO_ROOT / "datasets" / "data", description="the only tree the server reads datasets from"
     )
     api_key: str = Field("", description="when set, load/add/delete/drop need header X-API-Key")
+    metrics_enabled: bool = Field(True, description="serve GET /metrics (Prometheus text format)")
+    metrics_require_api_key: bool = Field(
+        False, description="/metrics needs X-API-Key too when API_KEY is set (default: open, like /healthz)"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text lines, or json: one object a line with time, level, logger, message, request_id",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="the server's log level (access lines of /healthz, /readyz, /metrics are DEBUG)"
+    )
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="bytes of one uploaded image")
     max_request_bytes: int = Field(
         256 * 1024 * 1024, ge=1024, description="bytes of one multi-image add request"
@@ -172,6 +194,23 @@ class Settings(BaseSettings):
     query_cache_size: int = Field(
         1024, ge=0, le=10_000_000, description="query-text embeddings kept (LRU); 0 = off"
     )
+    result_cache_size: int = Field(
+        1024, ge=0, le=10_000_000, description="vector-search results kept (LRU); 0 = off"
+    )
+    result_cache_ttl_s: float = Field(
+        2.0,
+        ge=0,
+        le=3600,
+        description="seconds a cached search result is reused; writes made by other processes show "
+        "within this (this process's own writes show at once); 0 = off",
+    )
+    max_in_flight: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="searches in progress at once (from arrival to answer); one more is a 503 with "
+        "Retry-After at once",
+    )
     load_batch_size: int = Field(256, ge=1, le=10_000)
     load_sql_writers: int = Field(
         2, ge=1, le=16, description="MySQL connections inserting load batches at once (SQLite: always 1)"
@@ -184,6 +223,13 @@ class Settings(BaseSettings):
         description="pHash bits two images may differ in and still be the same picture (0..7: the band index "
         "finds every match up to 7)",
     )
+    phash_min_cosine: float = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="a duplicate listing's phash link also needs this CLIP cosine between the two images "
+        "(drops pHash collisions of different pictures); 0 = pHash alone",
+    )
     scan_page_size: int = Field(
         16384,
         ge=1,
@@ -192,6 +238,13 @@ class Settings(BaseSettings):
         "(Milvus caps it at 16384)",
     )
     thumbnail_cache_items: int = Field(512, ge=0)
+    job_lease_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="a job's lease: its replica renews it every second; when a replica dies, "
+        "another takes its jobs over once this has passed (database clock)",
+    )
 
     # --- text in images (OCR) -------------------------------------------------
     ocr_enabled: bool = Field(

@@ -39,6 +39,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from operations import metrics
 from operations.errors import Overloaded
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,12 @@ class MicroBatcher:
         self._batch_s = 0.0
         self._busy = 0
         self.counts = {"submitted": 0, "batches": 0, "items": 0, "shed_full": 0, "shed_deadline": 0}
+        self._queue_depth = metrics.QUEUE_DEPTH.labels(name)
+        self._queue_depth.set(0)
+        self._batch_size = metrics.BATCH_SIZE.labels(name)
+        self._batch_run = metrics.BATCH_RUN.labels(name)
+        self._shed_full = metrics.SHED.labels(name, "queue_full")
+        self._shed_deadline = metrics.SHED.labels(name, "deadline")
         self._threads = [
             threading.Thread(target=self._work, name=f"batch-{name}-{i}", daemon=True) for i in range(workers)
         ]
@@ -117,6 +124,7 @@ class MicroBatcher:
                 raise Overloaded(f"{self.name}: shutting down")
             if len(self._queue) >= self.queue_limit:
                 self.counts["shed_full"] += 1
+                self._shed_full.inc()
                 raise Overloaded(
                     f"{self.name}: {len(self._queue)} requests already waiting (limit {self.queue_limit})",
                     queued=len(self._queue),
@@ -125,11 +133,13 @@ class MicroBatcher:
             estimate = self._estimated_wait_s()
             if now + estimate > deadline:
                 self.counts["shed_deadline"] += 1
+                self._shed_deadline.inc()
                 raise Overloaded(
                     f"{self.name}: the estimated wait ({estimate * 1000:.0f} ms) is beyond the deadline",
                     estimated_wait_ms=round(estimate * 1000),
                 )
             self._queue.append(item)
+            self._queue_depth.set(len(self._queue))
             self.counts["submitted"] += 1
             self._cond.notify()
         return item.future
@@ -161,6 +171,7 @@ class MicroBatcher:
             self._closed = True
             pending = list(self._queue)
             self._queue.clear()
+            self._queue_depth.set(0)
             self._cond.notify_all()
         for item in pending:
             _fail(item, Overloaded(f"{self.name}: shutting down"))
@@ -183,6 +194,7 @@ class MicroBatcher:
                         break
                     self._cond.wait(left)
                     batch += self._pull(key, self.max_batch - len(batch))
+            self._queue_depth.set(len(self._queue))
             self._busy += 1
             return batch
 
@@ -213,6 +225,7 @@ class MicroBatcher:
                 continue
             if started > item.deadline:
                 self.counts["shed_deadline"] += 1
+                self._shed_deadline.inc()
                 _fail(
                     item,
                     Overloaded(
@@ -244,6 +257,8 @@ class MicroBatcher:
             )
             self.counts["batches"] += 1
             self.counts["items"] += len(live)
+        self._batch_size.observe(len(live))
+        self._batch_run.observe(finished - started)
         for item, result in zip(live, results, strict=True):
             item.future.set_result(Timed(result, (started - item.enqueued) * 1000, run_ms, len(live)))
 

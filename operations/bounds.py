@@ -19,6 +19,11 @@ MIN_IMAGE_ID, MAX_IMAGE_ID = 0, INT64_MAX
 MAX_TIMESTAMP = 253_402_300_799  # 9999-12-31T23:59:59Z
 # A scan finds at most 16,384 hits per description and takes 50 descriptions.
 MAX_SCAN_OFFSET = 1_000_000
+# A duplicate listing's page (GET /img/duplicates/{collection}): groups per page and members
+# shown per group. A page costs one SQL query per group, and a group of thousands (a library
+# of near-identical product shots) must not make one response unbounded.
+MAX_DUPLICATE_GROUPS_PAGE = 100
+MAX_GROUP_MEMBERS = 1000
 
 
 def check_image_ids(ids: Iterable[object], what: str = "image id") -> list[int]:
@@ -41,3 +46,13 @@ def _check(ids: Iterable[object], low: int, high: int, what: str) -> list[int]:
             raise InvalidInput(f"{what} {str(value)[:40]} is outside {low}..{high}")
         out.append(as_int)
     return out
+
+
+def check_duplicates_page(after: int, limit: int, max_members: int) -> None:
+    """A duplicate listing's cursor and sizes, or InvalidInput naming the one out of range."""
+    if not 0 <= after <= INT64_MAX:
+        raise InvalidInput(f"after is a group number in 0..{INT64_MAX}")
+    if not 1 <= limit <= MAX_DUPLICATE_GROUPS_PAGE:
+        raise InvalidInput(f"limit must be in 1..{MAX_DUPLICATE_GROUPS_PAGE}")
+    if not 1 <= max_members <= MAX_GROUP_MEMBERS:
+        raise InvalidInput(f"max_members must be in 1..{MAX_GROUP_MEMBERS}")

@@ -18,6 +18,7 @@ from operations.stores.vector_base import VectorStore
 
 if TYPE_CHECKING:
     from operations.serving import Serving
+    from operations.vector_cleanup import VectorCleanup
 
 
 class EncoderRegistry:
@@ -61,6 +62,7 @@ class Services:
     calibrations: CalibrationBook | None = None
     _serving: Serving | None = field(default=None, init=False, repr=False)
     _serving_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _cleanup: VectorCleanup | None = field(default=None, init=False, repr=False)
 
     @property
     def encoder(self) -> Encoder:
@@ -78,16 +80,30 @@ class Services:
         return self._serving
 
     def close_serving(self) -> None:
-        """Stop the batchers (queued requests fail with Overloaded)."""
+        """Stop the batchers (queued requests fail with Overloaded) and the vector cleanup."""
         if self._serving is not None:
             self._serving.close()
             self._serving = None
+        if self._cleanup is not None:
+            self._cleanup.close()
+            self._cleanup = None
+
+    @property
+    def vector_cleanup(self) -> VectorCleanup:
+        """Deletes, once Milvus answers, vectors a failed add may have left (built on first use)."""
+        if self._cleanup is None:
+            from operations.vector_cleanup import VectorCleanup
+
+            with self._serving_lock:
+                if self._cleanup is None:
+                    self._cleanup = VectorCleanup(self.vectors)
+        return self._cleanup
 
     def default_index(self) -> IndexSpec:
         s = self.settings
         return IndexSpec(
             s.index_type, dict(s.index_params), dict(s.search_params), s.source_partitions
-        ).check()
+        ).check(allow_auto=True)
 
     def encoder_for(self, collection: str) -> Encoder:
         """The encoder of the model `collection` was built with (404 if unknown)."""
@@ -103,13 +119,21 @@ class Services:
         return self.calibrations.get(model_name)
 
     def ensure_collection(
-        self, collection: str, encoder: Encoder | None = None, index: IndexSpec | None = None
+        self,
+        collection: str,
+        encoder: Encoder | None = None,
+        index: IndexSpec | None = None,
+        expected_vectors: int = 0,
     ) -> Encoder:
-        """Create the collection in both stores if needed; refuse a model mismatch."""
+        """Create the collection in both stores if needed; refuse a model mismatch.
+
+        expected_vectors: how many vectors the caller is about to write (a load knows its
+        split's size), which an AUTO index is chosen for.
+        """
         encoder = encoder or self.encoder
-        self.vectors.create_collection(
-            collection, encoder.dim, encoder.model_name, index or self.default_index()
-        )
+        spec = (index or self.default_index()).check(allow_auto=True)
+        spec = spec.resolve(expected_vectors, self.settings.auto_index_flat_below)
+        self.vectors.create_collection(collection, encoder.dim, encoder.model_name, spec)
         self.images.ensure_collection(collection)
         return encoder
 

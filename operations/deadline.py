@@ -19,6 +19,7 @@ counted. Outside a request (jobs, the command line) each call has its own.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -56,6 +57,8 @@ class _RequestBudget:
     def __init__(self) -> None:
         self.waited: dict[str, float] = {}
         self.failed: set[str] = set()
+        # A request's helper threads (an add's prepare stage) share its budget.
+        self.lock = threading.Lock()
 
 
 _request: ContextVar[_RequestBudget | None] = ContextVar("store_budget_of_request", default=None)
@@ -99,12 +102,14 @@ def store_call(store: str, timeout_s: float, *, own: bool = False) -> Iterator[D
         yield d
     except DependencyUnavailable as exc:
         if budget is not None and exc.dependency == store:
-            budget.failed.add(store)
+            with budget.lock:
+                budget.failed.add(store)
         raise
     finally:
         _active.reset(token)
         if budget is not None and not own:
-            budget.waited[store] = budget.waited.get(store, 0.0) + time.monotonic() - started
+            with budget.lock:
+                budget.waited[store] = budget.waited.get(store, 0.0) + time.monotonic() - started
 
 
 @contextlib.contextmanager

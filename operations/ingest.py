@@ -8,15 +8,17 @@ winner's id back as "present".
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from operations import metrics
 from operations.bounds import MAX_TIMESTAMP
 from operations.context import Services
 from operations.data_root import read_under
@@ -107,16 +109,24 @@ def add_images(
     results: list[AddResult] = []
     chunks = [(start, uploads[start : start + ADD_CHUNK]) for start in range(0, len(uploads), ADD_CHUNK)]
     with ThreadPoolExecutor(1, thread_name_prefix="add-prepare") as pool:
-        pending = pool.submit(_prepare, svc, collection, encoder, *chunks[0], progress) if chunks else None
+        # The helper thread runs in a copy of this context, so its SQL calls draw on
+        # the request's store budget (operations/deadline.py) like this thread's, and its
+        # log lines carry the request's id (operations/tracing.py).
+        def submit(chunk: tuple[int, list[Upload]]) -> Future[_Prepared]:
+            context = contextvars.copy_context()
+            return pool.submit(lambda: context.run(_prepare, svc, collection, encoder, *chunk, progress))
+
+        pending: Future[_Prepared] | None = submit(chunks[0]) if chunks else None
         for k in range(len(chunks)):
-            prepared = pending.result()  # type: ignore[union-attr]  # set for every k < len(chunks)
+            assert pending is not None  # set for every k < len(chunks)
+            prepared = pending.result()
             pending = None
             if k + 1 < len(chunks) and not progress.cancelled():
-                pending = pool.submit(_prepare, svc, collection, encoder, *chunks[k + 1], progress)
+                pending = submit(chunks[k + 1])
             try:
                 _index(svc, collection, encoder, prepared, near_duplicates, progress)
             except BaseException:
-                _take_back(svc, collection, prepared.new)
+                _take_back(svc, collection, prepared.new, vectors_sent=prepared.vectors_sent)
                 if pending is not None:
                     # The next chunk's rows are in SQL already: take them back too.
                     try:
@@ -137,6 +147,8 @@ def add_images(
         for r in results:
             if r.status == "added" and r.id in report:
                 r.ocr = report[r.id]
+    for r in results:
+        metrics.ADD_RESULTS.labels(r.status).inc()
     return results
 
 
@@ -145,6 +157,7 @@ class _Prepared:
     results: list[AddResult]
     new: list[tuple[AddResult, Upload, CheckedImage]]
     pixels: object = None  # the encoder's preprocessed batch of `new`, when it has that step
+    vectors_sent: bool = False  # their vector write began: it may land even if it failed here
 
 
 def _prepare(svc, collection, encoder, offset: int, batch: list[Upload], progress: Progress) -> _Prepared:
@@ -223,6 +236,7 @@ def _index(svc, collection, encoder, prepared: _Prepared, near_duplicates: bool,
     ]
     # Visible at once only when the next chunk's near-duplicate check must see
     # this one; otherwise the final flush waits once for the whole add.
+    prepared.vectors_sent = True
     svc.vectors.upsert(collection, ids, vectors, attrs, visible=near_duplicates)
     svc.images.mark_indexed(collection, ids)
     for result, _, _ in new:
@@ -230,16 +244,28 @@ def _index(svc, collection, encoder, prepared: _Prepared, near_duplicates: bool,
     progress.advance(len(new))
 
 
-def _take_back(svc, collection, new) -> None:
-    """Remove the rows of a chunk that failed, so no image is left without its vector."""
+def _take_back(svc, collection, new, *, vectors_sent: bool = False) -> None:
+    """Remove the rows of a chunk that failed, so no image is left without its vector.
+
+    A vector write that failed may still land (a frozen server applies it when it
+    runs again): once the rows are gone, their ids go to the vector cleanup, which
+    deletes them when Milvus answers, so no vector is left without its row either.
+    """
     if not new:
         return
+    ids = [r.id for r, _, _ in new]
     try:
-        svc.images.delete(collection, [r.id for r, _, _ in new])
+        svc.images.delete(collection, ids)
     except ServiceError as exc:  # the SQL store is what failed: one line, no traceback per request
         log.warning("could not remove rows of a failed add (%s); repair will index them", exc.message)
+        return
     except Exception:
         log.exception("could not remove rows of a failed add; repair will index them")
+        return
+    # Only once the rows are gone: rows left behind are indexed again by a repair,
+    # whose vectors the cleanup must not delete.
+    if vectors_sent:
+        svc.vector_cleanup.submit(collection, ids)
 
 
 def _report_near_duplicates(svc, collection, new, vectors: np.ndarray) -> None:

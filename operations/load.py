@@ -174,7 +174,7 @@ def _load_split(
     feat_file = readable(paths.img_feat) if paths.img_feat.is_file() else None
     records, total, origin = _image_source(Path(dataset_dir), split, readable, data_root)
     is_new = not svc.vectors.has_collection(collection)
-    encoder = svc.ensure_collection(collection, encoder, index)
+    encoder = svc.ensure_collection(collection, encoder, index, expected_vectors=total or 0)
     if is_new and svc.settings.ocr_enabled:
         enable_ocr(svc, collection)
     progress.set_total(total)

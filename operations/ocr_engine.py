@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from operations import tracing
 from operations.stores.sql_ocr_store import OcrLine
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class OcrEngine:
         """Queue one image (blocks while the queue is full); the future gives an OcrOutcome."""
         self._slots.acquire()
         try:
-            return self._pool.submit(self._read, image)
+            return self._pool.submit(tracing.carry(self._read), image)
         except BaseException:
             self._slots.release()
             raise

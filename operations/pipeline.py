@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from queue import Queue
 from typing import Any
 
+from operations import tracing
+
 _END = object()
 
 
@@ -75,7 +77,7 @@ def run_stages(
 
     threads = [
         [
-            threading.Thread(target=worker, args=(i,), name=f"{stage.name}-{n}", daemon=True)
+            threading.Thread(target=tracing.carry(worker), args=(i,), name=f"{stage.name}-{n}", daemon=True)
             for n in range(max(1, stage.workers))
         ]
         for i, stage in enumerate(stages)

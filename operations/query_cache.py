@@ -16,6 +16,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from operations import metrics
+
 _tokens: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _next_token = itertools.count(1)
 _tokens_lock = threading.Lock()
@@ -56,6 +58,8 @@ class QueryCache:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self._hit = metrics.QUERY_CACHE.labels("hit")
+        self._miss = metrics.QUERY_CACHE.labels("miss")
 
     def key(self, encoder: object, text: str) -> tuple:
         return (encoder_identity(encoder), normalise_query(text))
@@ -67,9 +71,11 @@ class QueryCache:
             vector = self._items.get(key)
             if vector is None:
                 self.misses += 1
+                self._miss.inc()
                 return None
             self._items.move_to_end(key)
             self.hits += 1
+            self._hit.inc()
             return vector
 
     def put(self, key: tuple, vector: np.ndarray) -> None:

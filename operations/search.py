@@ -27,6 +27,7 @@ from typing import Any
 import anyio
 import numpy as np
 
+from operations import metrics
 from operations.batching import Timed
 from operations.context import Services
 from operations.domain import Hit, ImageRow, SearchFilter, VectorAttrs
@@ -100,6 +101,13 @@ class _Plan:
     mode: str = "visual"  # text search: visual (CLIP), text (OCR) or hybrid (both, fused)
     text_hits: list[TextMatch] = field(default_factory=list)
     query_vector: np.ndarray | None = None
+    kind: str = "text"  # what the query is (text or image): the stage metrics' label
+
+    def finish(self) -> dict[str, float]:
+        """The timings of the finished search, also recorded in the stage metrics."""
+        timings = self.timer.finish()
+        metrics.observe_search(self.kind, timings)
+        return timings
 
 
 def _plan(svc: Services, collection, top_k, flt, min_score, with_image, timer: _Timer | None) -> _Plan:
@@ -135,7 +143,7 @@ def _finish(svc: Services, plan: _Plan, hits: list) -> SearchOutcome:
     matches = [Match(0, h.score, rows[h.id]) for h in hits if h.id in rows]
     for rank, m in enumerate(matches, 1):
         m.rank = rank
-    timings = plan.timer.finish()
+    timings = plan.finish()
     # Per-stage timings in the log, so a slow request explains itself.
     log.info("search %s top_k=%d hits=%d %s", plan.collection, plan.top_k, len(matches), timings)
     return SearchOutcome(plan.collection, plan.encoder.model_name, matches, timings)
@@ -178,7 +186,7 @@ def _finish_fused(svc: Services, plan: _Plan, hits: list[Hit]) -> SearchOutcome:
     ]
     for rank, m in enumerate(matches, 1):
         m.rank = rank
-    timings = plan.timer.finish()
+    timings = plan.finish()
     log.info(
         "search %s mode=%s top_k=%d hits=%d %s", plan.collection, plan.mode, plan.top_k, len(matches), timings
     )
@@ -205,7 +213,7 @@ def _text_stage(svc: Services, plan: _Plan, query: str) -> None:
     plan.timer.stage("text_search", t)
 
 
-def _search_future(svc: Services, plan: _Plan, vector: np.ndarray) -> Future | None:
+def _search_future(svc: Services, plan: _Plan, vector: np.ndarray) -> Future | Timed | None:
     plan.timer.ms.setdefault("vector_search", 0.0)
     plan.query_vector = np.asarray(vector, dtype=np.float32).reshape(-1)
     if plan.nothing or plan.mode == "text":
@@ -251,6 +259,7 @@ def _prepare_image(
     if (data is None) == (image_id is None):
         raise InvalidInput("give either an image upload or an image_id, not both")
     plan = _plan(svc, collection, top_k, flt, min_score, with_image, timer)
+    plan.kind = "image"
     t = time.perf_counter()
     if data is not None:
         plan.image = check_image(data, svc.settings.max_upload_bytes, svc.settings.max_image_pixels).image

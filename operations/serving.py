@@ -8,7 +8,13 @@ One `Serving` per process (built on first use by `Services.serving`):
   filter, top_k) go to Milvus as one search with nq > 1, in `SEARCH_THREADS`
   concurrent calls; the rest go one by one. `min_score` is applied per caller
   afterwards, so it does not split groups;
-- the query cache: a repeated query text skips the encoder entirely.
+- the query cache: a repeated query text skips the encoder entirely;
+- the result cache (`operations.result_cache`): a repeated query vector skips
+  the vector search too;
+- admission: at most `MAX_IN_FLIGHT` searches are in progress at once; one
+  more is refused with `Overloaded` on arrival, before it costs anything, so
+  past the limit the answer is a fast 503 rather than a long wait (a search
+  refused after waiting for its encode would have spent the time anyway).
 
 Everything is built on the `Encoder` protocol, so it serves any backend.
 `BATCH_WINDOW_MS=0` turns batching (and grouping) off: one item per call.
@@ -16,18 +22,22 @@ Everything is built on the `Encoder` protocol, so it serves any backend.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 from concurrent.futures import Future
 from typing import Any, cast
 
 import numpy as np
 
 from config.settings import Settings
+from operations import metrics
 from operations.batching import MicroBatcher, Timed
 from operations.domain import SearchFilter
 from operations.encoding.base import Encoder
+from operations.errors import Overloaded
 from operations.query_cache import QueryCache, encoder_identity
+from operations.result_cache import ResultCache
 from operations.stores.vector_base import VectorStore
 
 
@@ -38,6 +48,11 @@ class Serving:
         self.settings = settings
         self.vectors = vectors
         self.cache = QueryCache(settings.query_cache_size)
+        self.results = ResultCache(settings.result_cache_size, settings.result_cache_ttl_s)
+        self.max_in_flight = settings.max_in_flight
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+        self.refused = 0
         self._window_s = settings.batch_window_ms / 1000
         self._deadline_s = settings.queue_timeout_ms / 1000
         self._lock = threading.Lock()
@@ -54,6 +69,27 @@ class Serving:
             deadline_s=self._deadline_s,
             workers=settings.search_threads,
         )
+
+    # -- admission ------------------------------------------------------------
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """One search in progress; `Overloaded` at once when MAX_IN_FLIGHT are."""
+        with self._in_flight_lock:
+            if self._in_flight >= self.max_in_flight:
+                self.refused += 1
+                metrics.ADMISSION_REFUSED.inc()
+                raise Overloaded(
+                    f"{self._in_flight} searches are in progress; the limit is {self.max_in_flight}",
+                    retry_after_s=1,
+                )
+            self._in_flight += 1
+        metrics.SEARCHES_IN_FLIGHT.inc()
+        try:
+            yield
+        finally:
+            metrics.SEARCHES_IN_FLIGHT.dec()
+            with self._in_flight_lock:
+                self._in_flight -= 1
 
     # -- encoders -------------------------------------------------------------
     def _batcher(self, table: dict, kind: str, encoder: Encoder) -> MicroBatcher:
@@ -91,9 +127,27 @@ class Serving:
         return self._batcher(self._image, "image", encoder).submit(image)
 
     # -- vector search ----------------------------------------------------------
-    def search(self, collection: str, vector: np.ndarray, top_k: int, flt: SearchFilter | None) -> Future:
-        """A future of this vector's hits (`Timed`), searched with others of the same group."""
-        return self.search_batcher.submit(vector, key=(collection, top_k, flt))
+    def search(
+        self, collection: str, vector: np.ndarray, top_k: int, flt: SearchFilter | None
+    ) -> Future | Timed:
+        """This vector's hits: a `Timed` at once from the result cache, else a future of one,
+        searched with others of the same group."""
+        if not self.results.enabled:
+            return self.search_batcher.submit(vector, key=(collection, top_k, flt))
+        key = self.results.key(collection, vector, top_k, flt)
+        # Read before the search starts: a write that begins later advances it, so
+        # this result is never reused past that write (operations.result_cache).
+        generation = self.vectors.write_generation(collection)
+        cached = self.results.get(key, generation)
+        if cached is not None:
+            return Timed(cached, 0.0, 0.0, 0)
+        future = self.search_batcher.submit(vector, key=(collection, top_k, flt))
+        future.add_done_callback(lambda f: self._remember_hits(key, generation, f))
+        return future
+
+    def _remember_hits(self, key: Hashable, generation: int, future: Future) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.results.put(key, generation, future.result().value)
 
     def _run_search(self, key: Hashable, vectors: list[np.ndarray]) -> list:
         collection, top_k, flt = cast(tuple[str, int, SearchFilter | None], key)
@@ -103,8 +157,12 @@ class Serving:
     def stats(self) -> dict:
         with self._lock:
             encoders = {b.name: b.stats() for b in (*self._text.values(), *self._image.values())}
+        with self._in_flight_lock:
+            admission = {"in_flight": self._in_flight, "limit": self.max_in_flight, "refused": self.refused}
         return {
+            "admission": admission,
             "query_cache": self.cache.stats(),
+            "result_cache": self.results.stats(),
             "encoders": encoders,
             "vector_search": self.search_batcher.stats(),
         }

@@ -4,6 +4,8 @@
     python -m scripts.cli list | count NAME | drop NAME | repair NAME | search NAME "红色的圆形"
     python -m scripts.cli add-folder shop datasets/data/demo/text_images --ocr
     python -m scripts.cli ocr NAME          # turn OCR on and read the images already stored
+    python -m scripts.cli phash NAME        # pHashes for images stored without one (a dataset load's)
+    python -m scripts.cli duplicates NAME   # compute the duplicate listing, print its first groups
     python -m scripts.cli search shop "13812345678" --mode text
     python -m scripts.cli calibrate --dataset datasets/data/demo --split valid --collection demo
 
@@ -17,15 +19,19 @@ import argparse
 import json
 import logging
 import sys
+import uuid
 from pathlib import Path
 
 from config.settings import SettingsError, load_settings
 from operations.collections import create_collection, drop_collection, list_collections
+from operations.duplicate_groups import check_tiers, compute_duplicates
+from operations.duplicate_listing import latest_listing, read_page
 from operations.errors import ServiceError
 from operations.factory import build_services
 from operations.ingest import add_folder, repair_unindexed
 from operations.load import load_split
 from operations.ocr import enable_ocr, read_backlog
+from operations.phash_backfill import backfill_phashes
 from operations.progress import TqdmProgress
 from operations.relevance.calibrate import calibrate_model
 from operations.relevance.cutoff import CutOptions
@@ -37,6 +43,29 @@ def _ids(value: str) -> tuple[int, ...]:
         return tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise SystemExit("error: ids must be comma-separated integers") from None
+
+
+def _duplicates(svc, collection: str, args: argparse.Namespace) -> None:
+    """Compute a listing in this process (unless --stored) and print its first page as JSON."""
+    if not args.stored:
+        tiers = check_tiers([t.strip() for t in args.tiers.split(",") if t.strip()])
+        compute_duplicates(svc, collection, uuid.uuid4().hex, TqdmProgress("duplicates"), tiers=tiers)
+    run = latest_listing(svc, collection)
+    if run is None:
+        raise SystemExit(f"error: no duplicate listing of {collection!r} yet: run without --stored")
+    page = read_page(svc, collection, run, limit=args.limit)
+    out = {
+        "job_id": run.run_id,
+        "images": run.images,
+        "without_phash": run.without_phash,
+        "counts": run.counts,
+        "groups": [
+            {"group": g.group_no, "tier": g.tier, "size": g.size, "members": [m.__dict__ for m in g.members]}
+            for g in page.groups
+        ],
+        "next_after": page.next_after,
+    }
+    print(json.dumps(out, ensure_ascii=False, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("ocr", help="turn OCR on for a collection and read its stored images").add_argument(
         "collection"
     )
+    sub.add_parser("phash", help="compute the pHash of stored images that have none").add_argument(
+        "collection"
+    )
+    p = sub.add_parser("duplicates", help="compute the duplicate groups (pHash, CLIP) and print a page")
+    p.add_argument("collection")
+    p.add_argument("--tiers", default="phash,clip", help="comma-separated: phash, clip")
+    p.add_argument("--limit", type=int, default=20, help="groups printed")
+    p.add_argument("--stored", action="store_true", help="print the stored listing, compute nothing")
     p = sub.add_parser(
         "calibrate", help="fit the relevance calibration of a collection's model on a labelled split"
     )
@@ -117,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "ocr":
             enable_ocr(svc, collection)
             print(json.dumps(read_backlog(svc, collection, TqdmProgress("ocr")), ensure_ascii=False))
+        elif args.command == "phash":
+            print(json.dumps(backfill_phashes(svc, collection, TqdmProgress("phash"))))
+        elif args.command == "duplicates":
+            _duplicates(svc, collection, args)
         elif args.command == "search":
             rq = RelevanceQuery(
                 query=args.query,

@@ -522,6 +522,22 @@ class MariaDBServer(_Service):
             )
         return self.url_for(name)
 
+    def create_user_database(self, user: str, password: str, database: str) -> str:
+        """A fresh `database` (dropped first when it exists) and a `user` with every privilege on
+        it and on nothing else, as MySQL's image makes MYSQL_USER; returns its URL."""
+        for name in (user, database):
+            if not name.replace("_", "").isalnum():
+                raise ValueError(f"bad name {name!r}")
+        with self._root_connect() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
+            cur.execute(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
+            for host in ("%", "localhost", "127.0.0.1"):
+                cur.execute("CREATE USER IF NOT EXISTS %s@%s IDENTIFIED BY %s", (user, host, password))
+                cur.execute("ALTER USER %s@%s IDENTIFIED BY %s", (user, host, password))
+                cur.execute(f"GRANT ALL PRIVILEGES ON `{database}`.* TO %s@%s", (user, host))
+            cur.execute("FLUSH PRIVILEGES")
+        return f"mysql://{user}:{password}@{self.host}:{self.port}/{database}"
+
     def drop_database(self, name: str) -> None:
         if not name.replace("_", "").isalnum():
             raise ValueError(f"bad database name {name!r}")

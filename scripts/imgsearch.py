@@ -4,11 +4,11 @@ Each subcommand runs an existing module exactly as `python -m <module>` does (sa
 exit status), so both spellings keep working:
 
     imgsearch serve [--host H --port P]     python -m app.main
-    imgsearch load|list|count|drop|repair|search|calibrate ...
+    imgsearch load|list|count|drop|repair|search|calibrate|add-folder|ocr|phash|duplicates ...
                                             python -m scripts.cli ...
     imgsearch eval build-lmdb|extract|predict|evaluate|crosscheck ...
                                             python -m operations.evaluation.cli ...
-    imgsearch bench load|search|add|filter|extract|knn|gen-split ...
+    imgsearch bench load|search|add|filter|extract|knn|ocr|duplicates|gen-split ...
                                             python -m bench.bench_load ... (bench.gen_split)
     imgsearch demo-data ...                 python -m datasets.demo_generator ...
     imgsearch train-demo | check-demo ...   python -m scripts.train_demo_model / check_demo_model
@@ -29,7 +29,19 @@ COMMANDS = {
     "train-demo": "scripts.train_demo_model",
     "check-demo": "scripts.check_demo_model",
 }
-CLI_COMMANDS = ("load", "list", "count", "drop", "repair", "search", "calibrate")
+CLI_COMMANDS = (
+    "load",
+    "list",
+    "count",
+    "drop",
+    "repair",
+    "search",
+    "calibrate",
+    "add-folder",
+    "ocr",
+    "phash",
+    "duplicates",
+)
 BENCHES = {
     "load": "bench.bench_load",
     "search": "bench.bench_search",
@@ -38,6 +50,7 @@ BENCHES = {
     "extract": "bench.bench_extract",
     "knn": "bench.bench_knn",
     "ocr": "bench.bench_ocr",
+    "duplicates": "bench.bench_duplicates",
     "gen-split": "bench.gen_split",
 }
 

@@ -88,3 +88,30 @@ def exact_top_k(query: np.ndarray, ids: list[int], feats: np.ndarray, k: int) ->
     scores = feats @ query
     order = sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i]))
     return [ids[i] for i in order[:k]]
+
+
+def metric_samples(text: str) -> dict[tuple[str, frozenset], float]:
+    """A /metrics answer as {(sample name, labels): value} (prometheus_client's own parser)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def metric_families(text: str) -> dict[str, str]:
+    """The metric families a /metrics answer declares: {name as queried: type}. Counters are
+    queried with `_total`, histograms through `_bucket`, `_sum` and `_count`."""
+    names = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            if kind == "histogram":
+                names.update({f"{name}_bucket": kind, f"{name}_sum": kind, f"{name}_count": kind})
+            elif kind == "counter" and not name.endswith("_total"):
+                names[f"{name}_total"] = kind
+            else:
+                names[name] = kind
+    return names

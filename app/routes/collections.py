@@ -43,7 +43,7 @@ def create(body: CollectionCreate, svc: SvcDep) -> CollectionView:
         dict(body.search_params) if body.index_type else default.search_params,
         default.source_partitions if body.source_partitions is None else body.source_partitions,
     )
-    return _view(create_collection(svc, body.name, body.model, index, body.ocr))
+    return _view(create_collection(svc, body.name, body.model, index, body.ocr, body.expected_vectors or 0))
 
 
 @router.get(
@@ -69,7 +69,7 @@ def count(name: str, svc: SvcDep) -> dict:
 @router.delete(
     "/collections/{name}",
     dependencies=[WriteAccess],
-    summary="Drop a collection and its images (409 while a job of this server works on it)",
+    summary="Drop a collection and its images (409 while a job of any replica works on it)",
     responses=raises(BadRequest, NotFound, Conflict),
 )
 def drop(name: str, svc: SvcDep, runner: RunnerDep) -> dict:
@@ -103,3 +103,17 @@ def ocr_job(name: str, svc: SvcDep, runner: RunnerDep) -> dict:
     enable_ocr(svc, name)
     job = runner.submit("ocr", name, {})
     return {"collection": name, "ocr": True, "job_id": job.id}
+
+
+@router.post(
+    "/collections/{name}/phash",
+    status_code=202,
+    dependencies=[WriteAccess],
+    summary="Compute the pHash of stored images that have none (a dataset load's), as a background job",
+    responses=raises(BadRequest, NotFound, Conflict),
+)
+def phash_job(name: str, svc: SvcDep, runner: RunnerDep) -> dict:
+    validate_name(name)
+    svc.require_collection(name)
+    job = runner.submit("phash", name, {})
+    return {"collection": name, "job_id": job.id}

@@ -32,6 +32,7 @@ def job_view(job: Job) -> JobView:
         message=job.message,
         params={k: v for k, v in job.params.items() if k != "meta"},
         failures=job.failures,
+        owner=job.owner,
     )
 
 
@@ -111,7 +112,7 @@ def resume(job_id: str, runner: RunnerDep) -> JobView:
 @router.post(
     "/jobs/{job_id}/cancel",
     dependencies=[WriteAccess],
-    summary="Ask a running job to stop",
+    summary="Ask a queued or running job to stop, on whichever replica runs it",
     responses=raises(NotFound, Conflict),
 )
 def cancel(job_id: str, runner: RunnerDep, svc: SvcDep) -> dict:

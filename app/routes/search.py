@@ -132,4 +132,4 @@ async def image_search(
 
 @router.get("/stats", summary="Query cache hits and misses, encoder batches, queues and shed requests")
 def serving_stats(svc: SvcDep) -> dict:
-    return svc.serving.stats()
+    return {**svc.serving.stats(), "vector_cleanup": {"pending": svc.vector_cleanup.pending()}}

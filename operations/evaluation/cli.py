@@ -259,6 +259,23 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_live_recall(args: argparse.Namespace) -> int:
+    from operations.evaluation.live_recall import live_recall
+    from operations.factory import build_image_store, build_vector_store
+
+    settings = _settings(args)
+    vectors, images = build_vector_store(settings), build_image_store(settings)
+    try:
+        result = live_recall(vectors, images, args.collection, args.sample, args.seed)
+    finally:
+        vectors.close()
+        images.close()
+    _print(result)
+    if args.min_recall is not None and (result["recall@10"] or 0) < args.min_recall:
+        return 1
+    return 0
+
+
 def cmd_reliability(args: argparse.Namespace) -> int:
     from operations.factory import build_calibrations
     from operations.relevance.calibrate import check_calibration, read_labelled_split
@@ -389,6 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=5, help="disagreeing queries to show")
     p.add_argument("--min-agreement", type=float, help="exit 1 when tie-aware agreement is below this")
     p.set_defaults(func=cmd_crosscheck)
+
+    p = sub.add_parser(
+        "live-recall",
+        help="recall@10 a live collection reaches on its own vectors (its index vs exact search)",
+    )
+    p.add_argument("--collection", required=True, help="a collection of the service (Settings' stores)")
+    p.add_argument("--sample", type=int, default=200, help="vectors of the collection used as queries")
+    p.add_argument("--seed", type=int, default=0, help="which vectors are sampled")
+    p.add_argument("--min-recall", type=float, help="exit 1 when recall@10 is below this")
+    p.set_defaults(func=cmd_live_recall)
 
     p = sub.add_parser(
         "reliability", help="reliability diagram of the model's calibration on a labelled split"

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import anyio
 import numpy as np
 
+from operations import metrics
 from operations.context import Services
 from operations.domain import SearchFilter, check_int64
 from operations.errors import InvalidInput, NotFound
@@ -139,6 +140,13 @@ async def relevance_search_async(
     one runs on the worker pool."""
     parsed = _check(svc, rq)
     rq.cut.check()
+    with svc.serving.admit():
+        return await _relevance_search_admitted(svc, collection, rq, parsed)
+
+
+async def _relevance_search_admitted(
+    svc: Services, collection: str, rq: RelevanceQuery, parsed: ParsedQuery
+) -> tuple[SearchOutcome, RelevanceReport]:
     if _is_plain_text(parsed, rq):
         outcome = await search_text_async(
             svc, collection, rq.query, rq.top_k, rq.flt, rq.min_score, rq.with_image, rq.mode
@@ -264,6 +272,7 @@ def _composed(
     for rank, m in enumerate(matches, 1):
         m.rank = rank
     ms["total"] = round((time.perf_counter() - t0) * 1000, 2)
+    metrics.observe_search("composed", ms)
     log.info("relevance search %s top_k=%d hits=%d %s", collection, rq.top_k, len(matches), ms)
     outcome = SearchOutcome(collection, encoder.model_name, matches, ms)
     why_none = (

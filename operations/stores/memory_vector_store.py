@@ -20,6 +20,13 @@ class InMemoryVectorStore:
 
     def __init__(self) -> None:
         self._collections: dict[str, dict] = {}
+        self._generations: dict[str, int] = {}
+
+    def _advance(self, name: str) -> None:
+        self._generations[name] = self._generations.get(name, 0) + 1
+
+    def write_generation(self, name: str) -> int:
+        return self._generations.get(name, 0)
 
     def _get(self, name: str) -> dict:
         validate_name(name)
@@ -63,6 +70,7 @@ class InMemoryVectorStore:
 
     def drop_collection(self, name: str) -> None:
         self._collections.pop(validate_name(name), None)
+        self._advance(name)
 
     def upsert(self, name, ids, vectors, attrs=None, *, visible: bool = True) -> int:
         c = self._get(name)
@@ -70,6 +78,7 @@ class InMemoryVectorStore:
         for i, image_id in enumerate(ids):
             c["vectors"][int(image_id)] = vectors[i]
             c["attrs"][int(image_id)] = attrs[i] if attrs else VectorAttrs()
+        self._advance(name)
         return len(ids)
 
     def wait_visible(self, name: str) -> None:
@@ -83,6 +92,7 @@ class InMemoryVectorStore:
         for image_id in ids:
             c["vectors"].pop(int(image_id), None)
             c["attrs"].pop(int(image_id), None)
+        self._advance(name)
 
     def existing_ids(self, name, ids) -> set[int]:
         c = self._get(name)

@@ -13,11 +13,14 @@ Why the choices here:
   operation that writes ends with `wait_visible` (one Strong probe, paid by
   the writer's request alone): when an add or delete returns, the very next
   search, by anyone in this process, sees it, and readers never wait for a
-  time tick. Writes by another process show within Milvus' bounded staleness.
-  MILVUS_CONSISTENCY=Strong makes every read Strong; a fixed weaker level
-  skips the probe (the operator chose staleness). Milvus Lite reads its own
-  writes at once and needs no probe. The probe covers the replica it hit: one
-  replica (the default) is every read; with several use Strong.
+  time tick. The probe moves the query node itself forward, so the next
+  search of every other process (another API replica) sees the write too
+  (bench/README.md, "Many replicas"); a writer that does not probe shows
+  within Milvus' graceful time. MILVUS_CONSISTENCY=Strong makes every read
+  Strong; a fixed weaker level skips the probe (the operator chose
+  staleness). Milvus Lite reads its own writes at once and needs no probe.
+  The probe covers the query replica it hit: one replica (the default) is
+  every read; with several use Strong.
 - Every call carries `timeout=`; a dead server otherwise hangs for minutes. A
   public method is one store call with one deadline (operations/deadline.py):
   the collection description, the load before a search and pymilvus' own
@@ -144,6 +147,7 @@ class MilvusVectorStore:
         self._writes: dict[str, int] = {}
         self._visible: dict[str, int] = {}
         self._writes_lock = threading.Lock()
+        self._generations: dict[str, int] = {}
         # The level of the latest read and of the latest visibility probe per
         # collection (tests assert on them; they cost nothing to keep).
         self.last_read_level: dict[str, str] = {}
@@ -152,6 +156,15 @@ class MilvusVectorStore:
     def _wrote(self, name: str) -> None:
         with self._writes_lock:
             self._writes[name] = self._writes.get(name, 0) + 1
+
+    def _advance(self, name: str) -> None:
+        with self._writes_lock:
+            self._generations[name] = self._generations.get(name, 0) + 1
+
+    def write_generation(self, name: str) -> int:
+        """Advanced when a write of this process to `name` starts, ends or becomes visible."""
+        with self._writes_lock:
+            return self._generations.get(name, 0)
 
     def _read_level(self, name: str) -> str:
         """The consistency level for a read of `name` (see the module docstring)."""
@@ -191,6 +204,7 @@ class MilvusVectorStore:
             # only those before it are known visible.
             self._visible[name] = max(self._visible.get(name, 0), written)
             self.probes[name] = self.probes.get(name, 0) + 1
+            self._generations[name] = self._generations.get(name, 0) + 1
 
     def _fresh_deadline(self) -> AbstractContextManager[deadline.Deadline]:
         """A new MILVUS_TIMEOUT_S for the calls after a long wait (a flush, an index build)."""
@@ -275,6 +289,11 @@ class MilvusVectorStore:
                 if isinstance(err, DependencyUnavailable):
                     # A server restart invalidates what we knew about load state.
                     self._loaded.clear()
+                elif isinstance(err, NotFound) and name:
+                    # Dropped by another process (a replica): what this one cached of it is void,
+                    # and a collection created again under the name is described afresh.
+                    self._loaded.discard(name)
+                    self._info_cache.pop(name, None)
                 raise err from exc
             except Exception as exc:  # grpc errors, socket errors
                 self._loaded.clear()
@@ -364,6 +383,7 @@ class MilvusVectorStore:
                             "build": index.build_params,
                             "search": index.search_params,
                             "source_partitions": index.source_partitions,
+                            "auto": index.auto,
                         }
                     ),
                 },
@@ -413,6 +433,7 @@ class MilvusVectorStore:
                 idx.get("build", {}),
                 idx.get("search", {}),
                 int(idx.get("source_partitions", 0)),
+                bool(idx.get("auto", False)),
             ),
             0,
         )
@@ -431,7 +452,9 @@ class MilvusVectorStore:
     @_one_deadline
     def drop_collection(self, name: str) -> None:
         validate_name(name)
+        self._advance(name)
         self._call(lambda c: c.drop_collection(name, timeout=self.timeout), name)
+        self._advance(name)
         self._loaded.discard(name)
         self._info_cache.pop(name, None)
 
@@ -484,6 +507,21 @@ class MilvusVectorStore:
         meta = self.describe_meta(name)
         if vectors.ndim != 2 or vectors.shape[1] != meta.dim or len(ids) != len(vectors):
             raise InvalidInput(f"vectors must be ({len(ids)}, {meta.dim}), got {vectors.shape}")
+        self._advance(name)
+        try:
+            return self._upsert(name, meta, ids, vectors, attrs, visible)
+        finally:
+            self._advance(name)
+
+    def _upsert(
+        self,
+        name: str,
+        meta: CollectionInfo,
+        ids: Sequence[int],
+        vectors: np.ndarray,
+        attrs: Sequence[VectorAttrs] | None,
+        visible: bool,
+    ) -> int:
         self._ensure_writable(name)
         rows_per_message = max(1, MAX_MESSAGE_BYTES // (meta.dim * 4 + 2048))
         total = 0
@@ -533,9 +571,14 @@ class MilvusVectorStore:
         flushing each would leave many tiny segments. Either way it returns
         once searches see the writes (`wait_visible`).
         """
-        if self.is_lite or bulk:
-            # Sealing a large load can take longer than one ordinary call.
-            self._call(lambda c: c.flush(name, timeout=self.timeout), name, wait_s=max(self.timeout_s, 120.0))
+        if not (self.is_lite or bulk):
+            # An add's flush on a server: the visibility probe shares the request's
+            # Milvus budget, so an add that waited for a slow server already does
+            # not wait one more MILVUS_TIMEOUT_S here.
+            self.wait_visible(name)
+            return
+        # Sealing a large load can take longer than one ordinary call.
+        self._call(lambda c: c.flush(name, timeout=self.timeout), name, wait_s=max(self.timeout_s, 120.0))
         if bulk:
             # A load ends searchable: wait for the collection's load if it is
             # still running (see create_collection), as patiently as for the flush.
@@ -549,10 +592,14 @@ class MilvusVectorStore:
         if not ids:
             return
         self._ensure_loaded(name)
-        for start in range(0, len(ids), 1000):
-            chunk = check_int64(ids[start : start + 1000], "image id")
-            self._wrote(name)
-            self._call(lambda c: c.delete(name, ids=chunk, timeout=self.timeout), name)  # noqa: B023 (called at once)
+        self._advance(name)
+        try:
+            for start in range(0, len(ids), 1000):
+                chunk = check_int64(ids[start : start + 1000], "image id")
+                self._wrote(name)
+                self._call(lambda c: c.delete(name, ids=chunk, timeout=self.timeout), name)  # noqa: B023 (called at once)
+        finally:
+            self._advance(name)
         if visible:
             self.wait_visible(name)
 

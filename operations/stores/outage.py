@@ -12,6 +12,8 @@ import logging
 import threading
 import time
 
+from operations import metrics
+
 
 class OutageLog:
     """Tracks one store's state from the outcome of its calls.
@@ -30,6 +32,8 @@ class OutageLog:
         self._down_since: float | None = None
         self._answering_since: float | None = None
         self._failed = 0
+        self._errors = metrics.STORE_ERRORS.labels(store)
+        self._outages = metrics.STORE_OUTAGES.labels(store)
 
     @property
     def down(self) -> bool:
@@ -37,12 +41,14 @@ class OutageLog:
 
     def failed(self, reason: str) -> None:
         """A call failed because the store could not be reached or did not answer."""
+        self._errors.inc()
         with self._lock:
             self._failed += 1
             self._answering_since = None
             if self._down_since is not None:
                 return
             self._down_since = time.monotonic()
+        self._outages.inc()
         self._log.warning("%s is down: %s", self.store, reason)
 
     def succeeded(self) -> None:

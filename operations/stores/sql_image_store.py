@@ -225,13 +225,15 @@ class SqlImageStore:
         table = self._phash_table(collection)
         found: dict[int, int] = {}
         for i, values in enumerate(probes[:PHASH_BANDS]):
-            vals = [int(v) for v in values]
-            if not vals:
-                continue
-            for r in self.pool.query(
-                f"SELECT id, phash FROM {table} WHERE b{i} IN ({_placeholders(len(vals))})", vals
-            ):
-                found[int(r[0])] = int(r[1])
+            vals = sorted({int(v) for v in values})
+            # A duplicate listing probes a whole page of hashes at once: chunked, so a
+            # statement stays within SQLite's and the driver's parameter limits.
+            for start in range(0, len(vals), _CHUNK):
+                chunk = vals[start : start + _CHUNK]
+                for r in self.pool.query(
+                    f"SELECT id, phash FROM {table} WHERE b{i} IN ({_placeholders(len(chunk))})", chunk
+                ):
+                    found[int(r[0])] = int(r[1])
         return found
 
     def phash_rows(self, collection: str, after_id: int, limit: int) -> list[tuple[int, int]]:
@@ -252,6 +254,26 @@ class SqlImageStore:
             for r in self.pool.query(
                 f"SELECT i.id FROM {images} i LEFT JOIN {hashes} h ON h.id = i.id "
                 "WHERE h.id IS NULL AND i.id > ? ORDER BY i.id LIMIT ?",
+                (int(after_id), int(limit)),
+            )
+        ]
+
+    def count_without_phash(self, collection: str) -> int:
+        """How many stored images have no pHash (a dataset load stores none; see the backfill)."""
+        images, hashes = self._table(collection), self._phash_table(collection)
+        rows = self.pool.query(
+            f"SELECT COUNT(*) FROM {images} i LEFT JOIN {hashes} h ON h.id = i.id WHERE h.id IS NULL"
+        )
+        return int(rows[0][0])
+
+    def indexed_ids_after(self, collection: str, after_id: int, limit: int) -> list[int]:
+        """Ids of images whose vector is stored (indexed), id > after_id, by id: a pass over a
+        collection one page at a time."""
+        table = self._table(collection)
+        return [
+            int(r[0])
+            for r in self.pool.query(
+                f"SELECT id FROM {table} WHERE indexed = 1 AND id > ? ORDER BY id LIMIT ?",
                 (int(after_id), int(limit)),
             )
         ]

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlparse
 import pymysql
 
 from operations import deadline
-from operations.errors import DependencyUnavailable
+from operations.errors import DependencyUnavailable, NotFound
 from operations.stores import mysql_prepared
 from operations.stores.outage import OutageLog
 
@@ -199,15 +199,21 @@ class SqlPool:
                 conn = self._open(d)
             try:
                 yield conn
-            except (
-                pymysql.err.OperationalError,
-                pymysql.err.InterfaceError,
-                sqlite3.OperationalError,
-            ) as exc:
+            except (pymysql.err.ProgrammingError, sqlite3.OperationalError) as exc:
+                # A table that is gone was dropped, often by another replica after this
+                # process had seen it: the collection is not there (404), nothing is down.
+                if not _missing_table(exc):
+                    if isinstance(exc, pymysql.err.ProgrammingError) or "locked" not in str(exc):
+                        raise
+                    _close_quietly(conn)
+                    conn = None
+                    raise DependencyUnavailable(self.dialect, str(exc)[:300]) from exc
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+                raise NotFound(f"collection does not exist ({str(exc)[:200]})") from exc
+            except (pymysql.err.OperationalError, pymysql.err.InterfaceError) as exc:
                 _close_quietly(conn)
                 conn = None
-                if isinstance(exc, sqlite3.OperationalError) and "locked" not in str(exc):
-                    raise
                 raise DependencyUnavailable(self.dialect, str(exc)[:300]) from exc
             except BaseException:
                 # Leave no half-finished transaction on a pooled connection.
@@ -379,6 +385,13 @@ def _is_outage(exc: DependencyUnavailable) -> bool:
     if isinstance(cause, pymysql.err.MySQLError) and cause.args and isinstance(cause.args[0], int):
         return cause.args[0] >= 2000
     return not isinstance(cause, sqlite3.Error) or "locked" not in str(cause)
+
+
+def _missing_table(exc: BaseException) -> bool:
+    # MySQL 1146 ER_NO_SUCH_TABLE; SQLite says it in words.
+    if isinstance(exc, pymysql.err.ProgrammingError):
+        return bool(exc.args) and exc.args[0] == 1146
+    return isinstance(exc, sqlite3.OperationalError) and str(exc).startswith("no such table")
 
 
 def _close_quietly(conn: Any) -> None:

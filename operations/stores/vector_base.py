@@ -50,6 +50,10 @@ class VectorStore(Protocol):
     def wait_visible(self, name: str) -> None:
         """Return once this process's writes to `name` are visible to every later search."""
 
+    def write_generation(self, name: str) -> int:
+        """A number this process's writes to `name` advance (when one starts, ends and
+        becomes visible): a search result may be reused only while it is unchanged."""
+
     def existing_ids(self, name: str, ids: Sequence[int]) -> set[int]: ...
     def count(self, name: str) -> int: ...
     def search(

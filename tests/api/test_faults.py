@@ -14,7 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from tests.stack import jpeg, make_services, make_settings, unique, write_dataset
+from operations.errors import DependencyUnavailable
+from tests.stack import jpeg, make_services, make_settings, metric_samples, unique, write_dataset
 
 pytestmark = pytest.mark.services
 
@@ -65,8 +66,13 @@ def _assert_503(response, within_s: float, started: float) -> None:
     assert time.time() - started < within_s
 
 
+def _metric(c, name: str, **labels: str) -> float:
+    return metric_samples(c.get("/metrics").text).get((name, frozenset(labels.items())), 0.0)
+
+
 def test_milvus_stopped_gives_503_then_recovers(client, milvus_server):
     assert _search(client).status_code == 200
+    unavailable = _metric(client, "imgsearch_unavailable_responses_total", cause="milvus")
     with milvus_server.down():
         t = time.time()
         _assert_503(_search(client), 10, t)
@@ -74,6 +80,10 @@ def test_milvus_stopped_gives_503_then_recovers(client, milvus_server):
         _assert_503(
             client.post("/img/search/image", data={"image_id": "1", "collection": client.collection}), 10, t
         )
+        # /metrics counts both 503s by their cause, and the failed Milvus calls.
+        assert _metric(client, "imgsearch_unavailable_responses_total", cause="milvus") - unavailable == 2
+        assert _metric(client, "imgsearch_store_errors_total", store="milvus") >= 1
+        assert _metric(client, "imgsearch_store_outages_total", store="milvus") >= 1
         ready = client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["milvus"] != "ok"
         assert client.get("/healthz").status_code == 200  # the process itself is fine
@@ -94,6 +104,8 @@ def test_mariadb_restart_is_survived_and_down_is_503(client, mariadb):
     mariadb.restart()  # pooled connections are now dead: pre-ping must replace them
     r = _search(client)
     assert r.status_code == 200, r.text
+    unavailable = _metric(client, "imgsearch_unavailable_responses_total", cause="mysql")
+    errors = _metric(client, "imgsearch_store_errors_total", store="mysql")
     with mariadb.down():
         t = time.time()
         _assert_503(_search(client), 10, t)
@@ -105,6 +117,9 @@ def test_mariadb_restart_is_survived_and_down_is_503(client, mariadb):
             10,
             t,
         )
+        # /metrics counts both 503s by their cause, and the failed SQL calls.
+        assert _metric(client, "imgsearch_unavailable_responses_total", cause="mysql") - unavailable == 2
+        assert _metric(client, "imgsearch_store_errors_total", store="mysql") - errors >= 2
         assert client.get("/readyz").status_code == 503
     _eventually_ok(client)
     # The add that failed while SQL was down stored nothing: it can be added now.
@@ -129,6 +144,49 @@ def test_add_while_milvus_is_down_leaves_no_orphan_row(client, milvus_server):
         f"/img/images/{client.collection}", files={"files": ("m.jpg", jpeg(1234), "image/jpeg")}
     )
     assert again.json()["results"][0]["status"] == "added"
+
+
+def test_a_vector_write_whose_answer_was_lost_is_deleted(tmp_path, milvus_server, mariadb):
+    # The server applies the add's vector write but its answer never arrives (a server frozen
+    # between taking the write and answering, as in the freeze scenario below): the add answers
+    # 503 and takes its SQL rows back. The vector cleanup must delete the written vector once
+    # Milvus answers again, or the stores disagree. The server is frozen meanwhile, so the
+    # cleanup's first attempts fail too.
+    settings = make_settings(tmp_path, milvus_server.uri, mariadb.create_database(), milvus_timeout_s=2)
+    svc = make_services(settings)
+    real_upsert = svc.vectors.upsert
+
+    def upsert_whose_answer_is_lost(*args, **kwargs):
+        real_upsert(*args, **kwargs)
+        milvus_server.pause()
+        raise DependencyUnavailable("milvus", "no answer within 2 s")
+
+    with TestClient(create_app(settings, svc), raise_server_exceptions=False) as c:
+        name = unique("landed")
+        deadline = time.time() + 120  # a previous fault test may leave Milvus reloading
+        while (r := c.post("/img/collections", json={"name": name})).status_code == 503:
+            assert time.time() < deadline, r.text
+            time.sleep(2)
+        assert r.status_code == 201, r.text
+        svc.vectors.upsert = upsert_whose_answer_is_lost
+        try:
+            r = c.post(f"/img/images/{name}", files={"files": ("a.jpg", jpeg(4321), "image/jpeg")})
+            assert r.status_code == 503, r.text
+            time.sleep(2.5)  # the cleanup meets the frozen server at least once
+            assert c.get("/img/stats").json()["vector_cleanup"]["pending"] == 1
+        finally:
+            milvus_server.resume()
+            svc.vectors.upsert = real_upsert
+        deadline = time.time() + 30
+        while c.get("/img/stats").json()["vector_cleanup"]["pending"]:
+            assert time.time() < deadline, "the cleanup did not run"
+            time.sleep(0.5)
+        svc.vectors.wait_visible(name)
+        assert _counts(c, name) == {"images": 0, "vectors": 0}
+        # And the image can be added again.
+        again = c.post(f"/img/images/{name}", files={"files": ("a.jpg", jpeg(4321), "image/jpeg")})
+        assert again.json()["results"][0]["status"] == "added"
+        assert _counts(c, name) == {"images": 1, "vectors": 1}
 
 
 # --------------------------------------------------------------------------- under traffic
@@ -322,6 +380,11 @@ def test_fault_under_traffic(store, fault, tmp_path, milvus_server, mariadb, cap
         load = _finish_load(c, job.json()["job_id"])
         assert "failed 0" in load["message"], load
         assert _counts(c, loaded) == {"images": LOAD_ROWS, "vectors": LOAD_ROWS}
+        # Vectors of failed adds that landed late are deleted once Milvus answers.
+        drained = time.monotonic() + 30
+        while c.get("/img/stats").json()["vector_cleanup"]["pending"]:
+            assert time.monotonic() < drained, "the vector cleanup did not drain"
+            time.sleep(0.5)
         counts = _counts(c, c.collection)
         assert counts["images"] == counts["vectors"] >= 3 + len(traffic.added), counts
         for image_id in traffic.added:

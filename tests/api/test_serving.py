@@ -21,7 +21,7 @@ from operations.ingest import Upload, add_images
 from operations.search import search_text
 from operations.stores.milvus_store import MilvusVectorStore
 from tests.fixtures_stack import BACKENDS, backend_settings
-from tests.stack import jpeg, tiny_encoder, unique
+from tests.stack import jpeg, metric_samples, tiny_encoder, unique
 
 
 class HashEncoder:
@@ -86,7 +86,7 @@ QUERIES = [
 @pytest.fixture(params=BACKENDS)
 def loaded(request, tmp_path):
     """Two collections of 24 images each, sources s1/s2 alternating, tags on every third."""
-    settings = backend_settings(request, tmp_path, request.param, query_cache_size=0)
+    settings = backend_settings(request, tmp_path, request.param, query_cache_size=0, result_cache_size=0)
     encoder = SlowEncoder(HashEncoder())
     svc = build_services(settings, encoder=encoder)
     svc.jobs.ensure_tables()
@@ -305,6 +305,12 @@ def test_the_app_sheds_load_with_503_and_retry_after(request, tmp_path):
         def ask(q):
             return client.post("/img/search", json={"query": q, "collection": name, "top_k": 3})
 
+        def metric(name: str, **labels: str) -> float:
+            samples = metric_samples(client.get("/metrics").text)
+            return samples.get((name, frozenset(labels.items())), 0.0)
+
+        overloaded = metric("imgsearch_unavailable_responses_total", cause="overloaded")
+        shed_before = metric("imgsearch_shed_total", batcher="tiny text encoder", reason="queue_full")
         try:
             running = pool.submit(ask, "正在编码")
             assert encoder.started.wait(20)
@@ -325,6 +331,12 @@ def test_the_app_sheds_load_with_503_and_retry_after(request, tmp_path):
         assert [w.result(30).status_code for w in waiting] == [200, 200]
         stats = client.get("/img/stats").json()
         assert stats["encoders"]["tiny text encoder"]["shed_full"] == 1
+        # /metrics says the same: one item shed, one 503 for overload.
+        assert (
+            metric("imgsearch_shed_total", batcher="tiny text encoder", reason="queue_full") - shed_before
+            == 1
+        )
+        assert metric("imgsearch_unavailable_responses_total", cause="overloaded") - overloaded == 1
 
 
 def test_writer_sees_its_writes_while_reads_stay_bounded(milvus_server, mariadb, tmp_path, request):
@@ -371,3 +383,111 @@ def test_writer_sees_its_writes_while_reads_stay_bounded(milvus_server, mariadb,
         svc.close_serving()
         svc.vectors.close()
         svc.images.close()
+
+
+def _image_search(svc, name, data, top_k=3):
+    from operations.search import search_image
+
+    return search_image(svc, name, data=data, top_k=top_k)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_repeated_search_is_served_from_the_result_cache_until_this_process_writes(kind, request, tmp_path):
+    settings = backend_settings(request, tmp_path, kind, result_cache_ttl_s=600)
+    encoder = SlowEncoder(HashEncoder(), pass_s=0.0)
+    svc = build_services(settings, encoder=encoder)
+    svc.jobs.ensure_tables()
+    try:
+        name = unique("rc")
+        svc.ensure_collection(name, encoder)
+        add_images(svc, name, [Upload(f"{i}.jpg", jpeg(i)) for i in range(8)])
+        probe = jpeg(4242)  # not in the collection yet
+        first = _image_search(svc, name, probe)
+        again = _image_search(svc, name, probe)
+        assert again.timings_ms["vector_search"] == 0.0  # no Milvus call
+        assert [(m.row.id, m.score) for m in again.matches] == [(m.row.id, m.score) for m in first.matches]
+        assert svc.serving.stats()["result_cache"]["hits"] == 1
+        # This process adds the probe image: the next search must find it (score 1) although
+        # the cached entry is far from expiring.
+        [added] = add_images(svc, name, [Upload("probe.jpg", probe)])
+        after_add = _image_search(svc, name, probe)
+        assert after_add.matches[0].row.id == added.id
+        assert after_add.matches[0].score == pytest.approx(1.0, abs=1e-4)
+        # ... and a delete shows at once too.
+        from operations.delete import delete_ids
+
+        _image_search(svc, name, probe)  # cached again, with the probe on top
+        assert delete_ids(svc, name, [added.id]) == 1
+        after_delete = _image_search(svc, name, probe)
+        assert added.id not in [m.row.id for m in after_delete.matches]
+        assert len(after_delete.matches) == 3
+    finally:
+        svc.close_serving()
+        svc.vectors.close()
+        svc.images.close()
+
+
+def test_another_processs_write_shows_within_the_result_cache_ttl(milvus_server, mariadb, tmp_path, request):
+    """Two services on one Milvus server and one database (two replicas): B's add reaches A's
+    searches within RESULT_CACHE_TTL_S (A's cached entry cannot know of it before)."""
+    ttl = 1.5
+    settings = backend_settings(request, tmp_path, "server", result_cache_ttl_s=ttl)
+    encoder = SlowEncoder(HashEncoder(), pass_s=0.0)
+    a = build_services(settings, encoder=encoder)
+    b = build_services(settings, encoder=encoder)
+    a.jobs.ensure_tables()
+    try:
+        name = unique("rt")
+        a.ensure_collection(name, encoder)
+        add_images(a, name, [Upload(f"{i}.jpg", jpeg(i)) for i in range(8)])
+        probe = jpeg(777)
+        _image_search(a, name, probe)  # A caches a result without the probe
+        written = time.monotonic()
+        [added] = add_images(b, name, [Upload("probe.jpg", probe)])
+        seen_at = None
+        while time.monotonic() < written + ttl + 10:
+            if _image_search(a, name, probe).matches[0].row.id == added.id:
+                seen_at = time.monotonic()
+                break
+            time.sleep(0.1)
+        assert seen_at is not None, "A never saw B's add"
+        # Milvus' Bounded reads may add their own staleness to the TTL (README, consistency).
+        assert seen_at - written <= ttl + 6.0
+        assert a.serving.stats()["result_cache"]["hits"] >= 1
+    finally:
+        for svc in (a, b):
+            svc.close_serving()
+            svc.vectors.close()
+            svc.images.close()
+
+
+def test_searches_past_max_in_flight_are_refused_at_once(request, tmp_path):
+    settings = backend_settings(request, tmp_path, "lite", max_in_flight=2, query_cache_size=0)
+    encoder = BlockingEncoder(tiny_encoder())
+    svc = build_services(settings, encoder=encoder)
+    name = unique("mf")
+    svc.ensure_collection(name, encoder)
+    add_images(svc, name, [Upload(f"{i}.jpg", jpeg(i)) for i in range(4)])
+    with TestClient(create_app(settings, svc)) as client, ThreadPoolExecutor(4) as pool:
+
+        def ask(q):
+            return client.post("/img/search", json={"query": q, "collection": name, "top_k": 3})
+
+        try:
+            running = [pool.submit(ask, f"第{i}个") for i in range(2)]
+            deadline = time.monotonic() + 20
+            while svc.serving.stats()["admission"]["in_flight"] < 2:
+                assert time.monotonic() < deadline, svc.serving.stats()
+                time.sleep(0.02)
+            t = time.monotonic()
+            refused = ask("一个太多")
+            assert time.monotonic() - t < 0.5
+            assert refused.status_code == 503
+            assert refused.headers["Retry-After"] == "1"
+            assert refused.json()["error"]["code"] == "overloaded"
+        finally:
+            encoder.release.set()
+        assert [r.result(30).status_code for r in running] == [200, 200]
+        stats = client.get("/img/stats").json()["admission"]
+        assert stats == {"in_flight": 0, "limit": 2, "refused": 1}
+        assert ask("又可以了").status_code == 200

@@ -73,3 +73,65 @@ def test_band_lookup_equals_a_full_scan_for_every_allowed_distance(store):
     store.insert_rows(collection, [ImageRow(id=10**6, sha256="f" * 64, image_b64="eA==")])
     assert store.ids_without_phash(collection, 0, 10) == [10**6]
     store.drop_collection(collection)
+
+
+def test_listing_links_equal_a_full_scan_across_pages(store, monkeypatch):
+    """The duplicate listing probes a page of hashes at once (operations.phash_pairs):
+    with pages of 37 it links exactly the pairs a scan of every pair finds, for distances up to
+    7 spread over all four bands (the one-bit probes) and across page boundaries."""
+    from operations import phash_pairs
+    from operations.duplicate_links import Links
+    from operations.phash_pairs import iter_phash_pairs
+    from operations.progress import Counter
+
+    rng = np.random.default_rng(11)
+    collection = unique("phl")
+    store.ensure_collection(collection)
+    values: dict[int, int] = {}
+    for q in (to_signed(int(x)) for x in rng.integers(0, 2**63, 12, dtype=np.uint64) * 2):
+        for d in range(9):
+            bits = list(dict.fromkeys((i % 4) * 16 + int(rng.integers(16)) for i in range(d)))
+            # ids interleaved, so near hashes land on different pages
+            values[int(rng.integers(1, 10**9))] = _flip(q, bits)
+    for x in rng.integers(0, 2**64 - 1, 300, dtype=np.uint64):
+        values[int(rng.integers(1, 10**9))] = to_signed(int(x))
+    store.insert_rows(
+        collection,
+        [
+            ImageRow(id=i, sha256=hashlib.sha256(str(i).encode()).hexdigest(), image_b64="eA==")
+            for i in values
+        ],  # noqa: E501
+    )
+    store.put_phashes(collection, [(i, v, bands(v)) for i, v in values.items()])
+    monkeypatch.setattr(phash_pairs, "HASH_PAGE", 37)
+    ids = sorted(values)
+    for max_d in (3, 6, 7):
+        links = Links()
+        for pairs in iter_phash_pairs(store, collection, max_d, Counter()):
+            for a, b, d in pairs:
+                links.add_phash(a, b, d)
+        want = {
+            (a, b): hamming(values[a], values[b])
+            for n, a in enumerate(ids)
+            for b in ids[n + 1 :]
+            if hamming(values[a], values[b]) <= max_d
+        }
+        got_groups = {frozenset(m.image_id for m in g.members) for g in links.groups()}
+        # every wanted pair is in one group, and every group is connected by wanted pairs
+        parent = {i: i for i in ids}
+        for a, b in want:
+            parent[_root(parent, a)] = _root(parent, b)
+        components: dict[int, set[int]] = {}
+        for i in ids:
+            components.setdefault(_root(parent, i), set()).add(i)
+        assert got_groups == {frozenset(c) for c in components.values() if len(c) > 1}, max_d
+        best = {i: min(d for pair, d in want.items() if i in pair) for pair in want for i in pair}
+        assert links.distance == best
+        assert max_d < 4 or any(d >= 4 for d in want.values())  # found only by the one-bit probes
+    store.drop_collection(collection)
+
+
+def _root(parent: dict[int, int], x: int) -> int:
+    while parent[x] != x:
+        x = parent[x]
+    return x

@@ -14,6 +14,7 @@ import torch
 from cn_clip.clip import image_transform
 from PIL import Image
 
+from operations import deadline
 from operations.encoding.base import FairLock
 from operations.encoding.preprocess import FastImageTransform
 from operations.ingest import ADD_CHUNK, Upload, add_images
@@ -92,3 +93,27 @@ def test_a_failed_chunk_is_taken_back_and_earlier_chunks_stay(tmp_path):
     want = tiny_encoder().encode_images([last])
     got = svc.vectors.get_vectors(name, [results[-1].id])[results[-1].id]
     np.testing.assert_allclose(got, want[0], atol=1e-5)
+
+
+def test_the_prepare_stage_draws_on_the_requests_store_budget(tmp_path):
+    # The prepare stage's SQL calls run on a helper thread; their waiting must count
+    # against the request's SQL budget, or an add could wait one SQL_TIMEOUT_S in each
+    # thread (operations/deadline.py).
+    svc = make_services(make_settings(tmp_path))
+    name = unique("budget")
+    svc.ensure_collection(name)
+    seen = []
+    insert_new = svc.images.insert_new
+
+    def recording_insert(collection, row):
+        with deadline.store_call("mysql", 10.0):
+            seen.append(threading.current_thread().name)
+            time.sleep(0.05)
+        return insert_new(collection, row)
+
+    svc.images.insert_new = recording_insert
+    with deadline.request_scope():
+        add_images(svc, name, [Upload(f"{i}.jpg", jpeg(200 + i)) for i in range(2)])
+        waited = deadline._request.get().waited  # the request's own budget
+    assert seen and all(t.startswith("add-prepare") for t in seen)
+    assert waited.get("mysql", 0.0) >= 0.1

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from operations.batching import MicroBatcher
 from operations.errors import Overloaded
@@ -95,7 +96,17 @@ def test_a_lone_caller_does_not_wait_for_the_window():
         b.close()
 
 
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, {"batcher": "test", **labels}) or 0.0
+
+
 def test_a_full_queue_is_refused_at_once_and_a_late_item_is_shed():
+    """... and the metrics say so: shed by reason, queue depth, batch sizes."""
+    shed_full, shed_late = (
+        _sample("imgsearch_shed_total", reason="queue_full"),
+        _sample("imgsearch_shed_total", reason="deadline"),
+    )
+    batches, items = _sample("imgsearch_batch_size_count"), _sample("imgsearch_batch_size_sum")
     release = threading.Event()
     started = threading.Event()
 
@@ -115,9 +126,14 @@ def test_a_full_queue_is_refused_at_once_and_a_late_item_is_shed():
         assert time.monotonic() - t < 0.5
         assert err.value.retry_after_s >= 1
         assert b.stats()["shed_full"] == 1
+        assert _sample("imgsearch_shed_total", reason="queue_full") - shed_full == 1
+        assert _sample("imgsearch_batch_queue_depth") == 3
         release.set()
         assert first.result(10).value == "running"
         assert [f.result(10).value for f in queued] == [0, 1, 2]
+        assert _sample("imgsearch_batch_queue_depth") == 0
+        assert _sample("imgsearch_batch_size_count") - batches == 4  # window 0: one item each
+        assert _sample("imgsearch_batch_size_sum") - items == 4
     finally:
         release.set()
         b.close()
@@ -135,6 +151,7 @@ def test_a_full_queue_is_refused_at_once_and_a_late_item_is_shed():
         with pytest.raises(Overloaded):
             late.result(10)
         assert b.stats()["shed_deadline"] == 1
+        assert _sample("imgsearch_shed_total", reason="deadline") - shed_late == 1
     finally:
         release2.set()
         b.close()

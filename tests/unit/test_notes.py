@@ -9,13 +9,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 TEXT_SUFFIXES = {".py", ".md", ".sh", ".toml", ".txt", ".env", ".example", ".js", ".html", ".css", ""}
 FOLDERS = ("app", "bench", "config", "datasets", "models", "operations", "scripts", "tests", ".ci")
-TOP_FILES = ("README.md", "CONTRIBUTING.md", "pyproject.toml", "requirements.txt", ".env.example")
+TOP_FILES = (
+    "README.md",
+    "CONTRIBUTING.md",
+    "pyproject.toml",
+    "requirements.txt",
+    ".env.example",
+    "Dockerfile",
+    ".dockerignore",
+    "compose.yaml",
+    "compose.gpu.yaml",
+)
 # A pointer to a document that is not in the repository.
 OUTSIDE = re.compile(r"\bGUIDE\b|\bguide\b|\.\./shared|/work/shared", re.IGNORECASE)
 
 
 def _text_files() -> list[Path]:
     files = [REPO / name for name in TOP_FILES if (REPO / name).is_file()]
+    files += sorted((REPO / "deploy").rglob("*.yaml"))  # deployment files (tests/data holds upstream copies)
     for folder in FOLDERS:
         for path in (REPO / folder).rglob("*"):
             if path.is_file() and path.suffix in TEXT_SUFFIXES and "__pycache__" not in path.parts:

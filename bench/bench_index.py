@@ -1,0 +1,270 @@
+"""Index types on the Milvus 2.3 server: build time, memory, recall@10, vector-stage latency.
+
+    python -m bench.bench_index [--n 100000] [--queries 200] [--quick] [--uniform]
+                                [--indexes FLAT,IVF_FLAT,HNSW,IVF_SQ8,IVF_PQ] [--query-kind text|image]
+
+N realistic features (bench/realistic_features.py: narrow cone, clusters, near-duplicates;
+`--uniform` for uniform random unit vectors, the worst case) go into one collection of the
+Milvus 2.3 server (scripts.dev_services.milvus_server) once; each index type is then built in
+turn on that collection the way the 2.3 server allows it (release, drop the index, create the
+new one and wait for it, load). For each:
+
+- build: seconds from create_index to the index built (waited for), then load seconds;
+- memory: the server's resident memory (the standalone server holds the query node) after the
+  load, and its change against the released collection before it (a rough figure: freed memory
+  is not always returned to the system, so read the column as "at most");
+- for each search parameter of a sweep (HNSW ef, IVF nprobe): recall@10 of the index's top 10
+  against the exact top 10 of the same vectors (`operations.evaluation.knn.exact_topk`, compared
+  with `operations.evaluation.crosscheck`: mean overlap@10), and the vector-stage median and p90
+  (one query per search call, as the service's single searches, Bounded consistency).
+
+Queries are text-like (`FeatureModel.queries`: the modality gap) unless `--query-kind image`.
+Prints a table and a JSON line. `--quick`: 5,000 vectors, 50 queries, a short sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from bench._common import machine, median, other_load, pct, proc_status_kb, table
+
+DIM = 1024
+MAX_ROWS_PER_INSERT = 3000  # ~12 MB a message, under Milvus' 64 MB limit
+
+INDEXES = ("FLAT", "IVF_FLAT", "HNSW", "IVF_SQ8", "IVF_PQ")
+
+
+def build_params(kind: str, n: int) -> dict:
+    """Build parameters: HNSW M=16/efConstruction=200; IVF nlist ~ 4 sqrt(n), a power of two."""
+    nlist = max(16, min(65536, 2 ** round(math.log2(4 * math.sqrt(n)))))
+    return {
+        "FLAT": {},
+        "HNSW": {"M": 16, "efConstruction": 200},
+        "IVF_FLAT": {"nlist": nlist},
+        "IVF_SQ8": {"nlist": nlist},
+        "IVF_PQ": {"nlist": nlist, "m": 64, "nbits": 8},  # 16 dims per sub-quantizer
+    }[kind]
+
+
+def sweep(kind: str, quick: bool) -> list[dict]:
+    if kind == "FLAT":
+        return [{}]
+    if kind == "HNSW":
+        return [{"ef": e} for e in ((16, 64, 128) if quick else (16, 32, 64, 128, 256))]
+    return [{"nprobe": p} for p in ((4, 16, 64) if quick else (4, 8, 16, 32, 64, 128))]
+
+
+def server_rss_mb(pid: int | None) -> float:
+    """Resident memory of the server process and its children, MB (from /proc)."""
+    if pid is None:
+        return float("nan")
+    pids = {pid}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                # Field 4 of /proc/N/stat is the parent pid (after the parenthesised name).
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    pids.add(int(entry.name))
+    total = 0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            total += proc_status_kb("VmRSS", p)
+    return total / 1024
+
+
+def insert_all(client, name: str, data: np.ndarray) -> float:
+    t = time.perf_counter()
+    for start in range(0, len(data), MAX_ROWS_PER_INSERT):
+        block = np.asarray(data[start : start + MAX_ROWS_PER_INSERT], np.float32)
+        rows = [{"id": start + i, "vector": v} for i, v in enumerate(block.tolist())]
+        client.insert(name, rows, timeout=600)
+    client.flush(name, timeout=600)
+    return time.perf_counter() - t
+
+
+def recall_at_10(exact, got: list[list[int]]) -> float:
+    from operations.evaluation.crosscheck import crosscheck
+
+    a = {int(q): list(map(int, ids)) for q, ids, _ in exact.items()}
+    b = {i: ids for i, ids in enumerate(got)}
+    return float(crosscheck(a, b)["mean_overlap@10"])
+
+
+def measure(client, name: str, kind: str, params: dict, queries: np.ndarray, exact) -> dict:
+    times: list[float] = []
+    got: list[list[int]] = []
+    sp = {"metric_type": "IP", "params": params}
+    qs = queries.tolist()
+    client.search(name, data=[qs[0]], limit=10, search_params=sp, consistency_level="Bounded", timeout=600)
+    for q in qs:
+        t = time.perf_counter()
+        res = client.search(
+            name, data=[q], limit=10, search_params=sp, consistency_level="Bounded", timeout=600
+        )
+        times.append((time.perf_counter() - t) * 1000)
+        got.append([int(h["id"]) for h in res[0]])
+    return {
+        "index": kind,
+        "params": params,
+        "recall@10": round(recall_at_10(exact, got), 4),
+        "median_ms": round(median(times), 2),
+        "p90_ms": round(pct(times, 90), 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="5,000 vectors, 50 queries, a short sweep")
+    ap.add_argument("--uniform", action="store_true", help="uniform random unit vectors (the worst case)")
+    ap.add_argument("--query-kind", choices=("text", "image"), default="text")
+    ap.add_argument("--indexes", default=",".join(INDEXES))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.n, args.queries = min(args.n, 5000), min(args.queries, 50)
+    kinds = [k.strip().upper() for k in args.indexes.split(",") if k.strip()]
+    for k in kinds:
+        if k not in INDEXES:
+            ap.error(f"unknown index {k}; one of {INDEXES}")
+
+    from pymilvus import DataType, MilvusClient
+
+    from bench.realistic_features import FeatureModel, cached
+    from operations.evaluation.knn import exact_topk
+    from scripts.dev_services import milvus_server
+
+    load_before = other_load()
+    print(f"load average before start: {load_before:.2f} (2 cores)")
+    t_all = time.perf_counter()
+    model = FeatureModel(args.n, args.seed)
+    if args.uniform:
+        rng = np.random.default_rng(args.seed)
+        data = rng.standard_normal((args.n, DIM), dtype=np.float32)
+        data /= np.linalg.norm(data, axis=1, keepdims=True)
+        queries = rng.standard_normal((args.queries, DIM), dtype=np.float32)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    else:
+        data = cached(args.n, args.seed)
+        queries = (
+            model.queries(args.queries) if args.query_kind == "text" else model.image_queries(args.queries)
+        )
+    t = time.perf_counter()
+    exact = exact_topk(queries, data, np.arange(args.n, dtype=np.int64), 10)
+    exact_s = time.perf_counter() - t
+    print(
+        f"{args.n:,} x {DIM}-d {'uniform' if args.uniform else 'realistic'} features, "
+        f"{args.queries} {args.query_kind} queries; exact top 10 in {exact_s:.1f} s"
+    )
+
+    rows: list[dict] = []
+    builds: list[dict] = []
+    with milvus_server() as mv:
+        client = MilvusClient(uri=mv.uri, timeout=600)
+        name = f"bench_index_{uuid.uuid4().hex[:8]}"
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+        client.create_collection(name, schema=schema, timeout=600)
+        try:
+            insert_s = insert_all(client, name, data)
+            print(f"inserted and flushed {args.n:,} vectors in {insert_s:.1f} s")
+            for kind in kinds:
+                client.release_collection(name, timeout=600)
+                for idx in client.list_indexes(name, timeout=600):
+                    client.drop_index(name, idx, timeout=600)
+                rss_before = server_rss_mb(mv.pid)
+                params = client.prepare_index_params()
+                params.add_index(
+                    field_name="vector", index_type=kind, metric_type="IP", params=build_params(kind, args.n)
+                )
+                t = time.perf_counter()
+                client.create_index(name, params, timeout=3600, sync=True)
+                build_s = time.perf_counter() - t
+                t = time.perf_counter()
+                client.load_collection(name, timeout=3600)
+                load_s = time.perf_counter() - t
+                time.sleep(1.0)
+                rss_after = server_rss_mb(mv.pid)
+                builds.append(
+                    {
+                        "index": kind,
+                        "build_params": build_params(kind, args.n),
+                        "build_s": round(build_s, 1),
+                        "load_s": round(load_s, 1),
+                        "server_rss_mb": round(rss_after),
+                        "rss_delta_mb": round(rss_after - rss_before),
+                    }
+                )
+                for sp in sweep(kind, args.quick):
+                    r = measure(client, name, kind, sp, queries, exact)
+                    rows.append(r)
+                    print(f"  {kind} {sp}: recall@10 {r['recall@10']:.4f}, median {r['median_ms']} ms")
+        finally:
+            client.drop_collection(name, timeout=600)
+            client.close()
+
+    print(f"\nMilvus 2.3 server, {args.n:,} x {DIM}-d, build and load (one index at a time):")
+    print(
+        table(
+            ["index", "build params", "build s", "load s", "server RSS MB", "RSS change MB"],
+            [
+                [
+                    b["index"],
+                    json.dumps(b["build_params"]),
+                    b["build_s"],
+                    b["load_s"],
+                    b["server_rss_mb"],
+                    b["rss_delta_mb"],
+                ]
+                for b in builds
+            ],
+        )
+    )
+    print(f"\nsearch, top 10, {args.queries} {args.query_kind} queries, one per call:")
+    print(
+        table(
+            ["index", "search params", "recall@10", "median ms", "p90 ms"],
+            [
+                [r["index"], json.dumps(r["params"]), f"{r['recall@10']:.3f}", r["median_ms"], r["p90_ms"]]
+                for r in rows
+            ],
+        )
+    )
+    load_after = other_load()
+    print(
+        f"\ntotal {time.perf_counter() - t_all:.0f} s; "
+        f"load average before {load_before:.2f}, now {load_after:.2f}"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "index",
+                "n": args.n,
+                "queries": args.queries,
+                "query_kind": args.query_kind,
+                "features": "uniform" if args.uniform else "realistic",
+                "seed": args.seed,
+                "quick": args.quick,
+                "builds": builds,
+                "search": rows,
+                "machine": machine(),
+                "load_before": load_before,
+                "load_after": load_after,
+            },
+            ensure_ascii=False,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

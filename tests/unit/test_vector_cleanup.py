@@ -1,0 +1,58 @@
+"""The vector cleanup (operations/vector_cleanup.py): retries while the store fails,
+then deletes exactly the ids it was given; a dropped collection ends the work."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from operations.domain import IndexSpec
+from operations.errors import DependencyUnavailable
+from operations.stores.memory_vector_store import InMemoryVectorStore
+from operations.vector_cleanup import VectorCleanup
+
+
+class FlakyStore(InMemoryVectorStore):
+    """The in-memory store whose deletes fail the first `failures` times."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+        self.attempts = 0
+
+    def delete(self, name, ids, *, visible: bool = True) -> None:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise DependencyUnavailable("milvus", "no answer within 2 s")
+        super().delete(name, ids, visible=visible)
+
+
+def _wait_drained(cleanup: VectorCleanup) -> None:
+    deadline = time.monotonic() + 10
+    while cleanup.pending():
+        assert time.monotonic() < deadline, "the cleanup did not drain"
+        time.sleep(0.01)
+
+
+def test_retries_until_the_store_answers_and_deletes_only_the_given_ids():
+    store = FlakyStore(failures=3)
+    store.create_collection("c", 4, "m", IndexSpec())
+    store.upsert("c", [1, 2, 3], np.eye(4, dtype=np.float32)[:3])
+    cleanup = VectorCleanup(store, retry_s=0.01)
+    cleanup.submit("c", [1, 3])
+    _wait_drained(cleanup)
+    assert store.attempts == 4
+    assert store.count("c") == 1 and store.existing_ids("c", [1, 2, 3]) == {2}
+    assert cleanup.deleted == 2
+    cleanup.close()
+
+
+def test_a_dropped_collection_ends_its_cleanup():
+    store = FlakyStore(failures=0)
+    cleanup = VectorCleanup(store, retry_s=0.01)
+    cleanup.submit("gone", [7])
+    _wait_drained(cleanup)
+    cleanup.close()
+    cleanup.submit("gone", [8])  # after close: ignored
+    assert cleanup.pending() == 0
