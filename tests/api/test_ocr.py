@@ -20,7 +20,7 @@ def wait_job(client, job_id: str, timeout: float = 180) -> dict:
         job = client.get(f"/img/jobs/{job_id}").json()
         if job["state"] not in ("queued", "running"):
             return job
-        time.sleep(0.2)
+        time.sleep(0.05)
     raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
