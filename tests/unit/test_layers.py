@@ -97,11 +97,14 @@ def imports(path: Path, module: str, runtime_only: bool = False) -> Iterator[tup
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
 
     def walk(node: ast.AST) -> Iterator[ast.AST]:
-        for child in ast.iter_child_nodes(node):
-            if runtime_only and _type_checking_block(child):
-                continue
-            yield child
-            yield from walk(child)
+        # Statements only: an import is a statement, and no expression holds one.
+        stack = [node]
+        while stack:
+            for child in ast.iter_child_nodes(stack.pop()):
+                if isinstance(child, ast.expr) or (runtime_only and _type_checking_block(child)):
+                    continue
+                yield child
+                stack.append(child)
 
     for node in walk(tree):
         if isinstance(node, ast.Import):
