@@ -1,5 +1,10 @@
 """Text in images (OCR) through HTTP on both backend pairs (Milvus Lite + SQLite, Milvus server +
-MariaDB), with real RapidOCR on images that carry rendered Chinese text."""
+MariaDB), with real RapidOCR on images that carry rendered Chinese text.
+
+Every image through the whole pipeline is read by the OCR model (about half a second each on
+2 cores), so the module carries the `services` marker; the fast loop reads images with real
+RapidOCR through the operations in test_ocr_paths.py.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import pytest
 
 from datasets.text_images import TEXT_IMAGES, text_image_jpeg
 from tests.stack import jpeg, unique
+
+pytestmark = pytest.mark.services
 
 SPECS = {s.name: s for s in TEXT_IMAGES}
 OCR_NAMES = ("price_tag_apple", "price_tag_tea", "phone_ad", "shop_sign")

@@ -1,6 +1,11 @@
 """Relevance through HTTP with the demo model, on Milvus Lite + SQLite and on the Milvus 2.3
 server + MariaDB: relevance beside score, min_relevance, cut, order, the query language, text
-plus image, feedback, 422s, the calibrate job."""
+plus image, feedback, 422s, the calibrate job.
+
+The module's collection is a whole demo split (300 images) loaded through the model by a job,
+so the module carries the `services` marker; the fast loop calibrates and searches with
+relevance through the command line (tests/unit/test_relevance_cli.py).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ from app.main import create_app
 from datasets import demo_generator as g
 from operations.factory import build_services
 from tests.fixtures_stack import BACKENDS, backend_settings
+
+pytestmark = pytest.mark.services
 
 REPO = Path(__file__).resolve().parents[2]
 N_IMAGES = 300
