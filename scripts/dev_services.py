@@ -308,7 +308,9 @@ class MariaDBServer(_Service):
     def __init__(
         self,
         database: str = "imgsearch_test",
-        user: str = "imgsearch",
+        # Not "imgsearch": that is the deployment files' MYSQL_USER, which the deploy test creates
+        # on this server with the files' own password (it must not change the suite's login).
+        user: str = "imgsearch_test",
         password: str | None = None,
         port: int | None = None,
         base_dir: Path | None = None,
@@ -528,6 +530,10 @@ class MariaDBServer(_Service):
         for name in (user, database):
             if not name.replace("_", "").isalnum():
                 raise ValueError(f"bad name {name!r}")
+        # The suite logs in as self.user to self.database: re-creating either would lock it out or
+        # drop its tables mid-run.
+        if user == self.user or database == self.database:
+            raise ValueError(f"{user!r}/{database!r} is this server's own user or database")
         with self._root_connect() as conn, conn.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS `{database}`")
             cur.execute(f"CREATE DATABASE `{database}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")

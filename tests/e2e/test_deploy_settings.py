@@ -108,6 +108,7 @@ def test_the_files_settings_serve_on_the_real_servers(source, milvus_server, mar
     user, password, database = mysql.username, mysql.password, mysql.path.lstrip("/")
     assert user and password and database
     env["MYSQL_URL"] = mariadb.create_user_database(user, password, database)
+    mariadb.connect().close()  # the suite's own login is untouched by the file's user
     # Paths: container paths become this test's folders, by the file's mounts.
     for name, value in list(env.items()):
         if value.startswith("/"):
