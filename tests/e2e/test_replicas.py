@@ -33,6 +33,7 @@ from tests.stack import (
 )
 
 N = 3000
+N_LONG = 24_000
 LEASE_S = 2.0
 
 
@@ -164,8 +165,8 @@ def _both_up(stack):
             replica.start()
 
 
-def _load(replica: Replica, collection: str) -> str:
-    r = replica.http.post("/img/load", json={"dataset": "big", "split": "train", "collection": collection})
+def _load(replica: Replica, collection: str, dataset: str = "big") -> str:
+    r = replica.http.post("/img/load", json={"dataset": dataset, "split": "train", "collection": collection})
     assert r.status_code == 202, r.text
     return r.json()["job_id"]
 
@@ -226,16 +227,19 @@ def test_a_replica_stopped_cleanly_hands_its_job_to_the_other_at_once(stack):
 
 
 def test_a_job_running_on_one_replica_is_cancelled_through_the_other(stack):
-    _, (a, b) = stack
+    settings, (a, b) = stack
+    # A load of N rows ends in ~1.5 s here (precomputed features), about as soon as a cancel
+    # reaches its replica (the lease round, <= 1 s): this one is long enough to be stopped.
+    write_dataset(settings.data_root / "long", "train", N_LONG, tiny_encoder().dim, seed=6)
     collection = unique("cancel")
-    job_id = _load(a, collection)
+    job_id = _load(a, collection, dataset="long")
     _wait_until(lambda: a.job(job_id)["processed"] >= 100, 120, "the load to make progress on a")
     r = b.http.post(f"/img/jobs/{job_id}/cancel")
     assert r.status_code == 200, r.text
     asked = time.monotonic()
     done = _job_when(b, job_id, _ended, 60, "the job to stop")
     stopped_s = time.monotonic() - asked
-    assert done["state"] == "cancelled" and done["processed"] < N, done
+    assert done["state"] == "cancelled" and done["processed"] < N_LONG, done
     assert _owned_by(done, a), done  # a ran it to the end; b only set the flag
     assert stopped_s < 15, stopped_s
     assert b.http.post(f"/img/jobs/{job_id}/cancel").status_code == 409
