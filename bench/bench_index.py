@@ -2,6 +2,7 @@
 
     python -m bench.bench_index [--n 100000] [--queries 200] [--quick] [--uniform]
                                 [--indexes FLAT,IVF_FLAT,HNSW,IVF_SQ8,IVF_PQ] [--query-kind text|image]
+                                [--ef 16,32,64,128,256] [--nprobe 4,8,16,32,64,128]
 
 N realistic features (bench/realistic_features.py: narrow cone, clusters, near-duplicates;
 `--uniform` for uniform random unit vectors, the worst case) go into one collection of the
@@ -54,12 +55,18 @@ def build_params(kind: str, n: int) -> dict:
     }[kind]
 
 
-def sweep(kind: str, quick: bool) -> list[dict]:
+def sweep(kind: str, quick: bool, ef: list[int] | None = None, nprobe: list[int] | None = None) -> list[dict]:
+    """Search parameters to measure; `ef` / `nprobe` replace the default lists (a larger
+    collection may need a wider HNSW beam or more IVF lists probed for the same recall)."""
     if kind == "FLAT":
         return [{}]
     if kind == "HNSW":
-        return [{"ef": e} for e in ((16, 64, 128) if quick else (16, 32, 64, 128, 256))]
-    return [{"nprobe": p} for p in ((4, 16, 64) if quick else (4, 8, 16, 32, 64, 128))]
+        return [{"ef": e} for e in (ef or ((16, 64, 128) if quick else (16, 32, 64, 128, 256)))]
+    return [{"nprobe": p} for p in (nprobe or ((4, 16, 64) if quick else (4, 8, 16, 32, 64, 128)))]
+
+
+def int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
 
 
 def server_rss_mb(pid: int | None) -> float:
@@ -129,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--uniform", action="store_true", help="uniform random unit vectors (the worst case)")
     ap.add_argument("--query-kind", choices=("text", "image"), default="text")
     ap.add_argument("--indexes", default=",".join(INDEXES))
+    ap.add_argument("--ef", type=int_list, default=None, help="HNSW ef values, e.g. 64,128,256,512")
+    ap.add_argument("--nprobe", type=int_list, default=None, help="IVF nprobe values, e.g. 16,64,128")
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.queries = min(args.n, 5000), min(args.queries, 50)
@@ -205,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
                         "rss_delta_mb": round(rss_after - rss_before),
                     }
                 )
-                for sp in sweep(kind, args.quick):
+                for sp in sweep(kind, args.quick, args.ef, args.nprobe):
                     r = measure(client, name, kind, sp, queries, exact)
                     rows.append(r)
                     print(f"  {kind} {sp}: recall@10 {r['recall@10']:.4f}, median {r['median_ms']} ms")
