@@ -1,0 +1,361 @@
+"""A million images through the CLI loader into the Milvus 2.3 server + MariaDB.
+
+    python -m bench.bench_scale [--n 1000000] [--step 100000] [--quick] [--no-wait-index]
+                                [--search] [--queries 50] [--keep]
+
+The data (kept in bench/out/scale_n{N}_seed{S}/ between runs; `meta.json`, written last, marks
+it complete): N small JPEGs (2-5 KB, 96-160 px textures: a pool of distinct base images, each
+image a base with its id in a COM segment, so every image's bytes and sha256 are its own) as
+base64 in Chinese-CLIP's tsv, and N realistic 1024-d features (bench/realistic_features.py:
+narrow cone, clusters, near-duplicates) in its feature jsonl.
+
+The run: `python -m scripts.cli load` as a user runs it (INDEX_TYPE=AUTO, RN50 configured with
+random weights: with features it never encodes), its own process. Every second the bench reads
+MAX(id) of the image table (the loader writes in id order, so it is the progress), the
+loader's resident memory and each server's. It prints images/s for each `--step` images (a
+slowdown as the table and the segments grow would show there), peak RSS of the loader and of
+each server, the disk each store uses, then (unless --no-wait-index) the seconds until Milvus
+reports every row indexed. `--search` then measures what a user gets at that size: live
+recall@10 of the collection on its own vectors (`imgsearch eval live-recall`) and the median of
+`POST /img/search` from one client over distinct Chinese queries (a uvicorn server on the same
+stores). `--quick`: 5,000 images in steps of 1,000. The collection is dropped at the end
+unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench._common import machine, median, other_load, pct, proc_status_kb, services, table
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "out"
+SPLIT = "scale"
+DIM = 1024
+KB = 1024
+MIN_KB, MAX_KB = 2, 5
+POOL = 256
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def small_jpeg(seed: int) -> bytes:
+    """One base JPEG of 96-160 px, 2-5 KB (the noise amplitude bisected towards a target size)."""
+    from PIL import Image
+
+    from bench.gen_split import _texture
+
+    rng = np.random.default_rng(seed)
+    width, height = (int(v) for v in rng.integers(96, 161, 2))
+    target = rng.uniform(2.3, 4.7) * KB
+    base, noise = _texture(rng, width, height)
+
+    def encode(pixels: np.ndarray, quality: int) -> bytes:
+        out = io.BytesIO()
+        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(out, format="JPEG", quality=quality)
+        return out.getvalue()
+
+    for quality in (85, 70, 55, 40):  # a smooth texture may exceed the target even without noise
+        lo, hi = 0.0, 48.0
+        best = encode(base, quality)
+        if len(best) > MAX_KB * KB - 64:
+            continue
+        for _ in range(14):
+            if MIN_KB * KB <= len(best) <= MAX_KB * KB - 64 and abs(len(best) - target) < 0.08 * target:
+                break
+            mid = (lo + hi) / 2
+            best = encode(base + mid * noise, quality)
+            if len(best) < target:
+                lo = mid
+            else:
+                hi = mid
+        if MIN_KB * KB <= len(best) <= MAX_KB * KB - 64:
+            return best
+    raise RuntimeError(f"no 2-5 KB JPEG for seed {seed}")
+
+
+def ensure_data(n: int, seed: int, log=print) -> Path:
+    from bench.gen_split import unique_jpeg
+    from bench.realistic_features import cached
+    from datasets.formats import FeatureWriter, write_image_tsv
+
+    d = OUT / f"scale_n{n}_seed{seed}"
+    meta_path = d / "meta.json"
+    if meta_path.is_file():
+        return d
+    t0 = time.perf_counter()
+    d.mkdir(parents=True, exist_ok=True)
+    pool = [small_jpeg(seed * 1_000_003 + i) for i in range(POOL)]
+    rng = np.random.default_rng(seed)
+    choice = rng.integers(0, POOL, n)
+    sizes = np.zeros(n, np.int32)
+
+    def images():
+        for k in range(n):
+            data = unique_jpeg(pool[choice[k]], f"scale n={n} seed={seed} id={k + 1}")
+            sizes[k] = len(data)
+            yield k + 1, data
+
+    write_image_tsv(d / f"{SPLIT}_imgs.tsv", images())
+    feats = cached(n, seed)
+    with FeatureWriter(d / f"{SPLIT}_imgs.img_feat.jsonl", "image_id") as w:
+        for start in range(0, n, 4096):
+            block = np.asarray(feats[start : start + 4096], np.float32)
+            w.write(list(range(start + 1, start + 1 + len(block))), block)
+    meta = {
+        "n": n,
+        "seed": seed,
+        "jpeg_kb": {
+            "min": round(float(sizes.min()) / KB, 2),
+            "median": round(float(np.median(sizes)) / KB, 2),
+            "max": round(float(sizes.max()) / KB, 2),
+            "mean": round(float(sizes.mean()) / KB, 2),
+        },
+        "tsv_bytes": (d / f"{SPLIT}_imgs.tsv").stat().st_size,
+        "feat_bytes": (d / f"{SPLIT}_imgs.img_feat.jsonl").stat().st_size,
+        "generated_s": round(time.perf_counter() - t0, 1),
+    }
+    meta_path.write_text(json.dumps(meta, indent=2))
+    log(f"generated {n:,} images and features in {meta['generated_s']} s -> {d}")
+    return d
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def disk_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def tree_rss_kb(pid: int) -> int:
+    """Resident memory of a process and its children (the Milvus standalone server forks)."""
+    from bench.bench_index import server_rss_mb
+
+    return int(server_rss_mb(pid) * 1024)
+
+
+def max_id(conn, table_name: str) -> int:
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT MAX(id) FROM `{table_name}`")  # a validated collection name, not input
+            (value,) = cur.fetchone()
+        conn.commit()  # a fresh snapshot next time (REPEATABLE READ)
+        return int(value or 0)
+    except Exception:  # the table does not exist yet
+        conn.rollback()
+        return 0
+
+
+def wait_indexed(uri: str, collection: str, n: int, timeout_s: float) -> float | None:
+    """Seconds until Milvus reports `n` rows indexed (None past `timeout_s`)."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=uri, timeout=120)
+    t0 = time.perf_counter()
+    try:
+        while time.perf_counter() - t0 < timeout_s:
+            info = client.describe_index(collection, "vector")
+            if int(info.get("indexed_rows", 0)) >= n and int(info.get("pending_index_rows", 0)) == 0:
+                return time.perf_counter() - t0
+            time.sleep(5)
+        return None
+    finally:
+        client.close()
+
+
+def search_latency(env: dict, collection: str, n_queries: int, log_path: Path) -> dict:
+    import httpx
+
+    from bench._common import UvicornProcess
+    from bench.bench_search import queries
+
+    qs = queries(n_queries + 5, seed=7)
+    with UvicornProcess({**env, "DEFAULT_COLLECTION": collection}, log_path) as server:
+        times: list[float] = []
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            for k, q in enumerate(qs):
+                t = time.perf_counter()
+                r = http.post("/img/search", json={"query": q, "top_k": 10, "collection": collection})
+                r.raise_for_status()
+                if k >= 5:  # the first few warm the server up
+                    times.append((time.perf_counter() - t) * 1000)
+    return {"queries": len(times), "median_ms": round(median(times), 1), "p90_ms": round(pct(times, 90), 1)}
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--step", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="5,000 images in steps of 1,000")
+    ap.add_argument("--no-wait-index", action="store_true", help="stop when the load returns")
+    ap.add_argument("--index-timeout", type=float, default=7200.0)
+    ap.add_argument("--search", action="store_true", help="live recall@10 and POST /img/search median")
+    ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--keep", action="store_true", help="keep the collection and its table")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.n, args.step = 5000, 1000
+    load_before = other_load()
+    print(f"load average before start: {load_before:.2f} (2 cores)", flush=True)
+    t_all = time.perf_counter()
+    data_dir = ensure_data(args.n, args.seed)
+    meta = json.loads((data_dir / "meta.json").read_text())
+    print(
+        f"data: {args.n:,} images, JPEG {meta['jpeg_kb']['min']}-{meta['jpeg_kb']['max']} KB "
+        f"(median {meta['jpeg_kb']['median']}); tsv {meta['tsv_bytes'] / 2**30:.2f} GiB, "
+        f"features {meta['feat_bytes'] / 2**30:.2f} GiB",
+        flush=True,
+    )
+    collection = f"scale_{args.n}"
+    report: dict = {"bench": "scale", "n": args.n, "step": args.step, "data": meta, "machine": machine()}
+    with services() as (db, mv):
+        assert db is not None and mv is not None
+        env = {
+            "MODEL_NAME": "RN50",
+            "MODEL_RANDOM_INIT": "true",
+            "MILVUS_URI": mv.uri,
+            "MYSQL_URL": db.url,
+            "INDEX_TYPE": "AUTO",
+            "MILVUS_TIMEOUT_S": "120",
+            "SQL_TIMEOUT_S": "120",
+            "DEVICE": "cpu",
+        }
+        disk_before = {"mariadb": disk_bytes(db.datadir), "milvus": disk_bytes(mv.base)}
+        out_path, err_path = OUT / f"scale_{args.n}_loader.out", OUT / f"scale_{args.n}_loader.err"
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:  # files: a pipe could fill and block
+            cmd = [sys.executable, "-m", "scripts.cli", "load", "--dataset", str(data_dir)]
+            cmd += ["--split", SPLIT, "--collection", collection]
+            loader = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=err)
+        conn = db.connect(read_timeout=120)
+        t0 = time.perf_counter()
+        crossed: list[float] = []
+        peak = {"loader": 0, "mariadb": 0, "milvus": 0}
+        while loader.poll() is None:
+            time.sleep(1.0)
+            done = max_id(conn, f"img_{collection}")
+            now = time.perf_counter() - t0
+            while len(crossed) < args.n // args.step and done >= (len(crossed) + 1) * args.step:
+                crossed.append(now)
+                k = len(crossed)
+                rate = args.step / (crossed[-1] - (crossed[-2] if k > 1 else 0.0))
+                print(f"  {k * args.step:>9,} images at {now:7.1f} s: {rate:7.0f} img/s for the last step")
+            for name, pid in (("loader", loader.pid), ("mariadb", db.pid), ("milvus", mv.pid)):
+                try:
+                    rss = proc_status_kb("VmRSS", pid) if name != "milvus" else tree_rss_kb(pid)
+                except OSError:
+                    continue
+                peak[name] = max(peak[name], rss)
+        load_s = time.perf_counter() - t0
+        conn.close()
+        if loader.returncode != 0:
+            raise SystemExit(f"the loader failed ({loader.returncode}):\n{err_path.read_text()[-3000:]}")
+        text = out_path.read_text()
+        loaded = json.loads(text[text.index("{") :])
+        steps = []
+        for k, at in enumerate(crossed):
+            span = at - (crossed[k - 1] if k else 0.0)
+            steps.append(
+                {"images": (k + 1) * args.step, "at_s": round(at, 1), "rate": round(args.step / span)}
+            )
+        rates = [s["rate"] for s in steps]
+        print(
+            table(
+                ["images", "at s", "img/s in the step"],
+                [[f"{s['images']:,}", s["at_s"], s["rate"]] for s in steps],
+            )
+        )
+        report["load"] = {
+            "seconds": round(load_s, 1),
+            "rate": round(args.n / load_s),
+            "loaded": loaded.get("loaded"),
+            "failed": loaded.get("failed"),
+            "steps": steps,
+            "slowest_step_vs_first": round(min(rates) / rates[0], 3) if rates else None,
+            "peak_rss_mb": {k: round(v / 1024) for k, v in peak.items()},
+        }
+        print(
+            f"loaded {loaded.get('loaded')} (failed {loaded.get('failed')}) in {load_s:.1f} s: "
+            f"{args.n / load_s:.0f} img/s overall; peak RSS MB {report['load']['peak_rss_mb']}",
+            flush=True,
+        )
+        if not args.no_wait_index:
+            waited = wait_indexed(mv.uri, collection, args.n, args.index_timeout)
+            report["indexed_after_load_s"] = None if waited is None else round(waited, 1)
+            print(f"every row indexed {report['indexed_after_load_s']} s after the load returned", flush=True)
+        report["disk_mb"] = {
+            "mariadb": round((disk_bytes(db.datadir) - disk_before["mariadb"]) / 2**20),
+            "milvus": round((disk_bytes(mv.base) - disk_before["milvus"]) / 2**20),
+            "dataset_files": round((meta["tsv_bytes"] + meta["feat_bytes"]) / 2**20),
+        }
+        print(f"disk used, MB: {report['disk_mb']}", flush=True)
+        if args.search:
+            t = time.perf_counter()
+            rc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "operations.evaluation.cli",
+                    "live-recall",
+                    "--collection",
+                    collection,
+                ],
+                cwd=REPO,
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=7200,
+            )
+            if rc.returncode == 0:
+                recall = json.loads(rc.stdout[rc.stdout.index("{") :])
+                keys = ("index_type", "search_params", "recall@10", "queries", "vectors")
+                report["live_recall"] = {k: recall.get(k) for k in keys}
+            else:
+                report["live_recall"] = None
+            print(
+                f"live recall ({time.perf_counter() - t:.0f} s): {report['live_recall'] or rc.stderr[-2000:]}"
+            )
+            report["search"] = search_latency(
+                env, collection, args.queries, OUT / f"scale_{args.n}_server.log"
+            )
+            print(f"POST /img/search, one client: {report['search']}", flush=True)
+        if not args.keep:
+            from pymilvus import MilvusClient
+
+            client = MilvusClient(uri=mv.uri, timeout=120)
+            client.drop_collection(collection)
+            client.close()
+            conn = db.connect()
+            with conn.cursor() as cur:
+                cur.execute(f"DROP TABLE IF EXISTS `img_{collection}`")
+            conn.close()
+    report["total_s"] = round(time.perf_counter() - t_all)
+    report["load_before"], report["load_after"] = load_before, other_load()
+    print(
+        f"total {report['total_s']} s; load average before {load_before:.2f}, now {report['load_after']:.2f}"
+    )
+    print(json.dumps(report, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
