@@ -43,7 +43,7 @@ SPLIT = "scale"
 DIM = 1024
 KB = 1024
 MIN_KB, MAX_KB = 2, 5
-POOL = 256
+POOL = 256  # distinct base pictures (fewer for a small n, where making them would dominate)
 
 
 # ----------------------------------------------------------------------------- data
@@ -84,20 +84,20 @@ def small_jpeg(seed: int) -> bytes:
     raise RuntimeError(f"no 2-5 KB JPEG for seed {seed}")
 
 
-def ensure_data(n: int, seed: int, log=print) -> Path:
+def ensure_data(n: int, seed: int, log=print, out_dir: Path = OUT) -> Path:
     from bench.gen_split import unique_jpeg
     from bench.realistic_features import cached
     from datasets.formats import FeatureWriter, write_image_tsv
 
-    d = OUT / f"scale_n{n}_seed{seed}"
+    d = out_dir / f"scale_n{n}_seed{seed}"
     meta_path = d / "meta.json"
     if meta_path.is_file():
         return d
     t0 = time.perf_counter()
     d.mkdir(parents=True, exist_ok=True)
-    pool = [small_jpeg(seed * 1_000_003 + i) for i in range(POOL)]
+    pool = [small_jpeg(seed * 1_000_003 + i) for i in range(min(POOL, max(16, n // 20)))]
     rng = np.random.default_rng(seed)
-    choice = rng.integers(0, POOL, n)
+    choice = rng.integers(0, len(pool), n)
     sizes = np.zeros(n, np.int32)
 
     def images():
@@ -107,7 +107,7 @@ def ensure_data(n: int, seed: int, log=print) -> Path:
             yield k + 1, data
 
     write_image_tsv(d / f"{SPLIT}_imgs.tsv", images())
-    feats = cached(n, seed)
+    feats = cached(n, seed, out_dir)
     with FeatureWriter(d / f"{SPLIT}_imgs.img_feat.jsonl", "image_id") as w:
         for start in range(0, n, 4096):
             block = np.asarray(feats[start : start + 4096], np.float32)
