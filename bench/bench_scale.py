@@ -12,8 +12,9 @@ narrow cone, clusters, near-duplicates) in its feature jsonl.
 The run: `python -m scripts.cli load` as a user runs it (INDEX_TYPE=AUTO, RN50 configured with
 random weights: with features it never encodes), its own process. Every second the bench reads
 MAX(id) of the image table (the loader writes in id order, so it is the progress), the
-loader's resident memory and each server's. It prints images/s for each `--step` images (a
-slowdown as the table and the segments grow would show there), peak RSS of the loader and of
+loader's resident memory and each server's. It prints images/s for each `--step` images,
+the first counted from the first row stored (the loader's start-up is printed apart; a
+slowdown as the table and the segments grow would show in the steps), peak RSS of the loader and of
 each server, the disk each store uses, then (unless --no-wait-index) the seconds until Milvus
 reports every row indexed. `--search` then measures what a user gets at that size: live
 recall@10 of the collection on its own vectors (`imgsearch eval live-recall`) and the median of
@@ -163,6 +164,15 @@ def max_id(conn, table_name: str) -> int:
         return 0
 
 
+def crossing(samples: list[tuple[float, int]], count: int) -> float:
+    """When the loaded count reached `count`: linear between the two samples around it
+    (sampled once a second, several steps may pass between two samples on a small run)."""
+    for (t_a, a), (t_b, b) in zip(samples, samples[1:], strict=False):
+        if b >= count:
+            return t_a + (t_b - t_a) * (count - a) / (b - a) if b > a else t_b
+    return samples[-1][0]
+
+
 def wait_indexed(uri: str, collection: str, n: int, timeout_s: float) -> float | None:
     """Seconds until Milvus reports `n` rows indexed (None past `timeout_s`)."""
     from pymilvus import MilvusClient
@@ -249,20 +259,16 @@ def main(argv: list[str] | None = None) -> None:
             loader = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=err)
         conn = db.connect(read_timeout=120)
         t0 = time.perf_counter()
-        crossed: list[float] = []
+        samples: list[tuple[float, int]] = [(0.0, 0)]
         peak = {"loader": 0, "mariadb": 0, "milvus": 0}
         while loader.poll() is None:
             time.sleep(1.0)
-            done = max_id(conn, f"img_{collection}")
-            now = time.perf_counter() - t0
-            while len(crossed) < args.n // args.step and done >= (len(crossed) + 1) * args.step:
-                crossed.append(now)
-                k = len(crossed)
-                rate = args.step / (crossed[-1] - (crossed[-2] if k > 1 else 0.0))
-                print(f"  {k * args.step:>9,} images at {now:7.1f} s: {rate:7.0f} img/s for the last step")
+            samples.append((time.perf_counter() - t0, max_id(conn, f"img_{collection}")))
+            if samples[-1][1] // args.step > samples[-2][1] // args.step:
+                print(f"  {samples[-1][1]:>9,} images at {samples[-1][0]:7.1f} s", flush=True)
             for name, pid in (("loader", loader.pid), ("mariadb", db.pid), ("milvus", mv.pid)):
-                try:
-                    rss = proc_status_kb("VmRSS", pid) if name != "milvus" else tree_rss_kb(pid)
+                try:  # VmHWM: the peak since the process started (the Milvus tree: summed now)
+                    rss = proc_status_kb("VmHWM", pid) if name != "milvus" else tree_rss_kb(pid)
                 except OSError:
                     continue
                 peak[name] = max(peak[name], rss)
@@ -272,12 +278,17 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"the loader failed ({loader.returncode}):\n{err_path.read_text()[-3000:]}")
         text = out_path.read_text()
         loaded = json.loads(text[text.index("{") :])
-        steps = []
-        for k, at in enumerate(crossed):
-            span = at - (crossed[k - 1] if k else 0.0)
-            steps.append(
-                {"images": (k + 1) * args.step, "at_s": round(at, 1), "rate": round(args.step / span)}
-            )
+        samples.append((load_s, args.n))
+        first_row_s = crossing(samples, 1)
+        bounds = [first_row_s, *(crossing(samples, k * args.step) for k in range(1, args.n // args.step + 1))]
+        steps = [
+            {
+                "images": k * args.step,
+                "at_s": round(bounds[k], 1),
+                "rate": round(args.step / max(bounds[k] - bounds[k - 1], 1e-9)),
+            }
+            for k in range(1, len(bounds))
+        ]
         rates = [s["rate"] for s in steps]
         print(
             table(
@@ -291,6 +302,7 @@ def main(argv: list[str] | None = None) -> None:
             "loaded": loaded.get("loaded"),
             "failed": loaded.get("failed"),
             "steps": steps,
+            "first_row_s": round(first_row_s, 1),
             "slowest_step_vs_first": round(min(rates) / rates[0], 3) if rates else None,
             "peak_rss_mb": {k: round(v / 1024) for k, v in peak.items()},
         }
