@@ -3,6 +3,7 @@
     python -m bench.bench_index [--n 100000] [--queries 200] [--quick] [--uniform]
                                 [--indexes FLAT,IVF_FLAT,HNSW,IVF_SQ8,IVF_PQ] [--query-kind text|image]
                                 [--ef 16,32,64,128,256] [--nprobe 4,8,16,32,64,128]
+                                [--milvus-config dataCoord.segment.maxSize=4096 ...]
 
 N realistic features (bench/realistic_features.py: narrow cone, clusters, near-duplicates;
 `--uniform` for uniform random unit vectors, the worst case) go into one collection of the
@@ -138,6 +139,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--indexes", default=",".join(INDEXES))
     ap.add_argument("--ef", type=int_list, default=None, help="HNSW ef values, e.g. 64,128,256,512")
     ap.add_argument("--nprobe", type=int_list, default=None, help="IVF nprobe values, e.g. 16,64,128")
+    ap.add_argument(
+        "--milvus-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a milvus.yaml setting of the test server, e.g. dataCoord.segment.maxSize=4096 (repeatable)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.queries = min(args.n, 5000), min(args.queries, 50)
@@ -148,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from pymilvus import DataType, MilvusClient
 
+    from bench.bench_scale import wait_indexed
     from bench.realistic_features import FeatureModel, cached
     from operations.evaluation.knn import exact_topk
     from scripts.dev_services import milvus_server
@@ -177,7 +186,10 @@ def main(argv: list[str] | None = None) -> None:
 
     rows: list[dict] = []
     builds: list[dict] = []
-    with milvus_server() as mv:
+    milvus_config = dict(item.split("=", 1) for item in args.milvus_config)
+    if milvus_config:
+        print(f"Milvus settings: {milvus_config}")
+    with milvus_server(config=milvus_config) as mv:
         client = MilvusClient(uri=mv.uri, timeout=600)
         name = f"bench_index_{uuid.uuid4().hex[:8]}"
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -202,14 +214,23 @@ def main(argv: list[str] | None = None) -> None:
                 t = time.perf_counter()
                 client.load_collection(name, timeout=3600)
                 load_s = time.perf_counter() - t
+                # The 2.3 server compacts small sealed segments into larger ones after a flush and
+                # builds their indexes again: measured once that has settled, as users meet it.
+                (index_name,) = client.list_indexes(name, timeout=600)
+                settle = wait_indexed(mv.uri, name, args.n, 3600, index_name)
                 time.sleep(1.0)
                 rss_after = server_rss_mb(mv.pid)
+                # A search runs every sealed segment's index and merges: their number is part of its cost.
+                segments = client._get_connection().get_query_segment_info(name, timeout=60)
                 builds.append(
                     {
                         "index": kind,
                         "build_params": build_params(kind, args.n),
                         "build_s": round(build_s, 1),
                         "load_s": round(load_s, 1),
+                        "settled_after_load_s": settle["settled_s"],
+                        "segments": len(segments),
+                        "segment_rows": sorted(int(seg.num_rows) for seg in segments),
                         "server_rss_mb": round(rss_after),
                         "rss_delta_mb": round(rss_after - rss_before),
                     }
@@ -225,13 +246,24 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nMilvus 2.3 server, {args.n:,} x {DIM}-d, build and load (one index at a time):")
     print(
         table(
-            ["index", "build params", "build s", "load s", "server RSS MB", "RSS change MB"],
+            [
+                "index",
+                "build params",
+                "segments",
+                "build s",
+                "load s",
+                "settled s",
+                "server RSS MB",
+                "RSS change MB",
+            ],
             [
                 [
                     b["index"],
                     json.dumps(b["build_params"]),
+                    b["segments"],
                     b["build_s"],
                     b["load_s"],
+                    b["settled_after_load_s"],
                     b["server_rss_mb"],
                     b["rss_delta_mb"],
                 ]
@@ -264,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
                 "features": "uniform" if args.uniform else "realistic",
                 "seed": args.seed,
                 "quick": args.quick,
+                "milvus_config": milvus_config,
                 "builds": builds,
                 "search": rows,
                 "machine": machine(),

@@ -639,8 +639,13 @@ class MilvusTestServer(_Service):
     kind = "milvus"
 
     def __init__(
-        self, port: int | None = None, base_dir: Path | None = None, lock_timeout: float | None = None
+        self,
+        port: int | None = None,
+        base_dir: Path | None = None,
+        lock_timeout: float | None = None,
+        config: dict[str, object] | None = None,
     ) -> None:
+        """`config`: milvus.yaml keys (dotted, e.g. "dataCoord.segment.maxSize") to change."""
         self.port = port or int(os.environ.get(MILVUS_PORT_ENV, DEFAULT_MILVUS_PORT))
         self._lock_fd: int | None = None
         self._acquire_machine_lock(
@@ -659,6 +664,8 @@ class MilvusTestServer(_Service):
             # the new process waits for the dead one's etcd session to expire (30 s by default);
             # a short TTL keeps a restart in tests short.
             self._server.config.set("common.session.ttl", MILVUS_SESSION_TTL)
+            for key, value in (config or {}).items():
+                self._server.config.set(key, value)
             # Unpacking the binaries costs seconds per fresh base dir: share one copy
             # (safe: we hold the machine lock while it is written).
             cache = services_root() / f"bincache-milvus-{_milvus_version()}"
