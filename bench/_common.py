@@ -75,6 +75,24 @@ def run_child(
     return proc.returncode, out, b"".join(err_chunks).decode(errors="replace"), usage.ru_maxrss, wall
 
 
+def tree_rss_mb(pid: int | None) -> float:
+    """Resident memory of the server process and its children, MB (from /proc)."""
+    if pid is None:
+        return float("nan")
+    pids = {pid}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                # Field 4 of /proc/N/stat is the parent pid (after the parenthesised name).
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    pids.add(int(entry.name))
+    total = 0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            total += proc_status_kb("VmRSS", p)
+    return total / 1024
+
+
 def last_json(text: str) -> dict:
     """The last line of `text` that parses as a JSON object."""
     for line in reversed(text.strip().splitlines()):

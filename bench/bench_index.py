@@ -27,16 +27,14 @@ Prints a table and a JSON line. `--quick`: 5,000 vectors, 50 queries, a short sw
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 
-from bench._common import machine, median, other_load, pct, proc_status_kb, table
+from bench._common import machine, median, other_load, pct, table, tree_rss_mb
 
 DIM = 1024
 MAX_ROWS_PER_INSERT = 3000  # ~12 MB a message, under Milvus' 64 MB limit
@@ -68,24 +66,6 @@ def sweep(kind: str, quick: bool, ef: list[int] | None = None, nprobe: list[int]
 
 def int_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
-
-
-def server_rss_mb(pid: int | None) -> float:
-    """Resident memory of the server process and its children, MB (from /proc)."""
-    if pid is None:
-        return float("nan")
-    pids = {pid}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                # Field 4 of /proc/N/stat is the parent pid (after the parenthesised name).
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    pids.add(int(entry.name))
-    total = 0
-    for p in pids:
-        with contextlib.suppress(OSError):
-            total += proc_status_kb("VmRSS", p)
-    return total / 1024
 
 
 def insert_all(client, name: str, data: np.ndarray) -> float:
@@ -203,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
                 client.release_collection(name, timeout=600)
                 for idx in client.list_indexes(name, timeout=600):
                     client.drop_index(name, idx, timeout=600)
-                rss_before = server_rss_mb(mv.pid)
+                rss_before = tree_rss_mb(mv.pid)
                 params = client.prepare_index_params()
                 params.add_index(
                     field_name="vector", index_type=kind, metric_type="IP", params=build_params(kind, args.n)
@@ -219,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
                 (index_name,) = client.list_indexes(name, timeout=600)
                 settle = wait_indexed(mv.uri, name, args.n, 3600, index_name)
                 time.sleep(1.0)
-                rss_after = server_rss_mb(mv.pid)
+                rss_after = tree_rss_mb(mv.pid)
                 # A search runs every sealed segment's index and merges: their number is part of its cost.
                 segments = client._get_connection().get_query_segment_info(name, timeout=60)
                 builds.append(

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench._common import machine, median, other_load, pct, proc_status_kb, services, table
+from bench._common import machine, median, other_load, pct, proc_status_kb, services, table, tree_rss_mb
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
@@ -148,9 +148,7 @@ def disk_bytes(path: Path) -> int:
 
 def tree_rss_kb(pid: int) -> int:
     """Resident memory of a process and its children (the Milvus standalone server forks)."""
-    from bench.bench_index import server_rss_mb
-
-    return int(server_rss_mb(pid) * 1024)
+    return int(tree_rss_mb(pid) * 1024)
 
 
 def max_id(conn, table_name: str) -> int:
