@@ -27,7 +27,6 @@ unless --keep.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import subprocess
@@ -53,35 +52,18 @@ POOL = 256  # distinct base pictures (fewer for a small n, where making them wou
 
 def small_jpeg(seed: int) -> bytes:
     """One base JPEG of 96-160 px, 2-5 KB (the noise amplitude bisected towards a target size)."""
-    from PIL import Image
-
-    from bench.gen_split import _texture
+    from bench.gen_split import _encode, _texture, fit_jpeg_size
 
     rng = np.random.default_rng(seed)
     width, height = (int(v) for v in rng.integers(96, 161, 2))
     target = rng.uniform(2.3, 4.7) * KB
     base, noise = _texture(rng, width, height)
-
-    def encode(pixels: np.ndarray, quality: int) -> bytes:
-        out = io.BytesIO()
-        Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(out, format="JPEG", quality=quality)
-        return out.getvalue()
-
+    size_range = (MIN_KB * KB, MAX_KB * KB - 64)
     for quality in (85, 70, 55, 40):  # a smooth texture may exceed the target even without noise
-        lo, hi = 0.0, 48.0
-        best = encode(base, quality)
-        if len(best) > MAX_KB * KB - 64:
+        if len(_encode(base, quality)) > size_range[1]:
             continue
-        for _ in range(14):
-            if MIN_KB * KB <= len(best) <= MAX_KB * KB - 64 and abs(len(best) - target) < 0.08 * target:
-                break
-            mid = (lo + hi) / 2
-            best = encode(base + mid * noise, quality)
-            if len(best) < target:
-                lo = mid
-            else:
-                hi = mid
-        if MIN_KB * KB <= len(best) <= MAX_KB * KB - 64:
+        best = fit_jpeg_size(base, noise, quality, target, size_range, 0.08)
+        if size_range[0] <= len(best) <= size_range[1]:
             return best
     raise RuntimeError(f"no 2-5 KB JPEG for seed {seed}")
 

@@ -78,10 +78,23 @@ def make_base_jpeg(seed: int) -> bytes:
     quality = int(rng.integers(80, 93))
     target = rng.uniform(24, 76) * KB
     base, noise = _texture(rng, width, height)
+    return fit_jpeg_size(base, noise, quality, target, (MIN_KB * KB, MAX_KB * KB - 256), 0.06)
+
+
+def fit_jpeg_size(
+    base: np.ndarray,
+    noise: np.ndarray,
+    quality: int,
+    target: float,
+    size_range: tuple[int, int],
+    tolerance: float,
+) -> bytes:
+    """`base + s * noise` as a JPEG whose size is within `tolerance` of `target` and inside
+    `size_range` (bytes), or the closest of 14 bisection steps: the size grows with s."""
     lo, hi = 0.0, 48.0
     best = _encode(base, quality)
-    for _ in range(14):  # JPEG size grows with the noise amplitude: bisect towards the target
-        if abs(len(best) - target) < 0.06 * target and MIN_KB * KB <= len(best) <= MAX_KB * KB - 256:
+    for _ in range(14):
+        if abs(len(best) - target) < tolerance * target and size_range[0] <= len(best) <= size_range[1]:
             break
         mid = (lo + hi) / 2
         best = _encode(base + mid * noise, quality)
