@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     milvus_timeout_s: float = Field(
         10.0, gt=0, le=600, description="one deadline per Milvus call, its retries included (then 503)"
     )
+    milvus_import_dir: str = Field(
+        "",
+        description="`load --bulk-import` writes its import files here; the Milvus server reads them "
+        "at the same absolute path (empty: a folder in the system temp dir, for a server on this machine)",
+    )
     milvus_consistency: Literal["Adaptive", "Strong", "Session", "Bounded", "Eventually"] = Field(
         "Adaptive",
         description="Adaptive: reads Bounded, every write waits until searches see it; "

@@ -16,6 +16,10 @@ several SQL writers (connections) insert different batches at once
 (LOAD_SQL_WRITERS), so the server works on one batch while another connection
 waits; batches are independent (distinct ids), so their order does not matter.
 Measurements: bench/README.md, "Load".
+
+With `bulk_import` (a Milvus server only), the vector stage writes import files instead of
+upserting, the server imports them, and rows are marked indexed once their file's rows are
+visible: operations/bulk_import.py (the SQL rows are written as above).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from datasets.formats import (
     iter_image_tsv,
 )
 from datasets.lmdb_io import iter_lmdb_images
+from operations.bulk_import import ROWS_PER_FILE, BulkImporter
 from operations.context import Services
 from operations.data_root import check_under, opened_under
 from operations.domain import ImageRow, IndexSpec, VectorAttrs
@@ -65,6 +70,8 @@ class LoadReport:
     seconds: float = 0.0
     failures: list[dict] = field(default_factory=list)
     ocr: dict | None = None  # collections with OCR: images read and failed after the load
+    # --bulk-import: files imported, files of a killed run settled, rows upserted instead
+    bulk_import: dict | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -121,13 +128,16 @@ def load_split(
     index: IndexSpec | None = None,
     encoder: Encoder | None = None,
     data_root: Path | None = None,
+    bulk_import: bool = False,
+    bulk_file_rows: int | None = None,
 ) -> LoadReport:
     """Load `split` of `dataset_dir` into `collection`; see the module docstring.
 
     The steps: open the split (images, optional features), then run batches through the
     pipeline read+make -> SQL rows -> vectors + mark indexed, then flush the collection.
     With `data_root` (every load the server runs), each file is opened and checked to lie
-    under it before it is read (operations.data_root)."""
+    under it before it is read (operations.data_root). `bulk_import`: the vectors go through
+    the server's import of files (operations.bulk_import), `bulk_file_rows` rows a file."""
     with contextlib.ExitStack() as files:
 
         def readable(path: Path) -> Path:
@@ -147,6 +157,8 @@ def load_split(
             encoder,
             readable,
             data_root,
+            bulk_import,
+            bulk_file_rows,
         )
 
 
@@ -162,6 +174,8 @@ def _load_split(
     encoder: Encoder | None,
     readable: Callable[[Path], Path],
     data_root: Path | None,
+    bulk_import: bool = False,
+    bulk_file_rows: int | None = None,
 ) -> LoadReport:
     started = time.perf_counter()
     if data_root is not None:
@@ -173,6 +187,9 @@ def _load_split(
     paths = dataset_paths(dataset_dir, split)
     feat_file = readable(paths.img_feat) if paths.img_feat.is_file() else None
     records, total, origin = _image_source(Path(dataset_dir), split, readable, data_root)
+    bulk: BulkImporter | None = None
+    if bulk_import:  # refused on Milvus Lite before anything is created
+        bulk = BulkImporter(svc, collection, progress, lambda n: None, bulk_file_rows or ROWS_PER_FILE)
     is_new = not svc.vectors.has_collection(collection)
     encoder = svc.ensure_collection(collection, encoder, index, expected_vectors=total or 0)
     if is_new and svc.settings.ocr_enabled:
@@ -191,21 +208,35 @@ def _load_split(
         paths.img_feat.name,
         feat_file,
     )
+    if bulk is not None:
+        bulk.on_indexed = split_load.indexed
+        split_load.bulk = bulk
+        bulk.recover()
     writers = svc.settings.load_sql_writers if svc.images.parallel_writes else 1
     try:
         run_stages(
             split_load.batches(batch_size or svc.settings.load_batch_size),
             [
                 Stage("load-sql", split_load.write_rows, workers=writers, queue_size=writers + 1),
-                Stage("load-milvus", split_load.index_vectors, queue_size=2),
+                Stage(
+                    "load-milvus",
+                    split_load.index_vectors if bulk is None else split_load.import_vectors,
+                    queue_size=2,
+                ),
             ],
             cancelled=progress.cancelled,
         )
+        if bulk is not None:
+            bulk.finish()  # also after a cancel: what was written is imported and marked
     finally:
+        if bulk is not None:
+            bulk.close()
         split_load.close()
         progress.flush()
     svc.vectors.flush(collection, bulk=True)
     report = split_load.report
+    if bulk is not None:
+        report.bulk_import = {"files": bulk.files, "recovered": bulk.recovered, "upserted": bulk.upserted}
     if ocr_enabled(svc, collection) and not progress.cancelled():
         # The text of the loaded images is read once they are stored; each image gets a
         # record, so an interrupted load's re-run (or the OCR job) reads only the rest.
@@ -250,6 +281,7 @@ class _SplitLoad:
         self.report = LoadReport(collection, split, total)
         self.now = int(time.time())
         self._lock = threading.Lock()
+        self.bulk: BulkImporter | None = None
 
     def close(self) -> None:
         if self.features is not None:
@@ -359,9 +391,20 @@ class _SplitLoad:
         attrs = [VectorAttrs(r.source, r.tags, r.created_at) for r in batch.rows]
         self.svc.vectors.upsert(self.collection, batch.ids_to_index, batch.vectors, attrs, visible=False)
         self.svc.images.mark_indexed(self.collection, batch.ids_to_index)
+        self.indexed(len(batch.ids_to_index))
+
+    def indexed(self, n: int) -> None:
+        """`n` rows of this run now have their vectors (and are marked indexed)."""
         with self._lock:
-            self.report.loaded += len(batch.ids_to_index)
-        self.progress.advance(len(batch.ids_to_index))
+            self.report.loaded += n
+        self.progress.advance(n)
+
+    # --- stage 3 with --bulk-import: vectors into import files (operations.bulk_import) -----
+    def import_vectors(self, batch: _Batch) -> None:
+        if not batch.ids_to_index or self.bulk is None:
+            return
+        attrs = [VectorAttrs(r.source, r.tags, r.created_at) for r in batch.rows]
+        self.bulk.add(batch.ids_to_index, batch.vectors, attrs)
 
 
 def _check_feature_dim(path: Path, name: str, encoder: Encoder) -> None:

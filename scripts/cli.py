@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--collection", default=None)
     p.add_argument("--source", default=None, help="source label stored with each image")
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument(
+        "--bulk-import",
+        action="store_true",
+        help="a Milvus server imports the vectors from files (MILVUS_IMPORT_DIR) instead of streamed upserts",
+    )
     sub.add_parser("list", help="collections with model, index and counts")
     for name in ("count", "drop", "repair"):
         sub.add_parser(name).add_argument("collection")
@@ -134,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress,
                 source=args.source,
                 batch_size=args.batch_size,
+                bulk_import=args.bulk_import,
             )
             print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
         elif args.command == "list":

@@ -97,6 +97,37 @@ def _classify(exc: Exception, name: str | None) -> ServiceError:
     return DependencyUnavailable("milvus", text.splitlines()[0][:300] if text else type(exc).__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class ImportTask:
+    """One server-side import task: `state` is "pending", "started", "persisted",
+    "completed" or "failed" (its rows are then not imported: a failed task is cleaned up)."""
+
+    task_id: int
+    state: str
+    rows: int
+    files: tuple[str, ...]
+    reason: str
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("completed", "failed")
+
+
+_IMPORT_STATES = {0: "pending", 1: "failed", 2: "started", 5: "persisted", 6: "completed", 7: "failed"}
+
+
+def _import_task(st: object) -> ImportTask:
+    infos = getattr(st, "infos", {}) or {}
+    files = tuple(f for f in str(infos.get("files", "")).split(",") if f)
+    return ImportTask(
+        task_id=int(getattr(st, "task_id")),  # noqa: B009 - BulkInsertState, typed as object here
+        state=_IMPORT_STATES.get(int(getattr(st, "state")), "unknown"),  # noqa: B009
+        rows=int(getattr(st, "row_count", 0) or 0),
+        files=files,
+        reason=str(getattr(st, "failed_reason", "") or ""),
+    )
+
+
 _answered = threading.local()  # .n: server calls this thread got an answer to
 
 
@@ -623,6 +654,68 @@ class MilvusVectorStore:
             )
             found.update(int(r["id"]) for r in rows)
         return found
+
+    @_one_deadline
+    def strong_existing_ids(self, name: str, ids: Sequence[int]) -> set[int]:
+        """Like `existing_ids`, read at Strong: every write acknowledged before it, by any process."""
+        if not ids:
+            return set()
+        self._ensure_loaded(name)
+        found: set[int] = set()
+        for start in range(0, len(ids), 1000):
+            expr = ids_filter(list(ids[start : start + 1000]))
+            rows = self._call(
+                lambda c: c.query(
+                    name,
+                    filter=expr,  # noqa: B023 - the lambda is called at once
+                    output_fields=["id"],
+                    consistency_level="Strong",
+                    timeout=self.timeout,
+                ),
+                name,
+            )
+            found.update(int(r["id"]) for r in rows)
+        return found
+
+    # -- bulk import (a Milvus server's own import of row-based JSON files) ---------------
+    # pymilvus 3.0's MilvusClient has no bulk-insert method for the 2.3 server (its
+    # `bulk_import` speaks the 2.4+ REST API), so these call the client's gRPC handler,
+    # whose do_bulk_insert / get_bulk_insert_state / list_bulk_insert_tasks are the
+    # Import RPCs of 2.3. Findings on the 2.3.5 server: bench/README.md, "Bulk import".
+    def _refuse_lite(self) -> None:
+        if self.is_lite:
+            raise InvalidInput(
+                "bulk import needs a Milvus server: Milvus Lite has no import of files; "
+                "load without --bulk-import"
+            )
+
+    @_one_deadline
+    def start_import(self, name: str, path: str) -> int:
+        """Start the server's import of one row-based JSON file (an absolute path the
+        server can read); returns the task id. The rows are not deduplicated by id."""
+        self._refuse_lite()
+        return int(
+            self._call(
+                lambda c: c._get_connection().do_bulk_insert(name, "", [path], timeout=self.timeout),
+                name,
+            )
+        )
+
+    @_one_deadline
+    def import_state(self, task_id: int) -> ImportTask:
+        """The state of an import task (kept by the server for a day after it ends)."""
+        self._refuse_lite()
+        st = self._call(lambda c: c._get_connection().get_bulk_insert_state(task_id, timeout=self.timeout))
+        return _import_task(st)
+
+    @_one_deadline
+    def import_tasks(self, name: str) -> list[ImportTask]:
+        """The import tasks of a collection the server still keeps."""
+        self._refuse_lite()
+        tasks = self._call(
+            lambda c: c._get_connection().list_bulk_insert_tasks(0, name, timeout=self.timeout), name
+        )
+        return [_import_task(t) for t in tasks]
 
     @_one_deadline
     def get_vectors(self, name: str, ids: Sequence[int]) -> dict[int, np.ndarray]:
