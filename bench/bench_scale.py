@@ -1,7 +1,7 @@
 """A million images through the CLI loader into the Milvus 2.3 server + MariaDB.
 
     python -m bench.bench_scale [--n 1000000] [--step 100000] [--quick] [--no-wait-index]
-                                [--search] [--queries 50] [--keep]
+                                [--search] [--queries 50] [--keep] [--bulk-import]
 
 The data (kept in bench/out/scale_n{N}_seed{S}/ between runs; `meta.json`, written last, marks
 it complete): N small JPEGs (2-5 KB, 96-160 px textures: a pool of distinct base images, each
@@ -22,6 +22,11 @@ its own vectors (`imgsearch eval live-recall`) and the median of
 `POST /img/search` from one client over distinct Chinese queries (a uvicorn server on the same
 stores). `--quick`: 5,000 images in steps of 1,000. The collection is dropped at the end
 unless --keep.
+
+`--bulk-import`: the same load with `load --bulk-import` (the server imports the vectors from
+JSON files written under bench/out/milvus-import/). The steps then follow the SQL rows, which
+run ahead of the vectors; the overall rate is until the command returns, when every row is
+imported, visible and marked.
 """
 
 from __future__ import annotations
@@ -211,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--search", action="store_true", help="live recall@10 and POST /img/search median")
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--keep", action="store_true", help="keep the collection and its table")
+    ap.add_argument("--bulk-import", action="store_true", help="load --bulk-import instead of streaming")
+    ap.add_argument("--bulk-file-rows", type=int, default=None, help="with --bulk-import: rows per file")
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.step = 5000, 1000
@@ -226,7 +233,15 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     collection = f"scale_{args.n}"
-    report: dict = {"bench": "scale", "n": args.n, "step": args.step, "data": meta, "machine": machine()}
+    mode = "bulk" if args.bulk_import else "stream"
+    report: dict = {
+        "bench": "scale",
+        "n": args.n,
+        "step": args.step,
+        "mode": mode,
+        "data": meta,
+        "machine": machine(),
+    }
     with services() as (db, mv):
         assert db is not None and mv is not None
         env = {
@@ -238,12 +253,17 @@ def main(argv: list[str] | None = None) -> None:
             "MILVUS_TIMEOUT_S": "120",
             "SQL_TIMEOUT_S": "120",
             "DEVICE": "cpu",
+            "MILVUS_IMPORT_DIR": str(OUT / "milvus-import"),
         }
         disk_before = {"mariadb": disk_bytes(db.datadir), "milvus": disk_bytes(mv.base)}
-        out_path, err_path = OUT / f"scale_{args.n}_loader.out", OUT / f"scale_{args.n}_loader.err"
+        suffix = "_bulk" if args.bulk_import else ""
+        out_path = OUT / f"scale_{args.n}{suffix}_loader.out"
+        err_path = OUT / f"scale_{args.n}{suffix}_loader.err"
         with open(out_path, "wb") as out, open(err_path, "wb") as err:  # files: a pipe could fill and block
             cmd = [sys.executable, "-m", "scripts.cli", "load", "--dataset", str(data_dir)]
             cmd += ["--split", SPLIT, "--collection", collection]
+            cmd += ["--bulk-import"] if args.bulk_import else []
+            cmd += ["--bulk-file-rows", str(args.bulk_file_rows)] if args.bulk_file_rows else []
             loader = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **env}, stdout=out, stderr=err)
         conn = db.connect(read_timeout=120)
         t0 = time.perf_counter()
@@ -289,13 +309,14 @@ def main(argv: list[str] | None = None) -> None:
             "rate": round(args.n / load_s),
             "loaded": loaded.get("loaded"),
             "failed": loaded.get("failed"),
+            "bulk_import": loaded.get("bulk_import"),
             "steps": steps,
             "first_row_s": round(first_row_s, 1),
             "slowest_step_vs_first": round(min(rates) / rates[0], 3) if rates else None,
             "peak_rss_mb": {k: round(v / 1024) for k, v in peak.items()},
         }
         print(
-            f"loaded {loaded.get('loaded')} (failed {loaded.get('failed')}) in {load_s:.1f} s: "
+            f"{mode}: loaded {loaded.get('loaded')} (failed {loaded.get('failed')}) in {load_s:.1f} s: "
             f"{args.n / load_s:.0f} img/s overall; peak RSS MB {report['load']['peak_rss_mb']}",
             flush=True,
         )

@@ -49,13 +49,19 @@ log = logging.getLogger(__name__)
 # its importTaskExpiration (900 s by default); a file of this size imports in well under a
 # minute there (bench/README.md, "Bulk import"), and the JSON is ~13 KB a 1024-d row on disk.
 ROWS_PER_FILE = 100_000
-# Tasks submitted and not yet settled: the writer waits for the oldest beyond this, so the
-# files on disk stay bounded (about this many files plus the one being written).
-MAX_PENDING_TASKS = 2
+# Files submitted and not yet settled (task running, or rows not yet visible: that takes
+# ~15 s whatever the file's size, so several overlap with writing the next ones). Beyond this
+# the writer waits for the oldest, so the files on disk stay bounded (this many plus one).
+MAX_PENDING_TASKS = 4
 TASK_TIMEOUT_S = 960.0  # the server's own expiration plus a minute
 VISIBLE_TIMEOUT_S = 300.0  # a completed task's rows usually show within ~15 s
 POLL_S = 0.5
 _SAMPLE = 32  # ids probed while waiting for a file's rows to become visible
+_CHECK_CHUNK = 10_000  # ids per Strong lookup (a query returns at most 16,384 rows)
+
+
+class _TaskFailed(Exception):
+    """An import task ended failed (the server cleaned its rows up)."""
 
 
 def import_dir(configured: str) -> Path:
@@ -65,10 +71,15 @@ def import_dir(configured: str) -> Path:
 
 @dataclass
 class _Pending:
+    """A submitted file, from its task's start until its rows are marked."""
+
     path: Path
     ids: np.ndarray
     task_id: int
     submitted: float
+    completed: float | None = None  # when its task was seen completed (rows checked)
+    probe: list[int] | None = None  # ids still to see at Strong: a sample first, then the rest
+    full: bool = False  # `probe` covers every id of the file
 
 
 class BulkImporter:
@@ -101,10 +112,12 @@ class BulkImporter:
         self._path: Path | None = None
         self._ids: list[int] = []
         self._pending: deque[_Pending] = deque()
+        self._next_poll = 0.0
         self._queued: set[int] = set()  # ids in this run's files: a split that repeats one imports it once
         self.files = 0  # import files (tasks) of this run, imported and marked
         self.recovered = 0  # files a killed run left, whose rows this run marked
         self.upserted = 0  # rows already in the collection, upserted instead of imported
+        self.waited = {"task_s": 0.0, "visible_s": 0.0}  # the vector stage blocked on the server
         # Nothing can be in the collection unmarked if it holds no vector at all.
         self.check_existing = True
 
@@ -136,11 +149,11 @@ class BulkImporter:
             self._mark(sorted(present), count=False)
         else:
             pending = _Pending(path, ids, task.task_id, time.monotonic())
-            done = self._wait_task(pending)
-            if done.state == "completed":
-                self._settle(pending, done, count=False)
+            try:
+                self._settle(pending, wait=True, count=False)
                 return
-            log.info("bulk import: task %d of %s failed (%s)", task.task_id, path.name, done.reason)
+            except _TaskFailed as exc:
+                log.info("bulk import: %s", exc)
         self._delete(path)
 
     # --- the pipeline's vector stage ----------------------------------------------------
@@ -207,17 +220,21 @@ class BulkImporter:
         self._pending.append(_Pending(path, ids, task_id, time.monotonic()))
 
     def _reap(self, block: bool) -> None:
-        """Settle the oldest tasks that have ended; with `block`, wait for the oldest one."""
+        """Settle files in order while they are ready; with `block`, wait for the oldest one.
+        Without it, the server is asked at most once per POLL_S (a Strong lookup waits for a
+        time tick, and this runs once per batch)."""
+        if not block and time.monotonic() < self._next_poll:
+            return
         while self._pending:
-            oldest = self._pending[0]
-            task = self._wait_task(oldest) if block else self.store.import_state(oldest.task_id)
-            if not task.done:
-                return
+            try:
+                settled = self._settle(self._pending[0], wait=block)
+            except _TaskFailed as exc:
+                raise DependencyUnavailable("milvus", str(exc)) from None
+            if not settled:
+                break
             self._pending.popleft()
-            if task.state != "completed":
-                raise DependencyUnavailable("milvus", self._failure(oldest, task))
-            self._settle(oldest, task)
             block = False
+        self._next_poll = time.monotonic() + POLL_S
 
     # --- after the pipeline -------------------------------------------------------------
     def finish(self) -> None:
@@ -235,63 +252,90 @@ class BulkImporter:
             self._file = None
 
     # --- helpers ------------------------------------------------------------------------
-    def _wait_task(self, pending: _Pending) -> ImportTask:
-        while True:
-            task = self.store.import_state(pending.task_id)
-            if task.done:
-                return task
-            if time.monotonic() - pending.submitted > TASK_TIMEOUT_S:
-                raise DependencyUnavailable(
-                    "milvus",
-                    f"bulk import task {pending.task_id} ({pending.path.name}) is still {task.state} "
-                    f"after {TASK_TIMEOUT_S:.0f} s; run the load again to wait for it",
-                )
-            time.sleep(POLL_S)
-
-    def _settle(self, pending: _Pending, task: ImportTask, count: bool = True) -> None:
-        """A completed task: check its row count, wait until its ids are visible, mark them."""
-        expected = len(pending.ids)
-        if task.rows != expected:
-            raise DependencyUnavailable(
-                "milvus",
-                f"bulk import task {task.task_id} ({pending.path.name}) imported {task.rows} rows; "
-                f"the file holds {expected}",
-            )
-        ids = pending.ids.tolist()
-        deadline = time.monotonic() + VISIBLE_TIMEOUT_S
-        # A sample first (cheap), then every id: they all arrive with the task's segments.
-        rng = np.random.default_rng(task.task_id)
-        picked = rng.choice(ids, size=min(_SAMPLE, len(ids)), replace=False).tolist()
-        probe = sorted({ids[0], ids[-1], *picked})
-        full = len(probe) == len(ids)
-        while True:
-            missing = sorted(set(probe) - self._present(probe))
-            if not missing:
-                if full:
-                    break
-                probe, full = ids, True
-                continue
-            if full:
-                probe = missing
-            if time.monotonic() > deadline:
-                raise DependencyUnavailable(
-                    "milvus",
-                    f"bulk import task {task.task_id} completed, but {len(missing)} of its rows are not "
-                    f"visible after {VISIBLE_TIMEOUT_S:.0f} s (e.g. id {missing[0]}); run the load again",
-                )
-            time.sleep(POLL_S)
-        self._mark(ids, count)
+    def _settle(self, p: _Pending, wait: bool, count: bool = True) -> bool:
+        """Move one file on: its task completed (row count checked) -> every id visible at
+        Strong -> rows marked, files deleted. True once done; with `wait`, waits for that
+        (else False when it is not there yet). Raises _TaskFailed for a failed task."""
+        t0 = time.monotonic()
+        try:
+            if p.completed is None and not self._task_completed(p, wait):
+                return False
+        finally:
+            self.waited["task_s"] += time.monotonic() - t0 if wait else 0.0
+        t0 = time.monotonic()
+        try:
+            if not self._rows_visible(p, wait):
+                return False
+        finally:
+            self.waited["visible_s"] += time.monotonic() - t0 if wait else 0.0
+        self._mark(p.ids.tolist(), count)
         if count:
             self.files += 1
         else:
             self.recovered += 1
-        self._delete(pending.path)
+        self._delete(p.path)
+        return True
+
+    def _task_completed(self, p: _Pending, wait: bool) -> bool:
+        while True:
+            task = self.store.import_state(p.task_id)
+            if task.done:
+                break
+            if time.monotonic() - p.submitted > TASK_TIMEOUT_S:
+                raise DependencyUnavailable(
+                    "milvus",
+                    f"bulk import task {p.task_id} ({p.path.name}) is still {task.state} "
+                    f"after {TASK_TIMEOUT_S:.0f} s; run the load again to wait for it",
+                )
+            if not wait:
+                return False
+            time.sleep(POLL_S)
+        if task.state != "completed":
+            raise _TaskFailed(self._failure(p, task))
+        if task.rows != len(p.ids):
+            raise DependencyUnavailable(
+                "milvus",
+                f"bulk import task {task.task_id} ({p.path.name}) imported {task.rows} rows; "
+                f"the file holds {len(p.ids)}",
+            )
+        p.completed = time.monotonic()
+        # A sample first (cheap, and what a not-yet-visible file is polled with), then every
+        # id: a task's rows reach the query nodes with its segments, some seconds after it ends.
+        ids = p.ids.tolist()
+        picked = np.random.default_rng(task.task_id).choice(ids, size=min(_SAMPLE, len(ids)), replace=False)
+        p.probe = sorted({ids[0], ids[-1], *picked.tolist()})
+        p.full = len(p.probe) == len(ids)
+        return True
+
+    def _rows_visible(self, p: _Pending, wait: bool) -> bool:
+        assert p.completed is not None and p.probe is not None
+        while True:
+            missing = sorted(set(p.probe) - self._present(p.probe))
+            if not missing:
+                if p.full:
+                    return True
+                p.probe, p.full = p.ids.tolist(), True
+                continue
+            if p.full:
+                p.probe = missing
+            if time.monotonic() - p.completed > VISIBLE_TIMEOUT_S:
+                raise DependencyUnavailable(
+                    "milvus",
+                    f"bulk import task {p.task_id} completed, but {len(missing)} of its rows are not "
+                    f"visible after {VISIBLE_TIMEOUT_S:.0f} s (e.g. id {missing[0]}); run the load again",
+                )
+            if not wait:
+                return False
+            time.sleep(POLL_S)
 
     def _present(self, ids: Sequence[int]) -> set[int]:
-        """The ids the collection holds, read at Strong; one store call (one deadline) per 1000."""
+        """The ids the collection holds, read at Strong: one store call (one deadline) and one
+        query per `_CHECK_CHUNK` ids (each Strong query waits for a time tick)."""
         found: set[int] = set()
-        for start in range(0, len(ids), 1000):
-            found |= self.store.strong_existing_ids(self.collection, ids[start : start + 1000])
+        for start in range(0, len(ids), _CHECK_CHUNK):
+            found |= self.store.strong_existing_ids(
+                self.collection, ids[start : start + _CHECK_CHUNK], chunk=_CHECK_CHUNK
+            )
         return found
 
     def _mark(self, ids: Sequence[int], count: bool = True) -> None:
@@ -302,7 +346,8 @@ class BulkImporter:
         if ids and count:
             self.on_indexed(len(ids))
 
-    def _failure(self, pending: _Pending, task: ImportTask) -> str:
+    @staticmethod
+    def _failure(pending: _Pending, task: ImportTask) -> str:
         text = (
             f"bulk import task {task.task_id} ({pending.path}) failed: {task.reason or task.state}; "
             "its rows stay unindexed and a re-run imports them again"

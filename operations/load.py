@@ -236,7 +236,12 @@ def _load_split(
     svc.vectors.flush(collection, bulk=True)
     report = split_load.report
     if bulk is not None:
-        report.bulk_import = {"files": bulk.files, "recovered": bulk.recovered, "upserted": bulk.upserted}
+        report.bulk_import = {
+            "files": bulk.files,
+            "recovered": bulk.recovered,
+            "upserted": bulk.upserted,
+            "waited_s": {k: round(v, 1) for k, v in bulk.waited.items()},
+        }
     if ocr_enabled(svc, collection) and not progress.cancelled():
         # The text of the loaded images is read once they are stored; each image gets a
         # record, so an interrupted load's re-run (or the OCR job) reads only the rest.

@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a Milvus server imports the vectors from files (MILVUS_IMPORT_DIR) instead of streamed upserts",
     )
+    p.add_argument("--bulk-file-rows", type=int, default=None, help="rows per import file (default 100000)")
     sub.add_parser("list", help="collections with model, index and counts")
     for name in ("count", "drop", "repair"):
         sub.add_parser(name).add_argument("collection")
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 source=args.source,
                 batch_size=args.batch_size,
                 bulk_import=args.bulk_import,
+                bulk_file_rows=args.bulk_file_rows,
             )
             print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
         elif args.command == "list":

@@ -656,14 +656,16 @@ class MilvusVectorStore:
         return found
 
     @_one_deadline
-    def strong_existing_ids(self, name: str, ids: Sequence[int]) -> set[int]:
-        """Like `existing_ids`, read at Strong: every write acknowledged before it, by any process."""
+    def strong_existing_ids(self, name: str, ids: Sequence[int], chunk: int = 1000) -> set[int]:
+        """Like `existing_ids`, read at Strong: every write acknowledged before it, by any process.
+        Each query of `chunk` ids waits for a time tick; at most 16,384 (a query's result limit)."""
         if not ids:
             return set()
+        chunk = min(max(1, chunk), 16_384)
         self._ensure_loaded(name)
         found: set[int] = set()
-        for start in range(0, len(ids), 1000):
-            expr = ids_filter(list(ids[start : start + 1000]))
+        for start in range(0, len(ids), chunk):
+            expr = ids_filter(list(ids[start : start + chunk]))
             rows = self._call(
                 lambda c: c.query(
                     name,
