@@ -45,10 +45,12 @@ from operations.stores.milvus_store import MAX_TAGS, ImportTask, MilvusVectorSto
 
 log = logging.getLogger(__name__)
 
-# Rows per import file (one server task). The 2.3 server kills a task that runs longer than
-# its importTaskExpiration (900 s by default); a file of this size imports in well under a
-# minute there (bench/README.md, "Bulk import"), and the JSON is ~13 KB a 1024-d row on disk.
-ROWS_PER_FILE = 100_000
+# Rows per import file (one server task): ~256 MB of JSON at 1024-d (~13 KB a row). Small
+# enough that several files are in flight while the next is written (each file's rows become
+# visible ~15 s after its task ends: one big file leaves nothing to overlap that with; measured
+# in bench/README.md, "Bulk import"), and far from the 2.3 server's importTaskExpiration (a
+# task running longer than 900 s is killed).
+ROWS_PER_FILE = 20_000
 # Files submitted and not yet settled (task running, or rows not yet visible: that takes
 # ~15 s whatever the file's size, so several overlap with writing the next ones). Beyond this
 # the writer waits for the oldest, so the files on disk stay bounded (this many plus one).

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a Milvus server imports the vectors from files (MILVUS_IMPORT_DIR) instead of streamed upserts",
     )
-    p.add_argument("--bulk-file-rows", type=int, default=None, help="rows per import file (default 100000)")
+    p.add_argument("--bulk-file-rows", type=int, default=None, help="rows per import file (default 20000)")
     sub.add_parser("list", help="collections with model, index and counts")
     for name in ("count", "drop", "repair"):
         sub.add_parser(name).add_argument("collection")
