@@ -245,6 +245,27 @@ class Settings(BaseSettings):
         description="a job's lease: its replica renews it every second; when a replica dies, "
         "another takes its jobs over once this has passed (database clock)",
     )
+    alias_refresh_s: float = Field(
+        2.0,
+        ge=0,
+        le=600,
+        description="searches of another replica follow a collection switch (rebuild) within this; "
+        "writes always read the switch afresh",
+    )
+    rebuild_switch_grace_s: float = Field(
+        2.0,
+        ge=0,
+        le=600,
+        description="a switch holds writes to the name off, waits this long for writes already "
+        "under way, copies the last ones over, then switches",
+    )
+    rebuild_fence_s: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="the longest a switch holds writes off (503 Retry-After); a switch that cannot "
+        "finish within it gives up without switching",
+    )
 
     # --- text in images (OCR) -------------------------------------------------
     ocr_enabled: bool = Field(

@@ -1,5 +1,5 @@
-"""Background jobs: loads, bulk adds, OCR and pHash backfills, duplicate listings, calibration;
-recorded in the SQL job table.
+"""Background jobs: loads, bulk adds, OCR and pHash backfills, duplicate listings, calibration,
+rebuilds; recorded in the SQL job table.
 
 A job runs in a worker thread of this process, so it survives the client
 disconnecting. Its parameters are stored, so a job interrupted by a restart
@@ -149,6 +149,12 @@ def _run_calibrate(svc: Services, job: Job, progress: JobProgress) -> str:
     )
 
 
+def _run_rebuild(svc: Services, job: Job, progress: JobProgress) -> str:
+    from operations.rebuild import run_rebuild
+
+    return run_rebuild(svc, job.collection, job.params, progress, job.id)
+
+
 RUNNERS: dict[str, Callable[[Services, Job, JobProgress], str]] = {
     "load": _run_load,
     "add": _run_add_folder,
@@ -156,6 +162,7 @@ RUNNERS: dict[str, Callable[[Services, Job, JobProgress], str]] = {
     "ocr": _run_ocr,
     "phash": _run_phash,
     "duplicates": _run_duplicates,
+    "rebuild": _run_rebuild,
 }
 
 

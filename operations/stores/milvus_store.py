@@ -458,6 +458,51 @@ class MilvusVectorStore:
         self._loaded.discard(name)
         self._info_cache.pop(name, None)
 
+    @_one_deadline
+    def point_alias(self, alias: str, collection: str) -> bool:
+        """Make the Milvus alias `alias` name `collection` (created, or moved from another), for
+        clients that read Milvus directly; the service itself follows the SQL name table
+        (operations.aliases). False, and nothing done, while a collection still carries the
+        name itself (Milvus refuses an alias named like a collection): a collection made before
+        aliases keeps its name until it is dropped."""
+        validate_name(alias)
+        validate_name(collection)
+        names = self._call(lambda c: c.list_collections(timeout=self.timeout))
+        if alias in names:
+            return False
+        current = self._alias_target(alias)
+        if current == collection:
+            return True
+        if current is None:
+            self._call(lambda c: c.create_alias(collection, alias, timeout=self.timeout), collection)
+        else:
+            self._call(lambda c: c.alter_alias(collection, alias, timeout=self.timeout), collection)
+        return True
+
+    def _alias_target(self, alias: str) -> str | None:
+        try:
+            found = self._call(lambda c: c.describe_alias(alias, timeout=self.timeout))
+        except (NotFound, InvalidInput):
+            return None
+        except DependencyUnavailable as exc:
+            # Milvus answers "alias not found" as a plain error on some versions.
+            if "not found" in exc.message.lower() or "not exist" in exc.message.lower():
+                return None
+            raise
+        return str(found.get("collection_name")) if isinstance(found, dict) else None
+
+    @_one_deadline
+    def drop_alias(self, alias: str) -> None:
+        """Drop the Milvus alias `alias` if there is one."""
+        validate_name(alias)
+        if self._alias_target(alias) is not None:
+            self._call(lambda c: c.drop_alias(alias, timeout=self.timeout))
+
+    @_one_deadline
+    def alias_target(self, alias: str) -> str | None:
+        """The collection the Milvus alias `alias` names, None without one."""
+        return self._alias_target(alias)
+
     def _repair_index(self, name: str, index: IndexSpec) -> None:
         """Give the vector field its index if a failed creation left it without."""
         if self._call(lambda c: c.list_indexes(name, field_name="vector", timeout=self.timeout), name):

@@ -278,6 +278,52 @@ class SqlImageStore:
             )
         ]
 
+    # -- rebuilds (operations.rebuild) ------------------------------------------
+    def ids_after(self, collection: str, after_id: int, limit: int) -> list[int]:
+        """Ids of every stored image with id > after_id, by id (a pass over the whole table)."""
+        table = self._table(collection)
+        return [
+            int(r[0])
+            for r in self.pool.query(
+                f"SELECT id FROM {table} WHERE id > ? ORDER BY id LIMIT ?", (int(after_id), int(limit))
+            )
+        ]
+
+    def copy_rows(self, collection: str, source: str, ids: Sequence[int]) -> int:
+        """Copy the rows `ids` (and their pHashes) of `source` into `collection` in SQL, marked
+        not indexed (their vectors are still to be written); ids already there are skipped."""
+        dst, src = self._table(collection), self._table(source)
+        ignore = "INSERT IGNORE" if self.pool.dialect == "mysql" else "INSERT OR IGNORE"
+        cols = ", ".join((*_COLUMNS, "image_b64"))
+        picked = ", ".join("0" if c == "indexed" else c for c in (*_COLUMNS, "image_b64"))
+        copied = 0
+        has_phash = self._has_table(phash_table_name(source))
+        for start in range(0, len(ids), _CHUNK):
+            chunk = check_int64(list(ids[start : start + _CHUNK]), "image id")
+            marks = _placeholders(len(chunk))
+            copied += self.pool.execute(
+                f"{ignore} INTO {dst} ({cols}) SELECT {picked} FROM {src} WHERE id IN ({marks})", chunk
+            )
+            if has_phash:
+                bands = ", ".join(f"b{i}" for i in range(PHASH_BANDS))
+                src_ph = self._q(phash_table_name(source))
+                self.pool.execute(
+                    f"{ignore} INTO {self._phash_table(collection)} (id, phash, {bands}) "
+                    f"SELECT id, phash, {bands} FROM {src_ph} WHERE id IN ({marks})",
+                    chunk,
+                )
+        return copied
+
+    def _has_table(self, table: str) -> bool:
+        if self.pool.dialect == "mysql":
+            rows = self.pool.query(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
+                (table,),
+            )
+        else:
+            rows = self.pool.query("SELECT 1 FROM sqlite_master WHERE type='table' AND name = ?", (table,))
+        return bool(rows)
+
     # -- writes -----------------------------------------------------------------
     def insert_rows(self, collection: str, rows: Sequence[ImageRow]) -> InsertResult:
         """Insert rows with their own ids; existing ids and duplicate bytes are reported, not stored."""
