@@ -111,6 +111,8 @@ def build_services(settings: Settings, encoder=None, lazy_model: bool = False) -
                 device=settings.device,
                 half=settings.half_precision,
                 random_init=bool(spec.get("random_init", False)),
+                # A random-weight model's seed (tests: a second small model that differs).
+                seed=int(spec.get("seed", 0)),
                 **encoder_options(settings),
             )
         )

@@ -305,13 +305,13 @@ def switch_to(svc: Services, alias: str, to: str, ignore_job: str = "") -> dict:
     row = rows.get(alias)
     if row is not None and row.kind == "version":
         raise InvalidInput(f"{alias!r} is a version of a rebuilt collection, not a name to switch")
-    target = book.resolve(to)
-    if not svc.vectors.has_collection(target) or not svc.images.has_collection(target):
-        raise NotFound(f"collection {to!r} does not exist", collection=to)
     if to == alias or not to.startswith(alias + VERSION_SUFFIX):
         raise InvalidInput(
             f"{to!r} is not a version of {alias!r} (its name starts with {alias}{VERSION_SUFFIX})"
         )
+    target = book.resolve(to)
+    if not svc.vectors.has_collection(target) or not svc.images.has_collection(target):
+        raise NotFound(f"collection {to!r} does not exist", collection=to)
     source = book.resolve(alias, write=False) if row is not None else StoreName(alias)
     if not svc.vectors.has_collection(source):
         raise NotFound(f"collection {alias!r} does not exist", collection=alias)
