@@ -40,9 +40,21 @@ VERSION_SUFFIX = "__v"
 
 
 class StoreName(str):
-    """A collection name already resolved: the stores' wrappers pass it through unchanged."""
+    """A collection name already resolved: the stores' wrappers pass it through unchanged.
 
-    __slots__ = ()
+    `alias`: the name it was resolved from (None for a collection named directly, e.g. a
+    rebuild's new version or an old one by its version name). A write with such a pinned name
+    checks, on every call, that the name still points here and is not fenced: a write that
+    began before a switch fails (503, retried) instead of landing in the version left behind
+    after its last rows were copied."""
+
+    alias: str | None = None
+
+    @classmethod
+    def of(cls, store: str, alias: str | None) -> StoreName:
+        out = cls(store)
+        out.alias = alias
+        return out
 
 
 class AliasBook:
@@ -81,18 +93,22 @@ class AliasBook:
 
     def resolve(self, name: str, write: bool = False) -> StoreName:
         if isinstance(name, StoreName):
+            if write and name.alias is not None:
+                self._check_pinned(name)
             return name
         validate_name(name)
         row = self.rows(fresh=write).get(name)
         if row is None:
-            return StoreName(name)
+            return StoreName.of(name, name)
         if write and row.kind == "alias" and row.fenced:
-            raise DependencyUnavailable(
-                "collection",
-                f"{name!r} is switching to a new collection; writes resume within seconds",
-                retry_after_s=2,
-            )
-        return StoreName(row.target)
+            raise _switching(name)
+        return StoreName.of(row.target, name if row.kind == "alias" else None)
+
+    def _check_pinned(self, name: StoreName) -> None:
+        assert name.alias is not None
+        row = self.rows(fresh=True).get(name.alias)
+        if row is not None and row.kind == "alias" and (row.fenced or row.target != name):
+            raise _switching(name.alias)
 
     def alias_of(self, store: str) -> str | None:
         """The alias pointing at store name `store`, if any."""
@@ -104,6 +120,14 @@ class AliasBook:
             ),
             None,
         )
+
+
+def _switching(name: str) -> DependencyUnavailable:
+    return DependencyUnavailable(
+        "collection",
+        f"{name!r} is switching to a new collection; writes resume within seconds",
+        retry_after_s=2,
+    )
 
 
 # Store methods that change data: they resolve the name afresh and respect a switch's fence.

@@ -164,6 +164,9 @@ def _load_split(
     data_root: Path | None,
 ) -> LoadReport:
     started = time.perf_counter()
+    # Resolved once (operations.aliases): every batch goes to the same collection, and a switch
+    # of the name under the load fails it (503) rather than leave batches behind.
+    collection = svc.store_name(collection, write=True)
     if data_root is not None:
         dataset_dir = check_under(data_root, dataset_dir)
     if not Path(dataset_dir).is_dir():

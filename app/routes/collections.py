@@ -86,6 +86,10 @@ def drop(name: str, svc: SvcDep, runner: RunnerDep) -> dict:
             "cancel them (POST /img/jobs/{id}/cancel) or wait, then drop it",
             jobs=running,
         )
+    # A version a rebuild is writing (its job runs on the name clients use).
+    if "__v" in name and (active := runner.active("rebuild", name.rsplit("__v", 1)[0])):
+        if runner.jobs.get(active, 0).params.get("target") == name:
+            raise Conflict(f"a rebuild (job {active}) is writing {name!r}: cancel it first", jobs=[active])
     drop_collection(svc, name)
     return {"dropped": name}
 

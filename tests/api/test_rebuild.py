@@ -287,3 +287,48 @@ def test_bad_requests(stack):
     assert c.post("/img/collections/shop/rebuild", json={"index_params": {"M": 8}}).status_code == 422
     assert c.post("/img/collections/bad;name/rebuild", json={}).status_code == 400
     assert c.post("/img/collections/shop/switch", json={"to": "shop"}).status_code == 422
+
+
+def test_a_write_pinned_before_a_switch_fails_instead_of_landing_in_the_old_version(stack):
+    """An add resolves the name once (its encoder and writes agree); if the name switches while
+    it runs, its next write is refused (503, the client retries) rather than stored in the
+    version whose last rows were already copied."""
+    from operations.domain import ImageRow
+    from operations.progress import Counter
+    from operations.rebuild import rebuild_params, run_rebuild
+
+    c = stack
+    svc = c.services
+    pinned = svc.store_name("shop", write=True)
+    assert pinned == "shop" and pinned.alias == "shop"
+    run_rebuild(svc, "shop", {**rebuild_params(svc, "shop", "tiny-b"), "switch": True}, Counter())
+    row = ImageRow(id=None, sha256="ab" * 32, image_b64=_b64(jpeg(31337)))
+    with pytest.raises(DependencyUnavailable) as err:
+        svc.images.insert_new(pinned, row)
+    assert err.value.retry_after_s == 2
+    assert svc.images.find_by_sha(StoreName("shop"), "ab" * 32) is None
+    # Resolved afresh, the same write goes to the new version.
+    new_id, created = svc.images.insert_new("shop", row)
+    assert created and svc.images.find_by_sha(StoreName("shop__v2"), "ab" * 32) == new_id
+
+
+def test_the_version_a_rebuild_writes_cannot_be_dropped_under_it(stack, monkeypatch):
+    import operations.rebuild as rebuild
+
+    c = stack
+    started, release = __import__("threading").Event(), __import__("threading").Event()
+    real = rebuild.sync
+
+    def slow(*args, **kwargs):
+        started.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rebuild, "sync", slow)
+    job = c.post("/img/collections/shop/rebuild", json={"model": "tiny-b"}).json()
+    assert started.wait(30)
+    r = c.delete("/img/collections/shop__v2")
+    assert r.status_code == 409 and job["id"] in r.json()["error"]["message"]
+    assert c.delete("/img/collections/shop").status_code == 409  # jobs run on it
+    release.set()
+    assert wait(c, job["id"])["state"] == "succeeded"
