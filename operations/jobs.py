@@ -152,7 +152,7 @@ def _run_calibrate(svc: Services, job: Job, progress: JobProgress) -> str:
 def _run_rebuild(svc: Services, job: Job, progress: JobProgress) -> str:
     from operations.rebuild import run_rebuild
 
-    return run_rebuild(svc, job.collection, job.params, progress, job.id)
+    return run_rebuild(svc, job.collection, job.params, progress, job.id, svc.settings.data_root)
 
 
 RUNNERS: dict[str, Callable[[Services, Job, JobProgress], str]] = {

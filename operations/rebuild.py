@@ -28,6 +28,7 @@ was: the new collection's name is fixed when the job is submitted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -112,6 +113,9 @@ def rebuild_params(
         svc.encoders.get(model)  # 409 unless configured here
     if index is not None:
         index.check(allow_auto=True)
+        # The source partitions are the collection's own (a rebuild changes model or index).
+        current = svc.vectors.describe_meta(svc.store_name(alias)).index
+        index = IndexSpec(index.type, index.build_params, index.search_params, current.source_partitions)
     if (dataset_dir is None) != (split is None):
         raise InvalidInput("the recall check needs both dataset_dir and split")
     if min_recall is not None and split is None:
@@ -128,8 +132,17 @@ def rebuild_params(
     }
 
 
-def run_rebuild(svc: Services, alias: str, params: dict, progress: Progress, job_id: str = "") -> str:
-    """The rebuild job (see the module docstring); its message says what it built and measured."""
+def run_rebuild(
+    svc: Services,
+    alias: str,
+    params: dict,
+    progress: Progress,
+    job_id: str = "",
+    data_root: Path | None = None,
+) -> str:
+    """The rebuild job (see the module docstring); its message says what it built and measured.
+
+    data_root: the split's files are opened and checked to lie under it (a job the server runs)."""
     _require_aliases(svc)
     target = StoreName(params["target"])
     source = svc.store_name(alias, write=False)
@@ -168,8 +181,8 @@ def run_rebuild(svc: Services, alias: str, params: dict, progress: Progress, job
     ]
     ok = True
     if params.get("split"):
-        new = measure_recall(svc, target, Path(params["dataset_dir"]), params["split"])
-        old = measure_recall(svc, source, Path(params["dataset_dir"]), params["split"])
+        new = measure_recall(svc, target, Path(params["dataset_dir"]), params["split"], data_root)
+        old = measure_recall(svc, source, Path(params["dataset_dir"]), params["split"], data_root)
         parts.append(f"recall on {params['split']} ({new['queries']} captions): {target} {_fmt(new)}")
         parts.append(f"{source} {_fmt(old)}")
         if params.get("min_recall") is not None:
@@ -268,14 +281,21 @@ def _write_vectors(
     return len(done), failed
 
 
-def measure_recall(svc: Services, collection: str, dataset_dir: Path, split: str) -> dict:
+def measure_recall(
+    svc: Services, collection: str, dataset_dir: Path, split: str, data_root: Path | None = None
+) -> dict:
     """Recall@1/5/10 of `collection` (its own model) for the captions of a labelled split whose
     images it holds: a caption is a hit at k when one of its image ids is in its top k."""
     try:
         paths = dataset_paths(dataset_dir, split)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
-    with opened_under(svc.settings.data_root, paths.texts_jsonl) as texts_file:
+    if not paths.texts_jsonl.is_file():
+        raise InvalidInput(f"{paths.texts_jsonl.name} not found in {dataset_dir}")
+    with contextlib.ExitStack() as files:
+        texts_file = paths.texts_jsonl
+        if data_root is not None:
+            texts_file = Path(files.enter_context(opened_under(data_root, paths.texts_jsonl)))
         texts = [t for t in iter_texts(texts_file) if not isinstance(t, BadRecord) and t.image_ids]
     if not texts:
         raise InvalidInput(f"{paths.texts_jsonl.name} holds no caption with image_ids")
@@ -318,7 +338,10 @@ def switch_to(svc: Services, alias: str, to: str, ignore_job: str = "") -> dict:
     if source == target:
         return {"alias": alias, "from": _api_name(svc, source), "to": to, "caught_up": 0}
     if svc.jobs is not None:
-        busy = [j for j in svc.jobs.active_on(alias) if j != ignore_job]
+        try:
+            busy = [j for j in svc.jobs.active_on(alias) if j != ignore_job]
+        except NotFound:  # no job table yet (the command line before any server ran)
+            busy = []
         if busy:
             raise Conflict(
                 f"jobs are writing to {alias!r} ({', '.join(busy)}): switch once they end", jobs=busy

@@ -143,13 +143,6 @@ def rebuild(name: str, body: RebuildRequest, svc: SvcDep, runner: RunnerDep) -> 
     index = None
     if body.index_type:
         index = IndexSpec(body.index_type, dict(body.index_params), dict(body.search_params))
-        current = (
-            svc.vectors.describe_meta(svc.store_name(name)) if svc.vectors.has_collection(name) else None
-        )
-        if current is not None:  # the source partitions stay as they are
-            index = IndexSpec(
-                index.type, index.build_params, index.search_params, current.index.source_partitions
-            )
     elif body.index_params or body.search_params:
         raise InvalidInput("index_params and search_params need index_type")
     dataset = None

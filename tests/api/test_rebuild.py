@@ -332,3 +332,38 @@ def test_the_version_a_rebuild_writes_cannot_be_dropped_under_it(stack, monkeypa
     assert c.delete("/img/collections/shop").status_code == 409  # jobs run on it
     release.set()
     assert wait(c, job["id"])["state"] == "succeeded"
+
+
+def test_the_command_line_rebuilds_and_switches(tmp_path, monkeypatch, capsys):
+    import json
+
+    from scripts import cli
+
+    _split(tmp_path)
+    env = {
+        "MODEL_NAME": "tiny",
+        "MODEL_ARCH": str(TINY_ARCH),
+        "MODEL_RANDOM_INIT": "true",
+        "EXTRA_MODELS": json.dumps({"tiny-b": TINY_B}),
+        "MILVUS_URI": str(tmp_path / "milvus.db"),
+        "SQLITE_PATH": str(tmp_path / "images.sqlite3"),
+        "DEVICE": "cpu",
+        "ENCODER_BACKEND": "torch",
+        "REBUILD_SWITCH_GRACE_S": "0",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(tmp_path)  # no .env of the repository is read
+    ds = str(tmp_path / "data" / "ds")
+    assert cli.main(["load", "--dataset", ds, "--split", "valid", "--collection", "shop"]) == 0
+    capsys.readouterr()
+    args = ["rebuild", "shop", "--model", "tiny-b", "--dataset", ds, "--split", "valid", "--switch"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "built shop__v2 (tiny-b, FLAT)" in out and "switched 'shop' from shop__v1 to shop__v2" in out
+    assert cli.main(["list"]) == 0
+    listed = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
+    assert listed["shop"]["alias_of"] == "shop__v2" and listed["shop"]["model"] == "tiny-b"
+    assert cli.main(["switch", "shop", "shop__v1"]) == 0
+    assert json.loads(capsys.readouterr().out)["to"] == "shop__v1"
+    assert cli.main(["switch", "shop", "elsewhere"]) == 2
