@@ -27,6 +27,7 @@ class CollectionSummary:
     # For a collection whose index AUTO chose: the size it switches at, and whether the
     # collection has grown past it while still FLAT (a re-index is due; README "Index choice").
     auto_index: dict | None = None
+    time_partitions: str | None = None  # "day" | "month" | "year": Milvus partitions by created_at
 
 
 def create_collection(
@@ -77,6 +78,7 @@ def describe_collection(svc: Services, name: str) -> CollectionSummary:
         images,
         svc.images.has_collection(name) and ocr_enabled(svc, name),
         auto,
+        info.index.time_partitions,
     )
 
 

@@ -6,12 +6,14 @@ from fastapi import APIRouter
 
 from app.contract import raises
 from app.deps import RunnerDep, SvcDep, WriteAccess
-from app.schemas import CollectionCreate, CollectionView
+from app.routes.jobs import job_view
+from app.schemas import CollectionCreate, CollectionView, JobView, RetentionRequest
 from operations.collections import create_collection, describe_collection, drop_collection, list_collections
 from operations.domain import IndexSpec
 from operations.errors import BadRequest, Conflict, InvalidInput, NotFound
 from operations.names import validate_name
 from operations.ocr import enable_ocr
+from operations.retention import RetentionRule, start_retention
 
 router = APIRouter(prefix="/img", tags=["collections"])
 
@@ -37,11 +39,26 @@ def list_all(svc: SvcDep) -> list[CollectionView]:
 )
 def create(body: CollectionCreate, svc: SvcDep) -> CollectionView:
     default = svc.default_index()
+    # One partitioning per collection: the request's choice of one turns the server's default
+    # of the other off; naming both is a 422 (IndexSpec.check).
+    time_partitions = (
+        (None if body.source_partitions else default.time_partitions)
+        if body.time_partitions is None
+        else None
+        if body.time_partitions == "none"
+        else body.time_partitions
+    )
+    source_partitions = (
+        (0 if body.time_partitions not in (None, "none") else default.source_partitions)
+        if body.source_partitions is None
+        else body.source_partitions
+    )
     index = IndexSpec(
         body.index_type or default.type,
         dict(body.index_params) if body.index_type else default.build_params,
         dict(body.search_params) if body.index_type else default.search_params,
-        default.source_partitions if body.source_partitions is None else body.source_partitions,
+        source_partitions,
+        time_partitions=time_partitions,
     )
     return _view(create_collection(svc, body.name, body.model, index, body.ocr, body.expected_vectors or 0))
 
@@ -117,3 +134,18 @@ def phash_job(name: str, svc: SvcDep, runner: RunnerDep) -> dict:
     svc.require_collection(name)
     job = runner.submit("phash", name, {})
     return {"collection": name, "job_id": job.id}
+
+
+@router.post(
+    "/collections/{name}/retention",
+    status_code=202,
+    response_model=JobView,
+    dependencies=[WriteAccess],
+    summary="Delete images by age (created_before) and/or source, as a background job with progress "
+    "(409 while one runs on the collection)",
+    responses=raises(BadRequest, NotFound, Conflict, InvalidInput),
+)
+def retention(name: str, body: RetentionRequest, svc: SvcDep, runner: RunnerDep) -> JobView:
+    rule = RetentionRule(body.created_before, tuple(body.sources))
+    job = start_retention(svc, runner, validate_name(name), rule)
+    return job_view(runner.jobs.get(job.id))

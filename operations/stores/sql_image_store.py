@@ -71,7 +71,8 @@ def _ddl(dialect: str, table: str) -> list[str]:
             image_b64 LONGBLOB NOT NULL,
             UNIQUE KEY uq_sha256 (sha256),
             KEY ix_indexed (indexed),
-            KEY ix_source_created (source, created_at)
+            KEY ix_source_created (source, created_at),
+            KEY ix_created (created_at)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"""
         ]
     return [
@@ -90,6 +91,7 @@ def _ddl(dialect: str, table: str) -> list[str]:
             image_b64 TEXT NOT NULL)""",
         f'CREATE INDEX IF NOT EXISTS "ix_{table}_indexed" ON "{table}" (indexed)',
         f'CREATE INDEX IF NOT EXISTS "ix_{table}_src" ON "{table}" (source, created_at)',
+        f'CREATE INDEX IF NOT EXISTS "ix_{table}_created" ON "{table}" (created_at)',
     ]
 
 
@@ -180,7 +182,30 @@ class SqlImageStore:
         table = table_name(collection)
         for statement in _ddl(self.pool.dialect, table):
             self.pool.execute(statement)
+        self._ensure_created_index(table)
         self._known.add(collection)
+
+    def _ensure_created_index(self, table: str) -> None:
+        """Retention selects by created_at alone (operations.retention): a MySQL table made
+        before that index existed gets it (SQLite's CREATE INDEX IF NOT EXISTS is in the DDL)."""
+        if self.pool.dialect != "mysql":
+            return
+        if self.pool.query(
+            "SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() "
+            "AND table_name = ? AND index_name = 'ix_created'",
+            (table,),
+        ):
+            return
+        try:
+            self.pool.execute(f"ALTER TABLE {self._q(table)} ADD KEY ix_created (created_at)")
+        except Exception:
+            # Another replica starting at the same moment may have added it first.
+            if not self.pool.query(
+                "SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() "
+                "AND table_name = ? AND index_name = 'ix_created'",
+                (table,),
+            ):
+                raise
 
     def has_collection(self, collection: str) -> bool:
         table = table_name(collection)
@@ -485,8 +510,22 @@ class SqlImageStore:
 
     def ids_matching(self, collection: str, flt: SearchFilter, limit: int) -> list[int]:
         """Ids whose metadata matches `flt` (the same semantics as the Milvus filter)."""
-        flt.check()  # the same values are refused as by the Milvus filter builder
         table = self._table(collection)
+        where, params = self._where(flt)
+        params.append(int(limit))
+        return [
+            int(r[0])
+            for r in self.pool.query(f"SELECT id FROM {table} WHERE {where} ORDER BY id LIMIT ?", params)
+        ]
+
+    def count_matching(self, collection: str, flt: SearchFilter) -> int:
+        """How many images match `flt` (the semantics of `ids_matching`)."""
+        table = self._table(collection)
+        where, params = self._where(flt)
+        return int(self.pool.query(f"SELECT COUNT(*) FROM {table} WHERE {where}", params)[0][0])
+
+    def _where(self, flt: SearchFilter) -> tuple[str, list[object]]:
+        flt.check()  # the same values are refused as by the Milvus filter builder
         where: list[str] = ["1 = 1"]
         params: list[object] = []
         if flt.sources:
@@ -502,13 +541,7 @@ class SqlImageStore:
         if flt.created_to is not None:
             where.append("created_at <= ?")
             params.append(int(flt.created_to))
-        params.append(int(limit))
-        return [
-            int(r[0])
-            for r in self.pool.query(
-                f"SELECT id FROM {table} WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", params
-            )
-        ]
+        return " AND ".join(where), params
 
     def count(self, collection: str) -> int:
         return int(self.pool.query(f"SELECT COUNT(*) FROM {self._table(collection)}")[0][0])
