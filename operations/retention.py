@@ -158,6 +158,7 @@ def apply_retention(
     if not progress.cancelled():
         report.deleted += delete_chunks(svc, collection, matching_chunks(svc, collection, flt), progress)
     report.cancelled = progress.cancelled()
+    progress.flush()  # the job row shows the final counts
     return report
 
 
