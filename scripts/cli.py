@@ -36,6 +36,7 @@ from operations.progress import TqdmProgress
 from operations.relevance.calibrate import calibrate_model
 from operations.relevance.cutoff import CutOptions
 from operations.relevance.search import RelevanceQuery, relevance_search
+from operations.tracing import configure_logging
 
 
 def _ids(value: str) -> tuple[int, ...]:
@@ -122,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings()
+        # The service's log format (a Kubernetes Job's lines parse like the pods'); the level is
+        # LOG_LEVEL only when set, else WARNING: INFO lines would break up the progress bar.
+        configure_logging(
+            settings.log_format, settings.log_level if "log_level" in settings.model_fields_set else "WARNING"
+        )
         svc = build_services(settings, lazy_model=True)
         collection = getattr(args, "collection", None) or settings.default_collection
         if args.command == "load":

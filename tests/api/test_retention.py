@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from operations.jobs import JobRunner
 from operations.retention import KIND, RetentionRule, start_retention
-from tests.stack import fill_images, make_services, make_settings, unique
+from tests.stack import fill_images, make_services, make_settings, unique, wait_job
 
 DIM = 8
 SOURCES = ("shop", "news", "risk", "ugc")
@@ -35,16 +35,6 @@ def spread(n: int) -> list[tuple[int, str, int]]:
     start, end = month(1), month(7)
     step = (end - start) / n
     return [(k + 1, SOURCES[k % len(SOURCES)], int(start + k * step) + 7) for k in range(n)]
-
-
-def wait_job(client, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = client.get(f"/img/jobs/{job_id}").json()
-        if job["state"] not in ("queued", "running"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 @pytest.fixture
