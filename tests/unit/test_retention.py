@@ -6,6 +6,7 @@ rows: tests/stores/test_retention_servers.py."""
 from __future__ import annotations
 
 import calendar
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -222,3 +223,42 @@ def test_a_row_moved_to_another_period_keeps_one_copy() -> None:
     assert store.time_partitions("c") == ["t2026_02_01"] and store.count("c") == 1
     store.drop_partitions("c", ["t2026_01_01"])
     assert store.count("c") == 1
+
+
+def test_the_command_line_runs_retention_and_a_second_run_finds_nothing(tmp_path, monkeypatch, capsys):
+    from scripts import cli
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {
+        "MODEL_NAME": "demo-tiny",
+        "MODEL_CHECKPOINT": str(repo / "models" / "demo" / "demo-tiny.pt"),
+        "MODEL_ARCH": str(repo / "config" / "model_configs" / "demo-tiny.json"),
+        "MILVUS_URI": str(tmp_path / "milvus.db"),
+        "SQLITE_PATH": str(tmp_path / "images.sqlite3"),
+        "TIME_PARTITIONS": "month",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(tmp_path)  # no .env of the repository is read
+    from config.settings import load_settings
+    from operations.factory import build_services
+
+    rows = spread(600)
+    svc = build_services(load_settings(), lazy_model=True)
+    svc.vectors.create_collection("c", DIM, "demo-tiny", svc.default_index())
+    svc.images.ensure_collection("c")
+    fill_images(svc, "c", rows, DIM)
+    svc.vectors.close()
+    svc.images.close()
+    assert cli.main(["retention", "c", "--created-before", "2026-03-01", "--source", "shop"]) == 0
+    gone = sum(1 for r in rows if r[2] < month(2026, 3) and r[1] == "shop")
+    assert f"deleted {gone} images" in capsys.readouterr().out
+    assert cli.main(["retention", "c"]) == 2  # no condition: the error, not a traceback
+    assert "needs created_before and/or sources" in capsys.readouterr().err
+    assert cli.main(["retention", "c", "--created-before", "2026-03-01"]) == 0
+    out = capsys.readouterr().out
+    assert f"deleted {sum(1 for r in rows if r[2] < month(2026, 3)) - gone} images" in out
+    assert "dropped 2 time partitions whole (t2026_01, t2026_02)" in out
+    assert cli.main(["count", "c"]) == 0
+    left = sum(1 for r in rows if r[2] >= month(2026, 3))
+    assert json.loads(capsys.readouterr().out) == {"vectors": left, "images": left}
