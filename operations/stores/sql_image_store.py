@@ -134,6 +134,7 @@ class SqlImageStore:
         self.pool = pool
         self._known: set[str] = set()
         self._phash_known: set[str] = set()
+        self._created_indexed: set[str] = set()  # tables known to have their created_at index
         self._max_packet: int | None = None
 
     @property
@@ -186,26 +187,29 @@ class SqlImageStore:
         self._known.add(collection)
 
     def _ensure_created_index(self, table: str) -> None:
-        """Retention selects by created_at alone (operations.retention): a MySQL table made
-        before that index existed gets it (SQLite's CREATE INDEX IF NOT EXISTS is in the DDL)."""
-        if self.pool.dialect != "mysql":
+        """Retention selects and counts by created_at alone (operations.retention): a table made
+        before that index existed gets it, once per process (on MySQL a tolerated race: another
+        replica may add it at the same moment)."""
+        if table in self._created_indexed:
             return
-        if self.pool.query(
-            "SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() "
-            "AND table_name = ? AND index_name = 'ix_created'",
-            (table,),
-        ):
-            return
-        try:
-            self.pool.execute(f"ALTER TABLE {self._q(table)} ADD KEY ix_created (created_at)")
-        except Exception:
-            # Another replica starting at the same moment may have added it first.
-            if not self.pool.query(
+        if self.pool.dialect == "sqlite":
+            self.pool.execute(f'CREATE INDEX IF NOT EXISTS "ix_{table}_created" ON "{table}" (created_at)')
+        elif not self._has_created_index(table):
+            try:
+                self.pool.execute(f"ALTER TABLE {self._q(table)} ADD KEY ix_created (created_at)")
+            except Exception:
+                if not self._has_created_index(table):
+                    raise
+        self._created_indexed.add(table)
+
+    def _has_created_index(self, table: str) -> bool:
+        return bool(
+            self.pool.query(
                 "SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() "
                 "AND table_name = ? AND index_name = 'ix_created'",
                 (table,),
-            ):
-                raise
+            )
+        )
 
     def has_collection(self, collection: str) -> bool:
         table = table_name(collection)
@@ -221,6 +225,7 @@ class SqlImageStore:
     def drop_collection(self, collection: str) -> None:
         self.pool.execute(f"DROP TABLE IF EXISTS {self._q(table_name(collection))}")
         self.pool.execute(f"DROP TABLE IF EXISTS {self._q(phash_table_name(collection))}")
+        self._created_indexed.discard(table_name(collection))
         self._known.discard(collection)
         self._phash_known.discard(collection)
 
@@ -519,8 +524,10 @@ class SqlImageStore:
         ]
 
     def count_matching(self, collection: str, flt: SearchFilter) -> int:
-        """How many images match `flt` (the semantics of `ids_matching`)."""
+        """How many images match `flt` (the semantics of `ids_matching`). Retention counts
+        first: a table made before the created_at index gets it here."""
         table = self._table(collection)
+        self._ensure_created_index(table_name(collection))
         where, params = self._where(flt)
         return int(self.pool.query(f"SELECT COUNT(*) FROM {table} WHERE {where}", params)[0][0])
 
