@@ -4,8 +4,9 @@ A rule has `created_before` (unix seconds: images with created_at < it) and/or `
 (images of any of them); with both, an image must match both. Every image is removed from
 every store in the order of `operations.delete.delete_chunks`: its vector first (no search
 returns an id whose row is gone), then its SQL row with its pHash, then its OCR record.
-Duplicate listings are not rewritten: a listing names the images it found when it was
-computed, and a page leaves out images that are gone, as after any delete.
+Duplicate listings are not rewritten, as after any delete: a listing names the images it
+found when it was computed, deleted ones too, until it is computed again
+(POST /img/duplicates/{collection}).
 
 On a collection partitioned by time (IndexSpec.time_partitions) a rule by age alone drops
 every time partition whose whole period ends at or before `created_before`, at once, instead
