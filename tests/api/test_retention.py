@@ -202,3 +202,26 @@ def _wait(svc, job_id: str, timeout: float = 120):
             return job
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} did not finish: {svc.jobs.get(job_id)}")
+
+
+def test_the_server_default_partitioning_gives_way_to_the_request(tmp_path):
+    settings = make_settings(tmp_path, time_partitions="month")
+    svc = make_services(settings)
+    with TestClient(create_app(settings, svc)) as c:
+
+        def made(**body) -> tuple:
+            r = c.post("/img/collections", json={"name": unique("p"), **body})
+            assert r.status_code == 201, r.text
+            return r.json()["time_partitions"], r.json()["source_partitions"]
+
+        assert made() == ("month", 0)
+        assert made(source_partitions=4) == (None, 4)
+        assert made(time_partitions="none") == (None, 0)
+        assert made(time_partitions="year", source_partitions=0) == ("year", 0)
+    settings = make_settings(tmp_path / "b", source_partitions=4)
+    svc = make_services(settings)
+    with TestClient(create_app(settings, svc)) as c:
+        r = c.post("/img/collections", json={"name": unique("p"), "time_partitions": "day"})
+        assert (r.json()["time_partitions"], r.json()["source_partitions"]) == ("day", 0)
+        r = c.post("/img/collections", json={"name": unique("p")})
+        assert (r.json()["time_partitions"], r.json()["source_partitions"]) == (None, 4)
