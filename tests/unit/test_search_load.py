@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -25,6 +26,7 @@ def _app() -> Starlette:
     return Starlette(routes=[Route("/img/search", search, methods=["POST"])])
 
 
+@pytest.mark.services  # starts uvicorn
 def test_clients_are_counted_503s_waited_out_and_the_generators_lag_reported():
     server = ServerThread(_app()).start()
     try:
