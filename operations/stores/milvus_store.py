@@ -581,7 +581,7 @@ class MilvusVectorStore:
 
         An upsert only replaces a row within the partition it writes to: the 2.3.5 server keeps
         the old copy of an id in its old partition (two rows, one id; measured in
-        tests/stores/test_retention_stores.py). So, as for the partition key: delete the ids
+        tests/stores/test_time_partitions.py). So, as for the partition key: delete the ids
         from every partition, then insert each row into its period's. A crash in between leaves
         the SQL rows unmarked, and the next run redoes them.
         """

@@ -1,7 +1,7 @@
 """Retention (operations/retention.py) on the in-memory vector store and SQLite: rules, whole
 time partitions dropped, the boundary period row by row, sources, an interrupted run finished
 by a second one with exact counts. The same runs on Milvus Lite and on the servers at 100,000
-rows: tests/stores/test_retention_servers.py."""
+rows: tests/api/test_retention.py."""
 
 from __future__ import annotations
 
