@@ -226,6 +226,18 @@ class DeleteRequest(BaseModel):
     filters: Filters | None = None
 
 
+class RetentionRequest(BaseModel):
+    """Delete images by age and/or source (at least one condition; with both, both must match)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"created_before": 1735689600, "sources": []}]}
+    )
+    created_before: Annotated[int, Field(ge=1, le=MAX_TIMESTAMP)] | None = Field(
+        None, description="unix seconds: images with created_at before it"
+    )
+    sources: list[Text] = Field(default_factory=list, max_length=64, description="images of any of these")
+
+
 class DeleteResponse(BaseModel):
     collection: str
     deleted: int
@@ -313,6 +325,12 @@ class CollectionCreate(BaseModel):
         "search filtered by source reads only its partitions; 0: none; "
         "default: the server's SOURCE_PARTITIONS",
     )
+    time_partitions: Literal["none", "day", "month", "year"] | None = Field(
+        None,
+        description="a Milvus partition per period of created_at (UTC), so retention by age drops "
+        "whole partitions; excludes source_partitions; default: the server's TIME_PARTITIONS "
+        "(when source_partitions is not given)",
+    )
 
 
 class CollectionView(BaseModel):
@@ -340,6 +358,9 @@ class CollectionView(BaseModel):
         default_factory=list, description="the aliases pointing at this collection (it cannot be dropped)"
     )
     physical: str = Field("", description="what Milvus and SQL call the collection holding the data")
+    time_partitions: str | None = Field(
+        None, description="day, month or year: a Milvus partition per period of created_at; null: none"
+    )
 
 
 class OcrPattern(BaseModel):

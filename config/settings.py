@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.names import name_problem
@@ -129,6 +129,11 @@ class Settings(BaseSettings):
         le=1024,
         description="new collections: 0 = no partitions; N = Milvus "
         "partition key on source, N partitions (source filters read only theirs)",
+    )
+    time_partitions: Literal["none", "day", "month", "year"] = Field(
+        "none",
+        description="new collections: a Milvus partition per period of created_at (UTC), so "
+        "retention by age drops whole partitions; excludes SOURCE_PARTITIONS",
     )
 
     # --- SQL image store ---------------------------------------------------
@@ -302,6 +307,15 @@ class Settings(BaseSettings):
         if problem is not None:
             raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _one_partitioning(self) -> Settings:
+        if self.time_partitions != "none" and self.source_partitions:
+            raise ValueError(
+                "TIME_PARTITIONS and SOURCE_PARTITIONS exclude each other (a collection partitioned "
+                "by a source key cannot have partitions of its own)"
+            )
+        return self
 
     @field_validator("index_params", "search_params", "extra_models", mode="before")
     @classmethod

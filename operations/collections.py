@@ -33,6 +33,7 @@ class CollectionSummary:
     alias_of: str | None = None
     aliased_by: list[str] | None = None
     physical: str = ""
+    time_partitions: str | None = None  # "day" | "month" | "year": Milvus partitions by created_at
 
 
 def create_collection(
@@ -116,6 +117,7 @@ def describe_collection(svc: Services, name: str) -> CollectionSummary:
         alias_of,
         aliased_by if alias_of is None else [],
         str(store),
+        info.index.time_partitions,
     )
 
 

@@ -106,7 +106,11 @@ class Services:
     def default_index(self) -> IndexSpec:
         s = self.settings
         return IndexSpec(
-            s.index_type, dict(s.index_params), dict(s.search_params), s.source_partitions
+            s.index_type,
+            dict(s.index_params),
+            dict(s.search_params),
+            s.source_partitions,
+            time_partitions=None if s.time_partitions == "none" else s.time_partitions,
         ).check(allow_auto=True)
 
     def store_name(self, collection: str, write: bool = False) -> str:

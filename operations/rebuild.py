@@ -29,6 +29,7 @@ was: the new collection's name is fixed when the job is submitted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -115,7 +116,9 @@ def rebuild_params(
         index.check(allow_auto=True)
         # The source partitions are the collection's own (a rebuild changes model or index).
         current = svc.vectors.describe_meta(svc.store_name(alias)).index
-        index = IndexSpec(index.type, index.build_params, index.search_params, current.source_partitions)
+        index = dataclasses.replace(
+            index, source_partitions=current.source_partitions, time_partitions=current.time_partitions
+        )
     if (dataset_dir is None) != (split is None):
         raise InvalidInput("the recall check needs both dataset_dir and split")
     if min_recall is not None and split is None:
@@ -153,11 +156,9 @@ def run_rebuild(
     if params.get("index"):
         index = IndexSpec(**params["index"])
     else:  # the current index, re-chosen when AUTO chose it
-        index = (
-            old_info.index
-            if not old_info.index.auto
-            else IndexSpec("AUTO", {}, {}, old_info.index.source_partitions)
-        )
+        current = old_info.index
+        auto = dataclasses.replace(current, type="AUTO", build_params={}, search_params={}, auto=False)
+        index = auto if current.auto else current
     svc.ensure_collection(target, encoder, index, expected_vectors=old_info.count)
     if ocr_enabled(svc, source):
         ocr_store(svc).enable(target)

@@ -6,6 +6,7 @@
     python -m scripts.cli ocr NAME          # turn OCR on and read the images already stored
     python -m scripts.cli phash NAME        # pHashes for images stored without one (a dataset load's)
     python -m scripts.cli duplicates NAME   # compute the duplicate listing, print its first groups
+    python -m scripts.cli retention NAME --created-before 2026-01-01 [--source S ...]
     python -m scripts.cli search shop "13812345678" --mode text
     python -m scripts.cli calibrate --dataset datasets/data/demo --split valid --collection demo
     python -m scripts.cli rebuild demo --model vitb16 --dataset datasets/data/demo --split valid --switch
@@ -18,6 +19,8 @@ the embedded default, load through its API (POST /img/load) instead.
 from __future__ import annotations
 
 import argparse
+import calendar
+import datetime
 import json
 import logging
 import sys
@@ -40,6 +43,7 @@ from operations.rebuild import rebuild_params, run_rebuild, switch_to
 from operations.relevance.calibrate import calibrate_model
 from operations.relevance.cutoff import CutOptions
 from operations.relevance.search import RelevanceQuery, relevance_search
+from operations.retention import RetentionRule, apply_retention
 from operations.tracing import configure_logging
 
 
@@ -48,6 +52,16 @@ def _ids(value: str) -> tuple[int, ...]:
         return tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise SystemExit("error: ids must be comma-separated integers") from None
+
+
+def _timestamp(value: str) -> int:
+    """Unix seconds, or a date YYYY-MM-DD (its first second, UTC)."""
+    if value.isdigit():
+        return int(value)
+    try:
+        return calendar.timegm(datetime.date.fromisoformat(value).timetuple())
+    except ValueError:
+        raise argparse.ArgumentTypeError("unix seconds or a date YYYY-MM-DD") from None
 
 
 def _duplicates(svc, collection: str, args: argparse.Namespace) -> None:
@@ -118,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=20, help="groups printed")
     p.add_argument("--stored", action="store_true", help="print the stored listing, compute nothing")
     p = sub.add_parser(
+        "retention", help="delete images created before a time and/or of sources (run again to finish)"
+    )
+    p.add_argument("collection")
+    p.add_argument("--created-before", type=_timestamp, help="unix seconds or YYYY-MM-DD (UTC)")
+    p.add_argument("--source", action="append", default=[], help="a source to delete (repeatable)")
+    p = sub.add_parser(
         "calibrate", help="fit the relevance calibration of a collection's model on a labelled split"
     )
     p.add_argument("--dataset", required=True, type=Path, help="dataset directory (Chinese-CLIP layout)")
@@ -185,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(backfill_phashes(svc, collection, TqdmProgress("phash"))))
         elif args.command == "duplicates":
             _duplicates(svc, collection, args)
+        elif args.command == "retention":
+            rule = RetentionRule(args.created_before, tuple(args.source))
+            print(apply_retention(svc, collection, rule, TqdmProgress("retention")).message())
         elif args.command == "search":
             rq = RelevanceQuery(
                 query=args.query,

@@ -118,6 +118,32 @@ def metric_families(text: str) -> dict[str, str]:
     return names
 
 
+def fill_images(
+    svc: Services, collection: str, rows: list[tuple[int, str, int]], dim: int, batch: int = 20_000
+) -> None:
+    """Store (id, source, created_at) rows straight through both stores, fast: a tiny image
+    string (nothing decodes it), a random unit vector, marked indexed. No encoder."""
+    from operations.domain import ImageRow, VectorAttrs
+
+    for start in range(0, len(rows), batch):
+        part = rows[start : start + batch]
+        ids = [i for i, _, _ in part]
+        images = [
+            ImageRow(id=i, sha256=f"{i:064x}", image_b64="AA==", source=s, created_at=t) for i, s, t in part
+        ]
+        result = svc.images.insert_rows(collection, images)
+        assert len(result.inserted) == len(part), result
+        svc.vectors.upsert(
+            collection,
+            ids,
+            unit_rows(len(part), dim, seed=start),
+            [VectorAttrs(s, (), t) for _, s, t in part],
+            visible=False,
+        )
+        svc.images.mark_indexed(collection, ids)
+    svc.vectors.flush(collection, bulk=True)
+
+
 def wait_job(
     client, job_id: str, timeout: float = 300, poll_s: float = 0.02, through_errors: bool = False
 ) -> dict:

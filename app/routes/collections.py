@@ -7,7 +7,15 @@ from fastapi import APIRouter
 from app.contract import raises
 from app.deps import RunnerDep, SvcDep, WriteAccess
 from app.routes.jobs import job_view
-from app.schemas import CollectionCreate, CollectionView, JobView, RebuildRequest, SwitchRequest, SwitchView
+from app.schemas import (
+    CollectionCreate,
+    CollectionView,
+    JobView,
+    RebuildRequest,
+    RetentionRequest,
+    SwitchRequest,
+    SwitchView,
+)
 from operations.collections import create_collection, describe_collection, drop_collection, list_collections
 from operations.context import resolve_under
 from operations.domain import IndexSpec
@@ -15,6 +23,7 @@ from operations.errors import BadRequest, Conflict, DependencyUnavailable, Inval
 from operations.names import validate_name
 from operations.ocr import enable_ocr
 from operations.rebuild import rebuild_params, switch_to
+from operations.retention import RetentionRule, start_retention
 
 router = APIRouter(prefix="/img", tags=["collections"])
 
@@ -40,11 +49,26 @@ def list_all(svc: SvcDep) -> list[CollectionView]:
 )
 def create(body: CollectionCreate, svc: SvcDep) -> CollectionView:
     default = svc.default_index()
+    # One partitioning per collection: the request's choice of one turns the server's default
+    # of the other off; naming both is a 422 (IndexSpec.check).
+    time_partitions = (
+        (None if body.source_partitions else default.time_partitions)
+        if body.time_partitions is None
+        else None
+        if body.time_partitions == "none"
+        else body.time_partitions
+    )
+    source_partitions = (
+        (0 if body.time_partitions not in (None, "none") else default.source_partitions)
+        if body.source_partitions is None
+        else body.source_partitions
+    )
     index = IndexSpec(
         body.index_type or default.type,
         dict(body.index_params) if body.index_type else default.build_params,
         dict(body.search_params) if body.index_type else default.search_params,
-        default.source_partitions if body.source_partitions is None else body.source_partitions,
+        source_partitions,
+        time_partitions=time_partitions,
     )
     return _view(create_collection(svc, body.name, body.model, index, body.ocr, body.expected_vectors or 0))
 
@@ -170,3 +194,18 @@ def switch(name: str, body: SwitchRequest, svc: SvcDep, runner: RunnerDep) -> Sw
     if active := runner.active("rebuild", name):
         raise Conflict(f"a rebuild of {name!r} is running (job {active}): switch once it ends", job_id=active)
     return SwitchView.model_validate(switch_to(svc, name, body.to))
+
+
+@router.post(
+    "/collections/{name}/retention",
+    status_code=202,
+    response_model=JobView,
+    dependencies=[WriteAccess],
+    summary="Delete images by age (created_before) and/or source, as a background job with progress "
+    "(409 while one runs on the collection)",
+    responses=raises(BadRequest, NotFound, Conflict, InvalidInput),
+)
+def retention(name: str, body: RetentionRequest, svc: SvcDep, runner: RunnerDep) -> JobView:
+    rule = RetentionRule(body.created_before, tuple(body.sources))
+    job = start_retention(svc, runner, validate_name(name), rule)
+    return job_view(runner.jobs.get(job.id))

@@ -51,8 +51,17 @@ import numpy as np
 
 from operations import deadline
 from operations.bounds import check_int64
-from operations.domain import CollectionInfo, Hit, IndexSpec, SearchFilter, VectorAttrs, check_model
-from operations.errors import DependencyUnavailable, InvalidInput, NotFound, ServiceError
+from operations.domain import (
+    CollectionInfo,
+    Hit,
+    IndexSpec,
+    SearchFilter,
+    VectorAttrs,
+    check_model,
+    partition_period,
+    period_partition,
+)
+from operations.errors import Conflict, DependencyUnavailable, InvalidInput, NotFound, ServiceError
 from operations.names import validate_name
 from operations.stores.milvus_filter import build_filter, ids_filter
 from operations.stores.outage import OutageLog
@@ -143,6 +152,8 @@ class MilvusVectorStore:
         self._create_lock = threading.Lock()
         self._loaded: set[str] = set()
         self._info_cache: dict[str, CollectionInfo] = {}
+        # Time partitions known to exist, per collection (created on demand by upserts).
+        self._partitions: dict[str, set[str]] = {}
         # Writes per collection not yet known to be visible to Bounded reads.
         self._writes: dict[str, int] = {}
         self._visible: dict[str, int] = {}
@@ -294,6 +305,7 @@ class MilvusVectorStore:
                     # and a collection created again under the name is described afresh.
                     self._loaded.discard(name)
                     self._info_cache.pop(name, None)
+                    self._partitions.pop(name, None)
                 raise err from exc
             except Exception as exc:  # grpc errors, socket errors
                 self._loaded.clear()
@@ -384,6 +396,7 @@ class MilvusVectorStore:
                             "search": index.search_params,
                             "source_partitions": index.source_partitions,
                             "auto": index.auto,
+                            "time_partitions": index.time_partitions,
                         }
                     ),
                 },
@@ -434,6 +447,7 @@ class MilvusVectorStore:
                 idx.get("search", {}),
                 int(idx.get("source_partitions", 0)),
                 bool(idx.get("auto", False)),
+                idx.get("time_partitions") or None,
             ),
             0,
         )
@@ -457,6 +471,7 @@ class MilvusVectorStore:
         self._advance(name)
         self._loaded.discard(name)
         self._info_cache.pop(name, None)
+        self._partitions.pop(name, None)
 
     @_one_deadline
     def point_alias(self, alias: str, collection: str) -> bool:
@@ -584,7 +599,9 @@ class MilvusVectorStore:
                     }
                 )
             self._wrote(name)
-            if meta.index.source_partitions:
+            if meta.index.time_partitions:
+                count = self._write_by_period(name, meta.index.time_partitions, rows)
+            elif meta.index.source_partitions:
                 # The Milvus 2.3.5 server routes *upserted* rows of a partition-key
                 # collection to the wrong partitions (a source-filtered search then
                 # misses them; tests/MILVUS_NOTES.md); inserted rows are
@@ -603,6 +620,90 @@ class MilvusVectorStore:
         if visible:
             self.wait_visible(name)
         return total
+
+    def _write_by_period(self, name: str, granularity: str, rows: list[dict]) -> int:
+        """Write rows into the partitions of their created_at's periods (created on demand).
+
+        An upsert only replaces a row within the partition it writes to: the 2.3.5 server keeps
+        the old copy of an id in its old partition (two rows, one id; measured in
+        tests/stores/test_time_partitions.py). So, as for the partition key: delete the ids
+        from every partition, then insert each row into its period's. A crash in between leaves
+        the SQL rows unmarked, and the next run redoes them.
+        """
+        groups: dict[str, list[dict]] = {}
+        for r in rows:
+            groups.setdefault(period_partition(r["created_at"], granularity), []).append(r)
+        pk_ids = [r["id"] for r in rows]
+        self._call(lambda c: c.delete(name, ids=pk_ids, timeout=self.timeout), name)
+        count = 0
+        for partition, part_rows in sorted(groups.items()):
+            self._ensure_partition(name, partition)
+            try:
+                result = self._call(
+                    lambda c: c.insert(name, part_rows, partition_name=partition, timeout=self.timeout),  # noqa: B023 (called at once)
+                    name,
+                )
+            except ServiceError as exc:
+                # Dropped by a retention run of another process since this one created it.
+                if "partition" not in exc.message.lower():
+                    raise
+                self._partitions.get(name, set()).discard(partition)
+                self._ensure_partition(name, partition)
+                result = self._call(
+                    lambda c: c.insert(name, part_rows, partition_name=partition, timeout=self.timeout),  # noqa: B023 (called at once)
+                    name,
+                )
+            n = result.get("insert_count", len(part_rows)) if isinstance(result, dict) else len(part_rows)
+            count += int(n)
+        return count
+
+    def _ensure_partition(self, name: str, partition: str) -> None:
+        known = self._partitions.setdefault(name, set())
+        if partition in known:
+            return
+        if not self._call(lambda c: c.has_partition(name, partition, timeout=self.timeout), name):
+            try:
+                # A new partition of a loaded collection is loaded with it (2.3 server and Lite).
+                self._call(lambda c: c.create_partition(name, partition, timeout=self.timeout), name)
+            except InvalidInput:
+                raise
+            except ServiceError as exc:
+                text = exc.message.lower()
+                if "exceed" in text or "max" in text:
+                    raise Conflict(
+                        f"collection {name!r} cannot take another partition ({partition}): Milvus' "
+                        "rootCoord.maxPartitionNum is reached; drop old periods (retention) or use a "
+                        "coarser time_partitions",
+                        collection=name,
+                    ) from exc
+                if not self._call(lambda c: c.has_partition(name, partition, timeout=self.timeout), name):
+                    raise  # not made by a concurrent writer either
+        known.add(partition)
+
+    @_one_deadline
+    def time_partitions(self, name: str) -> list[str]:
+        """The collection's time partitions (names from `period_partition`), oldest first."""
+        parts = self._call(lambda c: c.list_partitions(name, timeout=self.timeout), name)
+        return sorted(p for p in parts if partition_period(p) is not None)
+
+    @_one_deadline
+    def drop_partitions(self, name: str, partitions: Sequence[str]) -> None:
+        """Drop whole time partitions with their rows; one already gone is skipped. A server
+        drops only released partitions: each is released first (Milvus Lite has no partition
+        release and drops a loaded one)."""
+        self._advance(name)
+        try:
+            for partition in partitions:
+                if partition_period(partition) is None:
+                    raise InvalidInput(f"{partition!r} is not a time partition")
+                self._partitions.get(name, set()).discard(partition)
+                if not self._call(lambda c: c.has_partition(name, partition, timeout=self.timeout), name):  # noqa: B023 (called at once)
+                    continue
+                if not self.is_lite:
+                    self._call(lambda c: c.release_partitions(name, [partition], timeout=self.timeout), name)  # noqa: B023 (called at once)
+                self._call(lambda c: c.drop_partition(name, partition, timeout=self.timeout), name)  # noqa: B023 (called at once)
+        finally:
+            self._advance(name)
 
     @_one_deadline
     def flush(self, name: str, bulk: bool = False) -> None:
