@@ -367,3 +367,25 @@ def test_the_command_line_rebuilds_and_switches(tmp_path, monkeypatch, capsys):
     assert cli.main(["switch", "shop", "shop__v1"]) == 0
     assert json.loads(capsys.readouterr().out)["to"] == "shop__v1"
     assert cli.main(["switch", "shop", "elsewhere"]) == 2
+
+
+def test_a_rebuild_keeps_the_time_partitions_and_the_rows_periods(tmp_path):
+    settings = make_settings(tmp_path, extra_models={"tiny-b": TINY_B}, rebuild_switch_grace_s=0)
+    svc = make_services(settings)
+    with TestClient(create_app(settings, svc)) as c:
+        r = c.post("/img/collections", json={"name": "hist", "time_partitions": "month"})
+        assert r.status_code == 201, r.text
+        for seed, when in ((1, 1_700_000_000), (2, 1_710_000_000)):  # Nov 2023, Mar 2024
+            r = c.post(
+                "/img/images/hist",
+                files={"files": ("a.jpg", jpeg(seed), "image/jpeg")},
+                data={"created_at": str(when)},
+            )
+            assert r.status_code == 200, r.text
+        job = c.post("/img/collections/hist/rebuild", json={"model": "tiny-b", "switch": True}).json()
+        assert wait(c, job["id"])["state"] == "succeeded"
+        got = c.get("/img/collections/hist").json()
+        assert got["time_partitions"] == "month" and got["physical"] == "hist__v2" and got["vectors"] == 2
+        periods = sorted(svc.vectors.time_partitions("hist__v1"))
+        assert {"t2023_11", "t2024_03"} <= set(periods)
+        assert sorted(svc.vectors.time_partitions("hist")) == periods
