@@ -272,6 +272,23 @@ def test_faults_fail_the_job_clearly_and_switch_nothing(stack, monkeypatch):
     assert _search(c)["model"] == "tiny"
     r = c.post("/img/images/shop", files={"files": ("n.jpg", jpeg(5151), "image/jpeg")})
     assert r.status_code == 200, r.text
+
+    # SQL failing: in the copy (the job fails with SQL's message), and in the switch's update.
+    def sql_down(*args, **kwargs):
+        raise DependencyUnavailable("sqlite", "database is locked (injected)")
+
+    monkeypatch.setattr(svc.images.inner, "copy_rows", sql_down)
+    failed = wait(c, c.post(f"/img/jobs/{job['id']}/resume").json()["id"])
+    assert (
+        failed["state"] == "failed"
+        and failed["message"] == "sqlite unavailable: database is locked (injected)"
+    )
+    monkeypatch.undo()
+    monkeypatch.setattr(svc.aliases.store, "switch", sql_down)
+    failed = wait(c, c.post(f"/img/jobs/{job['id']}/resume").json()["id"])
+    assert failed["state"] == "failed" and "database is locked" in failed["message"]
+    monkeypatch.undo()
+    assert _search(c)["model"] == "tiny" and not svc.aliases.rows(fresh=True)["shop"].fenced
     # The half-built version was resumed by a later rebuild of the same target.
     job = wait(c, c.post(f"/img/jobs/{job['id']}/resume").json()["id"])
     assert job["state"] == "succeeded" and "switched" in job["message"]
