@@ -35,7 +35,7 @@ from operations.stores.sql_alias_store import NameRow, SqlAliasStore
 
 log = logging.getLogger(__name__)
 
-# The most characters a versioned name adds to its alias ("__v" and the version number).
+# Between a name and its version number: "images__v2".
 VERSION_SUFFIX = "__v"
 
 
@@ -143,6 +143,8 @@ WRITES = frozenset(
         "put_phashes",
         "put",
         "enable",
+        "copy_rows",
+        "drop_partitions",
     }
 )
 # Methods whose first argument is a collection name (everything else passes straight through).
