@@ -145,7 +145,7 @@ def main() -> None:
 
 
 def preflight(settings: Settings) -> Services:
-    """Load the model and check it against the default collection before serving.
+    """Load the model and check the default collection's against the models served.
 
     A mismatch (another model or dim) stops the start with one line, instead
     of failing every request later.
@@ -153,11 +153,12 @@ def preflight(settings: Settings) -> Services:
     svc = build_services(settings)
     try:
         if svc.vectors.has_collection(settings.default_collection):
-            check_model(
-                svc.vectors.describe_meta(settings.default_collection),
-                svc.encoder.model_name,
-                svc.encoder.dim,
-            )
+            info = svc.vectors.describe_meta(settings.default_collection)
+            # A rebuild may have switched the default collection's name to another model the
+            # server also runs (EXTRA_MODELS): its searches use that model.
+            served = info.model_name in svc.encoders.names()
+            encoder = svc.encoders.get(info.model_name) if served else svc.encoder
+            check_model(info, encoder.model_name, encoder.dim)
     except DependencyUnavailable as exc:
         log.warning("could not check the default collection now: %s", exc.message)
     return svc

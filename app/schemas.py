@@ -226,6 +226,18 @@ class DeleteRequest(BaseModel):
     filters: Filters | None = None
 
 
+class RetentionRequest(BaseModel):
+    """Delete images by age and/or source (at least one condition; with both, both must match)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"created_before": 1735689600, "sources": []}]}
+    )
+    created_before: Annotated[int, Field(ge=1, le=MAX_TIMESTAMP)] | None = Field(
+        None, description="unix seconds: images with created_at before it"
+    )
+    sources: list[Text] = Field(default_factory=list, max_length=64, description="images of any of these")
+
+
 class DeleteResponse(BaseModel):
     collection: str
     deleted: int
@@ -313,6 +325,12 @@ class CollectionCreate(BaseModel):
         "search filtered by source reads only its partitions; 0: none; "
         "default: the server's SOURCE_PARTITIONS",
     )
+    time_partitions: Literal["none", "day", "month", "year"] | None = Field(
+        None,
+        description="a Milvus partition per period of created_at (UTC), so retention by age drops "
+        "whole partitions; excludes source_partitions; default: the server's TIME_PARTITIONS "
+        "(when source_partitions is not given)",
+    )
 
 
 class CollectionView(BaseModel):
@@ -330,6 +348,18 @@ class CollectionView(BaseModel):
         None,
         description="set when AUTO chose the index: flat_below (the size AUTO switches at) and "
         "reindex_due (the collection grew past it while FLAT)",
+    )
+    alias_of: str | None = Field(
+        None,
+        description="set when this name is an alias (a rebuilt collection's name): the collection "
+        "it points at, which answers its searches and takes its writes",
+    )
+    aliased_by: list[str] = Field(
+        default_factory=list, description="the aliases pointing at this collection (it cannot be dropped)"
+    )
+    physical: str = Field("", description="what Milvus and SQL call the collection holding the data")
+    time_partitions: str | None = Field(
+        None, description="day, month or year: a Milvus partition per period of created_at; null: none"
     )
 
 
@@ -463,3 +493,61 @@ class DuplicatesResponse(BaseModel):
     next_after: int | None = Field(None, description="the `after` of the next page; null on the last page")
     running_job_id: str | None = Field(None, description="a newer listing being computed")
     groups: list[DuplicateGroup]
+
+
+class RebuildRequest(BaseModel):
+    """Rebuild a collection into a new version (another model and/or index) as a job."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"model": "RN50", "dataset": "demo", "split": "valid", "min_recall": 0.5, "switch": True},
+                {
+                    "index_type": "HNSW",
+                    "index_params": {"M": 16, "efConstruction": 200},
+                    "search_params": {"ef": 64},
+                },
+            ]
+        },
+    )
+    model: Text | None = Field(None, description="a model the server runs (default: the collection's own)")
+    index_type: Literal["FLAT", "IVF_FLAT", "HNSW", "AUTO"] | None = Field(
+        None,
+        description="default: the collection's own index (AUTO re-chosen for its current size)",
+    )
+    index_params: dict[Text, IndexParam] = Field(default_factory=dict, max_length=8)
+    search_params: dict[Text, IndexParam] = Field(default_factory=dict, max_length=8)
+    dataset: Text | None = Field(
+        None, description="a labelled split for the recall check: dataset directory under DATA_ROOT"
+    )
+    split: str | None = Field(
+        None,
+        pattern=SPLIT_PATTERN,
+        description="the split with ${split}_texts.jsonl (captions with image_ids, images in the collection)",
+    )
+    min_recall: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="switch only if the new collection's Recall@10 on the split is at least this",
+    )
+    switch: bool = Field(
+        False, description="switch the name to the new collection when it is built (and min_recall is met)"
+    )
+
+
+class SwitchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"to": "images__v2"}]})
+    to: Text = Field(
+        ..., description="the version to point the name at (e.g. images__v2, or back to images__v1)"
+    )
+
+
+class SwitchView(BaseModel):
+    alias: str
+    from_: str = Field(alias="from", description="the collection the name pointed at before")
+    to: str
+    caught_up: int = Field(
+        description="rows copied or removed in the last catch-up, while writes were held off"
+    )

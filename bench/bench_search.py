@@ -363,7 +363,9 @@ def run_sweep(args) -> None:
                 for label, clients, make in runs:
                     res = sl.run_closed_loop(srv.url, label, clients, make, duration, warmup, stats)
                     summary = {
-                        role: res.summary(role) for role in ("text", "image", "add", "delete") if res.of(role)
+                        role: {**res.summary(role), "generator_lag_ms": res.generator_lag_ms}
+                        for role in ("text", "image", "add", "delete")
+                        if res.of(role)
                     }
                     results[name][label] = summary
                     batches[name][label] = res.stats_delta
@@ -373,7 +375,9 @@ def run_sweep(args) -> None:
                     head = summary.get("text") or next(iter(summary.values()))
                     print(
                         f"   {label:<48} {head['qps']:7.1f} q/s  median {head['median_ms']} ms  "
-                        f"p99 {head['p99_ms']} ms  errors {head['errors']}  503 {head['shed_503']}",
+                        f"p99 {head['p99_ms']} ms  errors {head['errors']}  503 {head['shed_503']}  "
+                        f"generator loop lag p99/max {res.generator_lag_ms.get('p99')}/"
+                        f"{res.generator_lag_ms.get('max')} ms",
                         flush=True,
                     )
     _print_sweep(results, batches, backends, levels, args, info.n, duration, warmup)
@@ -454,6 +458,7 @@ def _print_sweep(results, batches, backends, levels, args, n, duration, warmup) 
         "other",
         "HTTP",
         "mean batch (enc/search)",
+        "generator lag p99/max",
     ]
     rows = []
     for name in ("baseline", "new"):
@@ -479,6 +484,7 @@ def _print_sweep(results, batches, backends, levels, args, n, duration, warmup) 
                         s.get("other_ms"),
                         s.get("http_ms"),
                         f"{enc if enc is not None else '-'} / {vec if vec is not None else '-'}",
+                        "{p99} / {max}".format(**s["generator_lag_ms"]) if s.get("generator_lag_ms") else "-",
                     ]
                 )
     print(table(headers, [[_num(c) for c in r] for r in rows]))

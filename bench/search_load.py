@@ -7,12 +7,22 @@ queue limit, the repeated-query (cache hit) run and the mixed read/write run.
 The clients are asyncio tasks with one httpx.AsyncClient (one connection) each, so
 64 or 256 clients cost the bench process little CPU; it still shares the machine's
 cores with the server, Milvus and MariaDB (the load average is printed).
+
+The clients are built before the clock starts, all on one SSL context: httpx builds a
+context per client otherwise (it reads the CA bundle, ~30-40 ms each), and 256 clients
+built inside their tasks held the generator's event loop for about 10 s, longer than
+the warm-up, so late answers were read seconds after they arrived and counted as the
+server's latency. Each run reports the generator's own event-loop lag (a 10 ms timer's
+overshoot, p99 and max) beside its figures: a lag near the latencies means the
+generator, not the server, set them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -39,6 +49,8 @@ class RunResult:
     seconds: float
     samples: list[Sample] = field(default_factory=list)
     stats_delta: dict = field(default_factory=dict)
+    # The generator's event-loop lag during the run, ms: {"p99": ..., "max": ...}.
+    generator_lag_ms: dict = field(default_factory=dict)
 
     def of(self, role: str | None = None) -> list[Sample]:
         return [s for s in self.samples if role is None or s.role == role]
@@ -95,55 +107,77 @@ RequestMaker = Callable[[int, int], tuple[str, Callable]]
 
 
 async def _client_loop(
-    url: str, idx: int, make: RequestMaker, start_at: float, end_at: float, out: list[Sample]
+    client, idx: int, make: RequestMaker, start_at: float, end_at: float, out: list[Sample]
 ) -> None:
     import httpx
 
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        for seq in itertools.count():
-            now = time.perf_counter()
-            if now >= end_at:
-                return
-            role, send = make(idx, seq)
-            if role == "idle":
-                await send(client)
-                continue
-            t = time.perf_counter()
-            try:
-                r = await send(client)
-                status = r.status_code
-                body = r.json() if status == 200 and "json" in r.headers.get("content-type", "") else None
-                retry = r.headers.get("retry-after")
-            except httpx.HTTPError:
-                status, body, retry = 599, None, None
-            done = time.perf_counter()
-            dt = (done - t) * 1000
-            # Every answer that arrives inside the window counts (throughput = answers per
-            # second of the window), also one whose request left during the warm-up.
-            if start_at <= done <= end_at:
-                timings = body.get("timings_ms") if isinstance(body, dict) else None
-                out.append(Sample(role, status, dt, timings, retry))
-            if status == 503 and retry:
-                await asyncio.sleep(min(float(retry), 1.0))
+    for seq in itertools.count():
+        now = time.perf_counter()
+        if now >= end_at:
+            return
+        role, send = make(idx, seq)
+        if role == "idle":
+            await send(client)
+            continue
+        t = time.perf_counter()
+        try:
+            r = await send(client)
+            status = r.status_code
+            body = r.json() if status == 200 and "json" in r.headers.get("content-type", "") else None
+            retry = r.headers.get("retry-after")
+        except httpx.HTTPError:
+            status, body, retry = 599, None, None
+        done = time.perf_counter()
+        dt = (done - t) * 1000
+        # Every answer that arrives inside the window counts (throughput = answers per
+        # second of the window), also one whose request left during the warm-up.
+        if start_at <= done <= end_at:
+            timings = body.get("timings_ms") if isinstance(body, dict) else None
+            out.append(Sample(role, status, dt, timings, retry))
+        if status == 503 and retry:
+            await asyncio.sleep(min(float(retry), 1.0))
+
+
+async def _watch_lag(start_at: float, end_at: float, lags: list[float]) -> None:
+    """How late a 10 ms timer fires on the generator's loop, during the measured window."""
+    while (now := time.perf_counter()) < end_at:
+        await asyncio.sleep(0.01)
+        if now >= start_at:
+            lags.append((time.perf_counter() - now - 0.01) * 1000)
 
 
 def run_closed_loop(
     url: str, label: str, clients: int, make: RequestMaker, duration_s: float, warmup_s: float, stats=None
 ) -> RunResult:
     """`clients` closed-loop clients for warm-up + duration; samples from after the warm-up."""
+    import httpx
+
+    lags: list[float] = []
 
     async def main() -> list[Sample]:
         out: list[Sample] = []
-        begin = time.perf_counter()
-        start_at, end_at = begin + warmup_s, begin + warmup_s + duration_s
-        await asyncio.gather(*(_client_loop(url, i, make, start_at, end_at, out) for i in range(clients)))
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        shared_ssl = ssl.create_default_context()  # unused on http://, but httpx builds one per client
+        async with contextlib.AsyncExitStack() as stack:
+            pool = [
+                await stack.enter_async_context(
+                    httpx.AsyncClient(base_url=url, timeout=120, limits=limits, verify=shared_ssl)
+                )
+                for _ in range(clients)
+            ]
+            begin = time.perf_counter()  # after the clients exist: building them is not load
+            start_at, end_at = begin + warmup_s, begin + warmup_s + duration_s
+            await asyncio.gather(
+                _watch_lag(start_at, end_at, lags),
+                *(_client_loop(c, i, make, start_at, end_at, out) for i, c in enumerate(pool)),
+            )
         return out
 
     before = stats() if stats else {}
     samples = asyncio.run(main())
     after = stats() if stats else {}
-    return RunResult(label, clients, duration_s, samples, _delta(before, after))
+    lag = {"p99": round(pct(lags, 99), 1), "max": round(max(lags), 1)} if lags else {}
+    return RunResult(label, clients, duration_s, samples, _delta(before, after), lag)
 
 
 def _delta(before: dict, after: dict) -> dict:

@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.names import name_problem
@@ -135,6 +135,11 @@ class Settings(BaseSettings):
         description="new collections: 0 = no partitions; N = Milvus "
         "partition key on source, N partitions (source filters read only theirs)",
     )
+    time_partitions: Literal["none", "day", "month", "year"] = Field(
+        "none",
+        description="new collections: a Milvus partition per period of created_at (UTC), so "
+        "retention by age drops whole partitions; excludes SOURCE_PARTITIONS",
+    )
 
     # --- SQL image store ---------------------------------------------------
     mysql_url: str = Field("", description="mysql://user:pass@host:port/db; empty = SQLite")
@@ -250,6 +255,27 @@ class Settings(BaseSettings):
         description="a job's lease: its replica renews it every second; when a replica dies, "
         "another takes its jobs over once this has passed (database clock)",
     )
+    alias_refresh_s: float = Field(
+        2.0,
+        ge=0,
+        le=600,
+        description="searches of another replica follow a collection switch (rebuild) within this; "
+        "writes always read the switch afresh",
+    )
+    rebuild_switch_grace_s: float = Field(
+        2.0,
+        ge=0,
+        le=600,
+        description="a switch holds writes to the name off, waits this long for writes already "
+        "under way, copies the last ones over, then switches",
+    )
+    rebuild_fence_s: float = Field(
+        60.0,
+        ge=1,
+        le=3600,
+        description="the longest a switch holds writes off (503 Retry-After); a switch that cannot "
+        "finish within it gives up without switching",
+    )
 
     # --- text in images (OCR) -------------------------------------------------
     ocr_enabled: bool = Field(
@@ -286,6 +312,15 @@ class Settings(BaseSettings):
         if problem is not None:
             raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _one_partitioning(self) -> Settings:
+        if self.time_partitions != "none" and self.source_partitions:
+            raise ValueError(
+                "TIME_PARTITIONS and SOURCE_PARTITIONS exclude each other (a collection partitioned "
+                "by a source key cannot have partitions of its own)"
+            )
+        return self
 
     @field_validator("index_params", "search_params", "extra_models", mode="before")
     @classmethod

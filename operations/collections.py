@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from operations.context import Services
 from operations.domain import IndexSpec
 from operations.duplicate_groups import duplicate_store
-from operations.errors import NotFound
+from operations.errors import Conflict, NotFound
 from operations.names import validate_name
 from operations.ocr import drop_ocr, enable_ocr, ocr_enabled
 
@@ -27,6 +27,13 @@ class CollectionSummary:
     # For a collection whose index AUTO chose: the size it switches at, and whether the
     # collection has grown past it while still FLAT (a re-index is due; README "Index choice").
     auto_index: dict | None = None
+    # Names (operations.aliases): `alias_of` is set when `name` is an alias (the version it
+    # points at); `aliased_by` lists the aliases pointing at this collection; `physical` is
+    # what Milvus and SQL call the collection holding the data.
+    alias_of: str | None = None
+    aliased_by: list[str] | None = None
+    physical: str = ""
+    time_partitions: str | None = None  # "day" | "month" | "year": Milvus partitions by created_at
 
 
 def create_collection(
@@ -54,10 +61,31 @@ def create_collection(
     return describe_collection(svc, name)
 
 
+def _names(svc: Services) -> dict:
+    return svc.aliases.rows() if svc.aliases is not None else {}
+
+
+def _api_name(rows: dict, store: str) -> str:
+    """The name clients use for the collection stored as `store` (its v1 name for one made
+    before aliases whose own name is now an alias)."""
+    return next((r.name for r in rows.values() if r.kind == "version" and r.target == store), store)
+
+
+def _pointing(rows: dict, store: str, name: str) -> list[str]:
+    """The aliases (other than `name` itself) pointing at the collection stored as `store`."""
+    return sorted(
+        r.name
+        for r in rows.values()
+        if r.kind == "alias" and r.target == store and r.name not in (name, store)
+    )
+
+
 def describe_collection(svc: Services, name: str) -> CollectionSummary:
     validate_name(name)
-    info = svc.vectors.describe(name)
-    images = svc.images.count(name) if svc.images.has_collection(name) else 0
+    rows = _names(svc)
+    store = svc.store_name(name)
+    info = svc.vectors.describe(store)
+    images = svc.images.count(store) if svc.images.has_collection(store) else 0
     auto = None
     if info.index.auto:
         flat_below = svc.settings.auto_index_flat_below
@@ -65,8 +93,17 @@ def describe_collection(svc: Services, name: str) -> CollectionSummary:
             "flat_below": flat_below,
             "reindex_due": info.index.type == "FLAT" and info.count >= flat_below,
         }
+    row = rows.get(name)
+    alias_of = (
+        _api_name(rows, store) if row is not None and row.kind == "alias" and row.target != name else None
+    )
+    aliased_by = sorted(
+        r.name
+        for r in rows.values()
+        if r.kind == "alias" and r.target == store and r.name not in (name, store)
+    )
     return CollectionSummary(
-        info.name,
+        name,
         info.model_name,
         info.dim,
         info.index.type,
@@ -75,22 +112,71 @@ def describe_collection(svc: Services, name: str) -> CollectionSummary:
         info.index.source_partitions,
         info.count,
         images,
-        svc.images.has_collection(name) and ocr_enabled(svc, name),
+        svc.images.has_collection(store) and ocr_enabled(svc, store),
         auto,
+        alias_of,
+        aliased_by if alias_of is None else [],
+        str(store),
+        info.index.time_partitions,
     )
 
 
 def list_collections(svc: Services) -> list[CollectionSummary]:
-    return [describe_collection(svc, name) for name in svc.vectors.list_collections()]
+    """Every collection by the name clients use, and every alias (with what it points at)."""
+    rows = _names(svc)
+    names = {_api_name(rows, store) for store in svc.vectors.list_collections()}
+    names |= {r.name for r in rows.values() if r.kind == "alias"}
+    out = []
+    for name in sorted(names):
+        try:
+            out.append(describe_collection(svc, name))
+        except NotFound:  # dropped meanwhile
+            continue
+    return out
 
 
 def drop_collection(svc: Services, name: str) -> None:
-    """Remove the collection's vectors and its images."""
+    """Remove a collection's vectors and its images.
+
+    An alias (a rebuilt collection's name) is dropped with the collection it points at; older
+    versions are kept until dropped by their own names. A version an alias points at is
+    refused (409): switch the alias elsewhere, or drop the alias.
+    """
     validate_name(name)
-    if not svc.vectors.has_collection(name) and not svc.images.has_collection(name):
+    rows = svc.aliases.rows(fresh=True) if svc.aliases is not None else {}
+    row = rows.get(name)
+    store = svc.store_name(name, write=False)
+    pointing = sorted(
+        r.name
+        for r in rows.values()
+        if r.kind == "alias" and r.target == store and r.name not in (name, store)
+    )
+    if pointing:
+        raise Conflict(
+            f"collection {name!r} is what {', '.join(map(repr, pointing))} points at: switch "
+            f"(POST /img/collections/{pointing[0]}/switch) or drop the alias first",
+            aliases=pointing,
+        )
+    if not svc.vectors.has_collection(store) and not svc.images.has_collection(store):
         raise NotFound(f"collection {name!r} does not exist", collection=name)
-    svc.vectors.drop_collection(name)
-    svc.images.drop_collection(name)
-    drop_ocr(svc, name)
+    is_alias = row is not None and row.kind == "alias"
+    if is_alias and svc.aliases is not None:
+        drop_alias = getattr(svc.vectors, "drop_alias", None)
+        if drop_alias is not None:
+            drop_alias(name)  # Milvus refuses to drop a collection an alias names
+    svc.vectors.drop_collection(store)
+    svc.images.drop_collection(store)
+    drop_ocr(svc, store)
     if getattr(svc.images, "pool", None) is not None:
-        duplicate_store(svc).drop(name)
+        duplicate_store(svc).drop(store)
+    if svc.aliases is not None:
+        for r in rows.values():
+            if r.name == name or (r.kind == "version" and r.target == store):
+                svc.aliases.store.delete(r.name)
+        svc.aliases.forget()
+        # A collection made before aliases carried its alias's name in Milvus: now free.
+        alias = rows.get(str(store))
+        if alias is not None and alias.kind == "alias" and alias.target != store:
+            from operations.rebuild import sync_milvus_alias
+
+            sync_milvus_alias(svc, alias.name)

@@ -17,6 +17,7 @@ from operations.stores.job_store import JobStore
 from operations.stores.vector_base import VectorStore
 
 if TYPE_CHECKING:
+    from operations.aliases import AliasBook
     from operations.serving import Serving
     from operations.vector_cleanup import VectorCleanup
 
@@ -60,6 +61,9 @@ class Services:
     extra: dict = field(default_factory=dict)
     # Calibrations of the models served (None: every model uncalibrated).
     calibrations: CalibrationBook | None = None
+    # The collection names clients use -> the collections answering them (operations.aliases);
+    # None: every name is its own collection (no SQL store to keep the table in).
+    aliases: AliasBook | None = None
     _serving: Serving | None = field(default=None, init=False, repr=False)
     _serving_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _cleanup: VectorCleanup | None = field(default=None, init=False, repr=False)
@@ -102,8 +106,19 @@ class Services:
     def default_index(self) -> IndexSpec:
         s = self.settings
         return IndexSpec(
-            s.index_type, dict(s.index_params), dict(s.search_params), s.source_partitions
+            s.index_type,
+            dict(s.index_params),
+            dict(s.search_params),
+            s.source_partitions,
+            time_partitions=None if s.time_partitions == "none" else s.time_partitions,
         ).check(allow_auto=True)
+
+    def store_name(self, collection: str, write: bool = False) -> str:
+        """The collection `collection` names now, resolved once (operations.aliases.StoreName):
+        what one request passes on, so all its steps use the same collection."""
+        if self.aliases is None:
+            return collection
+        return self.aliases.resolve(collection, write=write)
 
     def encoder_for(self, collection: str) -> Encoder:
         """The encoder of the model `collection` was built with (404 if unknown)."""

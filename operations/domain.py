@@ -7,7 +7,10 @@ cases build them, routes translate them to and from JSON.
 
 from __future__ import annotations
 
+import calendar
+import dataclasses
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from operations.errors import Conflict, InvalidInput
 from operations.names import check_label
@@ -28,6 +31,13 @@ MAX_FILTER_VALUES = 64
 # is one literal of an `id in [...]` expression.
 MAX_ONLY_IDS = 20_000
 INT64_MAX = 2**63 - 1
+# Time partitions (IndexSpec.time_partitions): each row goes into the Milvus partition named by
+# the period of its created_at, so retention by age drops whole partitions. Periods are UTC.
+TIME_PARTITIONS = ("day", "month", "year")
+# The latest created_at a period is computed for (9999-12-31T23:59:59Z, operations.bounds);
+# values outside 0..this are clamped into the first or last period.
+_LAST_SECOND = 253_402_300_799
+_PERIOD_FORMATS = {"year": "t%Y", "month": "t%Y_%m", "day": "t%Y_%m_%d"}
 
 
 def check_int64(value: object, what: str) -> int:
@@ -50,6 +60,10 @@ class IndexSpec:
     source_partitions: int = 0
     # Chosen by AUTO (describe says so; the parameters are the service's, not the caller's).
     auto: bool = False
+    # "day" | "month" | "year": each row goes into the Milvus partition of its created_at's period
+    # (created on demand), so retention by age drops whole partitions; None = none. Exclusive
+    # with source_partitions (a partition-key collection cannot have partitions of its own).
+    time_partitions: str | None = None
 
     def check(self, allow_auto: bool = False) -> IndexSpec:
         """Raise InvalidInput unless valid; "AUTO" only with `allow_auto` (a request, not yet
@@ -87,6 +101,13 @@ class IndexSpec:
             raise InvalidInput(
                 f"source_partitions must be an integer in 0..{MAX_SOURCE_PARTITIONS} (0 = none)"
             )
+        if self.time_partitions is not None and self.time_partitions not in TIME_PARTITIONS:
+            raise InvalidInput(f"time_partitions must be one of {TIME_PARTITIONS} or none")
+        if self.time_partitions and n:
+            raise InvalidInput(
+                "time_partitions and source_partitions exclude each other: a collection partitioned "
+                "by a source key cannot have partitions of its own"
+            )
 
     def resolve(self, expected_vectors: int, flat_below: int) -> IndexSpec:
         """The concrete index for a new collection: AUTO becomes FLAT when fewer than
@@ -94,10 +115,50 @@ class IndexSpec:
         if self.type != AUTO:
             return self
         if expected_vectors < flat_below:
-            return IndexSpec("FLAT", {}, {}, self.source_partitions, auto=True)
-        return IndexSpec(
-            "HNSW", dict(AUTO_HNSW_BUILD), dict(AUTO_HNSW_SEARCH), self.source_partitions, auto=True
+            return dataclasses.replace(self, type="FLAT", build_params={}, search_params={}, auto=True)
+        return dataclasses.replace(
+            self,
+            type="HNSW",
+            build_params=dict(AUTO_HNSW_BUILD),
+            search_params=dict(AUTO_HNSW_SEARCH),
+            auto=True,
         )
+
+
+def _utc(ts: int) -> datetime:
+    return datetime.fromtimestamp(min(max(int(ts), 0), _LAST_SECOND), tz=UTC)
+
+
+def period_partition(created_at: int, granularity: str) -> str:
+    """The name of the time partition that holds a row created at `created_at` (unix seconds):
+    t2026, t2026_01 or t2026_01_15 for year, month or day."""
+    return _utc(created_at).strftime(_PERIOD_FORMATS[granularity])
+
+
+def period_start(ts: int, granularity: str) -> int:
+    """The first second of the period (UTC) that contains `ts`."""
+    d = _utc(ts)
+    if granularity == "year":
+        d = d.replace(month=1, day=1)
+    elif granularity == "month":
+        d = d.replace(day=1)
+    return calendar.timegm(d.replace(hour=0, minute=0, second=0).timetuple())
+
+
+def partition_period(name: str) -> tuple[int, int] | None:
+    """[start, end) in unix seconds of a time partition named by `period_partition`; None for
+    any other partition (Milvus' `_default`)."""
+    parts = name[1:].split("_") if name.startswith("t") else []
+    if not 1 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
+        return None
+    y, m, d = (int(p) for p in parts + ["1"] * (3 - len(parts)))
+    try:
+        start = datetime(y, m, d, tzinfo=UTC)
+    except ValueError:
+        return None
+    days = {1: 365 + calendar.isleap(y), 2: calendar.monthrange(y, m)[1], 3: 1}[len(parts)]
+    first = calendar.timegm(start.timetuple())
+    return first, first + days * 86_400
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
+from operations.aliases import ResolvingStore
 from operations.context import Services
 from operations.duplicate_links import LISTING_TIERS, Links
 from operations.errors import Conflict, InvalidInput
@@ -53,7 +55,10 @@ def duplicate_store(svc: Services) -> SqlDuplicateStore:
         pool = getattr(svc.images, "pool", None)
         if pool is None:
             raise Conflict("duplicate listings need the SQL image store (MySQL or SQLite)")
-        store = svc.extra.setdefault("duplicate_store", SqlDuplicateStore(pool))
+        raw = SqlDuplicateStore(pool)
+        # Collection names resolved like the image store's (operations.aliases).
+        wrapped = raw if svc.aliases is None else cast(SqlDuplicateStore, ResolvingStore(raw, svc.aliases))
+        store = svc.extra.setdefault("duplicate_store", wrapped)
     return store
 
 

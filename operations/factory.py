@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from config.settings import Settings
+from operations.aliases import AliasBook, ResolvingStore
 from operations.context import EncoderRegistry, Services
 from operations.encoding.lazy_encoder import LazyClipEncoder
 from operations.encoding.model_files import ModelSpec, ModelUnavailable, locate_model
 from operations.relevance.calibration_store import CalibrationBook
 from operations.stores.job_store import JobStore
 from operations.stores.milvus_store import MilvusVectorStore
+from operations.stores.sql_alias_store import SqlAliasStore
 from operations.stores.sql_image_store import SqlImageStore
 
 if TYPE_CHECKING:
@@ -109,15 +111,20 @@ def build_services(settings: Settings, encoder=None, lazy_model: bool = False) -
                 device=settings.device,
                 half=settings.half_precision,
                 random_init=bool(spec.get("random_init", False)),
+                # A random-weight model's seed (tests: a second small model that differs).
+                seed=int(spec.get("seed", 0)),
                 **encoder_options(settings),
             )
         )
     images = build_image_store(settings)
+    # Both stores see collection names resolved through the name table (operations.aliases).
+    aliases = AliasBook(SqlAliasStore(images.pool), settings.alias_refresh_s)
     return Services(
         settings=settings,
         encoders=EncoderRegistry(encoder, loaders),
-        vectors=build_vector_store(settings),
-        images=images,
+        vectors=cast(MilvusVectorStore, ResolvingStore(build_vector_store(settings), aliases)),
+        images=cast(SqlImageStore, ResolvingStore(images, aliases)),
         jobs=JobStore(images.pool),
         calibrations=build_calibrations(settings),
+        aliases=aliases,
     )

@@ -100,6 +100,8 @@ def add_images(
     A `progress` passed in is advanced and told of failures, never flushed: its owner (a job
     over many calls) flushes it once at the end.
     """
+    # Resolved once (operations.aliases): the encoder and every write are the same collection's.
+    collection = svc.store_name(collection, write=True)
     svc.require_collection(collection)
     encoder = svc.encoder_for(collection)
     progress = progress or Counter()
@@ -307,6 +309,7 @@ def add_folder(
     as failed and the rest are added.
     """
     check_metadata(source, tags, created_at, None)
+    collection = svc.store_name(collection, write=True)
     svc.require_collection(collection)
     repair_unindexed(svc, collection)
     files = list(iter_folder(folder))

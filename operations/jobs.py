@@ -1,5 +1,5 @@
-"""Background jobs: loads, bulk adds, OCR and pHash backfills, duplicate listings, calibration;
-recorded in the SQL job table.
+"""Background jobs: loads, bulk adds, OCR and pHash backfills, duplicate listings, calibration,
+rebuilds, retention; recorded in the SQL job table.
 
 A job runs in a worker thread of this process, so it survives the client
 disconnecting. Its parameters are stored, so a job interrupted by a restart
@@ -49,6 +49,7 @@ from operations.load import load_split
 from operations.ocr import read_backlog
 from operations.phash_backfill import backfill_phashes
 from operations.progress import JobProgress
+from operations.retention import RetentionRule, apply_retention
 from operations.stores.job_store import Job
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,17 @@ def _run_calibrate(svc: Services, job: Job, progress: JobProgress) -> str:
     )
 
 
+def _run_rebuild(svc: Services, job: Job, progress: JobProgress) -> str:
+    from operations.rebuild import run_rebuild
+
+    return run_rebuild(svc, job.collection, job.params, progress, job.id, svc.settings.data_root)
+
+
+def _run_retention(svc: Services, job: Job, progress: JobProgress) -> str:
+    rule = RetentionRule.from_params(job.params)
+    return apply_retention(svc, job.collection, rule, progress, job.params.get("matched")).message()
+
+
 RUNNERS: dict[str, Callable[[Services, Job, JobProgress], str]] = {
     "load": _run_load,
     "add": _run_add_folder,
@@ -156,6 +168,8 @@ RUNNERS: dict[str, Callable[[Services, Job, JobProgress], str]] = {
     "ocr": _run_ocr,
     "phash": _run_phash,
     "duplicates": _run_duplicates,
+    "rebuild": _run_rebuild,
+    "retention": _run_retention,
 }
 
 

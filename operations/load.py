@@ -178,6 +178,9 @@ def _load_split(
     bulk_file_rows: int | None = None,
 ) -> LoadReport:
     started = time.perf_counter()
+    # Resolved once (operations.aliases): every batch goes to the same collection, and a switch
+    # of the name under the load fails it (503) rather than leave batches behind.
+    collection = svc.store_name(collection, write=True)
     if data_root is not None:
         dataset_dir = check_under(data_root, dataset_dir)
     if not Path(dataset_dir).is_dir():

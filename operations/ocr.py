@@ -12,9 +12,11 @@ import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
+from typing import cast
 
 from PIL import Image
 
+from operations.aliases import ResolvingStore
 from operations.context import Services
 from operations.errors import Conflict, NotFound, ServiceError
 from operations.images import decode_b64_image
@@ -34,7 +36,10 @@ def ocr_store(svc: Services) -> SqlOcrStore:
         pool = getattr(svc.images, "pool", None)
         if pool is None:
             raise Conflict("OCR needs the SQL image store (MySQL or SQLite)")
-        store = svc.extra.setdefault("ocr_store", SqlOcrStore(pool))
+        raw = SqlOcrStore(pool)
+        # Collection names resolved like the image store's (operations.aliases).
+        wrapped = raw if svc.aliases is None else cast(SqlOcrStore, ResolvingStore(raw, svc.aliases))
+        store = svc.extra.setdefault("ocr_store", wrapped)
     return store
 
 

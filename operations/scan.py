@@ -147,6 +147,8 @@ def plan_scan(
         raise InvalidInput(f"give 1..{MAX_DESCRIPTIONS} descriptions, or OCR patterns")
     if not -1.0 <= threshold <= 1.0:
         raise InvalidInput("threshold is a cosine similarity in -1..1")
+    # Resolved once (operations.aliases): the encoder and every page of one collection.
+    collection = svc.store_name(collection)
     encoder = svc.encoder_for(collection)
     for text in descriptions:
         if not isinstance(text, str) or len(text) > svc.settings.max_query_chars:

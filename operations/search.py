@@ -102,6 +102,7 @@ class _Plan:
     text_hits: list[TextMatch] = field(default_factory=list)
     query_vector: np.ndarray | None = None
     kind: str = "text"  # what the query is (text or image): the stage metrics' label
+    name: str = ""  # the collection as the caller named it (`collection` is what it resolved to)
 
     def finish(self) -> dict[str, float]:
         """The timings of the finished search, also recorded in the stage metrics."""
@@ -113,7 +114,12 @@ class _Plan:
 def _plan(svc: Services, collection, top_k, flt, min_score, with_image, timer: _Timer | None) -> _Plan:
     _check_top_k(top_k)
     timer = timer or _Timer()
-    return _Plan(collection, svc.encoder_for(collection), top_k, flt, min_score, with_image, timer)
+    # Resolved once: the encoder, the vector search and the rows all come from the collection
+    # the name pointed at when the search started, even if a switch happens meanwhile.
+    store = svc.store_name(collection)
+    plan = _Plan(store, svc.encoder_for(store), top_k, flt, min_score, with_image, timer)
+    plan.name = collection
+    return plan
 
 
 def _resolve_filter(svc: Services, plan: _Plan) -> _Plan:
@@ -146,7 +152,7 @@ def _finish(svc: Services, plan: _Plan, hits: list) -> SearchOutcome:
     timings = plan.finish()
     # Per-stage timings in the log, so a slow request explains itself.
     log.info("search %s top_k=%d hits=%d %s", plan.collection, plan.top_k, len(matches), timings)
-    return SearchOutcome(plan.collection, plan.encoder.model_name, matches, timings)
+    return SearchOutcome(plan.name, plan.encoder.model_name, matches, timings)
 
 
 def _finish_fused(svc: Services, plan: _Plan, hits: list[Hit]) -> SearchOutcome:
@@ -190,7 +196,7 @@ def _finish_fused(svc: Services, plan: _Plan, hits: list[Hit]) -> SearchOutcome:
     log.info(
         "search %s mode=%s top_k=%d hits=%d %s", plan.collection, plan.mode, plan.top_k, len(matches), timings
     )
-    return SearchOutcome(plan.collection, plan.encoder.model_name, matches, timings)
+    return SearchOutcome(plan.name, plan.encoder.model_name, matches, timings)
 
 
 def _text_stage(svc: Services, plan: _Plan, query: str) -> None:
@@ -246,7 +252,7 @@ def _prepare_text(
     plan = _plan(svc, collection, top_k, flt, min_score, with_image, timer)
     plan.encoder.check_text(query)
     # Default: both signals where the collection's text is read, CLIP alone elsewhere.
-    plan.mode = mode or ("hybrid" if ocr_enabled(svc, collection) else "visual")
+    plan.mode = mode or ("hybrid" if ocr_enabled(svc, plan.collection) else "visual")
     if plan.mode != "visual":
         _text_stage(svc, plan, query)
     return _resolve_filter(svc, plan)
@@ -266,7 +272,7 @@ def _prepare_image(
         plan.timer.stage("decode", t)
     else:
         image_id = int(image_id)
-        vectors = svc.vectors.get_vectors(collection, [image_id])
+        vectors = svc.vectors.get_vectors(plan.collection, [image_id])
         if image_id not in vectors:
             raise NotFound(f"image {image_id} is not in collection {collection!r}", image_id=image_id)
         plan.vector = vectors[image_id]

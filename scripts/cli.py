@@ -6,8 +6,11 @@
     python -m scripts.cli ocr NAME          # turn OCR on and read the images already stored
     python -m scripts.cli phash NAME        # pHashes for images stored without one (a dataset load's)
     python -m scripts.cli duplicates NAME   # compute the duplicate listing, print its first groups
+    python -m scripts.cli retention NAME --created-before 2026-01-01 [--source S ...]
     python -m scripts.cli search shop "13812345678" --mode text
     python -m scripts.cli calibrate --dataset datasets/data/demo --split valid --collection demo
+    python -m scripts.cli rebuild demo --model vitb16 --dataset datasets/data/demo --split valid --switch
+    python -m scripts.cli switch demo demo__v1   # back to the old version
 
 Milvus Lite opens a file in one process at a time: while the server runs on
 the embedded default, load through its API (POST /img/load) instead.
@@ -16,6 +19,8 @@ the embedded default, load through its API (POST /img/load) instead.
 from __future__ import annotations
 
 import argparse
+import calendar
+import datetime
 import json
 import logging
 import sys
@@ -24,6 +29,7 @@ from pathlib import Path
 
 from config.settings import SettingsError, load_settings
 from operations.collections import create_collection, drop_collection, list_collections
+from operations.domain import IndexSpec
 from operations.duplicate_groups import check_tiers, compute_duplicates
 from operations.duplicate_listing import latest_listing, read_page
 from operations.errors import ServiceError
@@ -33,9 +39,12 @@ from operations.load import load_split
 from operations.ocr import enable_ocr, read_backlog
 from operations.phash_backfill import backfill_phashes
 from operations.progress import TqdmProgress
+from operations.rebuild import rebuild_params, run_rebuild, switch_to
 from operations.relevance.calibrate import calibrate_model
 from operations.relevance.cutoff import CutOptions
 from operations.relevance.search import RelevanceQuery, relevance_search
+from operations.retention import RetentionRule, apply_retention
+from operations.tracing import configure_logging
 
 
 def _ids(value: str) -> tuple[int, ...]:
@@ -43,6 +52,16 @@ def _ids(value: str) -> tuple[int, ...]:
         return tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise SystemExit("error: ids must be comma-separated integers") from None
+
+
+def _timestamp(value: str) -> int:
+    """Unix seconds, or a date YYYY-MM-DD (its first second, UTC)."""
+    if value.isdigit():
+        return int(value)
+    try:
+        return calendar.timegm(datetime.date.fromisoformat(value).timetuple())
+    except ValueError:
+        raise argparse.ArgumentTypeError("unix seconds or a date YYYY-MM-DD") from None
 
 
 def _duplicates(svc, collection: str, args: argparse.Namespace) -> None:
@@ -119,15 +138,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=20, help="groups printed")
     p.add_argument("--stored", action="store_true", help="print the stored listing, compute nothing")
     p = sub.add_parser(
+        "retention", help="delete images created before a time and/or of sources (run again to finish)"
+    )
+    p.add_argument("collection")
+    p.add_argument("--created-before", type=_timestamp, help="unix seconds or YYYY-MM-DD (UTC)")
+    p.add_argument("--source", action="append", default=[], help="a source to delete (repeatable)")
+    p = sub.add_parser(
         "calibrate", help="fit the relevance calibration of a collection's model on a labelled split"
     )
     p.add_argument("--dataset", required=True, type=Path, help="dataset directory (Chinese-CLIP layout)")
     p.add_argument("--split", required=True, help="split with ${split}_texts.jsonl (image_ids)")
     p.add_argument("--collection", default=None, help="its model is calibrated (default: the main model)")
+    p = sub.add_parser(
+        "rebuild",
+        help="rebuild a collection into a new version with another model or index, check its recall, "
+        "switch (README: Rebuilds)",
+    )
+    p.add_argument("collection")
+    p.add_argument("--model", default=None, help="a configured model (default: the collection's)")
+    p.add_argument("--index-type", choices=("FLAT", "IVF_FLAT", "HNSW", "AUTO"), default=None)
+    p.add_argument("--index-params", type=json.loads, default={}, help='JSON, e.g. {"M": 16}')
+    p.add_argument("--search-params", type=json.loads, default={}, help='JSON, e.g. {"ef": 64}')
+    p.add_argument("--dataset", type=Path, default=None, help="a labelled split's directory (recall check)")
+    p.add_argument("--split", default=None)
+    p.add_argument("--min-recall", type=float, default=None, help="Recall@10 the switch needs")
+    p.add_argument("--switch", action="store_true", help="switch the name when built (and min-recall met)")
+    p = sub.add_parser("switch", help="point a collection's name at another version of it")
+    p.add_argument("collection")
+    p.add_argument("to", help="the version, e.g. images__v2")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings()
+        # The service's log format (a Kubernetes Job's lines parse like the pods'); the level is
+        # LOG_LEVEL only when set, else WARNING: INFO lines would break up the progress bar.
+        configure_logging(
+            settings.log_format, settings.log_level if "log_level" in settings.model_fields_set else "WARNING"
+        )
         svc = build_services(settings, lazy_model=True)
         collection = getattr(args, "collection", None) or settings.default_collection
         if args.command == "load":
@@ -166,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(backfill_phashes(svc, collection, TqdmProgress("phash"))))
         elif args.command == "duplicates":
             _duplicates(svc, collection, args)
+        elif args.command == "retention":
+            rule = RetentionRule(args.created_before, tuple(args.source))
+            print(apply_retention(svc, collection, rule, TqdmProgress("retention")).message())
         elif args.command == "search":
             rq = RelevanceQuery(
                 query=args.query,
@@ -189,6 +239,23 @@ def main(argv: list[str] | None = None) -> int:
             if not rel_report.calibrated:
                 print(f"relevance: none ({rel_report.note})")
             print(json.dumps(outcome.timings_ms))
+        elif args.command == "rebuild":
+            index = None
+            if args.index_type:
+                index = IndexSpec(args.index_type, dict(args.index_params), dict(args.search_params))
+            params = rebuild_params(
+                svc,
+                collection,
+                args.model,
+                index,
+                str(args.dataset) if args.dataset else None,
+                args.split,
+                args.min_recall,
+                args.switch,
+            )
+            print(run_rebuild(svc, collection, params, TqdmProgress(f"rebuild {params['target']}")))
+        elif args.command == "switch":
+            print(json.dumps(switch_to(svc, collection, args.to)))
         elif args.command == "calibrate":
             cal, path = calibrate_model(svc, args.dataset, args.split, collection=args.collection)
             print(json.dumps({**cal.to_json(), "stored_in": str(path)}, ensure_ascii=False, indent=2))

@@ -4,7 +4,8 @@ Each subcommand runs an existing module exactly as `python -m <module>` does (sa
 exit status), so both spellings keep working:
 
     imgsearch serve [--host H --port P]     python -m app.main
-    imgsearch load|list|count|drop|repair|search|calibrate|add-folder|ocr|phash|duplicates ...
+    imgsearch load|list|count|drop|repair|search|calibrate|add-folder|ocr|phash|duplicates|retention|
+              rebuild|switch ...
                                             python -m scripts.cli ...
     imgsearch eval build-lmdb|extract|predict|evaluate|crosscheck ...
                                             python -m operations.evaluation.cli ...
@@ -41,6 +42,9 @@ CLI_COMMANDS = (
     "ocr",
     "phash",
     "duplicates",
+    "rebuild",
+    "switch",
+    "retention",
 )
 BENCHES = {
     "load": "bench.bench_load",

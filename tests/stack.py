@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -115,3 +116,50 @@ def metric_families(text: str) -> dict[str, str]:
             else:
                 names[name] = kind
     return names
+
+
+def fill_images(
+    svc: Services, collection: str, rows: list[tuple[int, str, int]], dim: int, batch: int = 20_000
+) -> None:
+    """Store (id, source, created_at) rows straight through both stores, fast: a tiny image
+    string (nothing decodes it), a random unit vector, marked indexed. No encoder."""
+    from operations.domain import ImageRow, VectorAttrs
+
+    for start in range(0, len(rows), batch):
+        part = rows[start : start + batch]
+        ids = [i for i, _, _ in part]
+        images = [
+            ImageRow(id=i, sha256=f"{i:064x}", image_b64="AA==", source=s, created_at=t) for i, s, t in part
+        ]
+        result = svc.images.insert_rows(collection, images)
+        assert len(result.inserted) == len(part), result
+        svc.vectors.upsert(
+            collection,
+            ids,
+            unit_rows(len(part), dim, seed=start),
+            [VectorAttrs(s, (), t) for _, s, t in part],
+            visible=False,
+        )
+        svc.images.mark_indexed(collection, ids)
+    svc.vectors.flush(collection, bulk=True)
+
+
+def wait_job(
+    client, job_id: str, timeout: float = 300, poll_s: float = 0.02, through_errors: bool = False
+) -> dict:
+    """Poll `GET /img/jobs/{job_id}` until the job has ended (any state but queued or running)
+    and return its view. A short poll: tests wait on many small jobs, and each poll is one
+    indexed read. through_errors: keep polling through non-200 answers (a fault test has
+    stopped a store); such tests poll less often, as a user's client would."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        r = client.get(f"/img/jobs/{job_id}")
+        if r.status_code != 200 and not through_errors:
+            raise AssertionError(f"GET /img/jobs/{job_id}: {r.status_code} {r.text}")
+        if r.status_code == 200:
+            last = r.json()
+            if last["state"] not in ("queued", "running"):
+                return last
+        time.sleep(poll_s)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {last}")

@@ -6,12 +6,24 @@ from fastapi import APIRouter
 
 from app.contract import raises
 from app.deps import RunnerDep, SvcDep, WriteAccess
-from app.schemas import CollectionCreate, CollectionView
+from app.routes.jobs import job_view
+from app.schemas import (
+    CollectionCreate,
+    CollectionView,
+    JobView,
+    RebuildRequest,
+    RetentionRequest,
+    SwitchRequest,
+    SwitchView,
+)
 from operations.collections import create_collection, describe_collection, drop_collection, list_collections
+from operations.context import resolve_under
 from operations.domain import IndexSpec
-from operations.errors import BadRequest, Conflict, InvalidInput, NotFound
+from operations.errors import BadRequest, Conflict, DependencyUnavailable, InvalidInput, NotFound
 from operations.names import validate_name
 from operations.ocr import enable_ocr
+from operations.rebuild import rebuild_params, switch_to
+from operations.retention import RetentionRule, start_retention
 
 router = APIRouter(prefix="/img", tags=["collections"])
 
@@ -37,11 +49,26 @@ def list_all(svc: SvcDep) -> list[CollectionView]:
 )
 def create(body: CollectionCreate, svc: SvcDep) -> CollectionView:
     default = svc.default_index()
+    # One partitioning per collection: the request's choice of one turns the server's default
+    # of the other off; naming both is a 422 (IndexSpec.check).
+    time_partitions = (
+        (None if body.source_partitions else default.time_partitions)
+        if body.time_partitions is None
+        else None
+        if body.time_partitions == "none"
+        else body.time_partitions
+    )
+    source_partitions = (
+        (0 if body.time_partitions not in (None, "none") else default.source_partitions)
+        if body.source_partitions is None
+        else body.source_partitions
+    )
     index = IndexSpec(
         body.index_type or default.type,
         dict(body.index_params) if body.index_type else default.build_params,
         dict(body.search_params) if body.index_type else default.search_params,
-        default.source_partitions if body.source_partitions is None else body.source_partitions,
+        source_partitions,
+        time_partitions=time_partitions,
     )
     return _view(create_collection(svc, body.name, body.model, index, body.ocr, body.expected_vectors or 0))
 
@@ -69,7 +96,8 @@ def count(name: str, svc: SvcDep) -> dict:
 @router.delete(
     "/collections/{name}",
     dependencies=[WriteAccess],
-    summary="Drop a collection and its images (409 while a job of any replica works on it)",
+    summary="Drop a collection and its images (409 while a job of any replica works on it, or while "
+    "an alias points at it); dropping an alias drops it and the collection it points at",
     responses=raises(BadRequest, NotFound, Conflict),
 )
 def drop(name: str, svc: SvcDep, runner: RunnerDep) -> dict:
@@ -82,6 +110,10 @@ def drop(name: str, svc: SvcDep, runner: RunnerDep) -> dict:
             "cancel them (POST /img/jobs/{id}/cancel) or wait, then drop it",
             jobs=running,
         )
+    # A version a rebuild is writing (its job runs on the name clients use).
+    if "__v" in name and (active := runner.active("rebuild", name.rsplit("__v", 1)[0])):
+        if runner.jobs.get(active, 0).params.get("target") == name:
+            raise Conflict(f"a rebuild (job {active}) is writing {name!r}: cancel it first", jobs=[active])
     drop_collection(svc, name)
     return {"dropped": name}
 
@@ -117,3 +149,63 @@ def phash_job(name: str, svc: SvcDep, runner: RunnerDep) -> dict:
     svc.require_collection(name)
     job = runner.submit("phash", name, {})
     return {"collection": name, "job_id": job.id}
+
+
+@router.post(
+    "/collections/{name}/rebuild",
+    status_code=202,
+    response_model=JobView,
+    dependencies=[WriteAccess],
+    summary="Rebuild a collection into a new version with another model or index (background job); "
+    "searches and writes go on meanwhile",
+    responses=raises(BadRequest, NotFound, Conflict, InvalidInput),
+)
+def rebuild(name: str, body: RebuildRequest, svc: SvcDep, runner: RunnerDep) -> JobView:
+    validate_name(name)
+    if active := runner.active("rebuild", name):
+        raise Conflict(f"a rebuild of {name!r} is already running (job {active})", job_id=active)
+    index = None
+    if body.index_type:
+        index = IndexSpec(body.index_type, dict(body.index_params), dict(body.search_params))
+    elif body.index_params or body.search_params:
+        raise InvalidInput("index_params and search_params need index_type")
+    dataset = None
+    if body.dataset is not None:
+        path = resolve_under(svc.settings.data_root, body.dataset)
+        if not path.is_dir():
+            raise BadRequest(f"dataset {body.dataset!r} does not exist under the data root")
+        dataset = str(path)
+    params = rebuild_params(svc, name, body.model, index, dataset, body.split, body.min_recall, body.switch)
+    job = runner.submit("rebuild", name, params)
+    return job_view(runner.jobs.get(job.id))
+
+
+@router.post(
+    "/collections/{name}/switch",
+    response_model=SwitchView,
+    dependencies=[WriteAccess],
+    summary="Point a name at another version of it (a rebuild's): searches move at once; writes are "
+    "held off (503 Retry-After) for the few seconds the last ones take to copy",
+    responses=raises(BadRequest, NotFound, Conflict, InvalidInput, DependencyUnavailable),
+)
+def switch(name: str, body: SwitchRequest, svc: SvcDep, runner: RunnerDep) -> SwitchView:
+    validate_name(name)
+    validate_name(body.to)
+    if active := runner.active("rebuild", name):
+        raise Conflict(f"a rebuild of {name!r} is running (job {active}): switch once it ends", job_id=active)
+    return SwitchView.model_validate(switch_to(svc, name, body.to))
+
+
+@router.post(
+    "/collections/{name}/retention",
+    status_code=202,
+    response_model=JobView,
+    dependencies=[WriteAccess],
+    summary="Delete images by age (created_before) and/or source, as a background job with progress "
+    "(409 while one runs on the collection)",
+    responses=raises(BadRequest, NotFound, Conflict, InvalidInput),
+)
+def retention(name: str, body: RetentionRequest, svc: SvcDep, runner: RunnerDep) -> JobView:
+    rule = RetentionRule(body.created_before, tuple(body.sources))
+    job = start_retention(svc, runner, validate_name(name), rule)
+    return job_view(runner.jobs.get(job.id))

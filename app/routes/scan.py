@@ -68,7 +68,7 @@ def risk_scan(body: ScanRequest, svc: SvcDep):
         svc, collection, body.descriptions, body.threshold, flt, body.offset, body.limit or 100, patterns
     )
     return ScanResponse(
-        collection=outcome.collection,
+        collection=collection,  # the name asked for (outcome.collection: what it resolved to)
         model=outcome.model,
         threshold=outcome.threshold,
         total=outcome.total,

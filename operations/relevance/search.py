@@ -204,6 +204,8 @@ def _composed(
 ) -> tuple[SearchOutcome, RelevanceReport]:
     t0 = time.perf_counter()
     ms: dict[str, float] = {}
+    # Resolved once (operations.aliases): the encoder, searches and rows of one collection.
+    name, collection = collection, svc.store_name(collection)
     encoder = svc.encoder_for(collection)
     texts = parsed.positive_texts() + [(t.text, t.weight) for t in parsed.negatives]
     for text, _ in texts:
@@ -274,7 +276,7 @@ def _composed(
     ms["total"] = round((time.perf_counter() - t0) * 1000, 2)
     metrics.observe_search("composed", ms)
     log.info("relevance search %s top_k=%d hits=%d %s", collection, rq.top_k, len(matches), ms)
-    outcome = SearchOutcome(collection, encoder.model_name, matches, ms)
+    outcome = SearchOutcome(name, encoder.model_name, matches, ms)
     why_none = (
         ""
         if wanted is not None

@@ -6,12 +6,21 @@ over the same vectors must answer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from operations.domain import CollectionInfo, Hit, IndexSpec, SearchFilter, VectorAttrs, check_model
-from operations.errors import NotFound
+from operations.domain import (
+    CollectionInfo,
+    Hit,
+    IndexSpec,
+    SearchFilter,
+    VectorAttrs,
+    check_model,
+    partition_period,
+    period_partition,
+)
+from operations.errors import InvalidInput, NotFound
 from operations.names import validate_name
 
 
@@ -50,6 +59,7 @@ class InMemoryVectorStore:
             "index": index.check(),
             "vectors": {},
             "attrs": {},
+            "partitions": {},  # id -> its time partition (time-partitioned collections)
         }
 
     def has_collection(self, name: str) -> bool:
@@ -78,8 +88,26 @@ class InMemoryVectorStore:
         for i, image_id in enumerate(ids):
             c["vectors"][int(image_id)] = vectors[i]
             c["attrs"][int(image_id)] = attrs[i] if attrs else VectorAttrs()
+            if c["index"].time_partitions:
+                # One copy per id, in its period's partition (the Milvus store deletes the id
+                # from every partition before it inserts).
+                c["partitions"][int(image_id)] = period_partition(
+                    c["attrs"][int(image_id)].created_at, c["index"].time_partitions
+                )
         self._advance(name)
         return len(ids)
+
+    def time_partitions(self, name: str) -> list[str]:
+        """The time partitions holding rows (Milvus also keeps emptied ones until dropped)."""
+        return sorted(set(self._get(name)["partitions"].values()))
+
+    def drop_partitions(self, name: str, partitions: Sequence[str]) -> None:
+        c = self._get(name)
+        for p in partitions:
+            if partition_period(p) is None:
+                raise InvalidInput(f"{p!r} is not a time partition")
+        gone = [i for i, p in c["partitions"].items() if p in set(partitions)]
+        self.delete(name, gone)
 
     def wait_visible(self, name: str) -> None:
         return None  # every write is visible at once
@@ -92,6 +120,7 @@ class InMemoryVectorStore:
         for image_id in ids:
             c["vectors"].pop(int(image_id), None)
             c["attrs"].pop(int(image_id), None)
+            c["partitions"].pop(int(image_id), None)
         self._advance(name)
 
     def existing_ids(self, name, ids) -> set[int]:

@@ -51,8 +51,17 @@ import numpy as np
 
 from operations import deadline
 from operations.bounds import check_int64
-from operations.domain import CollectionInfo, Hit, IndexSpec, SearchFilter, VectorAttrs, check_model
-from operations.errors import DependencyUnavailable, InvalidInput, NotFound, ServiceError
+from operations.domain import (
+    CollectionInfo,
+    Hit,
+    IndexSpec,
+    SearchFilter,
+    VectorAttrs,
+    check_model,
+    partition_period,
+    period_partition,
+)
+from operations.errors import Conflict, DependencyUnavailable, InvalidInput, NotFound, ServiceError
 from operations.names import validate_name
 from operations.stores.milvus_filter import build_filter, ids_filter
 from operations.stores.outage import OutageLog
@@ -174,6 +183,8 @@ class MilvusVectorStore:
         self._create_lock = threading.Lock()
         self._loaded: set[str] = set()
         self._info_cache: dict[str, CollectionInfo] = {}
+        # Time partitions known to exist, per collection (created on demand by upserts).
+        self._partitions: dict[str, set[str]] = {}
         # Writes per collection not yet known to be visible to Bounded reads.
         self._writes: dict[str, int] = {}
         self._visible: dict[str, int] = {}
@@ -325,6 +336,7 @@ class MilvusVectorStore:
                     # and a collection created again under the name is described afresh.
                     self._loaded.discard(name)
                     self._info_cache.pop(name, None)
+                    self._partitions.pop(name, None)
                 raise err from exc
             except Exception as exc:  # grpc errors, socket errors
                 self._loaded.clear()
@@ -415,6 +427,7 @@ class MilvusVectorStore:
                             "search": index.search_params,
                             "source_partitions": index.source_partitions,
                             "auto": index.auto,
+                            "time_partitions": index.time_partitions,
                         }
                     ),
                 },
@@ -465,6 +478,7 @@ class MilvusVectorStore:
                 idx.get("search", {}),
                 int(idx.get("source_partitions", 0)),
                 bool(idx.get("auto", False)),
+                idx.get("time_partitions") or None,
             ),
             0,
         )
@@ -488,6 +502,52 @@ class MilvusVectorStore:
         self._advance(name)
         self._loaded.discard(name)
         self._info_cache.pop(name, None)
+        self._partitions.pop(name, None)
+
+    @_one_deadline
+    def point_alias(self, alias: str, collection: str) -> bool:
+        """Make the Milvus alias `alias` name `collection` (created, or moved from another), for
+        clients that read Milvus directly; the service itself follows the SQL name table
+        (operations.aliases). False, and nothing done, while a collection still carries the
+        name itself (Milvus refuses an alias named like a collection): a collection made before
+        aliases keeps its name until it is dropped."""
+        validate_name(alias)
+        validate_name(collection)
+        names = self._call(lambda c: c.list_collections(timeout=self.timeout))
+        if alias in names:
+            return False
+        current = self._alias_target(alias)
+        if current == collection:
+            return True
+        if current is None:
+            self._call(lambda c: c.create_alias(collection, alias, timeout=self.timeout), collection)
+        else:
+            self._call(lambda c: c.alter_alias(collection, alias, timeout=self.timeout), collection)
+        return True
+
+    def _alias_target(self, alias: str) -> str | None:
+        try:
+            found = self._call(lambda c: c.describe_alias(alias, timeout=self.timeout))
+        except (NotFound, InvalidInput):
+            return None
+        except DependencyUnavailable as exc:
+            # Milvus answers "alias not found" as a plain error on some versions.
+            if "not found" in exc.message.lower() or "not exist" in exc.message.lower():
+                return None
+            raise
+        return str(found.get("collection_name")) if isinstance(found, dict) else None
+
+    @_one_deadline
+    def drop_alias(self, alias: str) -> None:
+        """Drop the Milvus alias `alias` if there is one."""
+        validate_name(alias)
+        if self._alias_target(alias) is not None:
+            self._call(lambda c: c.drop_alias(alias, timeout=self.timeout))
+
+    @_one_deadline
+    def alias_target(self, alias: str) -> str | None:
+        """The collection the Milvus alias `alias` names, None without one."""
+        return self._alias_target(alias)
 
     def _repair_index(self, name: str, index: IndexSpec) -> None:
         """Give the vector field its index if a failed creation left it without."""
@@ -570,7 +630,9 @@ class MilvusVectorStore:
                     }
                 )
             self._wrote(name)
-            if meta.index.source_partitions:
+            if meta.index.time_partitions:
+                count = self._write_by_period(name, meta.index.time_partitions, rows)
+            elif meta.index.source_partitions:
                 # The Milvus 2.3.5 server routes *upserted* rows of a partition-key
                 # collection to the wrong partitions (a source-filtered search then
                 # misses them; tests/MILVUS_NOTES.md); inserted rows are
@@ -589,6 +651,90 @@ class MilvusVectorStore:
         if visible:
             self.wait_visible(name)
         return total
+
+    def _write_by_period(self, name: str, granularity: str, rows: list[dict]) -> int:
+        """Write rows into the partitions of their created_at's periods (created on demand).
+
+        An upsert only replaces a row within the partition it writes to: the 2.3.5 server keeps
+        the old copy of an id in its old partition (two rows, one id; measured in
+        tests/stores/test_time_partitions.py). So, as for the partition key: delete the ids
+        from every partition, then insert each row into its period's. A crash in between leaves
+        the SQL rows unmarked, and the next run redoes them.
+        """
+        groups: dict[str, list[dict]] = {}
+        for r in rows:
+            groups.setdefault(period_partition(r["created_at"], granularity), []).append(r)
+        pk_ids = [r["id"] for r in rows]
+        self._call(lambda c: c.delete(name, ids=pk_ids, timeout=self.timeout), name)
+        count = 0
+        for partition, part_rows in sorted(groups.items()):
+            self._ensure_partition(name, partition)
+            try:
+                result = self._call(
+                    lambda c: c.insert(name, part_rows, partition_name=partition, timeout=self.timeout),  # noqa: B023 (called at once)
+                    name,
+                )
+            except ServiceError as exc:
+                # Dropped by a retention run of another process since this one created it.
+                if "partition" not in exc.message.lower():
+                    raise
+                self._partitions.get(name, set()).discard(partition)
+                self._ensure_partition(name, partition)
+                result = self._call(
+                    lambda c: c.insert(name, part_rows, partition_name=partition, timeout=self.timeout),  # noqa: B023 (called at once)
+                    name,
+                )
+            n = result.get("insert_count", len(part_rows)) if isinstance(result, dict) else len(part_rows)
+            count += int(n)
+        return count
+
+    def _ensure_partition(self, name: str, partition: str) -> None:
+        known = self._partitions.setdefault(name, set())
+        if partition in known:
+            return
+        if not self._call(lambda c: c.has_partition(name, partition, timeout=self.timeout), name):
+            try:
+                # A new partition of a loaded collection is loaded with it (2.3 server and Lite).
+                self._call(lambda c: c.create_partition(name, partition, timeout=self.timeout), name)
+            except InvalidInput:
+                raise
+            except ServiceError as exc:
+                text = exc.message.lower()
+                if "exceed" in text or "max" in text:
+                    raise Conflict(
+                        f"collection {name!r} cannot take another partition ({partition}): Milvus' "
+                        "rootCoord.maxPartitionNum is reached; drop old periods (retention) or use a "
+                        "coarser time_partitions",
+                        collection=name,
+                    ) from exc
+                if not self._call(lambda c: c.has_partition(name, partition, timeout=self.timeout), name):
+                    raise  # not made by a concurrent writer either
+        known.add(partition)
+
+    @_one_deadline
+    def time_partitions(self, name: str) -> list[str]:
+        """The collection's time partitions (names from `period_partition`), oldest first."""
+        parts = self._call(lambda c: c.list_partitions(name, timeout=self.timeout), name)
+        return sorted(p for p in parts if partition_period(p) is not None)
+
+    @_one_deadline
+    def drop_partitions(self, name: str, partitions: Sequence[str]) -> None:
+        """Drop whole time partitions with their rows; one already gone is skipped. A server
+        drops only released partitions: each is released first (Milvus Lite has no partition
+        release and drops a loaded one)."""
+        self._advance(name)
+        try:
+            for partition in partitions:
+                if partition_period(partition) is None:
+                    raise InvalidInput(f"{partition!r} is not a time partition")
+                self._partitions.get(name, set()).discard(partition)
+                if not self._call(lambda c: c.has_partition(name, partition, timeout=self.timeout), name):  # noqa: B023 (called at once)
+                    continue
+                if not self.is_lite:
+                    self._call(lambda c: c.release_partitions(name, [partition], timeout=self.timeout), name)  # noqa: B023 (called at once)
+                self._call(lambda c: c.drop_partition(name, partition, timeout=self.timeout), name)  # noqa: B023 (called at once)
+        finally:
+            self._advance(name)
 
     @_one_deadline
     def flush(self, name: str, bulk: bool = False) -> None:

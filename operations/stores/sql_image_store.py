@@ -71,7 +71,8 @@ def _ddl(dialect: str, table: str) -> list[str]:
             image_b64 LONGBLOB NOT NULL,
             UNIQUE KEY uq_sha256 (sha256),
             KEY ix_indexed (indexed),
-            KEY ix_source_created (source, created_at)
+            KEY ix_source_created (source, created_at),
+            KEY ix_created (created_at)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"""
         ]
     return [
@@ -90,6 +91,7 @@ def _ddl(dialect: str, table: str) -> list[str]:
             image_b64 TEXT NOT NULL)""",
         f'CREATE INDEX IF NOT EXISTS "ix_{table}_indexed" ON "{table}" (indexed)',
         f'CREATE INDEX IF NOT EXISTS "ix_{table}_src" ON "{table}" (source, created_at)',
+        f'CREATE INDEX IF NOT EXISTS "ix_{table}_created" ON "{table}" (created_at)',
     ]
 
 
@@ -132,6 +134,7 @@ class SqlImageStore:
         self.pool = pool
         self._known: set[str] = set()
         self._phash_known: set[str] = set()
+        self._created_indexed: set[str] = set()  # tables known to have their created_at index
         self._max_packet: int | None = None
 
     @property
@@ -180,7 +183,33 @@ class SqlImageStore:
         table = table_name(collection)
         for statement in _ddl(self.pool.dialect, table):
             self.pool.execute(statement)
+        self._ensure_created_index(table)
         self._known.add(collection)
+
+    def _ensure_created_index(self, table: str) -> None:
+        """Retention selects and counts by created_at alone (operations.retention): a table made
+        before that index existed gets it, once per process (on MySQL a tolerated race: another
+        replica may add it at the same moment)."""
+        if table in self._created_indexed:
+            return
+        if self.pool.dialect == "sqlite":
+            self.pool.execute(f'CREATE INDEX IF NOT EXISTS "ix_{table}_created" ON "{table}" (created_at)')
+        elif not self._has_created_index(table):
+            try:
+                self.pool.execute(f"ALTER TABLE {self._q(table)} ADD KEY ix_created (created_at)")
+            except Exception:
+                if not self._has_created_index(table):
+                    raise
+        self._created_indexed.add(table)
+
+    def _has_created_index(self, table: str) -> bool:
+        return bool(
+            self.pool.query(
+                "SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() "
+                "AND table_name = ? AND index_name = 'ix_created'",
+                (table,),
+            )
+        )
 
     def has_collection(self, collection: str) -> bool:
         table = table_name(collection)
@@ -196,6 +225,7 @@ class SqlImageStore:
     def drop_collection(self, collection: str) -> None:
         self.pool.execute(f"DROP TABLE IF EXISTS {self._q(table_name(collection))}")
         self.pool.execute(f"DROP TABLE IF EXISTS {self._q(phash_table_name(collection))}")
+        self._created_indexed.discard(table_name(collection))
         self._known.discard(collection)
         self._phash_known.discard(collection)
 
@@ -277,6 +307,52 @@ class SqlImageStore:
                 (int(after_id), int(limit)),
             )
         ]
+
+    # -- rebuilds (operations.rebuild) ------------------------------------------
+    def ids_after(self, collection: str, after_id: int, limit: int) -> list[int]:
+        """Ids of every stored image with id > after_id, by id (a pass over the whole table)."""
+        table = self._table(collection)
+        return [
+            int(r[0])
+            for r in self.pool.query(
+                f"SELECT id FROM {table} WHERE id > ? ORDER BY id LIMIT ?", (int(after_id), int(limit))
+            )
+        ]
+
+    def copy_rows(self, collection: str, source: str, ids: Sequence[int]) -> int:
+        """Copy the rows `ids` (and their pHashes) of `source` into `collection` in SQL, marked
+        not indexed (their vectors are still to be written); ids already there are skipped."""
+        dst, src = self._table(collection), self._table(source)
+        ignore = "INSERT IGNORE" if self.pool.dialect == "mysql" else "INSERT OR IGNORE"
+        cols = ", ".join((*_COLUMNS, "image_b64"))
+        picked = ", ".join("0" if c == "indexed" else c for c in (*_COLUMNS, "image_b64"))
+        copied = 0
+        has_phash = self._has_table(phash_table_name(source))
+        for start in range(0, len(ids), _CHUNK):
+            chunk = check_int64(list(ids[start : start + _CHUNK]), "image id")
+            marks = _placeholders(len(chunk))
+            copied += self.pool.execute(
+                f"{ignore} INTO {dst} ({cols}) SELECT {picked} FROM {src} WHERE id IN ({marks})", chunk
+            )
+            if has_phash:
+                bands = ", ".join(f"b{i}" for i in range(PHASH_BANDS))
+                src_ph = self._q(phash_table_name(source))
+                self.pool.execute(
+                    f"{ignore} INTO {self._phash_table(collection)} (id, phash, {bands}) "
+                    f"SELECT id, phash, {bands} FROM {src_ph} WHERE id IN ({marks})",
+                    chunk,
+                )
+        return copied
+
+    def _has_table(self, table: str) -> bool:
+        if self.pool.dialect == "mysql":
+            rows = self.pool.query(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
+                (table,),
+            )
+        else:
+            rows = self.pool.query("SELECT 1 FROM sqlite_master WHERE type='table' AND name = ?", (table,))
+        return bool(rows)
 
     # -- writes -----------------------------------------------------------------
     def insert_rows(self, collection: str, rows: Sequence[ImageRow]) -> InsertResult:
@@ -485,8 +561,24 @@ class SqlImageStore:
 
     def ids_matching(self, collection: str, flt: SearchFilter, limit: int) -> list[int]:
         """Ids whose metadata matches `flt` (the same semantics as the Milvus filter)."""
-        flt.check()  # the same values are refused as by the Milvus filter builder
         table = self._table(collection)
+        where, params = self._where(flt)
+        params.append(int(limit))
+        return [
+            int(r[0])
+            for r in self.pool.query(f"SELECT id FROM {table} WHERE {where} ORDER BY id LIMIT ?", params)
+        ]
+
+    def count_matching(self, collection: str, flt: SearchFilter) -> int:
+        """How many images match `flt` (the semantics of `ids_matching`). Retention counts
+        first: a table made before the created_at index gets it here."""
+        table = self._table(collection)
+        self._ensure_created_index(table_name(collection))
+        where, params = self._where(flt)
+        return int(self.pool.query(f"SELECT COUNT(*) FROM {table} WHERE {where}", params)[0][0])
+
+    def _where(self, flt: SearchFilter) -> tuple[str, list[object]]:
+        flt.check()  # the same values are refused as by the Milvus filter builder
         where: list[str] = ["1 = 1"]
         params: list[object] = []
         if flt.sources:
@@ -502,13 +594,7 @@ class SqlImageStore:
         if flt.created_to is not None:
             where.append("created_at <= ?")
             params.append(int(flt.created_to))
-        params.append(int(limit))
-        return [
-            int(r[0])
-            for r in self.pool.query(
-                f"SELECT id FROM {table} WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", params
-            )
-        ]
+        return " AND ".join(where), params
 
     def count(self, collection: str) -> int:
         return int(self.pool.query(f"SELECT COUNT(*) FROM {self._table(collection)}")[0][0])

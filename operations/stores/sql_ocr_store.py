@@ -187,6 +187,24 @@ class SqlOcrStore:
             self.pool.execute(f"DROP TABLE IF EXISTS {table}")
         self._enabled[collection] = (False, time.monotonic())
 
+    def copy_rows(self, collection: str, source: str, ids: Sequence[int]) -> None:
+        """Copy what was read from the images `ids` of `source` into `collection` (a rebuild:
+        the text in an image does not depend on the CLIP model); ids already there are kept."""
+        (dst, dst_grams), (src, src_grams) = self._tables(collection), self._tables(source)
+        ignore = "INSERT IGNORE" if self.pool.dialect == "mysql" else "INSERT OR IGNORE"
+        cols = "image_id, status, lines_json, norm_text, error, updated_at"
+        for start in range(0, len(ids), 500):
+            chunk = [int(i) for i in ids[start : start + 500]]
+            marks = _placeholders(len(chunk))
+            self.pool.execute(
+                f"{ignore} INTO {dst} ({cols}) SELECT {cols} FROM {src} WHERE image_id IN ({marks})", chunk
+            )
+            self.pool.execute(
+                f"{ignore} INTO {dst_grams} (gram, image_id) "
+                f"SELECT gram, image_id FROM {src_grams} WHERE image_id IN ({marks})",
+                chunk,
+            )
+
     # -- writes -----------------------------------------------------------------
     def put(
         self,

@@ -54,6 +54,13 @@ class VectorStore(Protocol):
         """A number this process's writes to `name` advance (when one starts, ends and
         becomes visible): a search result may be reused only while it is unchanged."""
 
+    def time_partitions(self, name: str) -> list[str]:
+        """The names of the collection's time partitions (IndexSpec.time_partitions; none
+        without), oldest first."""
+
+    def drop_partitions(self, name: str, partitions: Sequence[str]) -> None:
+        """Drop whole time partitions with every row in them (one already gone is skipped)."""
+
     def existing_ids(self, name: str, ids: Sequence[int]) -> set[int]: ...
     def count(self, name: str) -> int: ...
     def search(

@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.stack import exact_top_k, jpeg, tiny_encoder, unique, write_dataset
+from tests.stack import exact_top_k, jpeg, tiny_encoder, unique, wait_job, write_dataset
 
 N = 120
-
-
-def wait_job(client, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = client.get(f"/img/jobs/{job_id}").json()
-        if job["state"] not in ("queued", "running"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ Milvus Lite + SQLite (the embedded default).
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from operations.errors import BadRequest
 from operations.ingest import add_folder
 from operations.load import load_split
 from operations.progress import Counter
-from tests.stack import jpeg, make_services, make_settings, tiny_encoder, unique, write_dataset
+from tests.stack import jpeg, make_services, make_settings, tiny_encoder, unique, wait_job, write_dataset
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +37,6 @@ def lite(tmp_path_factory):
         c.outside = outside
         c.root = settings.data_root
         yield c
-
-
-def _wait(client, job_id: str) -> dict:
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        job = client.get(f"/img/jobs/{job_id}").json()
-        if job["state"] not in ("queued", "running"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(job)
 
 
 def _count(client, collection: str) -> int:
@@ -108,7 +97,7 @@ def test_a_symlinked_tsv_pointing_outside_is_not_read(lite):
     collection = unique("t")
     r = lite.post("/img/load", json={"dataset": "tsvlink", "split": "valid", "collection": collection})
     if r.status_code == 202:
-        job = _wait(lite, r.json()["job_id"])
+        job = wait_job(lite, r.json()["job_id"])
         assert job["state"] == "failed" and "outside the data root" in job["message"], job
     else:
         assert r.status_code == 400, r.text
@@ -123,7 +112,7 @@ def test_a_symlinked_features_file_pointing_outside_is_not_read(lite):
     collection = unique("f")
     r = lite.post("/img/load", json={"dataset": "featlink", "split": "valid", "collection": collection})
     if r.status_code == 202:
-        job = _wait(lite, r.json()["job_id"])
+        job = wait_job(lite, r.json()["job_id"])
         assert job["state"] == "failed" and "outside the data root" in job["message"], job
     else:
         assert r.status_code == 400, r.text
@@ -136,7 +125,7 @@ def test_a_symlink_inside_the_root_pointing_inside_is_fine(lite):
     collection = unique("a")
     r = lite.post("/img/load", json={"dataset": "alias_ds", "split": "valid", "collection": collection})
     assert r.status_code == 202, r.text
-    assert _wait(lite, r.json()["job_id"])["state"] == "succeeded"
+    assert wait_job(lite, r.json()["job_id"])["state"] == "succeeded"
     assert _count(lite, collection) == 4
 
 
@@ -150,7 +139,7 @@ def test_folder_add_skips_symlinked_files_and_directories_pointing_outside(lite)
     (folder / "sub").symlink_to(lite.outside / "photos", target_is_directory=True)
     r = lite.post(f"/img/images/{collection}/folder", json={"folder": "photos"})
     assert r.status_code == 202, r.text
-    job = _wait(lite, r.json()["job_id"])
+    job = wait_job(lite, r.json()["job_id"])
     assert job["state"] == "succeeded", job
     assert _count(lite, collection) == 1
     outside_items = [f for f in job["failures"] if "outside the data root" in f["reason"]]
@@ -237,5 +226,5 @@ def test_a_calibration_whose_texts_file_points_outside_is_not_read(lite):
     assert lite.post("/img/collections", json={"name": collection}).status_code == 201
     r = lite.post("/img/calibrate", json={"dataset": "caltexts", "split": "valid", "collection": collection})
     assert r.status_code == 202, r.text
-    job = _wait(lite, r.json()["job_id"])
+    job = wait_job(lite, r.json()["job_id"])
     assert job["state"] == "failed" and "outside the data root" in job["message"], job

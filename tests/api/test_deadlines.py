@@ -132,3 +132,29 @@ def test_sync_routes_run_inside_the_request_scope():
     with TestClient(app) as c:
         waited = c.post("/twice").json()["waited"]
     assert len(waited) == 2 and waited[0] >= 0.3 and waited[1] < 0.05, waited
+
+
+def test_readiness_checks_milvus_and_sql_at_the_same_time(tmp_path):
+    """Each check waits for the other to have started: checked one after the other, the first
+    would wait out the barrier and both would report the broken barrier, not "ok"."""
+    settings = make_settings(tmp_path)
+    svc = make_services(settings)
+    both = threading.Barrier(2, timeout=5)
+    real = {"milvus": svc.vectors.ping, "sql": svc.images.ping}
+
+    def pinging(name):
+        def ping():
+            try:
+                both.wait()
+            except threading.BrokenBarrierError:
+                raise DependencyUnavailable(f"{name} was checked alone") from None
+            real[name]()
+
+        return ping
+
+    svc.vectors.ping = pinging("milvus")  # type: ignore[method-assign]
+    svc.images.ping = pinging("sql")  # type: ignore[method-assign]
+    with TestClient(create_app(settings, svc)) as c:
+        ready = c.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"model": ready.json()["checks"]["model"], "milvus": "ok", "sql": "ok"}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -30,21 +29,11 @@ from operations.duplicate_links import Links
 from operations.jobs import RUNNERS
 from operations.phash_backfill import backfill_phashes
 from operations.progress import Counter
-from tests.stack import unique
+from tests.stack import unique, wait_job
 
 N_FAMILIES = 12
 N_COPIED = 8
 COPY_KINDS = ("jpeg35", "resize50", "crop2")
-
-
-def wait_job(client, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = client.get(f"/img/jobs/{job_id}").json()
-        if job["state"] not in ("queued", "running"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def _jpeg(im: Image.Image, quality: int = 90) -> bytes:

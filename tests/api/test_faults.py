@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from operations.errors import DependencyUnavailable
-from tests.stack import jpeg, make_services, make_settings, metric_samples, unique, write_dataset
+from tests.stack import jpeg, make_services, make_settings, metric_samples, unique, wait_job, write_dataset
 
 pytestmark = pytest.mark.services
 
@@ -284,20 +284,10 @@ class Traffic:
         return min(after) - moment if after else None
 
 
-def _wait_job(c, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        r = c.get(f"/img/jobs/{job_id}")
-        if r.status_code == 200 and r.json()["state"] not in ("queued", "running"):
-            return r.json()
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} still running after {timeout} s: {r.text}")
-
-
 def _finish_load(c, job_id: str) -> dict:
     """Wait for the load; a load the fault made fail is resumed until it succeeds."""
     for _ in range(5):
-        job = _wait_job(c, job_id)
+        job = wait_job(c, job_id, timeout=120, poll_s=0.5, through_errors=True)
         if job["state"] == "succeeded":
             return job
         assert job["state"] == "failed", job

@@ -11,7 +11,6 @@ import base64
 import functools
 import io
 import struct
-import time
 import zlib
 
 import numpy as np
@@ -22,7 +21,7 @@ from PIL import Image
 from app.main import create_app
 from operations.errors import InvalidInput, PayloadTooLarge, UnsupportedMedia
 from operations.images import check_image, probe, thumbnail_jpeg
-from tests.stack import jpeg, make_services, make_settings, tiny_encoder, unique, write_image_tsv
+from tests.stack import jpeg, make_services, make_settings, tiny_encoder, unique, wait_job, write_image_tsv
 
 MAX_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 40_000_000
@@ -250,16 +249,6 @@ def lite(tmp_path_factory):
         yield c
 
 
-def _wait(client, job_id: str) -> dict:
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        job = client.get(f"/img/jobs/{job_id}").json()
-        if job["state"] not in ("queued", "running"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(job)
-
-
 @pytest.mark.parametrize("name", sorted(BOMBS))
 def test_bombs_through_add_and_image_search(lite, name):
     data = BOMBS[name]()
@@ -282,7 +271,7 @@ def test_bombs_in_a_bulk_add_job_folder_add_and_load_are_reported_per_file(lite)
     files += [("files", ("tiny.png", BOMBS["header_100000x100000"](), "image/png"))]
     r = lite.post(f"/img/images/{c}", files=files)
     assert r.status_code == 202, r.text
-    job = _wait(lite, r.json()["job_id"])
+    job = wait_job(lite, r.json()["job_id"])
     assert job["state"] == "succeeded" and job["failed"] == 2, job
     assert all("pixels" in f["reason"] for f in job["failures"])
     assert lite.get(f"/img/collections/{c}/count").json()["images"] == before + settings.inline_add_limit
@@ -294,7 +283,7 @@ def test_bombs_in_a_bulk_add_job_folder_add_and_load_are_reported_per_file(lite)
     (folder / "corrupt.png").write_bytes(corrupt_png())
     (folder / "fine.jpg").write_bytes(jpeg(777))
     r = lite.post(f"/img/images/{c}/folder", json={"folder": "bombs"})
-    job = _wait(lite, r.json()["job_id"])
+    job = wait_job(lite, r.json()["job_id"])
     assert job["state"] == "succeeded" and job["failed"] == 3, job
 
     ds = settings.data_root / "bombds"
@@ -310,7 +299,7 @@ def test_bombs_in_a_bulk_add_job_folder_add_and_load_are_reported_per_file(lite)
     )
     collection = unique("bombload")
     r = lite.post("/img/load", json={"dataset": "bombds", "split": "valid", "collection": collection})
-    job = _wait(lite, r.json()["job_id"])
+    job = wait_job(lite, r.json()["job_id"])
     assert job["state"] == "succeeded" and (job["processed"], job["failed"]) == (1, 3), job
     reasons = [f["reason"] for f in job["failures"]]
     assert sum("pixels" in r for r in reasons) == 2 and any("corrupt" in r for r in reasons), reasons

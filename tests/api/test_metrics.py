@@ -25,6 +25,7 @@ from tests.stack import (
     metric_samples,
     tiny_encoder,
     unique,
+    wait_job,
     write_dataset,
 )
 
@@ -57,16 +58,6 @@ class Scrape:
 
     def now(self, name: str, **labels: str) -> float:
         return self.after.get((name, frozenset(labels.items())), 0.0)
-
-
-def wait_job(client, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = client.get(f"/img/jobs/{job_id}").json()
-        if job["state"] not in ("queued", "running"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 def test_metrics_count_real_traffic(client, caplog):

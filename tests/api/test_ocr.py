@@ -8,27 +8,15 @@ RapidOCR through the operations in test_ocr_paths.py.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from datasets.text_images import TEXT_IMAGES, text_image_jpeg
-from tests.stack import jpeg, unique
+from tests.stack import jpeg, unique, wait_job
 
 pytestmark = pytest.mark.services
 
 SPECS = {s.name: s for s in TEXT_IMAGES}
 OCR_NAMES = ("price_tag_apple", "price_tag_tea", "phone_ad", "shop_sign")
-
-
-def wait_job(client, job_id: str, timeout: float = 180) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = client.get(f"/img/jobs/{job_id}").json()
-        if job["state"] not in ("queued", "running"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def add(client, collection: str, named: list[tuple[str, bytes]], tags: str | None = None) -> list[dict]:

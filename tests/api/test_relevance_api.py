@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -22,21 +21,12 @@ from app.main import create_app
 from datasets import demo_generator as g
 from operations.factory import build_services
 from tests.fixtures_stack import BACKENDS, backend_settings
+from tests.stack import wait_job
 
 pytestmark = pytest.mark.services
 
 REPO = Path(__file__).resolve().parents[2]
 N_IMAGES = 300
-
-
-def wait_job(client, job_id: str, timeout: float = 300) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        job = client.get(f"/img/jobs/{job_id}").json()
-        if job["state"] not in ("queued", "running"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

@@ -1,7 +1,8 @@
 """Two real uvicorn replicas on one Milvus 2.3 server and one MariaDB behave as one service.
 
 - a load job's replica is killed (`kill -9`) half way: the other replica takes the job over by
-  itself once the lease lapses and finishes it, with every image once in both stores;
+  itself once the lease lapses and finishes it, with every image once in both stores; the same
+  for a retention job (exact counts, both stores alike);
 - a job running on one replica is cancelled through the other;
 - the same image uploaded to both replicas at the same moment is stored once;
 - an add or delete answered by one replica is seen by the very next search on the other.
@@ -20,10 +21,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from operations.domain import IndexSpec, SearchFilter
 from scripts.dev_services import free_port
 from tests.stack import (
     REPO,
     TINY_ARCH,
+    fill_images,
     jpeg,
     make_services,
     make_settings,
@@ -34,6 +37,7 @@ from tests.stack import (
 
 N = 3000
 N_LONG = 24_000
+N_RETENTION = 40_000
 LEASE_S = 2.0
 
 
@@ -205,6 +209,43 @@ def test_a_replica_killed_mid_load_has_its_job_finished_by_the_other(stack):
     # The lease was 2 s; b polls every second. Generous: the machine may be busy.
     assert took_s < LEASE_S + 30, (took_s, taken)
     print(f"takeover {took_s:.1f} s after kill -9 (lease {LEASE_S} s)")
+
+
+def test_a_replica_killed_mid_retention_has_its_job_finished_by_the_other(stack):
+    """kill -9 while retention deletes row by row (a vector may be gone and its row not yet):
+    the other replica takes the job over and ends with exact counts in both stores."""
+    settings, (a, b) = stack
+    collection = unique("retention")
+    first = 1_767_225_600  # 2026-01-01
+    rows = [(k + 1, ("shop", "news", "risk", "ugc")[k % 4], first + k * 300) for k in range(N_RETENTION)]
+    doomed = SearchFilter(sources=("news", "risk", "ugc"))
+    matched = sum(1 for r in rows if r[1] != "shop")
+    svc = make_services(settings)
+    try:
+        svc.ensure_collection(collection, index=IndexSpec(time_partitions="month"))
+        fill_images(svc, collection, rows, svc.encoder.dim)
+        r = a.http.post(f"/img/collections/{collection}/retention", json={"sources": ["news", "risk", "ugc"]})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["job_id"]
+        # Read in SQL directly: the job row's counts are written twice a second only.
+        _wait_until(
+            lambda: svc.images.count_matching(collection, doomed) <= matched - 3000,
+            120,
+            "retention to make progress on a",
+        )
+        a.kill()
+        assert svc.images.count_matching(collection, doomed) > 0, "the kill came after the job ended"
+        _job_when(b, job_id, lambda j: _owned_by(j, b), 60, "b to take the job over")
+        done = _job_when(b, job_id, _ended, 300, "the job to end")
+        assert done["state"] == "succeeded", (done, b.tail())
+        assert (done["processed"], done["total"]) == (matched, matched), done
+        assert "of them by an interrupted run" in done["message"], done
+        assert svc.images.count_matching(collection, doomed) == 0
+    finally:
+        svc.vectors.close()
+        svc.images.close()
+    left = N_RETENTION - matched
+    assert _stored(settings, collection) == (left, left)
 
 
 def test_a_replica_stopped_cleanly_hands_its_job_to_the_other_at_once(stack):

@@ -280,3 +280,35 @@ def test_mysql_batch_inserts_keep_text_and_images_exact(mariadb):
 
     finally:
         store.close()
+
+
+def test_count_matching_and_the_created_at_index_of_an_older_table(store):
+    """Retention selects and counts by created_at alone: a table made before its index gets
+    it when the collection is ensured again, or at its first count."""
+    store.ensure_collection("old")
+    rows = [_row(i, created_at=1000 + i, source="a" if i % 2 else "b") for i in range(1, 41)]
+    store.insert_rows("old", rows)
+    mysql = store.pool.dialect == "mysql"
+    drop = "ALTER TABLE `img_old` DROP INDEX ix_created" if mysql else 'DROP INDEX "ix_img_old_created"'
+    store.pool.execute(drop)
+
+    def has_index() -> bool:
+        if mysql:
+            sql = (
+                "SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() "
+                "AND table_name = 'img_old' AND index_name = 'ix_created'"
+            )
+        else:
+            sql = "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'ix_img_old_created'"
+        return bool(store.pool.query(sql))
+
+    assert not has_index()
+    SqlImageStore(store.pool).ensure_collection("old")  # a process of the new version starts
+    assert has_index()
+    store.pool.execute(drop)
+    fresh = SqlImageStore(store.pool)  # one that only counts (a retention job)
+    assert fresh.count_matching("old", SearchFilter(created_to=1010)) == 10
+    assert has_index()
+    assert store.count_matching("old", SearchFilter(created_to=1010)) == 10
+    assert store.count_matching("old", SearchFilter(sources=("a",), created_to=1010)) == 5
+    assert store.ids_matching("old", SearchFilter(sources=("b",), created_to=1010), 3) == [2, 4, 6]

@@ -613,3 +613,28 @@ def test_helm_values_run_the_tested_milvus_in_cluster_mode():
         assert ours[component]["replicas"] >= 2, component
         resources = ours[component]["resources"]
         assert _cpu(str(resources["limits"]["cpu"])) >= _cpu(str(resources["requests"]["cpu"]))
+
+
+def test_helm_milvus_yaml_overrides_are_keys_of_the_tested_servers_config():
+    """`extraConfigFiles.user.yaml` is merged into milvus.yaml by the chart: each key it sets must
+    be one the Milvus 2.3.5 server reads (the config template its package ships), with a value of
+    the same type, or Milvus ignores it silently."""
+    import milvus
+
+    raw = (Path(milvus.__file__).parent / "data" / "config.yaml.template").read_text(encoding="utf-8")
+    # The template's "{{ name: default }}" placeholders are filled in at start; as YAML, a string.
+    template = yaml.safe_load(re.sub(r"\{\{[^}]*\}\}", "placeholder", raw))
+    overrides = yaml.safe_load(load_yaml(HELM_VALUES)["extraConfigFiles"]["user.yaml"])
+    paths = list(_key_paths(overrides))
+    assert paths, "user.yaml sets nothing"
+    for path, value in paths:
+        node = template
+        for depth, key in enumerate(path):
+            assert isinstance(node, dict) and key in node, (
+                f"{'.'.join(path[: depth + 1])} is not in milvus.yaml"
+            )
+            node = node[key]
+        assert type(value) is type(node), (
+            f"{'.'.join(path)}: {type(value).__name__}, milvus.yaml has {node!r}"
+        )
+    assert _get(overrides, ("dataCoord", "segment", "maxSize")) == 4096

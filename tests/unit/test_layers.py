@@ -39,6 +39,7 @@ STORE_FAMILIES = {
         "operations.stores.job_store",
         "operations.stores.sql_ocr_store",
         "operations.stores.sql_duplicate_store",
+        "operations.stores.sql_alias_store",
     },
     "memory": {"operations.stores.memory_vector_store"},
 }

@@ -7,10 +7,13 @@ import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from operations import tracing
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -122,3 +125,37 @@ def test_configure_logging_json_writes_one_object_a_line(capfd):
         root.setLevel(saved[1])
     parsed = [json.loads(line) for line in err]
     assert [(p["message"], p["request_id"]) for p in parsed] == [("debug line", "cfg-1"), ("second", "-")]
+
+
+@pytest.mark.parametrize(
+    ("level_env", "logged"), [(None, ["warning line"]), ("INFO", ["info line", "warning line"])]
+)
+def test_the_command_line_logs_in_log_format(tmp_path, monkeypatch, capfd, level_env, logged):
+    """`imgsearch cli` writes its log lines as the service does (LOG_FORMAT), at WARNING unless
+    LOG_LEVEL is set: INFO lines would break up its progress bars."""
+    from scripts import cli
+
+    monkeypatch.chdir(tmp_path)  # no .env of the repository is read
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    monkeypatch.setenv("MODEL_NAME", "demo-tiny")
+    monkeypatch.setenv("MODEL_CHECKPOINT", str(REPO / "models" / "demo" / "demo-tiny.pt"))
+    monkeypatch.setenv("MODEL_ARCH", str(REPO / "config" / "model_configs" / "demo-tiny.json"))
+    monkeypatch.setenv("MILVUS_URI", str(tmp_path / "milvus.db"))
+    monkeypatch.setenv("SQLITE_PATH", str(tmp_path / "images.sqlite3"))
+    if level_env:
+        monkeypatch.setenv("LOG_LEVEL", level_env)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        assert cli.main(["list"]) == 0
+        capfd.readouterr()
+        logging.getLogger("tests.cli").info("info line")
+        logging.getLogger("tests.cli").warning("warning line")
+        err = capfd.readouterr().err.splitlines()
+    finally:
+        for h in root.handlers[:]:
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+    assert [json.loads(line)["message"] for line in err] == logged
