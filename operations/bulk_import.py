@@ -97,7 +97,9 @@ class BulkImporter:
         on_indexed: Callable[[int], None],
         rows_per_file: int = ROWS_PER_FILE,
     ) -> None:
-        store = svc.vectors
+        # Under the alias-resolving wrapper (operations.aliases) the Milvus store itself: the
+        # load passes the collection's resolved name, and the import calls are this store's own.
+        store = getattr(svc.vectors, "inner", svc.vectors)
         if not isinstance(store, MilvusVectorStore) or store.is_lite:
             raise InvalidInput(
                 "bulk import needs a Milvus server: Milvus Lite has no import of files; "
