@@ -5,11 +5,14 @@
   for a retention job (exact counts, both stores alike);
 - a job running on one replica is cancelled through the other;
 - the same image uploaded to both replicas at the same moment is stored once;
-- an add or delete answered by one replica is seen by the very next search on the other.
+- an add or delete answered by one replica is seen by the very next search on the other;
+- a rebuild switched on one replica moves the other's searches within ALIAS_REFRESH_S and its
+  writes at once.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -39,6 +42,7 @@ N = 3000
 N_LONG = 24_000
 N_RETENTION = 40_000
 LEASE_S = 2.0
+ALIAS_REFRESH_S = 1.0
 
 
 class Replica:
@@ -147,6 +151,10 @@ def stack(tmp_path_factory, milvus_server, mariadb):
             "LOAD_BATCH_SIZE": "50",
             "JOB_LEASE_S": str(LEASE_S),
             "MILVUS_CONSISTENCY": "Adaptive",  # the default, whatever this shell says
+            # A second small model (another seed) for the rebuild test; loaded on first use.
+            "EXTRA_MODELS": json.dumps({"tiny-b": {"arch": str(TINY_ARCH), "random_init": True, "seed": 1}}),
+            "ALIAS_REFRESH_S": str(ALIAS_REFRESH_S),
+            "REBUILD_SWITCH_GRACE_S": "0.5",
         }
     )
     replicas = [Replica("a", env, tmp), Replica("b", env, tmp)]
@@ -396,3 +404,38 @@ def test_a_collection_dropped_on_one_replica_is_gone_on_the_other_and_can_be_mad
     assert again["status"] == "added"
     assert _top(a, collection, image)[:1] == [again["id"]]
     assert _top(b, collection, image)[:1] == [again["id"]]
+
+
+def test_a_rebuild_switched_on_one_replica_moves_the_others_searches_and_writes(stack):
+    """The name table is SQL: replica b follows a switch made by a's rebuild job within
+    ALIAS_REFRESH_S (its searches answer from the old version, never fail, until then), and
+    its writes go to the new version at once."""
+    _, (a, b) = stack
+    collection = unique("switched")
+    assert a.http.post("/img/collections", json={"name": collection}).status_code in (200, 201)
+    base = [("f.jpg", jpeg(9100 + k), "image/jpeg") for k in range(12)]
+    assert a.http.post(f"/img/images/{collection}", files=[("files", f) for f in base]).status_code == 200
+
+    def model(replica: Replica) -> str:
+        r = replica.http.post("/img/search", json={"query": "红色", "collection": collection, "top_k": 3})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["results"]) == 3
+        return r.json()["model"]
+
+    assert model(b) == "tiny"
+    r = a.http.post(f"/img/collections/{collection}/rebuild", json={"model": "tiny-b", "switch": True})
+    assert r.status_code == 202, r.text
+    job = _job_when(a, r.json()["job_id"], _ended, 120, "the rebuild to end")
+    ended = time.monotonic()
+    assert job["state"] == "succeeded" and "switched" in job["message"], job["message"]
+    assert model(a) == "tiny-b"  # the replica that switched: at once
+    _wait_until(lambda: model(b) == "tiny-b", ALIAS_REFRESH_S + 5, "replica b to follow the switch")
+    assert time.monotonic() - ended < ALIAS_REFRESH_S + 1.5  # the bound, plus a busy machine
+    image = jpeg(9200)
+    r = b.http.post(f"/img/images/{collection}", files={"files": ("n.jpg", image, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    (res,) = r.json()["results"]
+    assert _top(a, collection, image)[:1] == [res["id"]]
+    listed = {c["name"]: c for c in b.http.get("/img/collections").json()}
+    assert listed[collection]["alias_of"] == f"{collection}__v2"
+    assert listed[f"{collection}__v2"]["images"] == 13 and listed[f"{collection}__v1"]["images"] == 12
