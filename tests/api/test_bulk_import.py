@@ -20,7 +20,9 @@ N = 1500
 
 
 @pytest.fixture
-def server(request, tmp_path):
+def server(request, tmp_path, milvus_server, mariadb):
+    # The servers are named as arguments so that the tests using this fixture carry the
+    # `services` marker (tests/conftest.py reads the fixture names).
     settings = backend_settings(request, tmp_path, "server", milvus_import_dir=str(tmp_path / "import"))
     svc = make_services(settings)
     data = settings.data_root / "ds"
