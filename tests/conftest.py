@@ -117,6 +117,35 @@ def _needs_services(item: pytest.Item) -> bool:
     return folder in _SERVICE_FOLDERS
 
 
+# The fast loop (the whole tree with -m "not services") runs on this many pytest-xdist workers
+# when no -n is given: its tests are independent (own temporary stores, no servers), and on two
+# cores two workers take it from about 80 s to about 50 s (bench/README.md, "The fast test
+# loop"). A run of chosen files, or the full suite with its shared servers, stays in one
+# process; `-n 0` keeps the fast loop in one too.
+FAST_LOOP_WORKERS = 2
+
+
+def _is_whole_fast_loop(config: pytest.Config) -> bool:
+    markexpr = (config.option.markexpr or "").replace(" ", "")
+    whole_tree = [Path(a).resolve() for a in config.args] == [Path(config.rootpath, "tests").resolve()]
+    return markexpr == "notservices" and whole_tree
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if (
+        config.pluginmanager.has_plugin("xdist")
+        and not hasattr(config, "workerinput")  # not inside a worker
+        and config.getoption("numprocesses", None) is None
+        and not config.getoption("collectonly")
+        and (os.cpu_count() or 1) >= FAST_LOOP_WORKERS
+        and _is_whole_fast_loop(config)
+    ):
+        # Before xdist's own pytest_configure (trylast), which starts the workers from these.
+        config.option.numprocesses = FAST_LOOP_WORKERS
+        config.option.dist = "load"
+        config.option.tx = ["popen"] * FAST_LOOP_WORKERS
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if _needs_services(item):
