@@ -351,7 +351,7 @@ def test_writer_sees_its_writes_while_reads_stay_bounded(milvus_server, mariadb,
         name = unique("cw")
         svc.ensure_collection(name)
         add_images(svc, name, [Upload(f"{i}.jpg", jpeg(i)) for i in range(10)])
-        store = svc.vectors
+        store = svc.vectors.inner  # the Milvus store under the name resolver (operations.aliases)
         assert isinstance(store, MilvusVectorStore) and store.consistency == "Adaptive"
         for round_ in range(3):
             data = jpeg(900 + round_)
