@@ -100,7 +100,7 @@ STRUCTURAL: list[tuple[int, Callable[[APIRoute], bool]]] = [
     (413, lambda r: bool(set(r.methods or ()) - {"GET", "HEAD", "OPTIONS"})),  # BodyLimitMiddleware
     (408, lambda r: bool(set(r.methods or ()) - {"GET", "HEAD", "OPTIONS"})),  # its body read timeout
     (401, lambda r: _needs(r, deps.require_api_key) or _needs(r, deps.require_metrics_key)),
-    (503, lambda r: _needs(r, deps.get_services) or _needs(r, deps.get_runner)),
+    (503, lambda r: any(_needs(r, d) for d in deps.SERVICE_DEPENDENCIES)),
 ]
 
 

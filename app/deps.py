@@ -33,6 +33,11 @@ def get_runner(request: Request) -> JobRunner:
     return runner
 
 
+# Every dependency that hands a route the services or the job runner: such a route can answer
+# 503 (a store down, the service starting, a collection switching); app.contract documents it.
+SERVICE_DEPENDENCIES = (get_services, _services_dependency, get_runner)
+
+
 def _check_key(expected: str, given: str | None) -> None:
     if expected and not hmac.compare_digest((given or "").encode(), expected.encode()):
         raise Unauthorized("missing or wrong X-API-Key")

@@ -189,3 +189,17 @@ def test_this_module_reads_route_code(schema):
     assert 400 in raised_in_code(jobs.load)
     assert endpoint_is_read(search.text_search)
     assert textwrap.dedent(inspect.getsource(images.add_folder_job)).count("raise") >= 1
+
+
+def test_every_route_given_the_services_or_the_runner_documents_503(schema):
+    """A route handed the services (however the dependency is spelt) or the job runner can find
+    a store down or a collection switching: 503 must be in its documentation. Only the probes
+    and the page need neither."""
+    without = sorted(
+        f"{method.upper()} {path}"
+        for path, ops in schema["paths"].items()
+        for method, op in ops.items()
+        if "503" not in op["responses"]
+    )
+    assert without == ["GET /healthz", "GET /metrics"], without
+    assert "503" in schema["paths"]["/img/collections"]["post"]["responses"]
