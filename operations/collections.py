@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from operations.aliases import VERSION_SUFFIX
 from operations.context import Services
 from operations.domain import IndexSpec
 from operations.duplicate_groups import duplicate_store
-from operations.errors import Conflict, NotFound
+from operations.errors import Conflict, InvalidInput, NotFound
 from operations.names import validate_name
 from operations.ocr import drop_ocr, enable_ocr, ocr_enabled
+
+VERSION_NAME = re.compile(rf".+{re.escape(VERSION_SUFFIX)}[0-9]+")
 
 
 @dataclass
@@ -51,6 +55,13 @@ def create_collection(
     for a collection that already holds images reads only new ones; the OCR job reads the rest.
     """
     validate_name(name)
+    if VERSION_NAME.fullmatch(name):
+        # A rebuild makes and fills its versions (and fences their writes while it switches);
+        # a name of that form made by hand would be taken for one.
+        raise InvalidInput(
+            f"{name!r}: names ending in {VERSION_SUFFIX}<number> are a rebuild's versions "
+            "(POST /img/collections/{name}/rebuild makes them); choose another name"
+        )
     encoder = svc.encoders.get(model) if model else svc.encoder
     is_new = not svc.vectors.has_collection(name)
     svc.ensure_collection(

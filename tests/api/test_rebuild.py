@@ -406,3 +406,20 @@ def test_a_rebuild_keeps_the_time_partitions_and_the_rows_periods(tmp_path):
         periods = sorted(svc.vectors.time_partitions("hist__v1"))
         assert {"t2023_11", "t2024_03"} <= set(periods)
         assert sorted(svc.vectors.time_partitions("hist")) == periods
+
+
+def test_a_version_name_cannot_be_made_by_hand(tmp_path):
+    """Names ending in __v<number> are a rebuild's versions: creating one by hand is a 422
+    (it would be taken for a version, and a re-create of a real one meets the switch's fence)."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.stack import make_services, make_settings
+
+    settings = make_settings(tmp_path)
+    with TestClient(create_app(settings, make_services(settings))) as c:
+        for name in ("products__v2", "a__v10"):
+            r = c.post("/img/collections", json={"name": name})
+            assert r.status_code == 422 and "rebuild" in r.json()["error"]["message"], r.text
+        for name in ("products__v", "products_v2", "products__version"):
+            assert c.post("/img/collections", json={"name": name}).status_code == 201, name
