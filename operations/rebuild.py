@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.formats import BadRecord, dataset_paths, iter_texts
+from datasets.formats import BadRecord, iter_texts
 from operations.aliases import VERSION_SUFFIX, StoreName
 from operations.context import Services
 from operations.data_root import opened_under
@@ -48,6 +48,7 @@ from operations.images import decode_b64_image
 from operations.names import validate_name
 from operations.ocr import ocr_enabled, ocr_store
 from operations.progress import Counter, Progress
+from operations.relevance.calibrate import labelled_split_paths
 
 log = logging.getLogger(__name__)
 
@@ -287,12 +288,7 @@ def measure_recall(
 ) -> dict:
     """Recall@1/5/10 of `collection` (its own model) for the captions of a labelled split whose
     images it holds: a caption is a hit at k when one of its image ids is in its top k."""
-    try:
-        paths = dataset_paths(dataset_dir, split)
-    except ValueError as exc:
-        raise InvalidInput(str(exc)) from None
-    if not paths.texts_jsonl.is_file():
-        raise InvalidInput(f"{paths.texts_jsonl.name} not found in {dataset_dir}")
+    paths = labelled_split_paths(dataset_dir, split)
     with contextlib.ExitStack() as files:
         texts_file = paths.texts_jsonl
         if data_root is not None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datasets.formats import BadRecord, dataset_paths, iter_features, iter_image_tsv, iter_texts
+from datasets.formats import BadRecord, SplitPaths, dataset_paths, iter_features, iter_image_tsv, iter_texts
 from operations.context import Services
 from operations.data_root import check_under, opened_under
 from operations.encoding.base import Encoder
@@ -57,6 +57,18 @@ class LabelledSplit:
 
 # Callers without settings (evaluation scripts) get MAX_IMAGE_PIXELS' default.
 DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def labelled_split_paths(dataset_dir: Path, split: str) -> SplitPaths:
+    """The files of a labelled split (Chinese-CLIP layout); InvalidInput unless its texts file,
+    the captions with their image_ids, is there."""
+    try:
+        paths = dataset_paths(dataset_dir, split)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    if not paths.texts_jsonl.is_file():
+        raise InvalidInput(f"{paths.texts_jsonl.name} not found in {dataset_dir}")
+    return paths
 
 
 def _encode_images(
@@ -116,12 +128,7 @@ def _read_labelled_split(
     readable: Callable[[Path], Path],
     max_pixels: int,
 ) -> LabelledSplit:
-    try:
-        paths = dataset_paths(dataset_dir, split)
-    except ValueError as exc:
-        raise InvalidInput(str(exc)) from None
-    if not paths.texts_jsonl.is_file():
-        raise InvalidInput(f"{paths.texts_jsonl.name} not found in {dataset_dir}")
+    paths = labelled_split_paths(dataset_dir, split)
     texts_file = readable(paths.texts_jsonl)
     img_feat = readable(paths.img_feat) if paths.img_feat.is_file() else None
     imgs_tsv = readable(paths.imgs_tsv) if paths.imgs_tsv.is_file() else None

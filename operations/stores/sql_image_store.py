@@ -212,15 +212,7 @@ class SqlImageStore:
         )
 
     def has_collection(self, collection: str) -> bool:
-        table = table_name(collection)
-        if self.pool.dialect == "mysql":
-            rows = self.pool.query(
-                "SELECT 1 FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
-                (table,),
-            )
-        else:
-            rows = self.pool.query("SELECT 1 FROM sqlite_master WHERE type='table' AND name = ?", (table,))
-        return bool(rows)
+        return self._has_table(table_name(collection))
 
     def drop_collection(self, collection: str) -> None:
         self.pool.execute(f"DROP TABLE IF EXISTS {self._q(table_name(collection))}")
