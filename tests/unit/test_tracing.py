@@ -108,21 +108,25 @@ def test_accept_request_id(sent, kept):
         assert len(got) == 32 and int(got, 16) >= 0
 
 
-def test_configure_logging_json_writes_one_object_a_line(capfd):
+@pytest.fixture
+def root_logging():
+    """The root logger's handlers and level, put back after a test that reconfigures them."""
     root = logging.getLogger()
     saved = root.handlers[:], root.level
-    try:
-        tracing.configure_logging("json", "DEBUG")
-        with tracing.bound(request_id="cfg-1"):
-            logging.getLogger("tests.cfg").debug("debug line")
-        logging.getLogger("tests.cfg").info("second")
-        err = capfd.readouterr().err.splitlines()
-    finally:
-        for h in root.handlers[:]:
-            root.removeHandler(h)
-        for h in saved[0]:
-            root.addHandler(h)
-        root.setLevel(saved[1])
+    yield
+    for h in root.handlers[:]:
+        root.removeHandler(h)
+    for h in saved[0]:
+        root.addHandler(h)
+    root.setLevel(saved[1])
+
+
+def test_configure_logging_json_writes_one_object_a_line(capfd, root_logging):
+    tracing.configure_logging("json", "DEBUG")
+    with tracing.bound(request_id="cfg-1"):
+        logging.getLogger("tests.cfg").debug("debug line")
+    logging.getLogger("tests.cfg").info("second")
+    err = capfd.readouterr().err.splitlines()
     parsed = [json.loads(line) for line in err]
     assert [(p["message"], p["request_id"]) for p in parsed] == [("debug line", "cfg-1"), ("second", "-")]
 
@@ -130,7 +134,7 @@ def test_configure_logging_json_writes_one_object_a_line(capfd):
 @pytest.mark.parametrize(
     ("level_env", "logged"), [(None, ["warning line"]), ("INFO", ["info line", "warning line"])]
 )
-def test_the_command_line_logs_in_log_format(tmp_path, monkeypatch, capfd, level_env, logged):
+def test_the_command_line_logs_in_log_format(tmp_path, monkeypatch, capfd, root_logging, level_env, logged):
     """`imgsearch cli` writes its log lines as the service does (LOG_FORMAT), at WARNING unless
     LOG_LEVEL is set: INFO lines would break up its progress bars."""
     from scripts import cli
@@ -144,18 +148,9 @@ def test_the_command_line_logs_in_log_format(tmp_path, monkeypatch, capfd, level
     monkeypatch.setenv("SQLITE_PATH", str(tmp_path / "images.sqlite3"))
     if level_env:
         monkeypatch.setenv("LOG_LEVEL", level_env)
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    try:
-        assert cli.main(["list"]) == 0
-        capfd.readouterr()
-        logging.getLogger("tests.cli").info("info line")
-        logging.getLogger("tests.cli").warning("warning line")
-        err = capfd.readouterr().err.splitlines()
-    finally:
-        for h in root.handlers[:]:
-            root.removeHandler(h)
-        for h in saved[0]:
-            root.addHandler(h)
-        root.setLevel(saved[1])
+    assert cli.main(["list"]) == 0
+    capfd.readouterr()
+    logging.getLogger("tests.cli").info("info line")
+    logging.getLogger("tests.cli").warning("warning line")
+    err = capfd.readouterr().err.splitlines()
     assert [json.loads(line)["message"] for line in err] == logged
