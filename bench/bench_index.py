@@ -64,6 +64,28 @@ def sweep(kind: str, quick: bool, ef: list[int] | None = None, nprobe: list[int]
     return [{"nprobe": p} for p in (nprobe or ((4, 16, 64) if quick else (4, 8, 16, 32, 64, 128)))]
 
 
+def wait_segments_stable(client, name: str, quiet_s: float, timeout_s: float) -> float | None:
+    """Seconds until the query node's set of segments has not changed for `quiet_s` (None past
+    `timeout_s`). "Nothing pending" is not enough: a merged segment's index can be built while
+    the query node still serves the segments it replaces, and the search cost depends on which
+    it serves (seen at 1,000,000: 4 segments served while a further merge was already indexed)."""
+    if quiet_s <= 0:
+        return 0.0
+    t0 = time.perf_counter()
+    last: set[int] | None = None
+    since = t0
+    while time.perf_counter() - t0 < timeout_s:
+        served = client._get_connection().get_query_segment_info(name, timeout=60)
+        ids = {int(seg.segmentID) for seg in served}
+        now = time.perf_counter()
+        if ids != last:
+            last, since = ids, now
+        elif now - since >= quiet_s:
+            return round(now - t0, 1)
+        time.sleep(5)
+    return None
+
+
 def int_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
@@ -120,6 +142,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ef", type=int_list, default=None, help="HNSW ef values, e.g. 64,128,256,512")
     ap.add_argument("--nprobe", type=int_list, default=None, help="IVF nprobe values, e.g. 16,64,128")
     ap.add_argument(
+        "--stable-s",
+        type=float,
+        default=120.0,
+        help="after indexing settles, wait until the query node's segments stay unchanged this long (0: no)",
+    )
+    ap.add_argument(
         "--milvus-config",
         action="append",
         default=[],
@@ -129,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.quick:
         args.n, args.queries = min(args.n, 5000), min(args.queries, 50)
+        args.stable_s = min(args.stable_s, 10.0)
     kinds = [k.strip().upper() for k in args.indexes.split(",") if k.strip()]
     for k in kinds:
         if k not in INDEXES:
@@ -198,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
                 # builds their indexes again: measured once that has settled, as users meet it.
                 (index_name,) = client.list_indexes(name, timeout=600)
                 settle = wait_indexed(mv.uri, name, args.n, 3600, index_name)
+                stable_s = wait_segments_stable(client, name, args.stable_s, 3600)
                 time.sleep(1.0)
                 rss_after = tree_rss_mb(mv.pid)
                 # A search runs every sealed segment's index and merges: their number is part of its cost.
@@ -209,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
                         "build_s": round(build_s, 1),
                         "load_s": round(load_s, 1),
                         "settled_after_load_s": settle["settled_s"],
+                        "segments_stable_after_s": stable_s,
                         "segments": len(segments),
                         "segment_rows": sorted(int(seg.num_rows) for seg in segments),
                         "server_rss_mb": round(rss_after),
@@ -233,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
                 "build s",
                 "load s",
                 "settled s",
+                "segments stable s",
                 "server RSS MB",
                 "RSS change MB",
             ],
@@ -244,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
                     b["build_s"],
                     b["load_s"],
                     b["settled_after_load_s"],
+                    b["segments_stable_after_s"],
                     b["server_rss_mb"],
                     b["rss_delta_mb"],
                 ]
