@@ -14,6 +14,7 @@ from operations.context import Services
 from operations.domain import SearchFilter, VectorAttrs
 from operations.errors import Conflict
 from operations.ocr import ocr_store
+from operations.stores.sql_ocr_store import SqlOcrStore
 from operations.text_patterns import TextPattern, find_in_line
 
 PAGE = 500
@@ -42,6 +43,18 @@ class OcrScanStats:
     extra: dict = field(default_factory=dict)
 
 
+def require_ocr(svc: Services, collection: str) -> SqlOcrStore:
+    """The OCR store, if `collection` has OCR on; otherwise a Conflict naming the call that turns
+    it on. A streamed scan calls this before its response starts (operations.scan.plan_scan)."""
+    store = ocr_store(svc)
+    if not store.enabled(collection):
+        raise Conflict(
+            f"OCR is not enabled for collection {collection!r}: POST /img/collections/{collection}/ocr",
+            collection=collection,
+        )
+    return store
+
+
 def iter_ocr_hits(
     svc: Services,
     collection: str,
@@ -53,12 +66,7 @@ def iter_ocr_hits(
 
     One hit per (image, pattern): the first matching line (best confidence first).
     """
-    store = ocr_store(svc)
-    if not store.enabled(collection):
-        raise Conflict(
-            f"OCR is not enabled for collection {collection!r}: POST /img/collections/{collection}/ocr",
-            collection=collection,
-        )
+    store = require_ocr(svc, collection)
     stats = stats or OcrScanStats()
     timeout_s = svc.settings.ocr_regex_timeout_ms / 1000
     after = 0

@@ -33,7 +33,7 @@ import numpy as np
 from operations.context import Services
 from operations.domain import Hit, SearchFilter
 from operations.errors import InvalidInput
-from operations.ocr_scan import OcrScanStats, iter_ocr_hits
+from operations.ocr_scan import OcrScanStats, iter_ocr_hits, require_ocr
 from operations.stores.vector_base import MAX_STORE_HITS, VectorStore
 from operations.text_patterns import TextPattern, compile_patterns
 from operations.vector_filter import filter_for_vectors
@@ -161,6 +161,10 @@ def plan_scan(
     flt, nothing = filter_for_vectors(svc, collection, flt)
     if not nothing:
         svc.vectors.describe_meta(collection)  # a missing collection is a 404 before streaming
+    if patterns:
+        # Checked here, not when the OCR rows' turn comes: by then a streamed export has sent
+        # its headers and the CLIP rows, and an error could only cut the stream.
+        require_ocr(svc, collection)
     return ScanPlan(
         svc,
         collection,

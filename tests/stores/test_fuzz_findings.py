@@ -70,3 +70,36 @@ def test_a_collection_is_not_dropped_under_a_running_job(tmp_path):
         assert client.get(f"/img/jobs/{job_id}").json()["state"] == "succeeded"
         assert client.get("/img/collections/busy/count").json()["images"] == 300
         assert client.delete("/img/collections/busy").status_code == 200
+
+
+def test_a_streamed_scan_with_ocr_patterns_on_a_collection_without_ocr_is_a_409(tmp_path):
+    """Random fuzzing (seed 2093125689): POST /img/scan as a CSV export (no limit) with
+    descriptions and an OCR pattern, on a collection without OCR. The CLIP rows streamed, then
+    the OCR rows' turn raised the 409 after the headers were sent: the client got a cut chunked
+    stream. The check now comes before the response starts, for both formats."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.stack import jpeg, make_services, make_settings
+
+    settings = make_settings(tmp_path)
+    with TestClient(create_app(settings, make_services(settings))) as client:
+        assert client.post("/img/collections", json={"name": "plain"}).status_code == 201
+        files = [("files", (f"{i}.jpg", jpeg(i), "image/jpeg")) for i in range(3)]
+        assert client.post("/img/images/plain", files=files).status_code == 200
+        body = {
+            "collection": "plain",
+            "descriptions": ["INF", "红色"],
+            "threshold": -0.37,  # every image is a CLIP hit: rows stream before the OCR part
+            "limit": None,
+            "ocr_patterns": [{"builtin": "url"}],
+        }
+        for fmt in ("csv", "jsonl", "json"):
+            r = client.post("/img/scan", json={**body, "format": fmt})
+            assert r.status_code == 409, (fmt, r.status_code, r.text[:300])
+            assert "OCR is not enabled" in r.json()["error"]["message"]
+        # Without the patterns the same export streams every match.
+        r = client.post(
+            "/img/scan", json={**{k: v for k, v in body.items() if k != "ocr_patterns"}, "format": "csv"}
+        )
+        assert r.status_code == 200 and len(r.text.strip().splitlines()) == 1 + 3 * 2
