@@ -106,29 +106,24 @@ def sqlite_path(tmp_path: Path) -> Path:
 
 
 def _needs_services(item: pytest.Item) -> bool:
-    if _REAL_SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-        return True
-    callspec = getattr(item, "callspec", None)
-    if callspec is not None and _SERVER_BACKENDS.intersection(
-        v for v in callspec.params.values() if isinstance(v, str)
-    ):
-        return True
-    folder = Path(str(item.fspath)).parent.name
-    return folder in _SERVICE_FOLDERS
+    return _uses_real_servers(item) or Path(str(item.fspath)).parent.name in _SERVICE_FOLDERS
 
 
-# The fast loop (the whole tree with -m "not services") runs on this many pytest-xdist workers
-# when no -n is given: its tests are independent (own temporary stores, no servers), and on two
-# cores two workers take it from about 80 s to about 50 s (bench/README.md, "The fast test
-# loop"). A run of chosen files, or the full suite with its shared servers, stays in one
-# process; `-n 0` keeps the fast loop in one too.
-FAST_LOOP_WORKERS = 2
+# The whole tree, the full suite (`python3 -m pytest -q`, the README's command) as well as the fast
+# loop (`-m "not services"`), runs on this many pytest-xdist workers when no -n is given: on two
+# cores much of the suite waits (for servers to restart, processes to start, jobs to finish), and
+# the fast loop's tests are independent (bench/README.md, "The test suite on two workers"). Every
+# test that uses the real MariaDB or Milvus server goes to one worker, in collection order (the
+# xdist group below): the servers are shared by the session and only one Milvus test server runs
+# on a machine. A run of chosen files stays in one process; `-n 0` keeps any run in one.
+SUITE_WORKERS = 2
+SERVERS_GROUP = "real-servers"
 
 
-def _is_whole_fast_loop(config: pytest.Config) -> bool:
+def _runs_the_whole_tree(config: pytest.Config) -> bool:
     markexpr = (config.option.markexpr or "").replace(" ", "")
     whole_tree = [Path(a).resolve() for a in config.args] == [Path(config.rootpath, "tests").resolve()]
-    return markexpr == "notservices" and whole_tree
+    return whole_tree and markexpr in ("", "notservices") and not config.option.keyword
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -137,19 +132,30 @@ def pytest_configure(config: pytest.Config) -> None:
         and not hasattr(config, "workerinput")  # not inside a worker
         and config.getoption("numprocesses", None) is None
         and not config.getoption("collectonly")
-        and (os.cpu_count() or 1) >= FAST_LOOP_WORKERS
-        and _is_whole_fast_loop(config)
+        and (os.cpu_count() or 1) >= SUITE_WORKERS
+        and _runs_the_whole_tree(config)
     ):
         # Before xdist's own pytest_configure (trylast), which starts the workers from these.
-        config.option.numprocesses = FAST_LOOP_WORKERS
-        config.option.dist = "load"
-        config.option.tx = ["popen"] * FAST_LOOP_WORKERS
+        config.option.numprocesses = SUITE_WORKERS
+        config.option.dist = "loadgroup"
+        config.option.tx = ["popen"] * SUITE_WORKERS
+
+
+def _uses_real_servers(item: pytest.Item) -> bool:
+    if _REAL_SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and bool(
+        _SERVER_BACKENDS.intersection(v for v in callspec.params.values() if isinstance(v, str))
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if _needs_services(item):
             item.add_marker(pytest.mark.services)
+        if _uses_real_servers(item):
+            item.add_marker(pytest.mark.xdist_group(SERVERS_GROUP))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
