@@ -150,6 +150,9 @@ def _uses_real_servers(item: pytest.Item) -> bool:
     )
 
 
+# First: xdist's worker reads the xdist_group marks in its own hook of this name, which would
+# otherwise run before this one and see none.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if _needs_services(item):
