@@ -18,6 +18,11 @@ The exact Hamming distance is then computed on the candidates only.
 from __future__ import annotations
 
 import imagehash
+
+# imagehash.phash imports scipy.fftpack inside the function; the first calls of two threads at
+# once (an add and a search by image on a fresh process) could meet a half-initialised scipy
+# ("cannot import name ... partially initialized module"). Imported here, once, at start.
+import scipy.fftpack  # noqa: F401
 from PIL import Image
 
 BANDS = 4

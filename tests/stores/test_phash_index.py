@@ -135,3 +135,16 @@ def _root(parent: dict[int, int], x: int) -> int:
     while parent[x] != x:
         x = parent[x]
     return x
+
+
+def test_scipy_is_imported_with_the_module_not_on_the_first_hash():
+    """imagehash.phash imports scipy.fftpack on its first call; two threads' first calls at once
+    (an add and a search by image on a fresh process) once met a half-initialised scipy. The
+    import happens when operations.phash is imported, before any request thread exists."""
+    import subprocess
+    import sys
+
+    code = "import sys, operations.phash; print('scipy.fftpack' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
