@@ -127,18 +127,35 @@ def _runs_the_whole_tree(config: pytest.Config) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("xdist"):
+        return
+    if hasattr(config, "workerinput"):
+        # A worker parses the command line again, not the options set below: it learns the
+        # distribution from the controller (pytest_configure_node), and reads the xdist_group
+        # marks only when it is loadgroup.
+        if config.workerinput.get("dist") == "loadgroup":
+            config.option.loadgroup = True
+        return
     if (
-        config.pluginmanager.has_plugin("xdist")
-        and not hasattr(config, "workerinput")  # not inside a worker
-        and config.getoption("numprocesses", None) is None
+        config.getoption("numprocesses", None) is None
         and not config.getoption("collectonly")
         and (os.cpu_count() or 1) >= SUITE_WORKERS
         and _runs_the_whole_tree(config)
     ):
         # Before xdist's own pytest_configure (trylast), which starts the workers from these.
         config.option.numprocesses = SUITE_WORKERS
-        config.option.dist = "loadgroup"
         config.option.tx = ["popen"] * SUITE_WORKERS
+        config.option.dist = "loadgroup"
+    elif config.getoption("dist", "no") == "load":
+        # `-n N` alone: the same as load but for the servers' group, which cannot be spread
+        # (one Milvus test server a machine).
+        config.option.dist = "loadgroup"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+    """xdist, on the controller: tell each worker the distribution (see pytest_configure)."""
+    node.workerinput["dist"] = node.config.getoption("dist")
 
 
 def _uses_real_servers(item: pytest.Item) -> bool:
