@@ -183,8 +183,11 @@ def test_a_recall_below_min_recall_does_not_switch_until_asked(stack):
 
 def test_index_rebuild_copies_the_vectors_and_auto_reindexes_a_grown_collection(tmp_path):
     """A collection AUTO made FLAT grew past AUTO_INDEX_FLAT_BELOW (describe: reindex_due): a
-    rebuild with no index re-chooses AUTO for its size, HNSW, copying the vectors."""
-    settings = make_settings(tmp_path, rebuild_switch_grace_s=0.1, auto_index_flat_below=40)
+    rebuild with no index re-chooses AUTO for its size, HNSW, copying the vectors. Started by
+    hand here (AUTO_REINDEX off; the automatic one: tests/api/test_auto_reindex.py)."""
+    settings = make_settings(
+        tmp_path, rebuild_switch_grace_s=0.1, auto_index_flat_below=40, auto_reindex=False
+    )
     svc = make_services(settings)
     _split(tmp_path)
     with TestClient(create_app(settings, svc)) as c:
