@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from operations.context import Services
-from operations.errors import Conflict, ServiceError
+from operations.errors import Conflict, NotFound, ServiceError
 from operations.stores.sql_pool import is_integrity_error
 
 if TYPE_CHECKING:  # the runner imports this module
@@ -62,9 +62,10 @@ def start_if_due(svc: Services, runner: JobRunner, collection: str) -> str | Non
     if row is not None and row.kind == "version":
         return None
     store = svc.store_name(collection)
-    if not svc.vectors.has_collection(store):
+    try:
+        index = svc.vectors.describe_meta(store).index  # cached: no I/O after the first
+    except NotFound:  # dropped meanwhile
         return None
-    index = svc.vectors.describe_meta(store).index
     if not (index.auto and index.type == "FLAT"):
         return None
     flat_below = settings.auto_index_flat_below
@@ -133,6 +134,8 @@ class AutoReindex:
     def _check(self, collection: str) -> None:
         with self._lock:
             self._queued.discard(collection)
+            if self._stopped:  # the replica is stopping: it starts no job
+                return
         try:
             start_if_due(self.svc, self.runner, collection)
         except Conflict as exc:
