@@ -43,16 +43,20 @@ def _lite(tmp_path, **overrides):
 
 
 def _add(c: TestClient, name: str, seeds: range) -> list[int]:
-    """One add request of distinct JPEGs, retried as a client would on the switch's 503."""
+    """One add request of distinct JPEGs, retried as a client would on the switch's 503 (an add
+    the fence cut off may have stored some rows: the retry finds those "present")."""
     files = [("files", (f"{s}.jpg", jpeg(s), "image/jpeg")) for s in seeds]
+    refused = 0
     for _ in range(50):
         r = c.post(f"/img/images/{name}", files=files)
         if r.status_code != 503:
             break
+        refused += 1
         time.sleep(0.1)
     assert r.status_code == 200, r.text
     results = r.json()["results"]
-    assert [x["status"] for x in results] == ["added"] * len(seeds)
+    ok = {"added", "present"} if refused else {"added"}
+    assert {x["status"] for x in results} <= ok and len(results) == len(seeds), results
     return [x["id"] for x in results]
 
 
