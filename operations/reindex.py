@@ -21,7 +21,11 @@ The check (`start_if_due`), each step cheap and the first that fails ends it qui
   the last of them to end runs the check again.
 Then the rebuild job is submitted. Two replicas that see the threshold at once compute the same
 new version name, and so the same job id (`auto_job_id`): the job table's primary key lets one
-of them in, the other is told Conflict ("another replica started it", logged at INFO).
+of them in, the other is told Conflict ("another replica started it", logged at INFO). Should
+one replica's job have created its version before the other computes the name, the names and ids
+differ and both run; switch_to refuses the first to reach it while the other is active, so at
+most one switches and nothing is lost (a spare version is left, and a failed job that stops
+further automatic attempts until the operator acts).
 """
 
 from __future__ import annotations
