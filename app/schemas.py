@@ -347,7 +347,8 @@ class CollectionView(BaseModel):
     auto_index: dict | None = Field(
         None,
         description="set when AUTO chose the index: flat_below (the size AUTO switches at) and "
-        "reindex_due (the collection grew past it while FLAT)",
+        "reindex_due (the collection grew past it while FLAT); while due, reindex_job {id, state, "
+        "automatic}: the rebuild under way, or the last one, which failed or was cancelled",
     )
     alias_of: str | None = Field(
         None,

@@ -124,6 +124,12 @@ class Settings(BaseSettings):
         description="AUTO: a new collection expected to hold fewer vectors than this is exact (FLAT); "
         "0 = always HNSW",
     )
+    auto_reindex: bool = Field(
+        True,
+        description="a collection AUTO made FLAT that an add or load grows to AUTO_INDEX_FLAT_BELOW "
+        "vectors is rebuilt as HNSW and switched to by a background job (searches never pause); "
+        "false: describe only says reindex_due",
+    )
     index_params: dict = Field(
         default_factory=dict, description='JSON, e.g. {"nlist":1024} or {"M":16,"efConstruction":200}'
     )

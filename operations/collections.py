@@ -9,7 +9,7 @@ from operations.aliases import VERSION_SUFFIX
 from operations.context import Services
 from operations.domain import IndexSpec
 from operations.duplicate_groups import duplicate_store
-from operations.errors import Conflict, InvalidInput, NotFound
+from operations.errors import Conflict, InvalidInput, NotFound, ServiceError
 from operations.names import validate_name
 from operations.ocr import drop_ocr, enable_ocr, ocr_enabled
 
@@ -28,8 +28,9 @@ class CollectionSummary:
     vectors: int
     images: int
     ocr: bool = False
-    # For a collection whose index AUTO chose: the size it switches at, and whether the
-    # collection has grown past it while still FLAT (a re-index is due; README "Index choice").
+    # For a collection whose index AUTO chose: the size it switches at, whether the collection
+    # has grown past it while still FLAT (a re-index is due; README "Index choice") and, while it
+    # is due, the rebuild doing it or the one that ended without it (`reindex_job`).
     auto_index: dict | None = None
     # Names (operations.aliases): `alias_of` is set when `name` is an alias (the version it
     # points at); `aliased_by` lists the aliases pointing at this collection; `physical` is
@@ -97,13 +98,13 @@ def describe_collection(svc: Services, name: str) -> CollectionSummary:
     store = svc.store_name(name)
     info = svc.vectors.describe(store)
     images = svc.images.count(store) if svc.images.has_collection(store) else 0
-    auto = None
+    auto: dict[str, object] | None = None
     if info.index.auto:
         flat_below = svc.settings.auto_index_flat_below
-        auto = {
-            "flat_below": flat_below,
-            "reindex_due": info.index.type == "FLAT" and info.count >= flat_below,
-        }
+        due = info.index.type == "FLAT" and info.count >= flat_below
+        auto = {"flat_below": flat_below, "reindex_due": due}
+        if due and (job := _reindex_job(svc, name)) is not None:
+            auto["reindex_job"] = job
     row = rows.get(name)
     alias_of = (
         _api_name(rows, store) if row is not None and row.kind == "alias" and row.target != name else None
@@ -130,6 +131,21 @@ def describe_collection(svc: Services, name: str) -> CollectionSummary:
         str(store),
         info.index.time_partitions,
     )
+
+
+def _reindex_job(svc: Services, name: str) -> dict | None:
+    """The latest rebuild of a collection due a re-index: under way, or the one that failed or
+    was cancelled (after which no automatic one starts: operations.reindex). Best effort: the
+    job table may be missing or SQL down, and describe still answers."""
+    if svc.jobs is None:
+        return None
+    try:
+        job = svc.jobs.latest_of("rebuild", name)
+    except ServiceError:
+        return None
+    if job is None or job.state == "succeeded":
+        return None
+    return {"id": job.id, "state": job.state, "automatic": bool(job.params.get("automatic"))}
 
 
 def list_collections(svc: Services) -> list[CollectionSummary]:

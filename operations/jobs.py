@@ -49,6 +49,7 @@ from operations.load import load_split
 from operations.ocr import read_backlog
 from operations.phash_backfill import backfill_phashes
 from operations.progress import JobProgress
+from operations.reindex import ADDING_KINDS, AutoReindex
 from operations.retention import RetentionRule, apply_retention
 from operations.stores.job_store import Job
 
@@ -211,6 +212,9 @@ class JobRunner:
         self._stopping = threading.Event()  # shutting down: stop waiting for SQL
         self._watch_stop = threading.Event()  # the watcher's end, once every job has stopped
         self._watcher: threading.Thread | None = None
+        # A load or add that ends may have grown an AUTO collection past its size: checked in
+        # the background (operations.reindex), as after an inline add.
+        self.reindex = AutoReindex(svc, self)
         if watch:
             self._watcher = threading.Thread(target=self._watch, name="job-leases", daemon=True)
             self._watcher.start()
@@ -294,6 +298,9 @@ class JobRunner:
         finally:
             running.dec()
             progress.finish_metrics()
+        # After its end is recorded: the job no longer counts as writing to the collection.
+        if job.kind in ADDING_KINDS and not self._shutting_down:
+            self.reindex.after_write(job.collection)
 
     def _execute(self, job: Job, progress: JobProgress) -> None:
         try:
@@ -426,6 +433,7 @@ class JobRunner:
     def shutdown(self) -> None:
         self._shutting_down = True
         self._stopping.set()
+        self.reindex.shutdown()  # a check under way ends first; none starts a job any more
         with self._lock:
             for progress in self._progress.values():
                 progress.cancel()

@@ -8,7 +8,8 @@ name holds into a new collection, "images__vN", then checks it and, when asked, 
    that grew past AUTO's size gets its HNSW index this way);
 2. copy: the SQL rows (with their pHashes and OCR text) are copied in SQL by id
    (INSERT..SELECT, ids present skipped); the vectors are copied from the old collection when
-   the model is the same (an index change) and encoded from the stored images when it is not;
+   the model is the same (an index change; a row the old one has no vector for is encoded) and
+   encoded from the stored images when it is not;
 3. catch up: the ids of both sides are compared again and adds and deletes made meanwhile are
    applied, until a pass finds nothing (searches and writes keep using the old collection all
    along);
@@ -260,6 +261,10 @@ def _write_vectors(
     if same_model:
         vectors = svc.vectors.get_vectors(src, ids)
     need = [i for i in ids if i in rows and i not in vectors]
+    if need and same_model:
+        # Rows whose vector the source lacks (an add the switch's fence cut off between its rows
+        # and its vectors): encoded from their images, which the first read left out.
+        rows.update(svc.images.get_rows(dst, need, with_image=True))
     failed = 0
     if need:
         encoder = svc.encoder_for(dst)

@@ -149,6 +149,8 @@ def add(
     ]
     if len(uploads) <= svc.settings.inline_add_limit:
         results = add_images(svc, collection, uploads, near_duplicates=near_duplicates)
+        if any(r.status == "added" for r in results):
+            runner.reindex.after_write(collection)  # queued only: no I/O, never raises
         return AddResponse(collection=collection, results=[AddItem(**r.__dict__) for r in results])
     job_id, params = spool_uploads(svc.settings.data_root, uploads, source, tag_list, created_at)
     runner.submit("add", collection, params, job_id=job_id)

@@ -238,6 +238,14 @@ class JobStore:
         )
         return rows[0][0] if rows else None
 
+    def latest_of(self, kind: str, collection: str) -> Job | None:
+        """The newest job of `kind` on `collection`, in any state (without its failures)."""
+        rows = self.pool.query(
+            f"SELECT {_COLS} FROM jobs WHERE collection = ? AND kind = ? ORDER BY created_at DESC LIMIT 1",
+            (collection, kind),
+        )
+        return self._row(rows[0]) if rows else None
+
     # -- claiming --------------------------------------------------------------------
     def create(
         self,
