@@ -12,6 +12,7 @@ from operations.duplicate_groups import duplicate_store
 from operations.errors import Conflict, InvalidInput, NotFound, ServiceError
 from operations.names import validate_name
 from operations.ocr import drop_ocr, enable_ocr, ocr_enabled
+from operations.reindex import reindex_due
 
 VERSION_NAME = re.compile(rf".+{re.escape(VERSION_SUFFIX)}[0-9]+")
 
@@ -101,7 +102,7 @@ def describe_collection(svc: Services, name: str) -> CollectionSummary:
     auto: dict[str, object] | None = None
     if info.index.auto:
         flat_below = svc.settings.auto_index_flat_below
-        due = info.index.type == "FLAT" and info.count >= flat_below
+        due = reindex_due(info.index, info.count, flat_below)
         auto = {"flat_below": flat_below, "reindex_due": due}
         if due and (job := _reindex_job(svc, name)) is not None:
             auto["reindex_job"] = job

@@ -37,7 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from operations.context import Services
+from operations.domain import IndexSpec
 from operations.errors import Conflict, NotFound, ServiceError
+from operations.stores.job_store import ACTIVE_STATES
 from operations.stores.sql_pool import is_integrity_error
 
 if TYPE_CHECKING:  # the runner imports this module
@@ -56,6 +58,12 @@ def auto_job_id(alias: str, target: str) -> str:
     return "reindex" + hashlib.sha1(f"{alias}>{target}".encode()).hexdigest()[:25]
 
 
+def reindex_due(index: IndexSpec, count: int, flat_below: int) -> bool:
+    """AUTO chose FLAT for the collection and it has reached the size AUTO switches at (README
+    "Index choice"): what describe shows as reindex_due, and what starts the rebuild here."""
+    return index.auto and index.type == "FLAT" and count >= flat_below
+
+
 def start_if_due(svc: Services, runner: JobRunner, collection: str) -> str | None:
     """Start the automatic rebuild of `collection` when it is due (module docstring): its job id,
     or None. Store errors propagate (the caller logs them)."""
@@ -70,14 +78,15 @@ def start_if_due(svc: Services, runner: JobRunner, collection: str) -> str | Non
         index = svc.vectors.describe_meta(store).index  # cached: no I/O after the first
     except NotFound:  # dropped meanwhile
         return None
-    if not (index.auto and index.type == "FLAT"):
-        return None
     flat_below = settings.auto_index_flat_below
+    # At count = flat_below only the index decides: a collection not on AUTO's FLAT needs no count.
+    if not reindex_due(index, flat_below, flat_below):
+        return None
     count = svc.vectors.count(store)
-    if count < flat_below:
+    if not reindex_due(index, count, flat_below):
         return None
     last = svc.jobs.latest_of("rebuild", collection)
-    if last is not None and last.state in ("queued", "running"):
+    if last is not None and last.state in ACTIVE_STATES:
         log.debug("re-index of %s: rebuild job %s is under way", collection, last.id)
         return None
     if last is not None and last.state in GAVE_UP_STATES:
