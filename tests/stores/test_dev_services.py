@@ -106,3 +106,41 @@ def test_milvus_lite_uri_is_a_fresh_file(milvus_lite_uri: str) -> None:
 def test_sqlite_path_is_fresh(sqlite_path) -> None:
     assert not sqlite_path.exists()
     assert sqlite_path.parent.is_dir()
+
+
+class _AbortsOnFirstStart(services.MariaDBServer):
+    """mariadbd behind a shell that SIGABRTs itself on the first start only."""
+
+    def _server_cmd(self) -> list[str]:
+        marker = self.base / "aborted-once"
+        script = f'if [ ! -e "{marker}" ]; then touch "{marker}"; kill -ABRT $$; fi; exec "$@"'
+        return ["sh", "-c", script, "sh", *super()._server_cmd()]
+
+
+class _AlwaysAborts(services.MariaDBServer):
+    def _server_cmd(self) -> list[str]:
+        return ["sh", "-c", 'echo "before the error log"; kill -ABRT $$']
+
+
+def test_mariadb_killed_by_a_signal_while_starting_is_started_again(caplog) -> None:
+    server = _AbortsOnFirstStart()
+    try:
+        server.start()
+        assert (server.base / "aborted-once").exists()
+        with server.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+            assert cur.fetchone() == (1,)
+        assert "exited with -6 during start; " in caplog.text
+    finally:
+        server.close()
+
+
+def test_mariadb_that_keeps_dying_says_what_it_printed() -> None:
+    server = _AlwaysAborts()
+    try:
+        with pytest.raises(services.ServiceError, match="exited with -6") as err:
+            server.start()
+        assert "before the error log" in str(err.value)  # mariadbd.out is in the message
+        assert not server.running
+    finally:
+        server.close()
