@@ -8,6 +8,7 @@ every value is passed as a bound parameter.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import math
 import queue
@@ -178,7 +179,7 @@ class SqlPool:
                     yield conn
             except DependencyUnavailable as exc:
                 if _is_outage(exc):
-                    self.outage.failed(exc.message)
+                    self.outage.failed(exc.message + _during())
                 raise
             self.outage.succeeded()
 
@@ -245,7 +246,7 @@ class SqlPool:
                 cur.close()
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> int:
-        with self.connection() as conn:
+        with _named_on_failure(statement), self.connection() as conn:
             cur = conn.cursor()
             try:
                 cur.execute(self.sql(statement), tuple(params))
@@ -263,7 +264,8 @@ class SqlPool:
             cur.executemany(self.sql(statement), params)
             return cur.rowcount
 
-        return self._with_retries(work)
+        with _named_on_failure(statement):
+            return self._with_retries(work)
 
     def insert_many(
         self,
@@ -311,7 +313,8 @@ class SqlPool:
             )
 
         try:
-            return self._with_retries(work)
+            with _named_on_failure(f"INSERT INTO {table} ({names}) [prepared, {len(params)} rows]"):
+                return self._with_retries(work)
         except (DependencyUnavailable, pymysql.err.MySQLError) as exc:
             # The pool reports server errors of the OperationalError kind as
             # DependencyUnavailable (503), with the server's error as cause.
@@ -346,7 +349,7 @@ class SqlPool:
         raise AssertionError("unreachable")
 
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[tuple]:
-        with self.connection() as conn:
+        with _named_on_failure(statement), self.connection() as conn:
             cur = conn.cursor()
             try:
                 cur.execute(self.sql(statement), tuple(params))
@@ -360,6 +363,31 @@ class SqlPool:
                 _close_quietly(self._idle.get_nowait())
             except queue.Empty:
                 return
+
+
+# The statement a pool method is running, for the outage's "down" line: the driver's own words
+# ("Lost connection to MySQL server during query (timed out)") do not say which statement met
+# the fault. Statements hold placeholders, never values, so the log carries no user data.
+_STATEMENT: contextvars.ContextVar[tuple[str, float] | None] = contextvars.ContextVar(
+    "sql_statement", default=None
+)
+
+
+@contextlib.contextmanager
+def _named_on_failure(statement: str) -> Iterator[None]:
+    token = _STATEMENT.set((" ".join(statement.split())[:200], time.monotonic()))
+    try:
+        yield
+    finally:
+        _STATEMENT.reset(token)
+
+
+def _during() -> str:
+    current = _STATEMENT.get()
+    if current is None:
+        return ""
+    statement, started = current
+    return f" (during {statement}, after {time.monotonic() - started:.1f} s)"
 
 
 def _refused_prepare(exc: BaseException | None) -> bool:

@@ -3,6 +3,7 @@ wait plus a reconnect's; the wait for a free connection shares it too (operation
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -35,6 +36,18 @@ def test_frozen_mariadb_costs_one_timeout_not_preping_plus_reconnect(frozen_pool
     with pytest.raises(DependencyUnavailable):
         frozen_pool.query("SELECT 1")
     assert time.monotonic() - started < T_S + MARGIN_S
+
+
+def test_the_outage_line_names_the_statement_that_met_it(frozen_pool, caplog):
+    # "Lost connection ... (timed out)" alone does not say which statement a loader or a
+    # request was running; the one "down" line names it (placeholders only, never values).
+    caplog.set_level(logging.WARNING, logger="operations.stores.sql_pool")
+    with pytest.raises(DependencyUnavailable):
+        frozen_pool.execute("UPDATE t SET indexed = 1 WHERE id IN (?, ?)", (7, 8))
+    downs = [r.getMessage() for r in caplog.records if " is down" in r.getMessage()]
+    assert len(downs) == 1, downs
+    assert "(during UPDATE t SET indexed = 1 WHERE id IN (?, ?), after " in downs[0], downs
+    assert "7" not in downs[0].split("during", 1)[1].split("after")[0]
 
 
 def test_a_request_does_not_wait_again_for_a_store_that_failed(frozen_pool):
