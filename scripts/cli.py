@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 
 from config.settings import SettingsError, load_settings
-from operations.collections import create_collection, drop_collection, list_collections
+from operations.collections import create_collection, describe_collection, drop_collection, list_collections
 from operations.domain import IndexSpec
 from operations.duplicate_groups import check_tiers, compute_duplicates
 from operations.duplicate_listing import latest_listing, read_page
@@ -85,6 +85,24 @@ def _duplicates(svc, collection: str, args: argparse.Namespace) -> None:
         "next_after": page.next_after,
     }
     print(json.dumps(out, ensure_ascii=False, indent=2))
+
+
+def _reindex_hint(svc, collection: str) -> None:
+    """After a load or add-folder: say so on stderr when the collection has grown into a re-index.
+
+    The command line runs no jobs, so the automatic re-index (operations.reindex) starts only
+    with the server's next add to the collection; a user who loads offline learns it here.
+    """
+    auto = describe_collection(svc, collection).auto_index
+    if not auto or not auto["reindex_due"] or "reindex_job" in auto:
+        return
+    print(
+        f"{collection}: INDEX_TYPE=AUTO chose FLAT and it now holds {auto['flat_below']:,} vectors or "
+        f"more (AUTO_INDEX_FLAT_BELOW): re-index it as HNSW with `python -m scripts.cli rebuild "
+        f"{collection} --switch`"
+        + (", or the server's next add to it starts that job" if svc.settings.auto_reindex else ""),
+        file=sys.stderr,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 bulk_file_rows=args.bulk_file_rows,
             )
             print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+            _reindex_hint(svc, collection)
         elif args.command == "list":
             print(json.dumps([c.__dict__ for c in list_collections(svc)], ensure_ascii=False, indent=2))
         elif args.command == "count":
@@ -206,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             create_collection(svc, collection, ocr=True if args.ocr else None)
             counts = add_folder(svc, collection, args.folder, TqdmProgress("add"), source=args.source)
             print(json.dumps(counts, ensure_ascii=False))
+            _reindex_hint(svc, collection)
         elif args.command == "ocr":
             enable_ocr(svc, collection)
             print(json.dumps(read_backlog(svc, collection, TqdmProgress("ocr")), ensure_ascii=False))

@@ -17,7 +17,7 @@ from app.main import create_app
 from operations.aliases import StoreName
 from operations.errors import DependencyUnavailable
 from operations.reindex import auto_job_id
-from tests.stack import jpeg, make_services, make_settings
+from tests.stack import TINY_ARCH, jpeg, make_services, make_settings
 
 FLAT_BELOW = 40
 BATCH = 10  # files per add request (inline: under INLINE_ADD_LIMIT)
@@ -293,3 +293,44 @@ def test_adds_past_the_size_rebuild_on_the_servers(tmp_path, milvus_server, mari
         assert c.services.vectors.existing_ids(StoreName(f"{name}__v2"), ids) == set(ids)
         for n in (name, f"{name}__v1"):
             c.delete(f"/img/collections/{n}")
+
+
+def test_a_command_line_load_that_grows_past_the_size_says_how_to_re_index(tmp_path, monkeypatch, capsys):
+    # The command line runs no jobs: the load says the re-index is due, and the command it
+    # names does it (HNSW, the name switched, every vector kept).
+    import json
+
+    from datasets.formats import write_image_tsv
+    from scripts import cli
+
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    write_image_tsv(ds / "valid_imgs.tsv", [(i, jpeg(i)) for i in range(1, 31)])
+    write_image_tsv(ds / "test_imgs.tsv", [(i, jpeg(i)) for i in range(31, 51)])
+    env = {
+        "MODEL_NAME": "tiny",
+        "MODEL_ARCH": str(TINY_ARCH),
+        "MODEL_RANDOM_INIT": "true",
+        "MILVUS_URI": str(tmp_path / "milvus.db"),
+        "SQLITE_PATH": str(tmp_path / "images.sqlite3"),
+        "DEVICE": "cpu",
+        "ENCODER_BACKEND": "torch",
+        "INDEX_TYPE": "AUTO",
+        "AUTO_INDEX_FLAT_BELOW": str(FLAT_BELOW),
+        "REBUILD_SWITCH_GRACE_S": "0",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(tmp_path)  # no .env of the repository is read
+    load = ["load", "--dataset", str(ds), "--collection", "shop", "--split"]
+    assert cli.main([*load, "valid"]) == 0  # 30 < 40: FLAT, nothing due
+    assert "rebuild shop --switch" not in capsys.readouterr().err
+    assert cli.main([*load, "test"]) == 0  # 50 >= 40
+    err = capsys.readouterr().err
+    assert "`python -m scripts.cli rebuild shop --switch`, or the server's next add" in err, err
+    assert cli.main(["rebuild", "shop", "--switch"]) == 0
+    capsys.readouterr()
+    assert cli.main(["list"]) == 0
+    listed = {c["name"]: c for c in json.loads(capsys.readouterr().out)}
+    assert listed["shop"]["index_type"] == "HNSW" and listed["shop"]["vectors"] == 50, listed["shop"]
+    assert listed["shop"]["auto_index"]["reindex_due"] is False
