@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         samples: list[tuple[float, int]] = [(0.0, 0)]
         peak = {"loader": 0, "mariadb": 0, "milvus": 0}
         failures: list[dict] = []
+        err_path.write_bytes(b"")  # this run's stderr only; each attempt appends to it
         # A load that stops on an error is run again, as a user would: loads resume (rows
         # already stored are skipped, a bulk load settles the files the stopped run left). The
         # report keeps each failure and its time; the rate counts the whole wall time.
