@@ -236,6 +236,7 @@ def endless_queries(seed: int = 0):
 
 BASELINE_ENV = {
     "ENCODER_BACKEND": "torch",
+    "ENCODER_SPREAD_LONE_QUERY": "false",
     "BATCH_WINDOW_MS": "0",
     "QUERY_CACHE_SIZE": "0",
     "RESULT_CACHE_SIZE": "0",
@@ -245,6 +246,11 @@ BASELINE_ENV = {
     "MAX_IN_FLIGHT": "100000",
 }
 NEW_ENV = {"ENCODER_BACKEND": "auto"}
+# The new path with a lone query kept on its one encoder thread (as before the
+# spread): run at 1 and 4 clients only, to show what the spread gives a single
+# client and that it leaves a loaded server alone.
+NO_SPREAD_ENV = {**NEW_ENV, "ENCODER_SPREAD_LONE_QUERY": "false"}
+NO_SPREAD_LEVELS = (1, 4)
 TARGETS = {
     "single_median_ms": 20.0,
     "c64_qps": 100.0,
@@ -283,8 +289,9 @@ def run_sweep(args) -> None:
 
     print(f"load average before start: {other_load():.2f} (2 cores)", flush=True)
     t_all = time.perf_counter()
-    results: dict[str, dict[str, dict]] = {"baseline": {}, "new": {}}
-    batches: dict[str, dict[str, dict]] = {"baseline": {}, "new": {}}
+    configs = (("baseline", BASELINE_ENV), ("new", NEW_ENV), ("new, no spread", NO_SPREAD_ENV))
+    results: dict[str, dict[str, dict]] = {name: {} for name, _ in configs}
+    batches: dict[str, dict[str, dict]] = {name: {} for name, _ in configs}
     backends: dict[str, str] = {}
     with services() as (db, mv):
         load = load_collection(mv, db, info, "FLAT")
@@ -301,12 +308,13 @@ def run_sweep(args) -> None:
             "DATA_ROOT": str(OUT / "data"),
             "MAX_BATCH_UPLOAD": "16",
         }
-        for name, extra in (("baseline", BASELINE_ENV), ("new", NEW_ENV)):
+        for name, extra in configs:
             env = {**base_env, **extra}
             print(f"\n== server {name}: {' '.join(f'{k}={v}' for k, v in extra.items())}", flush=True)
+            log_name = name.replace(", ", "_").replace(" ", "_")
             with (
                 # A first start with ENCODER_BACKEND=auto exports and verifies the ONNX towers.
-                UvicornProcess(env, OUT / f"sweep_server_{name}.log", timeout=900) as srv,
+                UvicornProcess(env, OUT / f"sweep_server_{log_name}.log", timeout=900) as srv,
                 httpx.Client(base_url=srv.url, timeout=60) as c,
             ):
                 ready = c.get("/readyz").json()
@@ -320,7 +328,8 @@ def run_sweep(args) -> None:
                 for q in ("热身", "一只猫", "两个人在街上走"):  # first passes pay lazy init
                     c.post("/img/search", json={"query": q, "collection": collection})
                 queries = sl.QueryStream(endless_queries(args.seed))
-                runs = [(f"{k} clients", k, sl.text_search(queries, collection, args.top_k)) for k in levels]
+                chosen = [k for k in levels if k in NO_SPREAD_LEVELS] if name == "new, no spread" else levels
+                runs = [(f"{k} clients", k, sl.text_search(queries, collection, args.top_k)) for k in chosen]
                 if name == "new":
                     runs += [
                         (
@@ -461,7 +470,7 @@ def _print_sweep(results, batches, backends, levels, args, n, duration, warmup) 
         "generator lag p99/max",
     ]
     rows = []
-    for name in ("baseline", "new"):
+    for name in results:
         for label, by_role in results[name].items():
             for role, s in by_role.items():
                 b = batches[name].get(label, {})
@@ -488,8 +497,8 @@ def _print_sweep(results, batches, backends, levels, args, n, duration, warmup) 
                     ]
                 )
     print(table(headers, [[_num(c) for c in r] for r in rows]))
-    print(f"models: baseline {backends.get('baseline')}; new {backends.get('new')}")
-    new, base = results["new"], results["baseline"]
+    print("models: " + "; ".join(f"{name} {model}" for name, model in backends.items()))
+    new, base, no_spread = results["new"], results["baseline"], results.get("new, no spread", {})
 
     def get(res, label, role="text"):
         return res.get(label, {}).get(role, {})
@@ -551,6 +560,15 @@ def _print_sweep(results, batches, backends, levels, args, n, duration, warmup) 
             print(
                 f"  mixed load, {role}: {mx[role]['ok']} done, median {mx[role]['median_ms']} ms, "
                 f"p99 {mx[role]['p99_ms']} ms, errors {mx[role]['errors']}"
+            )
+    for k in NO_SPREAD_LEVELS:
+        a, b = get(new, f"{k} clients"), get(no_spread, f"{k} clients")
+        if a.get("median_ms") and b.get("median_ms"):
+            print(
+                f"  a lone query on every core (ENCODER_SPREAD_LONE_QUERY), {k} clients: median "
+                f"{a['median_ms']} ms vs {b['median_ms']} ms without = "
+                f"{a['median_ms'] / b['median_ms']:.2f}x; "
+                f"QPS {a['qps']} vs {b['qps']}; encode {a.get('encode_ms')} vs {b.get('encode_ms')} ms"
             )
     ratios = []
     for k in levels:

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     encoder_image_threads: int = Field(
         0, ge=0, le=256, description="intra-op threads for images and text batches over 8; 0 = all cores"
     )
+    encoder_spread_lone_query: bool = Field(
+        True,
+        description="a query that is the only search in progress encodes on ENCODER_IMAGE_THREADS cores",
+    )
     extra_models: dict = Field(
         default_factory=dict,
         description='JSON {"name": {"checkpoint": path, "arch": arch}} served beside the default model',

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Future
 from typing import Any, cast
 
@@ -34,7 +34,7 @@ from config.settings import Settings
 from operations import metrics
 from operations.batching import MicroBatcher, Timed
 from operations.domain import SearchFilter
-from operations.encoding.base import Encoder
+from operations.encoding.base import Encoder, on_every_core
 from operations.errors import Overloaded
 from operations.query_cache import QueryCache, encoder_identity
 from operations.result_cache import ResultCache
@@ -52,6 +52,7 @@ class Serving:
         self.max_in_flight = settings.max_in_flight
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
+        self._spread_lone_query = settings.encoder_spread_lone_query
         self.refused = 0
         self._window_s = settings.batch_window_ms / 1000
         self._deadline_s = settings.queue_timeout_ms / 1000
@@ -91,13 +92,19 @@ class Serving:
             with self._in_flight_lock:
                 self._in_flight -= 1
 
+    def alone(self) -> bool:
+        """At most one search is in progress (the caller's own), so the cores are its to use
+        (and ENCODER_SPREAD_LONE_QUERY lets it)."""
+        with self._in_flight_lock:
+            return self._spread_lone_query and self._in_flight <= 1
+
     # -- encoders -------------------------------------------------------------
     def _batcher(self, table: dict, kind: str, encoder: Encoder) -> MicroBatcher:
         key = encoder_identity(encoder)
         with self._lock:
             batcher = table.get(key)
             if batcher is None:
-                run = _encode_texts(encoder) if kind == "text" else _encode_images(encoder)
+                run = _encode_texts(encoder, self.alone) if kind == "text" else _encode_images(encoder)
                 batcher = table[key] = MicroBatcher(
                     f"{encoder.model_name} {kind} encoder",
                     run,
@@ -180,14 +187,17 @@ class Serving:
 TEXT_PASS = 16
 
 
-def _encode_texts(encoder: Encoder):
+def _encode_texts(encoder: Encoder, alone: Callable[[], bool]):
     def run(_key: Hashable, texts: list[str]) -> list[np.ndarray]:
         # The same text twice in one batch is encoded once.
         unique = sorted(dict.fromkeys(texts), key=len)
         by_text: dict[str, np.ndarray] = {}
-        for start in range(0, len(unique), TEXT_PASS):
-            part = unique[start : start + TEXT_PASS]
-            by_text.update(zip(part, encoder.encode_texts(part), strict=True))
+        # The only search in progress may encode on every core: Milvus, SQL and
+        # the other requests are idle (operations.encoding.base.on_every_core).
+        with on_every_core(len(unique) == 1 and alone()):
+            for start in range(0, len(unique), TEXT_PASS):
+                part = unique[start : start + TEXT_PASS]
+                by_text.update(zip(part, encoder.encode_texts(part), strict=True))
         return [by_text[t] for t in texts]
 
     return run

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -37,6 +39,31 @@ def l2_normalise(matrix: np.ndarray) -> np.ndarray:
     return matrix / norms
 
 
+# A short query batch normally runs on ENCODER_TEXT_THREADS (one) so that, under
+# load, the encoder leaves the other cores to Milvus, SQL and HTTP. When the
+# serving layer knows the query is the only search in progress, those cores are
+# idle and the encode may spread over every allotted one: on 2 cores a lone
+# query's ONNX text pass takes about 0.6x its one-thread time (bench/README.md,
+# "Results of 2026-12-03, fifth session"). Carried as a context variable, set
+# in the thread that runs the batch, so the `Encoder` protocol is unchanged.
+_EVERY_CORE: contextvars.ContextVar[bool] = contextvars.ContextVar("encode_on_every_core", default=False)
+
+
+@contextlib.contextmanager
+def on_every_core(enabled: bool = True) -> Iterator[None]:
+    """Within the block, ask the encoders to run small text batches on every allotted core."""
+    token = _EVERY_CORE.set(enabled)
+    try:
+        yield
+    finally:
+        _EVERY_CORE.reset(token)
+
+
+def every_core_requested() -> bool:
+    """True inside `on_every_core()` (in this thread or task)."""
+    return _EVERY_CORE.get()
+
+
 class FairLock:
     """A lock granted in request order (a ticket lock).
 
@@ -59,6 +86,18 @@ class FairLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def try_acquire(self) -> bool:
+        """Take the lock only if it is free and nobody waits for it; never blocks."""
+        with self._cond:
+            if self._next_ticket != self._serving:
+                return False
+            self._next_ticket += 1
+            return True
+
+    def release(self) -> None:
+        """Hand the lock to the next ticket (after `__enter__` or a true `try_acquire`)."""
         with self._cond:
             self._serving += 1
             self._cond.notify_all()

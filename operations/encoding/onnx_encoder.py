@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 
-from operations.encoding.base import FairLock, l2_normalise
+from operations.encoding.base import FairLock, every_core_requested, l2_normalise
 from operations.encoding.clip_encoder import ClipEncoder
 from operations.encoding.model_files import resolve_threads
 
@@ -55,8 +55,9 @@ class OnnxClipEncoder:
     """ONNX Runtime text and image towers behind the `Encoder` protocol.
 
     Thread-safe: small text batches run concurrently (ORT sessions allow
-    concurrent `run`; each uses `text_threads`); image batches and large text
-    batches use every allotted core and so run one at a time.
+    concurrent `run`; each uses `text_threads`); image batches, large text
+    batches and a lone query's batch (`on_every_core`) use every allotted core
+    and so run one at a time.
     """
 
     backend = "onnx"
@@ -113,24 +114,31 @@ class OnnxClipEncoder:
     def check_text(self, text: str) -> None:
         self.base.check_text(text)
 
-    def _text_session(self, n: int) -> tuple[ort.InferenceSession, FairLock | None]:
-        if n <= SMALL_TEXT_BATCH or self.image_threads <= self.text_threads:
-            return self._text, None
-        with self._all_cores:
-            if self._bulk_text is None:
-                self._bulk_text = open_session(self.text_model, self.image_threads)
-        return self._bulk_text, self._all_cores
+    def _bulk_text_session(self) -> ort.InferenceSession:
+        # Opened on first use; called with `_all_cores` held.
+        if self._bulk_text is None:
+            self._bulk_text = open_session(self.text_model, self.image_threads)
+        return self._bulk_text
+
+    def _run_text(self, tokens: np.ndarray) -> np.ndarray:
+        spreads = self.image_threads > self.text_threads
+        if spreads and len(tokens) > SMALL_TEXT_BATCH:
+            with self._all_cores:
+                return self._bulk_text_session().run(None, {"text": tokens})[0]
+        # A lone query (`every_core_requested`) takes every core only if no
+        # image batch holds them or waits for them: it never queues behind an add.
+        if spreads and every_core_requested() and self._all_cores.try_acquire():
+            try:
+                return self._bulk_text_session().run(None, {"text": tokens})[0]
+            finally:
+                self._all_cores.release()
+        return self._text.run(None, {"text": tokens})[0]
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        out = []
-        for start in range(0, len(texts), batch_size):
-            tokens = self.base.tokenize(texts[start : start + batch_size]).numpy()
-            session, lock = self._text_session(len(tokens))
-            if lock is None:
-                out.append(session.run(None, {"text": tokens})[0])
-            else:
-                with lock:
-                    out.append(session.run(None, {"text": tokens})[0])
+        out = [
+            self._run_text(self.base.tokenize(texts[start : start + batch_size]).numpy())
+            for start in range(0, len(texts), batch_size)
+        ]
         return l2_normalise(np.concatenate(out) if out else np.zeros((0, self.dim)))
 
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:

@@ -491,3 +491,74 @@ def test_searches_past_max_in_flight_are_refused_at_once(request, tmp_path):
         stats = client.get("/img/stats").json()["admission"]
         assert stats == {"in_flight": 0, "limit": 2, "refused": 1}
         assert ask("又可以了").status_code == 200
+
+
+class CoreRecordingEncoder(BlockingEncoder):
+    """Notes, per text pass, whether the serving layer asked for every core."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.release.set()  # passes run at once unless a test clears it
+        self.every_core: list[bool] = []
+
+    def encode_texts(self, texts):
+        from operations.encoding.base import every_core_requested
+
+        self.every_core.append(every_core_requested())
+        return super().encode_texts(texts)
+
+
+def test_only_a_lone_search_encodes_on_every_core(request, tmp_path):
+    settings = backend_settings(request, tmp_path, "lite", query_cache_size=0, batch_window_ms=0)
+    encoder = CoreRecordingEncoder(tiny_encoder())
+    svc = build_services(settings, encoder=encoder)
+    name = unique("ec")
+    svc.ensure_collection(name, encoder)
+    add_images(svc, name, [Upload(f"{i}.jpg", jpeg(i)) for i in range(4)])
+    encoder.every_core.clear()  # adds encode images only, but be sure
+    with TestClient(create_app(settings, svc)) as client, ThreadPoolExecutor(2) as pool:
+
+        def ask(q):
+            return client.post("/img/search", json={"query": q, "collection": name, "top_k": 3})
+
+        assert ask("独自一个").status_code == 200
+        assert encoder.every_core == [True]
+        # Two searches in progress: the first holds the encoder while the second is
+        # admitted and queued; neither pass may then spread over every core.
+        encoder.every_core.clear()
+        encoder.release.clear()
+        encoder.started.clear()
+        first = pool.submit(ask, "第一个")
+        assert encoder.started.wait(20)
+        second = pool.submit(ask, "第二个")
+        deadline = time.monotonic() + 20
+        while svc.serving.stats()["admission"]["in_flight"] < 2:
+            assert time.monotonic() < deadline, svc.serving.stats()
+            time.sleep(0.02)
+        encoder.release.set()
+        assert [first.result(30).status_code, second.result(30).status_code] == [200, 200]
+        # The first pass began alone (True); the second ran while both were admitted.
+        assert encoder.every_core == [True, False]
+        assert ask("又是一个").status_code == 200
+        assert encoder.every_core[-1] is True
+    svc.close_serving()
+    svc.vectors.close()
+    svc.images.close()
+
+
+def test_spreading_a_lone_query_can_be_turned_off(request, tmp_path):
+    settings = backend_settings(
+        request, tmp_path, "lite", query_cache_size=0, encoder_spread_lone_query=False
+    )
+    encoder = CoreRecordingEncoder(tiny_encoder())
+    svc = build_services(settings, encoder=encoder)
+    name = unique("eo")
+    svc.ensure_collection(name, encoder)
+    add_images(svc, name, [Upload(f"{i}.jpg", jpeg(i)) for i in range(2)])
+    with TestClient(create_app(settings, svc)) as client:
+        r = client.post("/img/search", json={"query": "独自一个", "collection": name, "top_k": 2})
+        assert r.status_code == 200
+    assert encoder.every_core == [False]
+    svc.close_serving()
+    svc.vectors.close()
+    svc.images.close()

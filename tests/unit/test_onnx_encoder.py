@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import logging
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from PIL import Image
 from datasets import demo_generator as g
 from operations.encoding import onnx_export
 from operations.encoding.backends import load_encoder
+from operations.encoding.base import FairLock, on_every_core
 from operations.encoding.clip_encoder import ClipEncoder
 from operations.encoding.model_files import ModelSpec, ModelUnavailable
 from operations.encoding.onnx_encoder import SMALL_TEXT_BATCH, OnnxClipEncoder
@@ -110,6 +113,44 @@ def test_text_input_is_as_wide_as_the_longest_text_not_52(demo_pair):
     finally:
         onnx_enc._text = original
     assert seen == [(1, 3), (2, 7)]
+
+
+def test_a_lone_query_spreads_over_every_core_unless_an_image_batch_holds_them(demo_pair):
+    torch_enc, verified = demo_pair
+    enc = OnnxClipEncoder(
+        torch_enc, verified.text_model, verified.image_model, text_threads=1, image_threads=2
+    )
+    texts = ["红色的圆形", "猫"]
+    want = np.concatenate([enc.encode_texts([t]) for t in texts])
+    assert enc._bulk_text is None  # small batches stay on the one-thread session
+    with on_every_core():
+        spread = np.concatenate([enc.encode_texts([t]) for t in texts])
+    assert enc._bulk_text is not None  # ... unless every core is asked for
+    assert cosines(spread, want).min() >= MIN_COSINE
+
+    # An image batch holds the cores (another thread): the query does not wait for
+    # it but runs on its own one-thread session at once.
+    enc._bulk_text = None
+    holder_in, holder_out = threading.Event(), threading.Event()
+
+    def hold():
+        with enc._all_cores:
+            holder_in.set()
+            holder_out.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holder_in.wait(10)
+        t = time.monotonic()
+        with on_every_core():
+            got = enc.encode_texts(texts[:1])
+        assert time.monotonic() - t < 5
+        assert enc._bulk_text is None
+        assert cosines(got, want[:1]).min() >= MIN_COSINE
+    finally:
+        holder_out.set()
+        holder.join(10)
 
 
 # --- a careless export is caught --------------------------------------------------
@@ -365,3 +406,19 @@ def test_work_folders_of_a_killed_export_are_cleaned_up(tmp_path):
     assert not stale.exists() and running.exists()  # another process may still be exporting
     done = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
     assert [p.name for p in done] == [name] and (done[0] / onnx_export.META_FILE).is_file()
+
+
+def test_fair_lock_try_acquire_never_jumps_the_queue():
+    lock = FairLock()
+    assert lock.try_acquire()
+    assert not lock.try_acquire()  # held
+    waiting = threading.Thread(target=lambda: lock.__enter__())
+    waiting.start()
+    time.sleep(0.1)  # the thread now holds a ticket and waits
+    lock.release()
+    waiting.join(5)
+    assert not waiting.is_alive()
+    assert not lock.try_acquire()  # held by the waiter, which took its turn
+    lock.release()
+    assert lock.try_acquire()
+    lock.release()
