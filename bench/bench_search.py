@@ -194,11 +194,12 @@ def wait_until_sealed_served(uri: str, collection: str, n: int, timeout: float =
         client.close()
 
 
-def load_collection(mv, db, info, index: str) -> dict:
+def load_collection(mv, db, info, index: str, suffix: str = "", env: dict | None = None) -> dict:
+    """Load the split into `{COLLECTION}_{index}{suffix}` by the bench loader, with `env` set."""
     from bench.bench_load import child_argv
 
     rc, out, err, _maxrss, _wall = run_child(
-        child_argv("ours", mv, db, info, f"{COLLECTION}_{index.lower()}", "--index", index)
+        child_argv("ours", mv, db, info, f"{COLLECTION}_{index.lower()}{suffix}", "--index", index), env=env
     )
     if rc != 0:
         raise RuntimeError(f"load failed:\n{err[-3000:]}")
@@ -251,6 +252,12 @@ NEW_ENV = {"ENCODER_BACKEND": "auto"}
 # client and that it leaves a loaded server alone.
 NO_SPREAD_ENV = {**NEW_ENV, "ENCODER_SPREAD_LONE_QUERY": "false"}
 NO_SPREAD_LEVELS = (1, 4)
+# The new path over a copy of the collection made with MILVUS_SHARDS=2 (its two
+# shards' segments are searched in parallel): 1, 4 and 64 clients, to show what
+# it gives a lone search and what it costs a loaded server.
+TWO_SHARDS_ENV = {**NEW_ENV, "MILVUS_SHARDS": "2"}
+TWO_SHARDS_LEVELS = (1, 4, 64)
+TWO_SHARDS_SUFFIX = "_2shards"
 TARGETS = {
     "single_median_ms": 20.0,
     "c64_qps": 100.0,
@@ -289,15 +296,24 @@ def run_sweep(args) -> None:
 
     print(f"load average before start: {other_load():.2f} (2 cores)", flush=True)
     t_all = time.perf_counter()
-    configs = (("baseline", BASELINE_ENV), ("new", NEW_ENV), ("new, no spread", NO_SPREAD_ENV))
+    configs = (
+        ("baseline", BASELINE_ENV),
+        ("new", NEW_ENV),
+        ("new, no spread", NO_SPREAD_ENV),
+        ("new, 2 shards", TWO_SHARDS_ENV),
+    )
     results: dict[str, dict[str, dict]] = {name: {} for name, _ in configs}
     batches: dict[str, dict[str, dict]] = {name: {} for name, _ in configs}
     backends: dict[str, str] = {}
     with services() as (db, mv):
-        load = load_collection(mv, db, info, "FLAT")
-        print(f"loaded {load['loaded']:,} images into {collection} in {load['seconds']:.1f} s", flush=True)
-        waited = wait_until_sealed_served(mv.uri, collection, info.n)
-        print(f"query nodes serve all rows from sealed segments {waited:.1f} s after the load", flush=True)
+        sharded = collection + TWO_SHARDS_SUFFIX
+        for name, env in ((collection, None), (sharded, {"MILVUS_SHARDS": "2"})):
+            load = load_collection(mv, db, info, "FLAT", name[len(collection) :], env)
+            print(f"loaded {load['loaded']:,} images into {name} in {load['seconds']:.1f} s", flush=True)
+            waited = wait_until_sealed_served(mv.uri, name, info.n)
+            print(
+                f"query nodes serve all rows from sealed segments {waited:.1f} s after the load", flush=True
+            )
         base_env = {
             "MODEL_NAME": "RN50",
             "MODEL_RANDOM_INIT": "true",
@@ -325,11 +341,16 @@ def run_sweep(args) -> None:
                     r = c.get("/img/stats")
                     return r.json() if r.status_code == 200 else {}
 
+                target = sharded if name == "new, 2 shards" else collection
                 for q in ("热身", "一只猫", "两个人在街上走"):  # first passes pay lazy init
-                    c.post("/img/search", json={"query": q, "collection": collection})
+                    c.post("/img/search", json={"query": q, "collection": target})
                 queries = sl.QueryStream(endless_queries(args.seed))
-                chosen = [k for k in levels if k in NO_SPREAD_LEVELS] if name == "new, no spread" else levels
-                runs = [(f"{k} clients", k, sl.text_search(queries, collection, args.top_k)) for k in chosen]
+                chosen = {"new, no spread": NO_SPREAD_LEVELS, "new, 2 shards": TWO_SHARDS_LEVELS}.get(name)
+                runs = [
+                    (f"{k} clients", k, sl.text_search(queries, target, args.top_k))
+                    for k in levels
+                    if chosen is None or k in chosen
+                ]
                 if name == "new":
                     runs += [
                         (
@@ -499,6 +520,7 @@ def _print_sweep(results, batches, backends, levels, args, n, duration, warmup) 
     print(table(headers, [[_num(c) for c in r] for r in rows]))
     print("models: " + "; ".join(f"{name} {model}" for name, model in backends.items()))
     new, base, no_spread = results["new"], results["baseline"], results.get("new, no spread", {})
+    two_shards = results.get("new, 2 shards", {})
 
     def get(res, label, role="text"):
         return res.get(label, {}).get(role, {})
@@ -569,6 +591,14 @@ def _print_sweep(results, batches, backends, levels, args, n, duration, warmup) 
                 f"{a['median_ms']} ms vs {b['median_ms']} ms without = "
                 f"{a['median_ms'] / b['median_ms']:.2f}x; "
                 f"QPS {a['qps']} vs {b['qps']}; encode {a.get('encode_ms')} vs {b.get('encode_ms')} ms"
+            )
+    for k in TWO_SHARDS_LEVELS:
+        a, b = get(two_shards, f"{k} clients"), get(new, f"{k} clients")
+        if a.get("median_ms") and b.get("median_ms"):
+            print(
+                f"  two shards (MILVUS_SHARDS=2), {k} clients: median {a['median_ms']} ms vs "
+                f"{b['median_ms']} ms with one = {a['median_ms'] / b['median_ms']:.2f}x; QPS {a['qps']} vs {b['qps']}; "
+                f"vector {a.get('vector_search_ms')} vs {b.get('vector_search_ms')} ms"
             )
     ratios = []
     for k in levels:

@@ -116,6 +116,13 @@ class Settings(BaseSettings):
         description="Adaptive: reads Bounded, every write waits until searches see it; "
         "or a fixed level for every read (Strong: always fresh, ~200 ms a search)",
     )
+    milvus_shards: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="shards of a new collection on a Milvus server (Milvus Lite has one); a search "
+        "reads the shards' segments in parallel, so 2 on a 2-core node shortens a lone search",
+    )
     index_type: Literal["FLAT", "IVF_FLAT", "HNSW", "AUTO"] = Field(
         "FLAT",
         description="index of new collections; AUTO: FLAT below AUTO_INDEX_FLAT_BELOW expected vectors, "

@@ -82,7 +82,11 @@ def _load(spec: ModelSpec) -> Encoder:
 
 def build_vector_store(settings: Settings) -> MilvusVectorStore:
     return MilvusVectorStore(
-        settings.milvus_uri, settings.milvus_token, settings.milvus_timeout_s, settings.milvus_consistency
+        settings.milvus_uri,
+        settings.milvus_token,
+        settings.milvus_timeout_s,
+        settings.milvus_consistency,
+        settings.milvus_shards,
     )
 
 

@@ -167,12 +167,21 @@ class MilvusVectorStore:
     """`VectorStore` backed by Milvus (Lite file or server)."""
 
     def __init__(
-        self, uri: str, token: str = "", timeout_s: float = 10.0, consistency: str = "Adaptive"
+        self,
+        uri: str,
+        token: str = "",
+        timeout_s: float = 10.0,
+        consistency: str = "Adaptive",
+        shards: int = 1,
     ) -> None:
         if consistency not in CONSISTENCY_LEVELS:
             raise ValueError(f"consistency must be one of {CONSISTENCY_LEVELS}")
+        if not 1 <= shards <= 16:
+            raise ValueError("shards must be 1 to 16")
         self.uri = uri
         self.consistency = consistency
+        # Shards of collections this store creates (MILVUS_SHARDS; Milvus Lite ignores it).
+        self.shards = shards
         self.timeout_s = timeout_s
         self._token = token
         self.outage = OutageLog(STORE, log)
@@ -407,6 +416,7 @@ class MilvusVectorStore:
                 schema=schema,
                 consistency_level="Bounded" if self.consistency == "Adaptive" else self.consistency,
                 timeout=self.timeout,
+                num_shards=self.shards,
                 **({"num_partitions": index.source_partitions} if index.source_partitions else {}),
             )
             # The index at once: a collection without one can never load (and

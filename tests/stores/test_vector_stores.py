@@ -251,3 +251,32 @@ def test_a_collection_dropped_while_it_loads_can_be_made_again(milvus_server):
     finally:
         s.drop_collection(name)
         s.close()
+
+
+@pytest.mark.parametrize("kind", ["lite", "server"])
+def test_a_collection_with_two_shards_finds_every_vector(kind, request, tmp_path):
+    """MILVUS_SHARDS: the server spreads rows over two shards (searched in parallel) and a
+    search still sees all of them, exactly; Milvus Lite keeps its single shard."""
+    uri = str(tmp_path / "v.db") if kind == "lite" else request.getfixturevalue("milvus_server").uri
+    s = MilvusVectorStore(uri, timeout_s=10, shards=2)
+    name = unique("shards")
+    try:
+        s.create_collection(name, DIM, "tiny", IndexSpec("FLAT", {}, {}))
+        assert s._call(lambda c: c.describe_collection(name))["num_shards"] == (2 if kind == "server" else 1)
+        rows = unit_rows(200, DIM, seed=3)
+        ids = list(range(1, 201))
+        s.upsert(name, ids, rows)
+        s.flush(name, bulk=True)
+        exact = InMemoryVectorStore()
+        exact.create_collection(name, DIM, "tiny", IndexSpec("FLAT", {}, {}))
+        exact.upsert(name, ids, rows)
+        queries = unit_rows(20, DIM, seed=4)
+        got, want = s.search(name, queries, 10), exact.search(name, queries, 10)
+        for g, w in zip(got, want, strict=True):
+            assert [h.id for h in g] == [h.id for h in w]
+        assert [hits[0].id for hits in s.search(name, rows[:50], 1)] == ids[:50]
+    finally:
+        s.drop_collection(name)
+        s.close()
+    with pytest.raises(ValueError):
+        MilvusVectorStore(uri, shards=0)
