@@ -597,7 +597,8 @@ def _print_sweep(results, batches, backends, levels, args, n, duration, warmup) 
         if a.get("median_ms") and b.get("median_ms"):
             print(
                 f"  two shards (MILVUS_SHARDS=2), {k} clients: median {a['median_ms']} ms vs "
-                f"{b['median_ms']} ms with one = {a['median_ms'] / b['median_ms']:.2f}x; QPS {a['qps']} vs {b['qps']}; "
+                f"{b['median_ms']} ms with one = {a['median_ms'] / b['median_ms']:.2f}x; "
+                f"QPS {a['qps']} vs {b['qps']}; "
                 f"vector {a.get('vector_search_ms')} vs {b.get('vector_search_ms')} ms"
             )
     ratios = []
