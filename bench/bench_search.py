@@ -6,12 +6,15 @@ serving many clients at once.
                                  [--indexes FLAT,HNSW] [--texts fp32,int8] [--levels Adaptive]
 
 --sweep (issue 11's figures): the 31,783-image split in a FLAT collection on the
-Milvus 2.3 server + MariaDB, RN50 architecture with random weights on CPU, and two
+Milvus 2.3 server + MariaDB, RN50 architecture with random weights on CPU, and
 servers run one after the other in the same bench: "baseline" = the torch encoder
 without batching (ENCODER_BACKEND=torch, BATCH_WINDOW_MS=0, QUERY_CACHE_SIZE=0,
 RESULT_CACHE_SIZE=0, WORKER_THREADS=4, no load shedding or admission limit), and "new" =
 the defaults (ENCODER_BACKEND=auto: ONNX when it verifies; micro-batching, query and
-result caches, shedding, MAX_IN_FLIGHT). Per server, a
+result caches, shedding, MAX_IN_FLIGHT); then two variants of "new" at a few levels only:
+"new, no spread" (ENCODER_SPREAD_LONE_QUERY=false: a lone query stays on its one encoder
+thread; 1 and 4 clients) and "new, 2 shards" (a copy of the collection made with
+MILVUS_SHARDS=2; 1, 4 and 64 clients). Per server, a
 closed-loop sweep of 1, 4, 16 and 64 keep-alive clients sending distinct Chinese
 queries (bench/search_load.py) prints QPS, median, p90, p99, errors, 503s and the
 stage split (medians of timings_ms: queue, encode, vector_search, image_fetch, other
@@ -21,6 +24,12 @@ how fast), one client repeating one query (cache hits: the query and result cach
 (6 text + 2 image searches) against 8 clients mixed (4 text, 2 image searches, one
 adding single images, one deleting them). Each issue target is printed beside its
 figure, met or NOT met.
+
+--lone-ab: one client against four servers started together and taking turns
+(--rounds turns of --duration seconds each, alternating order): the new path with
+neither lever for a lone search, with the lone query spread over every core
+(ENCODER_SPREAD_LONE_QUERY), with the collection in two shards (MILVUS_SHARDS=2), and
+with both; the median of each server's round medians and its ratio to "neither".
 
 Without --sweep: latency per variant, one client:
 
@@ -613,10 +622,126 @@ def _num(v):
     return "-" if v is None else v
 
 
+# --lone-ab: the two levers for a lone search, each alone and together, against the path
+# without either (the new path before them). All four servers run at once and take turns,
+# one client each, so a drift of the machine (large on these shared cores) hits all alike.
+LONE_AB = (
+    ("neither", {**NEW_ENV, "ENCODER_SPREAD_LONE_QUERY": "false"}, ""),
+    ("spread", NEW_ENV, ""),
+    ("2 shards", {**NEW_ENV, "ENCODER_SPREAD_LONE_QUERY": "false"}, TWO_SHARDS_SUFFIX),
+    ("spread + 2 shards", NEW_ENV, TWO_SHARDS_SUFFIX),
+)
+
+
+def run_lone_ab(args) -> None:
+    """The --lone-ab bench (see LONE_AB)."""
+    import httpx
+
+    from bench import search_load as sl
+    from bench._common import services
+    from bench.gen_split import QUICK_N, QUICK_POOL, ensure_split
+
+    n = QUICK_N if args.quick else args.n
+    rounds, seconds = (2, 3.0) if args.quick else (args.rounds, args.duration)
+    info = ensure_split(n, args.seed, pool_size=QUICK_POOL if args.quick else 300)
+    collection = f"{COLLECTION}_flat"
+    print(f"load average before start: {other_load():.2f} (2 cores)", flush=True)
+    t_all = time.perf_counter()
+    samples: dict[str, list[dict]] = {label: [] for label, _, _ in LONE_AB}
+    with services() as (db, mv):
+        for suffix, env in (("", None), (TWO_SHARDS_SUFFIX, {"MILVUS_SHARDS": "2"})):
+            load = load_collection(mv, db, info, "FLAT", suffix, env)
+            waited = wait_until_sealed_served(mv.uri, collection + suffix, info.n)
+            print(
+                f"loaded {collection + suffix} ({load['seconds']:.1f} s; served sealed after {waited:.1f} s)"
+            )
+        base_env = {
+            "MODEL_NAME": "RN50",
+            "MODEL_RANDOM_INIT": "true",
+            "DEVICE": "cpu",
+            "MILVUS_URI": mv.uri,
+            "MYSQL_URL": db.url,
+            "DEFAULT_COLLECTION": collection,
+            "DATA_ROOT": str(OUT / "data"),
+        }
+        servers = {
+            label: UvicornProcess({**base_env, **env}, OUT / f"lone_ab_{i}.log", timeout=900, wait=False)
+            for i, (label, env, _) in enumerate(LONE_AB)
+        }
+        try:
+            for srv in servers.values():
+                srv.wait_ready()
+            queries = sl.QueryStream(endless_queries(args.seed))
+            for label, _, suffix in LONE_AB:  # first passes pay lazy init
+                with httpx.Client(base_url=servers[label].url, timeout=60) as c:
+                    for q in ("热身", "一只猫", "两个人在街上走"):
+                        c.post("/img/search", json={"query": q, "collection": collection + suffix})
+            for r in range(rounds):
+                order = LONE_AB if r % 2 == 0 else tuple(reversed(LONE_AB))
+                for label, _, suffix in order:
+                    res = sl.run_closed_loop(
+                        servers[label].url,
+                        label,
+                        1,
+                        sl.text_search(queries, collection + suffix, args.top_k),
+                        seconds,
+                        1.0,
+                    )
+                    summary = res.summary("text")
+                    samples[label].append(summary)
+                    print(
+                        f"   round {r + 1} {label:<18} median {summary['median_ms']} ms  encode "
+                        f"{summary.get('encode_ms')}  vector {summary.get('vector_search_ms')}  "
+                        f"errors {summary['errors']}",
+                        flush=True,
+                    )
+        finally:
+            for srv in servers.values():
+                srv.close()
+    rows, out = [], {}
+    ref = median([s["median_ms"] for s in samples["neither"]])
+    for label, _, _ in LONE_AB:
+        got = samples[label]
+        med = median([s["median_ms"] for s in got])
+        out[label] = {
+            "median_ms": round(med, 2),
+            "round_medians_ms": [s["median_ms"] for s in got],
+            "encode_ms": round(median([s["encode_ms"] for s in got]), 2),
+            "vector_search_ms": round(median([s["vector_search_ms"] for s in got]), 2),
+            "ratio_vs_neither": round(med / ref, 3),
+            "errors": sum(s["errors"] for s in got),
+        }
+        rows.append(
+            [
+                label,
+                out[label]["median_ms"],
+                out[label]["ratio_vs_neither"],
+                out[label]["encode_ms"],
+                out[label]["vector_search_ms"],
+                " / ".join(str(m) for m in out[label]["round_medians_ms"]),
+            ]
+        )
+    print(
+        f"\nOne client, {info.n:,} images x 1024-d FLAT, RN50 random weights on CPU (ONNX); "
+        f"{rounds} rounds of {seconds:.0f} s per server, servers in turn; medians of the round medians, ms"
+    )
+    print(table(["lone search", "median", "vs neither", "encode", "vector", "round medians"], rows))
+    print(f"total bench time {time.perf_counter() - t_all:.0f} s; load average now {other_load():.2f}")
+    print(json.dumps({"bench": "search_lone_ab", "n": info.n, "machine": machine(), "results": out}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sweep", action="store_true", help="the serving-under-load bench (issue 11)")
-    ap.add_argument("--duration", type=float, default=20.0, help="--sweep: measured seconds per run")
+    ap.add_argument(
+        "--lone-ab",
+        action="store_true",
+        help="one client: the lone-query spread and MILVUS_SHARDS=2, alone and together, servers in turn",
+    )
+    ap.add_argument("--rounds", type=int, default=5, help="--lone-ab: turns per server")
+    ap.add_argument(
+        "--duration", type=float, default=20.0, help="--sweep: measured seconds per run (--lone-ab: per turn)"
+    )
     ap.add_argument("--warmup-s", type=float, default=3.0, help="--sweep: unmeasured seconds before each run")
     ap.add_argument("--clients", default="1,4,16,64", help="--sweep: concurrency levels of the sweep")
     ap.add_argument("--shed-clients", type=int, default=256, help="--sweep: clients of the shedding run")
@@ -648,6 +773,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.sweep:
         run_sweep(args)
+        return
+    if args.lone_ab:
+        run_lone_ab(args)
         return
     from bench.gen_split import QUICK_N, QUICK_POOL, ensure_split
 
