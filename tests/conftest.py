@@ -113,14 +113,11 @@ def _needs_services(item: pytest.Item) -> bool:
 # loop (`-m "not services"`), runs on this many pytest-xdist workers when no -n is given: on two
 # cores much of the suite waits (for servers to restart, processes to start, jobs to finish), and
 # the fast loop's tests are independent (bench/README.md, "The test suite on two workers"). Every
-# test that uses the Milvus test server goes to one worker, in collection order (an xdist group):
-# the server is shared by the session and only one Milvus test server runs on a machine, so that
-# worker is the suite's critical path. Tests that use MariaDB alone form a second group, which the
-# scheduler gives to the other worker (groups go out largest first): that worker starts a private
-# MariaDB of its own. A run of chosen files stays in one process; `-n 0` keeps any run in one.
+# test that uses the real MariaDB or Milvus server goes to one worker, in collection order (the
+# xdist group below): the servers are shared by the session and only one Milvus test server runs
+# on a machine. A run of chosen files stays in one process; `-n 0` keeps any run in one.
 SUITE_WORKERS = 2
 SERVERS_GROUP = "real-servers"
-MARIADB_GROUP = "real-mariadb"
 
 
 def _runs_the_whole_tree(config: pytest.Config) -> bool:
@@ -161,29 +158,13 @@ def pytest_configure_node(node) -> None:
     node.workerinput["dist"] = node.config.getoption("dist")
 
 
-def _params(item: pytest.Item) -> set[str]:
-    callspec = getattr(item, "callspec", None)
-    return {v for v in callspec.params.values() if isinstance(v, str)} if callspec is not None else set()
-
-
-def _uses_milvus_server(item: pytest.Item) -> bool:
-    # The "server" backend (fixtures_stack.py, the store fixtures) asks for the fixture at run time.
-    return "milvus_server" in getattr(item, "fixturenames", ()) or "server" in _params(item)
-
-
 def _uses_real_servers(item: pytest.Item) -> bool:
-    return bool(_REAL_SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))) or bool(
-        _SERVER_BACKENDS.intersection(_params(item))
+    if _REAL_SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and bool(
+        _SERVER_BACKENDS.intersection(v for v in callspec.params.values() if isinstance(v, str))
     )
-
-
-def server_group(item: pytest.Item) -> str | None:
-    """The xdist group of a test that uses a real server: Milvus (with or without MariaDB), MariaDB alone."""
-    if _uses_milvus_server(item):
-        return SERVERS_GROUP
-    if _uses_real_servers(item):
-        return MARIADB_GROUP
-    return None
 
 
 # First: xdist's worker reads the xdist_group marks in its own hook of this name, which would
@@ -193,9 +174,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _needs_services(item):
             item.add_marker(pytest.mark.services)
-        group = server_group(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+        if _uses_real_servers(item):
+            item.add_marker(pytest.mark.xdist_group(SERVERS_GROUP))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
