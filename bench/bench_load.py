@@ -125,7 +125,11 @@ def child_ours(args) -> dict:
         **({"load_sql_writers": 1} if args.experiment == "one-writer" else {}),
     )
     vectors = MilvusVectorStore(
-        settings.milvus_uri, "", settings.milvus_timeout_s, settings.milvus_consistency
+        settings.milvus_uri,
+        "",
+        settings.milvus_timeout_s,
+        settings.milvus_consistency,
+        settings.milvus_shards,
     )
     images = SqlImageStore.from_settings(
         settings.mysql_url, settings.sqlite_path, settings.sql_timeout_s, settings.sql_pool_size

@@ -204,14 +204,21 @@ def wait_until_sealed_served(uri: str, collection: str, n: int, timeout: float =
 
 
 def load_collection(mv, db, info, index: str, suffix: str = "", env: dict | None = None) -> dict:
-    """Load the split into `{COLLECTION}_{index}{suffix}` by the bench loader, with `env` set."""
+    """Load the split into `{COLLECTION}_{index}{suffix}` by the bench loader, with `env` set;
+    checks that the collection has the MILVUS_SHARDS that `env` asks for."""
+    from pymilvus import MilvusClient
+
     from bench.bench_load import child_argv
 
+    name = f"{COLLECTION}_{index.lower()}{suffix}"
     rc, out, err, _maxrss, _wall = run_child(
-        child_argv("ours", mv, db, info, f"{COLLECTION}_{index.lower()}{suffix}", "--index", index), env=env
+        child_argv("ours", mv, db, info, name, "--index", index), env=env
     )
     if rc != 0:
         raise RuntimeError(f"load failed:\n{err[-3000:]}")
+    shards = MilvusClient(uri=mv.uri).describe_collection(name)["num_shards"]
+    if shards != int((env or {}).get("MILVUS_SHARDS", 1)):
+        raise RuntimeError(f"{name} has {shards} shards, not the {env} asked for")
     res = last_json(out)
     res["rate"] = res["loaded"] / res["seconds"]
     return res
@@ -453,7 +460,7 @@ def encode_batch_check(backends: tuple[str, ...] = ("torch", "auto"), rounds: in
     from operations.factory import build_encoder
 
     qs = endless_queries(1)
-    out: dict[str, dict[int, float]] = {}
+    out: dict[str, dict[int | str, float]] = {}
     for backend in backends:
         extra = {"encoder_backend": backend} if "encoder_backend" in Settings.model_fields else {}
         if not extra and backend != "torch":
@@ -470,6 +477,17 @@ def encode_batch_check(backends: tuple[str, ...] = ("torch", "auto"), rounds: in
                 enc.encode_texts(batch)
                 times.append((time.perf_counter() - t) * 1000 / size)
             out[label][size] = round(median(times), 2)
+        # A lone query as the serving layer runs it (ENCODER_SPREAD_LONE_QUERY): every core.
+        from operations.encoding.base import on_every_core
+
+        times = []
+        for _ in range(rounds * 3):
+            q = next(qs)
+            t = time.perf_counter()
+            with on_every_core():
+                enc.encode_texts([q])
+            times.append((time.perf_counter() - t) * 1000)
+        out[label]["1 on every core"] = round(median(times), 2)
         del enc
     return out
 
