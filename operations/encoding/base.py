@@ -43,7 +43,7 @@ def l2_normalise(matrix: np.ndarray) -> np.ndarray:
 # load, the encoder leaves the other cores to Milvus, SQL and HTTP. When the
 # serving layer knows the query is the only search in progress, those cores are
 # idle and the encode may spread over every allotted one: on 2 cores a lone
-# query's ONNX text pass takes about 0.6x its one-thread time (bench/README.md,
+# query's encode took 0.69x its one-thread time in the service (bench/README.md,
 # "Results of 2026-12-03, fifth session"). Carried as a context variable, set
 # in the thread that runs the batch, so the `Encoder` protocol is unchanged.
 _EVERY_CORE: contextvars.ContextVar[bool] = contextvars.ContextVar("encode_on_every_core", default=False)
