@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     )
     encoder_spread_lone_query: bool = Field(
         True,
-        description="a query that is the only search in progress encodes on ENCODER_IMAGE_THREADS cores",
+        description="ONNX: a query that is the only search in progress encodes on ENCODER_IMAGE_THREADS",
     )
     extra_models: dict = Field(
         default_factory=dict,

@@ -42,7 +42,8 @@ def l2_normalise(matrix: np.ndarray) -> np.ndarray:
 # A short query batch normally runs on ENCODER_TEXT_THREADS (one) so that, under
 # load, the encoder leaves the other cores to Milvus, SQL and HTTP. When the
 # serving layer knows the query is the only search in progress, those cores are
-# idle and the encode may spread over every allotted one: on 2 cores a lone
+# idle and the ONNX encoder spreads the encode over every allotted one (torch
+# does not: its OpenMP threads spin, bench/README.md "Findings" 7): on 2 cores a lone
 # query's encode took 0.69x its one-thread time in the service (bench/README.md,
 # "Results of 2026-12-03, fifth session"). Carried as a context variable, set
 # in the thread that runs the batch, so the `Encoder` protocol is unchanged.

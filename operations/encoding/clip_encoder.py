@@ -19,7 +19,7 @@ from cn_clip.clip import _tokenizer, tokenize
 from cn_clip.clip.model import CLIP
 from PIL import Image
 
-from operations.encoding.base import FairLock, every_core_requested, l2_normalise
+from operations.encoding.base import FairLock, l2_normalise
 from operations.encoding.model_files import (
     CONTEXT_LENGTH,
     ModelSpec,
@@ -94,10 +94,9 @@ class ClipEncoder:
         self.image_resolution = image_resolution
         # cn_clip's image_transform, bit for bit, in one numpy pass (preprocess.py).
         self.preprocess = FastImageTransform(image_resolution)
-        # A short query is a handful of small matrix products: on one thread it
-        # does not fight Milvus, SQL and other requests for the cores under load
-        # (bench/README.md, "Findings and suggested changes"); a lone query
-        # (`on_every_core`, the serving layer's call) spreads. Image batches use every core
+        # A short query is a handful of small matrix products: one thread
+        # answers it fastest and does not fight Milvus, SQL and other requests
+        # for the cores (bench/README.md, "Findings and suggested changes"). Image batches use every core
         # (0: resolve_threads, which keeps an operator's OMP_NUM_THREADS cap).
         self.text_threads = resolve_threads(text_threads)
         self.image_threads = resolve_threads(image_threads)
@@ -186,8 +185,7 @@ class ClipEncoder:
             batch = texts[start : start + batch_size]
             tokens = self.tokenize(batch)
             with self._lock:
-                spread = len(batch) > 8 or every_core_requested()
-                torch.set_num_threads(self.image_threads if spread else self.text_threads)
+                torch.set_num_threads(self.text_threads if len(batch) <= 8 else self.image_threads)
                 feats = self.model.encode_text(tokens.to(self.device))
             out.append(feats.float().cpu().numpy())
         return l2_normalise(np.concatenate(out) if out else np.zeros((0, self.dim)))
