@@ -523,21 +523,28 @@ def test_only_a_lone_search_encodes_on_every_core(request, tmp_path):
 
         assert ask("独自一个").status_code == 200
         assert encoder.every_core == [True]
-        # Two searches in progress: the first holds the encoder while the second is
-        # admitted and queued; neither pass may then spread over every core.
+        # Two searches in progress: the first is held in its vector search (after an encode
+        # that ran alone) while the second is admitted and encoded: that pass must not spread.
         encoder.every_core.clear()
-        encoder.release.clear()
-        encoder.started.clear()
-        first = pool.submit(ask, "第一个")
-        assert encoder.started.wait(20)
-        second = pool.submit(ask, "第二个")
-        deadline = time.monotonic() + 20
-        while svc.serving.stats()["admission"]["in_flight"] < 2:
-            assert time.monotonic() < deadline, svc.serving.stats()
-            time.sleep(0.02)
-        encoder.release.set()
-        assert [first.result(30).status_code, second.result(30).status_code] == [200, 200]
-        # The first pass began alone (True); the second ran while both were admitted.
+        in_search, leave_search = threading.Event(), threading.Event()
+        real_search = svc.vectors.search
+
+        def held_search(*args, **kwargs):
+            in_search.set()
+            assert leave_search.wait(30)
+            return real_search(*args, **kwargs)
+
+        svc.vectors.search = held_search  # the serving layer's store (one object)
+        try:
+            first = pool.submit(ask, "第一个")
+            assert in_search.wait(20)
+            svc.vectors.search = real_search  # the second search goes through at once
+            second = pool.submit(ask, "第二个")
+            assert second.result(30).status_code == 200
+        finally:
+            svc.vectors.search = real_search
+            leave_search.set()
+        assert first.result(30).status_code == 200
         assert encoder.every_core == [True, False]
         assert ask("又是一个").status_code == 200
         assert encoder.every_core[-1] is True
