@@ -40,6 +40,7 @@ from operations.ocr import enable_ocr, read_backlog
 from operations.phash_backfill import backfill_phashes
 from operations.progress import TqdmProgress
 from operations.rebuild import rebuild_params, run_rebuild, switch_to
+from operations.reindex import GAVE_UP_STATES
 from operations.relevance.calibrate import calibrate_model
 from operations.relevance.cutoff import CutOptions
 from operations.relevance.search import RelevanceQuery, relevance_search
@@ -94,7 +95,20 @@ def _reindex_hint(svc, collection: str) -> None:
     with the server's next add to the collection; a user who loads offline learns it here.
     """
     auto = describe_collection(svc, collection).auto_index
-    if not auto or not auto["reindex_due"] or "reindex_job" in auto:
+    if not auto or not auto["reindex_due"]:
+        return
+    job = auto.get("reindex_job")
+    if job is not None and job["state"] in GAVE_UP_STATES:
+        # No automatic re-index follows a rebuild that gave up (operations.reindex): say so.
+        print(
+            f"{collection}: INDEX_TYPE=AUTO chose FLAT and it now holds {auto['flat_below']:,} vectors or "
+            f"more, but its rebuild job {job['id']} {job['state']} and no automatic re-index follows: "
+            f"resume it (`POST /img/jobs/{job['id']}/resume`) or re-index with "
+            f"`python -m scripts.cli rebuild {collection} --switch`",
+            file=sys.stderr,
+        )
+        return
+    if job is not None:  # a rebuild is under way
         return
     print(
         f"{collection}: INDEX_TYPE=AUTO chose FLAT and it now holds {auto['flat_below']:,} vectors or "

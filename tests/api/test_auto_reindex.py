@@ -328,6 +328,22 @@ def test_a_command_line_load_that_grows_past_the_size_says_how_to_re_index(tmp_p
     assert cli.main([*load, "test"]) == 0  # 50 >= 40
     err = capsys.readouterr().err
     assert "`python -m scripts.cli rebuild shop --switch`, or the server's next add" in err, err
+    # A rebuild that gave up (here: cancelled) means no automatic re-index follows; the next
+    # load names that job and both ways on.
+    from config.settings import load_settings
+    from operations.factory import build_services
+
+    svc = build_services(load_settings(), lazy_model=True)
+    try:
+        svc.jobs.ensure_tables()  # as a server over the same stores makes them
+        gave_up = svc.jobs.create("rebuild", "shop", {"automatic": True})
+        svc.jobs.finish(gave_up.id, "cancelled")
+    finally:
+        svc.images.close()
+    assert cli.main([*load, "test"]) == 0  # the same 20 again: still 50, still due
+    err = capsys.readouterr().err
+    assert f"rebuild job {gave_up.id} cancelled and no automatic re-index follows" in err, err
+    assert f"`POST /img/jobs/{gave_up.id}/resume`" in err and "rebuild shop --switch`" in err, err
     assert cli.main(["rebuild", "shop", "--switch"]) == 0
     capsys.readouterr()
     assert cli.main(["list"]) == 0
