@@ -610,24 +610,29 @@ def _print_sweep(results, batches, backends, levels, args, n, duration, warmup) 
                 f"  mixed load, {role}: {mx[role]['ok']} done, median {mx[role]['median_ms']} ms, "
                 f"p99 {mx[role]['p99_ms']} ms, errors {mx[role]['errors']}"
             )
-    for k in NO_SPREAD_LEVELS:
-        a, b = get(new, f"{k} clients"), get(no_spread, f"{k} clients")
-        if a.get("median_ms") and b.get("median_ms"):
-            print(
-                f"  a lone query on every core (ENCODER_SPREAD_LONE_QUERY), {k} clients: median "
-                f"{a['median_ms']} ms vs {b['median_ms']} ms without = "
-                f"{a['median_ms'] / b['median_ms']:.2f}x; "
-                f"QPS {a['qps']} vs {b['qps']}; encode {a.get('encode_ms')} vs {b.get('encode_ms')} ms"
-            )
-    for k in TWO_SHARDS_LEVELS:
-        a, b = get(two_shards, f"{k} clients"), get(new, f"{k} clients")
-        if a.get("median_ms") and b.get("median_ms"):
-            print(
-                f"  two shards (MILVUS_SHARDS=2), {k} clients: median {a['median_ms']} ms vs "
-                f"{b['median_ms']} ms with one = {a['median_ms'] / b['median_ms']:.2f}x; "
-                f"QPS {a['qps']} vs {b['qps']}; "
-                f"vector {a.get('vector_search_ms')} vs {b.get('vector_search_ms')} ms"
-            )
+
+    def compare(
+        what: str, levels: tuple[int, ...], a_res: dict, b_res: dict, b_name: str, stage: str
+    ) -> None:
+        # One line per level: the variant `a_res` against `b_res`, with the stage it changes.
+        for k in levels:
+            a, b = get(a_res, f"{k} clients"), get(b_res, f"{k} clients")
+            if a.get("median_ms") and b.get("median_ms"):
+                print(
+                    f"  {what}, {k} clients: median {a['median_ms']} ms vs {b['median_ms']} ms {b_name} = "
+                    f"{a['median_ms'] / b['median_ms']:.2f}x; QPS {a['qps']} vs {b['qps']}; "
+                    f"{stage} {a.get(stage + '_ms')} vs {b.get(stage + '_ms')} ms"
+                )
+
+    compare(
+        "a lone query on every core (ENCODER_SPREAD_LONE_QUERY)",
+        NO_SPREAD_LEVELS,
+        new,
+        no_spread,
+        "without",
+        "encode",
+    )
+    compare("two shards (MILVUS_SHARDS=2)", TWO_SHARDS_LEVELS, two_shards, new, "with one", "vector_search")
     ratios = []
     for k in levels:
         b_qps = get(base, f"{k} clients").get("qps")

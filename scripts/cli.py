@@ -98,25 +98,23 @@ def _reindex_hint(svc, collection: str) -> None:
     if not auto or not auto["reindex_due"]:
         return
     job = auto.get("reindex_job")
+    grown = (
+        f"{collection}: INDEX_TYPE=AUTO chose FLAT and it now holds {auto['flat_below']:,} vectors or more"
+    )
+    command = f"`python -m scripts.cli rebuild {collection} --switch`"
     if job is not None and job["state"] in GAVE_UP_STATES:
         # No automatic re-index follows a rebuild that gave up (operations.reindex): say so.
         print(
-            f"{collection}: INDEX_TYPE=AUTO chose FLAT and it now holds {auto['flat_below']:,} vectors or "
-            f"more, but its rebuild job {job['id']} {job['state']} and no automatic re-index follows: "
-            f"resume it (`POST /img/jobs/{job['id']}/resume`) or re-index with "
-            f"`python -m scripts.cli rebuild {collection} --switch`",
+            f"{grown}, but its rebuild job {job['id']} {job['state']} and no automatic re-index follows: "
+            f"resume it (`POST /img/jobs/{job['id']}/resume`) or re-index with {command}",
             file=sys.stderr,
         )
-        return
-    if job is not None:  # a rebuild is under way
-        return
-    print(
-        f"{collection}: INDEX_TYPE=AUTO chose FLAT and it now holds {auto['flat_below']:,} vectors or "
-        f"more (AUTO_INDEX_FLAT_BELOW): re-index it as HNSW with `python -m scripts.cli rebuild "
-        f"{collection} --switch`"
-        + (", or the server's next add to it starts that job" if svc.settings.auto_reindex else ""),
-        file=sys.stderr,
-    )
+    elif job is None:  # none under way
+        print(
+            f"{grown} (AUTO_INDEX_FLAT_BELOW): re-index it as HNSW with {command}"
+            + (", or the server's next add to it starts that job" if svc.settings.auto_reindex else ""),
+            file=sys.stderr,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

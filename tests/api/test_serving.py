@@ -462,12 +462,8 @@ def test_another_processs_write_shows_within_the_result_cache_ttl(milvus_server,
 
 
 def test_searches_past_max_in_flight_are_refused_at_once(request, tmp_path):
-    settings = backend_settings(request, tmp_path, "lite", max_in_flight=2, query_cache_size=0)
     encoder = BlockingEncoder(tiny_encoder())
-    svc = build_services(settings, encoder=encoder)
-    name = unique("mf")
-    svc.ensure_collection(name, encoder)
-    add_images(svc, name, [Upload(f"{i}.jpg", jpeg(i)) for i in range(4)])
+    settings, svc, name = _small_lite_service(request, tmp_path, encoder, "mf", 4, max_in_flight=2)
     with TestClient(create_app(settings, svc)) as client, ThreadPoolExecutor(4) as pool:
 
         def ask(q):
@@ -493,12 +489,11 @@ def test_searches_past_max_in_flight_are_refused_at_once(request, tmp_path):
         assert ask("又可以了").status_code == 200
 
 
-class CoreRecordingEncoder(BlockingEncoder):
+class CoreRecordingEncoder(SlowEncoder):
     """Notes, per text pass, whether the serving layer asked for every core."""
 
     def __init__(self, inner) -> None:
-        super().__init__(inner)
-        self.release.set()  # passes run at once unless a test clears it
+        super().__init__(inner, 0.0)
         self.every_core: list[bool] = []
 
     def encode_texts(self, texts):
@@ -508,13 +503,19 @@ class CoreRecordingEncoder(BlockingEncoder):
         return super().encode_texts(texts)
 
 
-def test_only_a_lone_search_encodes_on_every_core(request, tmp_path):
-    settings = backend_settings(request, tmp_path, "lite", query_cache_size=0, batch_window_ms=0)
-    encoder = CoreRecordingEncoder(tiny_encoder())
+def _small_lite_service(request, tmp_path, encoder, prefix: str, images: int, **overrides):
+    """Services on Lite + SQLite with one collection of `images` images: (settings, svc, name)."""
+    settings = backend_settings(request, tmp_path, "lite", query_cache_size=0, **overrides)
     svc = build_services(settings, encoder=encoder)
-    name = unique("ec")
+    name = unique(prefix)
     svc.ensure_collection(name, encoder)
-    add_images(svc, name, [Upload(f"{i}.jpg", jpeg(i)) for i in range(4)])
+    add_images(svc, name, [Upload(f"{i}.jpg", jpeg(i)) for i in range(images)])
+    return settings, svc, name
+
+
+def test_only_a_lone_search_encodes_on_every_core(request, tmp_path):
+    encoder = CoreRecordingEncoder(tiny_encoder())
+    settings, svc, name = _small_lite_service(request, tmp_path, encoder, "ec", 4, batch_window_ms=0)
     encoder.every_core.clear()  # adds encode images only, but be sure
     with TestClient(create_app(settings, svc)) as client, ThreadPoolExecutor(2) as pool:
 
@@ -554,14 +555,10 @@ def test_only_a_lone_search_encodes_on_every_core(request, tmp_path):
 
 
 def test_spreading_a_lone_query_can_be_turned_off(request, tmp_path):
-    settings = backend_settings(
-        request, tmp_path, "lite", query_cache_size=0, encoder_spread_lone_query=False
-    )
     encoder = CoreRecordingEncoder(tiny_encoder())
-    svc = build_services(settings, encoder=encoder)
-    name = unique("eo")
-    svc.ensure_collection(name, encoder)
-    add_images(svc, name, [Upload(f"{i}.jpg", jpeg(i)) for i in range(2)])
+    settings, svc, name = _small_lite_service(
+        request, tmp_path, encoder, "eo", 2, encoder_spread_lone_query=False
+    )
     with TestClient(create_app(settings, svc)) as client:
         r = client.post("/img/search", json={"query": "独自一个", "collection": name, "top_k": 2})
         assert r.status_code == 200
