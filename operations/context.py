@@ -18,6 +18,7 @@ from operations.stores.vector_base import VectorStore
 
 if TYPE_CHECKING:
     from operations.aliases import AliasBook
+    from operations.row_cleanup import RowCleanup
     from operations.serving import Serving
     from operations.vector_cleanup import VectorCleanup
 
@@ -67,6 +68,7 @@ class Services:
     _serving: Serving | None = field(default=None, init=False, repr=False)
     _serving_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _cleanup: VectorCleanup | None = field(default=None, init=False, repr=False)
+    _row_cleanup: RowCleanup | None = field(default=None, init=False, repr=False)
 
     @property
     def encoder(self) -> Encoder:
@@ -84,10 +86,13 @@ class Services:
         return self._serving
 
     def close_serving(self) -> None:
-        """Stop the batchers (queued requests fail with Overloaded) and the vector cleanup."""
+        """Stop the batchers (queued requests fail with Overloaded) and the cleanups."""
         if self._serving is not None:
             self._serving.close()
             self._serving = None
+        if self._row_cleanup is not None:
+            self._row_cleanup.close()
+            self._row_cleanup = None
         if self._cleanup is not None:
             self._cleanup.close()
             self._cleanup = None
@@ -102,6 +107,18 @@ class Services:
                 if self._cleanup is None:
                     self._cleanup = VectorCleanup(self.vectors)
         return self._cleanup
+
+    @property
+    def row_cleanup(self) -> RowCleanup:
+        """Removes, once the SQL store answers, rows a failed add could not take back (built on first use)."""
+        if self._row_cleanup is None:
+            from operations.row_cleanup import RowCleanup
+
+            cleanup = self.vector_cleanup
+            with self._serving_lock:
+                if self._row_cleanup is None:
+                    self._row_cleanup = RowCleanup(self.images, cleanup)
+        return self._row_cleanup
 
     def default_index(self) -> IndexSpec:
         s = self.settings

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,7 @@ from operations.context import Services
 from operations.data_root import read_under
 from operations.domain import ImageRow, VectorAttrs
 from operations.duplicates import same_picture
-from operations.errors import InvalidInput, PayloadTooLarge, ServiceError
+from operations.errors import DependencyUnavailable, InvalidInput, PayloadTooLarge, ServiceError
 from operations.images import CheckedImage, check_image, decode_b64_image
 from operations.names import check_label
 from operations.ocr import PendingReads, ocr_enabled
@@ -130,11 +130,14 @@ def add_images(
             except BaseException:
                 _take_back(svc, collection, prepared.new, vectors_sent=prepared.vectors_sent)
                 if pending is not None:
-                    # The next chunk's rows are in SQL already: take them back too.
+                    # The next chunk's rows are in SQL already: take them back too. A chunk
+                    # whose preparing failed took its own rows back (_prepare).
                     try:
-                        _take_back(svc, collection, pending.result().new)
+                        next_chunk = pending.result()
                     except Exception:
-                        log.exception("could not prepare-and-remove the next chunk of a failed add")
+                        next_chunk = None
+                    if next_chunk is not None:
+                        _take_back(svc, collection, next_chunk.new)
                 raise
             results.extend(prepared.results)
             if reads is not None:
@@ -182,6 +185,28 @@ def _prepare(svc, collection, encoder, offset: int, batch: list[Upload], progres
             result.error = exc.message
             progress.fail(up.filename, exc.message)
     new: list[tuple[AddResult, Upload, CheckedImage]] = []
+    inserting: list[str] = []
+    try:
+        _insert_rows(svc, collection, checked, new, inserting, progress)
+        prepared = _Prepared(results, new)
+        if new and hasattr(encoder, "preprocess_images") and hasattr(encoder, "encode_pixels"):
+            prepared.pixels = encoder.preprocess_images([img.image for _, _, img in new])
+    except BaseException as exc:
+        # This chunk's rows are in SQL already, and an insert the store failed may
+        # have landed too: take them back, as a failed add leaves nothing. (An insert
+        # refused for its values stored nothing, and its bytes may be another add's.)
+        store_failed = isinstance(exc, DependencyUnavailable) or not isinstance(exc, ServiceError)
+        _take_back(svc, collection, new, unsure_shas=inserting if store_failed else [])
+        raise
+    return prepared
+
+
+def _insert_rows(svc, collection, checked, new, inserting: list[str], progress: Progress) -> None:
+    """Insert the chunk's rows (indexed=0); each created one is appended to `new` at once.
+
+    `inserting` holds the sha256 of an insert under way: if it raises, its outcome
+    is unknown (the row may exist under an id nobody was told).
+    """
     now = int(time.time())
     for result, up, img in checked:
         row = ImageRow(
@@ -197,7 +222,9 @@ def _prepare(svc, collection, encoder, offset: int, batch: list[Upload], progres
             created_at=up.created_at if up.created_at is not None else now,
             added_at=now,
         )
+        inserting[:] = [img.sha256]
         result.id, created = svc.images.insert_new(collection, row)
+        inserting.clear()
         if created:
             new.append((result, up, img))
             # Checked before this image's own hash is stored; earlier images of the
@@ -213,10 +240,6 @@ def _prepare(svc, collection, encoder, offset: int, batch: list[Upload], progres
             result.status = "present"
             result.duplicate_tier = "exact"
             progress.advance(1)
-    prepared = _Prepared(results, new)
-    if new and hasattr(encoder, "preprocess_images") and hasattr(encoder, "encode_pixels"):
-        prepared.pixels = encoder.preprocess_images([img.image for _, _, img in new])
-    return prepared
 
 
 def _index(svc, collection, encoder, prepared: _Prepared, near_duplicates: bool, progress: Progress) -> None:
@@ -246,26 +269,33 @@ def _index(svc, collection, encoder, prepared: _Prepared, near_duplicates: bool,
     progress.advance(len(new))
 
 
-def _take_back(svc, collection, new, *, vectors_sent: bool = False) -> None:
+def _take_back(svc, collection, new, *, vectors_sent: bool = False, unsure_shas: Sequence[str] = ()) -> None:
     """Remove the rows of a chunk that failed, so no image is left without its vector.
 
     A vector write that failed may still land (a frozen server applies it when it
     runs again): once the rows are gone, their ids go to the vector cleanup, which
     deletes them when Milvus answers, so no vector is left without its row either.
+    Rows that cannot be removed now (the SQL store is what failed), and inserts
+    whose outcome is unknown (`unsure_shas`), go to the row cleanup, which removes
+    them once the store answers (operations/row_cleanup.py).
     """
-    if not new:
-        return
+    if unsure_shas:
+        svc.row_cleanup.submit(collection, shas=unsure_shas)
     ids = [r.id for r, _, _ in new]
+    if not ids:
+        return
     try:
         svc.images.delete(collection, ids)
     except ServiceError as exc:  # the SQL store is what failed: one line, no traceback per request
-        log.warning("could not remove rows of a failed add (%s); repair will index them", exc.message)
+        log.warning("rows of a failed add are removed once the SQL store answers (%s)", exc.message)
+        svc.row_cleanup.submit(collection, ids)
         return
     except Exception:
-        log.exception("could not remove rows of a failed add; repair will index them")
+        log.exception("could not remove rows of a failed add; the row cleanup retries")
+        svc.row_cleanup.submit(collection, ids)
         return
-    # Only once the rows are gone: rows left behind are indexed again by a repair,
-    # whose vectors the cleanup must not delete.
+    # Only once the rows are gone: a row left behind (its process died before the row
+    # cleanup removed it) is indexed again by a repair, whose vector must stay.
     if vectors_sent:
         svc.vector_cleanup.submit(collection, ids)
 

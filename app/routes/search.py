@@ -130,6 +130,14 @@ async def image_search(
     return search_response(outcome, report)
 
 
-@router.get("/stats", summary="Query cache hits and misses, encoder batches, queues and shed requests")
+@router.get(
+    "/stats",
+    summary="Query cache hits and misses, encoder batches, queues, shed requests and pending cleanups",
+)
 def serving_stats(svc: SvcDep) -> dict:
-    return {**svc.serving.stats(), "vector_cleanup": {"pending": svc.vector_cleanup.pending()}}
+    # The cleanups hold what failed adds could not remove yet (rows by id or sha256, vectors by id).
+    return {
+        **svc.serving.stats(),
+        "vector_cleanup": {"pending": svc.vector_cleanup.pending()},
+        "row_cleanup": {"pending": svc.row_cleanup.pending()},
+    }

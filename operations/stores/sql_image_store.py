@@ -76,8 +76,11 @@ def _ddl(dialect: str, table: str) -> list[str]:
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"""
         ]
     return [
+        # AUTOINCREMENT: an id is never given again (plain INTEGER PRIMARY KEY reuses the
+        # largest after its row is deleted), as MySQL's AUTO_INCREMENT; a late vector delete
+        # of a failed add's id (operations/vector_cleanup.py) must not hit a newer image.
         f"""CREATE TABLE IF NOT EXISTS "{table}" (
-            id INTEGER PRIMARY KEY,
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
             sha256 TEXT NOT NULL UNIQUE,
             mime TEXT NOT NULL DEFAULT 'image/jpeg',
             width INTEGER NOT NULL DEFAULT 0,

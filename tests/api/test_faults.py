@@ -186,14 +186,56 @@ def test_a_vector_write_whose_answer_was_lost_is_deleted(tmp_path, milvus_server
         finally:
             milvus_server.resume()
             svc.vectors.upsert = real_upsert
-        deadline = time.time() + 30
-        while c.get("/img/stats").json()["vector_cleanup"]["pending"]:
-            assert time.time() < deadline, "the cleanup did not run"
-            time.sleep(0.5)
+        _wait_cleanups(c)
         svc.vectors.wait_visible(name)
         assert _counts(c, name) == {"images": 0, "vectors": 0}
         # And the image can be added again.
         again = c.post(f"/img/images/{name}", files={"files": ("a.jpg", jpeg(4321), "image/jpeg")})
+        assert again.json()["results"][0]["status"] == "added"
+        assert _counts(c, name) == {"images": 1, "vectors": 1}
+
+
+@pytest.mark.parametrize("dies_during", ["mark_indexed", "insert_new"])
+def test_rows_of_an_add_that_met_a_mariadb_kill_are_removed_when_it_returns(
+    dies_during, tmp_path, milvus_server, mariadb
+):
+    # MariaDB dies in the middle of an add: after its vector was written and before the row was
+    # marked indexed, or while the row's insert ran (it landed, its answer did not). The add
+    # answers 503 and cannot take its row back while SQL is down; once MariaDB is back the row
+    # cleanup removes the row (found by its sha256 when its id was never told) and the vector
+    # cleanup its vector, so the stores agree and the image can be added again.
+    settings = make_settings(
+        tmp_path, milvus_server.uri, mariadb.create_database(), milvus_timeout_s=3, sql_timeout_s=3
+    )
+    svc = make_services(settings)
+    real = getattr(svc.images, dies_during)
+
+    def then_mariadb_dies(*args, **kwargs):
+        out = real(*args, **kwargs) if dies_during == "insert_new" else None
+        mariadb.kill()
+        if dies_during == "insert_new":
+            raise DependencyUnavailable("mysql", f"connection lost after the insert of {out}")
+        return real(*args, **kwargs)  # fails: MariaDB is down
+
+    with TestClient(create_app(settings, svc), raise_server_exceptions=False) as c:
+        name = unique("killed")
+        deadline = time.time() + 120  # a previous fault test may leave Milvus reloading
+        while (r := c.post("/img/collections", json={"name": name})).status_code == 503:
+            assert time.time() < deadline, r.text
+            time.sleep(2)
+        assert r.status_code == 201, r.text
+        setattr(svc.images, dies_during, then_mariadb_dies)
+        try:
+            r = c.post(f"/img/images/{name}", files={"files": ("k.jpg", jpeg(4711), "image/jpeg")})
+            assert r.status_code == 503, r.text
+            assert c.get("/img/stats").json()["row_cleanup"]["pending"] == 1
+        finally:
+            setattr(svc.images, dies_during, real)
+            mariadb.start()
+        _wait_cleanups(c)
+        svc.vectors.wait_visible(name)
+        assert _counts(c, name) == {"images": 0, "vectors": 0}
+        again = c.post(f"/img/images/{name}", files={"files": ("k.jpg", jpeg(4711), "image/jpeg")})
         assert again.json()["results"][0]["status"] == "added"
         assert _counts(c, name) == {"images": 1, "vectors": 1}
 
@@ -297,6 +339,17 @@ def _finish_load(c, job_id: str) -> dict:
     raise AssertionError(f"load {job_id} did not finish: {job}")
 
 
+def _wait_cleanups(c, timeout: float = 30) -> None:
+    """Until the row and vector cleanups hold nothing (what failed adds could not remove at once)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = c.get("/img/stats").json()
+        if not stats["row_cleanup"]["pending"] and not stats["vector_cleanup"]["pending"]:
+            return
+        assert time.monotonic() < deadline, f"the cleanups did not drain: {stats}"
+        time.sleep(0.5)
+
+
 def _counts(c, collection: str) -> dict:
     r = c.get(f"/img/collections/{collection}/count")
     assert r.status_code == 200, r.text
@@ -379,11 +432,9 @@ def test_fault_under_traffic(store, fault, tmp_path, milvus_server, mariadb, cap
         load = _finish_load(c, job.json()["job_id"])
         assert "failed 0" in load["message"], load
         assert _counts(c, loaded) == {"images": LOAD_ROWS, "vectors": LOAD_ROWS}
-        # Vectors of failed adds that landed late are deleted once Milvus answers.
-        drained = time.monotonic() + 30
-        while c.get("/img/stats").json()["vector_cleanup"]["pending"]:
-            assert time.monotonic() < drained, "the vector cleanup did not drain"
-            time.sleep(0.5)
+        # Rows of failed adds are removed once SQL answers, and vectors that landed late once
+        # Milvus answers.
+        _wait_cleanups(c)
         counts = _counts(c, c.collection)
         assert counts["images"] == counts["vectors"] >= 3 + len(traffic.added), counts
         for image_id in traffic.added:
