@@ -20,6 +20,16 @@ from tests.stack import jpeg, make_services, make_settings, metric_samples, uniq
 pytestmark = pytest.mark.services
 
 
+def _create_collection(c, name: str, deadline: float | None = None) -> None:
+    """Create `name`; a previous fault test may leave Milvus reloading (503s for a while, as
+    designed), so retry until it answers, for 120 s unless `deadline` says otherwise."""
+    deadline = deadline if deadline is not None else time.time() + 120
+    while (r := c.post("/img/collections", json={"name": name})).status_code == 503:
+        assert time.time() < deadline, r.text
+        time.sleep(2)
+    assert r.status_code == 201, r.text
+
+
 @pytest.fixture
 def client(request, tmp_path, milvus_server, mariadb):
     settings = make_settings(
@@ -28,13 +38,7 @@ def client(request, tmp_path, milvus_server, mariadb):
     svc = make_services(settings)
     with TestClient(create_app(settings, svc), raise_server_exceptions=False) as c:
         c.collection = unique("fault")
-        # The previous fault test may leave Milvus still reloading (503s for a while,
-        # as designed); set up once it answers again.
-        deadline = time.time() + 120
-        while (r := c.post("/img/collections", json={"name": c.collection})).status_code == 503:
-            assert time.time() < deadline, r.text
-            time.sleep(2)
-        assert r.status_code == 201, r.text
+        _create_collection(c, c.collection)
         added = c.post(
             f"/img/images/{c.collection}",
             files=[("files", (f"{i}.jpg", jpeg(70 + i), "image/jpeg")) for i in range(3)],
@@ -155,6 +159,17 @@ def test_add_while_milvus_is_down_leaves_no_orphan_row(client, milvus_server):
     assert again.json()["results"][0]["status"] == "added"
 
 
+def _assert_nothing_left_then_added_again(c, svc, name: str, image: bytes) -> None:
+    """Once the cleanups drain, the failed add left neither row nor vector, and adding the same
+    image again succeeds."""
+    _wait_cleanups(c)
+    svc.vectors.wait_visible(name)
+    assert _counts(c, name) == {"images": 0, "vectors": 0}
+    again = c.post(f"/img/images/{name}", files={"files": ("again.jpg", image, "image/jpeg")})
+    assert again.json()["results"][0]["status"] == "added"
+    assert _counts(c, name) == {"images": 1, "vectors": 1}
+
+
 def test_a_vector_write_whose_answer_was_lost_is_deleted(tmp_path, milvus_server, mariadb):
     # The server applies the add's vector write but its answer never arrives (a server frozen
     # between taking the write and answering, as in the freeze scenario below): the add answers
@@ -172,11 +187,7 @@ def test_a_vector_write_whose_answer_was_lost_is_deleted(tmp_path, milvus_server
 
     with TestClient(create_app(settings, svc), raise_server_exceptions=False) as c:
         name = unique("landed")
-        deadline = time.time() + 120  # a previous fault test may leave Milvus reloading
-        while (r := c.post("/img/collections", json={"name": name})).status_code == 503:
-            assert time.time() < deadline, r.text
-            time.sleep(2)
-        assert r.status_code == 201, r.text
+        _create_collection(c, name)
         svc.vectors.upsert = upsert_whose_answer_is_lost
         try:
             r = c.post(f"/img/images/{name}", files={"files": ("a.jpg", jpeg(4321), "image/jpeg")})
@@ -186,13 +197,7 @@ def test_a_vector_write_whose_answer_was_lost_is_deleted(tmp_path, milvus_server
         finally:
             milvus_server.resume()
             svc.vectors.upsert = real_upsert
-        _wait_cleanups(c)
-        svc.vectors.wait_visible(name)
-        assert _counts(c, name) == {"images": 0, "vectors": 0}
-        # And the image can be added again.
-        again = c.post(f"/img/images/{name}", files={"files": ("a.jpg", jpeg(4321), "image/jpeg")})
-        assert again.json()["results"][0]["status"] == "added"
-        assert _counts(c, name) == {"images": 1, "vectors": 1}
+        _assert_nothing_left_then_added_again(c, svc, name, jpeg(4321))
 
 
 @pytest.mark.parametrize("dies_during", ["mark_indexed", "insert_new"])
@@ -219,11 +224,7 @@ def test_rows_of_an_add_that_met_a_mariadb_kill_are_removed_when_it_returns(
 
     with TestClient(create_app(settings, svc), raise_server_exceptions=False) as c:
         name = unique("killed")
-        deadline = time.time() + 120  # a previous fault test may leave Milvus reloading
-        while (r := c.post("/img/collections", json={"name": name})).status_code == 503:
-            assert time.time() < deadline, r.text
-            time.sleep(2)
-        assert r.status_code == 201, r.text
+        _create_collection(c, name)
         setattr(svc.images, dies_during, then_mariadb_dies)
         try:
             r = c.post(f"/img/images/{name}", files={"files": ("k.jpg", jpeg(4711), "image/jpeg")})
@@ -232,12 +233,7 @@ def test_rows_of_an_add_that_met_a_mariadb_kill_are_removed_when_it_returns(
         finally:
             setattr(svc.images, dies_during, real)
             mariadb.start()
-        _wait_cleanups(c)
-        svc.vectors.wait_visible(name)
-        assert _counts(c, name) == {"images": 0, "vectors": 0}
-        again = c.post(f"/img/images/{name}", files={"files": ("k.jpg", jpeg(4711), "image/jpeg")})
-        assert again.json()["results"][0]["status"] == "added"
-        assert _counts(c, name) == {"images": 1, "vectors": 1}
+        _assert_nothing_left_then_added_again(c, svc, name, jpeg(4711))
 
 
 # --------------------------------------------------------------------------- under traffic
@@ -375,12 +371,9 @@ def test_fault_under_traffic(store, fault, tmp_path, milvus_server, mariadb, cap
     with TestClient(create_app(settings, svc), raise_server_exceptions=False) as c:
         # The load has its own collection: its ids come from the dataset, the adds' from the database.
         c.collection, loaded = unique("traffic"), unique("loaded")
-        deadline = time.time() + 120  # a previous scenario may leave Milvus reloading for a while
+        deadline = time.time() + 120  # one wait for both
         for name in (c.collection, loaded):
-            while (r := c.post("/img/collections", json={"name": name})).status_code == 503:
-                assert time.time() < deadline, r.text
-                time.sleep(2)
-            assert r.status_code == 201, r.text
+            _create_collection(c, name, deadline)
         first = c.post(
             f"/img/images/{c.collection}",
             files=[("files", (f"{i}.jpg", jpeg(70 + i), "image/jpeg")) for i in range(3)],
