@@ -106,7 +106,7 @@ class SqlAliasStore:
         self.ensure_table()
         validate_name(alias)
         validate_name(target)
-        with self.pool.transaction() as cur:
+        with self.pool.transaction("switch an alias in collection_names") as cur:
             cur.execute(
                 self.pool.sql(
                     f"UPDATE collection_names SET target = ?, fence_until = 0, updated_at = {self._now} "

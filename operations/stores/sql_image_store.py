@@ -426,12 +426,13 @@ class SqlImageStore:
         if existing is not None:
             return existing, False
         try:
-            with self.pool.transaction() as cur:
+            statement = (
+                f"INSERT INTO {table} (sha256, mime, width, height, source, tags, external_id, "
+                f"created_at, added_at, indexed, image_b64) VALUES ({_placeholders(11)})"
+            )
+            with self.pool.transaction(statement) as cur:
                 cur.execute(
-                    self.pool.sql(
-                        f"INSERT INTO {table} (sha256, mime, width, height, source, tags, external_id, "
-                        f"created_at, added_at, indexed, image_b64) VALUES ({_placeholders(11)})"
-                    ),
+                    self.pool.sql(statement),
                     (
                         row.sha256,
                         row.mime,

@@ -228,7 +228,7 @@ class SqlOcrStore:
             all_grams |= grams(n)
         status = "failed" if error is not None else "ok"
         lines_json = json.dumps([line.as_dict() for line in lines], ensure_ascii=False)
-        with self.pool.transaction() as cur:
+        with self.pool.transaction(f"replace the OCR lines of one image in {table} and {gtable}") as cur:
             cur.execute(self.pool.sql(f"DELETE FROM {gtable} WHERE image_id = ?"), (image_id,))
             cur.execute(self.pool.sql(f"DELETE FROM {table} WHERE image_id = ?"), (image_id,))
             cur.execute(

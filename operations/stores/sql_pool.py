@@ -230,8 +230,14 @@ class SqlPool:
             self._slots.release()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Any]:
-        """A cursor inside BEGIN/COMMIT; rolled back on any error."""
+    def transaction(self, statement: str) -> Iterator[Any]:
+        """A cursor inside BEGIN/COMMIT; rolled back on any error. `statement` (its main
+        statement, placeholders only) names it in the outage's "down" line."""
+        with _named_on_failure(statement), self._transaction() as cur:
+            yield cur
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
         with self.connection() as conn:
             cur = conn.cursor()
             cur.execute("BEGIN")
@@ -339,7 +345,7 @@ class SqlPool:
         with deadline.store_call(self.dialect, self.timeout):
             for attempt in range(DEADLOCK_RETRIES + 1):
                 try:
-                    with self.transaction() as cur:
+                    with self._transaction() as cur:  # named by the caller
                         return work(cur)
                 except DependencyUnavailable as exc:
                     if attempt == DEADLOCK_RETRIES or not _is_deadlock(exc.__cause__):

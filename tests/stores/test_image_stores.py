@@ -200,7 +200,7 @@ def test_a_deadlocked_batch_insert_is_retried(tmp_path, monkeypatch):
 
     pool = SqlPool("", tmp_path / "x.sqlite3", 5, 2)
     pool.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
-    real = pool.transaction
+    real = pool._transaction
     calls = []
 
     def flaky():
@@ -212,12 +212,12 @@ def test_a_deadlocked_batch_insert_is_retried(tmp_path, monkeypatch):
                 raise DependencyUnavailable("mysql", "deadlock") from exc
         return real()
 
-    monkeypatch.setattr(pool, "transaction", flaky)
+    monkeypatch.setattr(pool, "_transaction", flaky)
     assert pool.executemany("INSERT INTO t (id) VALUES (?)", [(1,), (2,)]) == 2
     assert len(calls) == 2 and pool.query("SELECT COUNT(*) FROM t")[0][0] == 2
     calls.clear()
     monkeypatch.setattr(
-        pool, "transaction", lambda: (_ for _ in ()).throw(DependencyUnavailable("mysql", "server gone"))
+        pool, "_transaction", lambda: (_ for _ in ()).throw(DependencyUnavailable("mysql", "server gone"))
     )
     with pytest.raises(DependencyUnavailable):  # anything else is not retried
         pool.executemany("INSERT INTO t (id) VALUES (?)", [(3,)])

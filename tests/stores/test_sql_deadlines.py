@@ -50,6 +50,15 @@ def test_the_outage_line_names_the_statement_that_met_it(frozen_pool, caplog):
     assert "7" not in downs[0].split("during", 1)[1].split("after")[0]
 
 
+def test_the_outage_line_names_a_transaction_by_its_statement(frozen_pool, caplog):
+    caplog.set_level(logging.WARNING, logger="operations.stores.sql_pool")
+    statement = "INSERT INTO t (a) VALUES (?)"
+    with pytest.raises(DependencyUnavailable), frozen_pool.transaction(statement) as cur:
+        cur.execute(frozen_pool.sql(statement), (7,))
+    downs = [r.getMessage() for r in caplog.records if " is down" in r.getMessage()]
+    assert len(downs) == 1 and f"(during {statement}, after " in downs[0], downs
+
+
 def test_a_request_does_not_wait_again_for_a_store_that_failed(frozen_pool):
     # E.g. an add taking back its rows after the SQL store timed out: the request ends.
     started = time.monotonic()
