@@ -246,10 +246,13 @@ def main(argv: list[str] | None = None) -> None:
                         "rss_delta_mb": round(rss_after - rss_before),
                     }
                 )
+                # Each build as it ends: a long run stopped part-way keeps what it measured.
+                print(f"  {kind} built: {json.dumps(builds[-1])}", flush=True)
                 for sp in sweep(kind, args.quick, args.ef, args.nprobe):
                     r = measure(client, name, kind, sp, queries, exact)
                     rows.append(r)
-                    print(f"  {kind} {sp}: recall@10 {r['recall@10']:.4f}, median {r['median_ms']} ms")
+                    line = f"  {kind} {sp}: recall@10 {r['recall@10']:.4f}, median {r['median_ms']} ms"
+                    print(line, flush=True)
         finally:
             client.drop_collection(name, timeout=600)
             client.close()
