@@ -286,12 +286,11 @@ def _take_back(svc, collection, new, *, vectors_sent: bool = False, unsure_shas:
         return
     try:
         svc.images.delete(collection, ids)
-    except ServiceError as exc:  # the SQL store is what failed: one line, no traceback per request
-        log.warning("rows of a failed add are removed once the SQL store answers (%s)", exc.message)
-        svc.row_cleanup.submit(collection, ids)
-        return
-    except Exception:
-        log.exception("could not remove rows of a failed add; the row cleanup retries")
+    except Exception as exc:
+        if isinstance(exc, ServiceError):  # the SQL store is what failed: one line, no traceback
+            log.warning("rows of a failed add are removed once the SQL store answers (%s)", exc.message)
+        else:
+            log.exception("could not remove rows of a failed add; the row cleanup retries")
         svc.row_cleanup.submit(collection, ids)
         return
     # Only once the rows are gone: a row left behind (its process died before the row
