@@ -75,22 +75,41 @@ def run_child(
     return proc.returncode, out, b"".join(err_chunks).decode(errors="replace"), usage.ru_maxrss, wall
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    """/proc/<pid>/stat after the parenthesised name: field 3 (state) is item 0."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def tree_pids(pid: int) -> set[int]:
+    """`pid` and its direct children (the test servers start their parts one level down)."""
+    pids = {pid}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int(_stat_fields(entry.name)[1]) == pid:  # field 4: the parent pid
+                    pids.add(int(entry.name))
+    return pids
+
+
 def tree_rss_mb(pid: int | None) -> float:
     """Resident memory of the server process and its children, MB (from /proc)."""
     if pid is None:
         return float("nan")
-    pids = {pid}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                # Field 4 of /proc/N/stat is the parent pid (after the parenthesised name).
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    pids.add(int(entry.name))
     total = 0
-    for p in pids:
+    for p in tree_pids(pid):
         with contextlib.suppress(OSError):
             total += proc_status_kb("VmRSS", p)
     return total / 1024
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its children (from /proc)."""
+    ticks = 0
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = _stat_fields(p)
+            ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15: utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def last_json(text: str) -> dict:
