@@ -66,6 +66,8 @@ def create_collection(
         )
     encoder = svc.encoders.get(model) if model else svc.encoder
     is_new = not svc.vectors.has_collection(name)
+    if is_new:
+        svc.forget_pending_deletes(name)
     svc.ensure_collection(
         name, encoder, (index or svc.default_index()).check(allow_auto=True), expected_vectors
     )
@@ -194,6 +196,7 @@ def drop_collection(svc: Services, name: str) -> None:
             drop_alias(name)  # Milvus refuses to drop a collection an alias names
     svc.vectors.drop_collection(store)
     svc.images.drop_collection(store)
+    svc.forget_pending_deletes(store)
     drop_ocr(svc, store)
     if getattr(svc.images, "pool", None) is not None:
         duplicate_store(svc).drop(store)

@@ -120,6 +120,16 @@ class Services:
                     self._row_cleanup = RowCleanup(self.images, cleanup)
         return self._row_cleanup
 
+    def forget_pending_deletes(self, collection: str) -> None:
+        """Drop the cleanups' pending deletes for `collection` (dropped, or made anew).
+
+        A new collection's image ids start again at 1: a late delete meant for the one
+        before would remove a new image's row or vector. Cleanups not built have none.
+        """
+        for cleanup in (self._row_cleanup, self._cleanup):
+            if cleanup is not None:
+                cleanup.forget(collection)
+
     def default_index(self) -> IndexSpec:
         s = self.settings
         return IndexSpec(

@@ -38,6 +38,7 @@ class DeferredDeletes:
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._busy: str | None = None  # the collection whose batch is being deleted now
         self.deleted = 0  # keys handled, for tests and stats
 
     def _delete(self, collection: str, batch: list) -> None:
@@ -56,7 +57,21 @@ class DeferredDeletes:
                 name = self.label.replace(" ", "-")
                 self._thread = threading.Thread(target=self._work, name=name, daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            self._cond.notify_all()  # the worker, not only a `forget` waiting on the same condition
+
+    def forget(self, collection: str) -> int:
+        """Drop what is pending for `collection` and wait out a delete of it under way.
+
+        For a collection dropped or made anew under the same name: its image ids start
+        again, so keys of the one before must not reach it. Returns the keys dropped.
+        """
+        with self._cond:
+            dropped = len(self._pending.pop(collection, ()))
+            while self._busy == collection:
+                self._cond.wait()
+        if dropped:
+            log.info("%s: %d keys of %s dropped with the collection", self.label, dropped, collection)
+        return dropped
 
     def pending(self) -> int:
         with self._cond:
@@ -82,27 +97,34 @@ class DeferredDeletes:
                     return
                 collection, keys = next(iter(self._pending.items()))
                 batch = sorted(keys, key=repr)  # a stable order for the logs and the store
+                self._busy = collection
             try:
                 self._delete(collection, batch)
             except NotFound:
                 pass  # the collection is gone, and its data with it
             except ServiceError as exc:
                 log.info("%s of %d keys in %s waits: %s", self.label, len(batch), collection, exc.message)
-                with self._cond:
-                    self._cond.wait(self._retry_s)
+                self._retry_later()
                 continue
             except Exception:
                 log.exception("%s of %s failed; retrying", self.label, collection)
-                with self._cond:
-                    self._cond.wait(self._retry_s)
+                self._retry_later()
                 continue
             with self._cond:
+                self._busy = None
+                self._cond.notify_all()
                 left = self._pending.get(collection, set()) - set(batch)
                 if left:
                     self._pending[collection] = left
                 else:
                     self._pending.pop(collection, None)
                 self.deleted += len(batch)
+
+    def _retry_later(self) -> None:
+        with self._cond:
+            self._busy = None
+            self._cond.notify_all()
+            self._cond.wait(self._retry_s)
 
     def close(self) -> None:
         with self._cond:

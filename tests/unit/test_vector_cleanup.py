@@ -3,6 +3,7 @@ then deletes exactly the ids it was given; a dropped collection ends the work.""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -56,3 +57,50 @@ def test_a_dropped_collection_ends_its_cleanup():
     cleanup.close()
     cleanup.submit("gone", [8])  # after close: ignored
     assert cleanup.pending() == 0
+
+
+def test_forget_drops_what_is_pending_for_one_collection_only():
+    store = FlakyStore(failures=10**9)  # down for the whole test
+    store.create_collection("c", 4, "m", IndexSpec())
+    cleanup = VectorCleanup(store, retry_s=0.01)
+    cleanup.submit("c", [1, 2])
+    cleanup.submit("other", [5])
+    assert cleanup.forget("c") == 2
+    assert cleanup.pending() == 1  # "other" keeps its key
+    assert cleanup.forget("c") == 0
+    cleanup.close()
+
+
+class GatedStore(InMemoryVectorStore):
+    """Deletes block until `release` is set: a delete under way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def delete(self, name, ids, *, visible: bool = True) -> None:
+        self.entered.set()
+        assert self.release.wait(10)
+        super().delete(name, ids, visible=visible)
+
+
+def test_forget_waits_out_a_delete_under_way_so_none_reaches_a_collection_made_after():
+    store = GatedStore()
+    store.create_collection("c", 4, "m", IndexSpec())
+    cleanup = VectorCleanup(store, retry_s=0.01)
+    cleanup.submit("c", [1])
+    assert store.entered.wait(10)
+    done = threading.Event()
+    forgetting = threading.Thread(target=lambda: (cleanup.forget("c"), done.set()))
+    forgetting.start()
+    assert not done.wait(0.2), "forget returned while the delete was still under way"
+    store.release.set()
+    assert done.wait(10)
+    forgetting.join()
+    # A submit after a forget is served (the worker was not left asleep by a lost notify).
+    store.upsert("c", [2], np.eye(4, dtype=np.float32)[:1])
+    cleanup.submit("c", [2])
+    _wait_drained(cleanup)
+    assert store.count("c") == 0
+    cleanup.close()
