@@ -289,7 +289,8 @@ def _prepare_image(
     return _resolve_filter(svc, plan)
 
 
-def _result(pending: Future | Timed) -> Timed:
+def resolved(pending: Future | Timed) -> Timed:
+    """What the serving layer gave: at once from a cache, else once its batch has run."""
     return pending if isinstance(pending, Timed) else pending.result()
 
 
@@ -314,9 +315,9 @@ def search_text(
     with OCR, visual otherwise.
     """
     plan = _prepare_text(svc, collection, query, top_k, flt, min_score, with_image, mode)
-    vector = _take(_result(svc.serving.encode_text(plan.encoder, query)), plan, "encode")
+    vector = _take(resolved(svc.serving.encode_text(plan.encoder, query)), plan, "encode")
     pending = _search_future(svc, plan, vector)
-    hits = _take(_result(pending), plan, "vector_search") if pending else []
+    hits = _take(resolved(pending), plan, "vector_search") if pending else []
     return _finish(svc, plan, hits)
 
 
@@ -363,9 +364,9 @@ def search_image(
     A stored image is left out of its own results.
     """
     plan = _prepare_image(svc, collection, data, image_id, top_k, flt, min_score, with_image)
-    vector = _take(_result(_image_vector_pending(svc, plan)), plan, "encode")
+    vector = _take(resolved(_image_vector_pending(svc, plan)), plan, "encode")
     pending = _search_future(svc, plan, vector)
-    hits = _take(_result(pending), plan, "vector_search") if pending else []
+    hits = _take(resolved(pending), plan, "vector_search") if pending else []
     return _finish(svc, plan, hits)
 
 

@@ -32,6 +32,7 @@ from operations.search import (
     MAX_SEARCH_TOP_K,
     Match,
     SearchOutcome,
+    resolved,
     search_image,
     search_image_async,
     search_text,
@@ -213,14 +214,21 @@ def _composed(
     parts = QueryParts()
     exclude = set(rq.positive_ids) | set(rq.negative_ids)
     t = time.perf_counter()
+    # Through the serving layer, as plain searches: each text is looked up in the query
+    # cache and batched with the other requests' queries (all of this one's in one pass).
+    checked = (
+        check_image(rq.image, svc.settings.max_upload_bytes, svc.settings.max_image_pixels)
+        if rq.image is not None
+        else None
+    )
+    pending = [svc.serving.encode_text(encoder, text) for text, _ in texts]
+    if checked is not None:
+        parts.image = resolved(svc.serving.encode_image(encoder, checked.image)).value
     if texts:
-        vecs = encoder.encode_texts([text for text, _ in texts])
+        vecs = [resolved(p).value for p in pending]
         n_pos = len(parsed.positive_texts())
         parts.positives = [(vecs[i], w) for i, (_, w) in enumerate(texts[:n_pos])]
         parts.negatives = [(vecs[n_pos + i], w) for i, (_, w) in enumerate(texts[n_pos:])]
-    if rq.image is not None:
-        checked = check_image(rq.image, svc.settings.max_upload_bytes, svc.settings.max_image_pixels)
-        parts.image = encoder.encode_images([checked.image])[0]
     stored_ids = list(rq.positive_ids) + list(rq.negative_ids)
     if rq.image_id is not None:
         stored_ids.append(int(rq.image_id))

@@ -246,6 +246,39 @@ def test_repeated_query_is_served_from_the_cache(request, tmp_path):
         svc.images.close()
 
 
+def test_a_composed_query_encodes_in_one_batch_through_the_cache(request, tmp_path):
+    """A query with an unwanted term (and one with an image) goes through the serving layer as
+    plain searches do: its texts in one pass, the query cache on a repeat, the same results."""
+    from operations.relevance.search import RelevanceQuery, relevance_search
+
+    settings = backend_settings(request, tmp_path, "lite", query_cache_size=16, result_cache_size=0)
+    encoder = SlowEncoder(tiny_encoder(), pass_s=0.0)
+    svc = build_services(settings, encoder=encoder)
+    try:
+        name = unique("cq")
+        svc.ensure_collection(name, encoder)
+        add_images(svc, name, [Upload(f"{i}.jpg", jpeg(i)) for i in range(12)])
+        encoder.batch_sizes.clear()
+        rq = RelevanceQuery(query="红色的圆形 -蓝色", top_k=6)
+        first, _ = relevance_search(svc, name, rq)
+        assert encoder.batch_sizes == [2]  # both terms in one pass
+        again, _ = relevance_search(svc, name, RelevanceQuery(query="红色的圆形 -蓝色", top_k=6))
+        assert encoder.batch_sizes == [2]  # both from the cache
+        assert [m.row.id for m in again.matches] == [m.row.id for m in first.matches]
+        stats = svc.serving.stats()["query_cache"]
+        assert (stats["hits"], stats["misses"]) == (2, 2)
+        image_rq = RelevanceQuery(query="红色的圆形 -蓝色", image=jpeg(3), top_k=6)
+        with_image, _ = relevance_search(svc, name, image_rq)
+        assert encoder.batch_sizes == [2, 1]  # the image alone; the terms cached
+        again_with_image, _ = relevance_search(svc, name, image_rq)
+        assert encoder.batch_sizes == [2, 1, 1]  # images are not cached: encoded again, alone
+        assert [m.row.id for m in again_with_image.matches] == [m.row.id for m in with_image.matches]
+    finally:
+        svc.close_serving()
+        svc.vectors.close()
+        svc.images.close()
+
+
 def test_two_models_never_share_cached_vectors(request, tmp_path):
     """Collections of two models with the same name and dim but other weights: a query
     cached for one is encoded afresh for the other."""
