@@ -38,7 +38,6 @@ import contextlib
 import json
 import os
 import time
-import uuid
 
 import numpy as np
 
@@ -156,9 +155,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.n = min(args.n, 5000)
 
-    from pymilvus import DataType, MilvusClient
+    from pymilvus import MilvusClient
 
-    from bench.bench_index import build_params, insert_all
+    from bench.bench_index import build_params, insert_all, new_collection
     from bench.realistic_features import FeatureModel
     from scripts.dev_services import milvus_server
 
@@ -177,11 +176,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with milvus_server() as mv:
         client = MilvusClient(uri=mv.uri, timeout=600)
-        name = f"bench_capacity_{uuid.uuid4().hex[:8]}"
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.INT64, is_primary=True)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
-        client.create_collection(name, schema=schema, timeout=600)
+        name = new_collection(client, "bench_capacity")
         try:
             insert_all(client, name, vectors)
             params = client.prepare_index_params()

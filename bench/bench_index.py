@@ -90,6 +90,18 @@ def int_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+def new_collection(client, prefix: str) -> str:
+    """A new collection of (id, 1024-d vector) on the server, named `prefix`_<random>."""
+    from pymilvus import DataType, MilvusClient
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
+    client.create_collection(name, schema=schema, timeout=600)
+    return name
+
+
 def insert_all(client, name: str, data: np.ndarray) -> float:
     t = time.perf_counter()
     for start in range(0, len(data), MAX_ROWS_PER_INSERT):
@@ -163,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
         if k not in INDEXES:
             ap.error(f"unknown index {k}; one of {INDEXES}")
 
-    from pymilvus import DataType, MilvusClient
+    from pymilvus import MilvusClient
 
     from bench.bench_scale import wait_indexed
     from bench.realistic_features import FeatureModel, cached
@@ -200,11 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Milvus settings: {milvus_config}")
     with milvus_server(config=milvus_config) as mv:
         client = MilvusClient(uri=mv.uri, timeout=600)
-        name = f"bench_index_{uuid.uuid4().hex[:8]}"
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.INT64, is_primary=True)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
-        client.create_collection(name, schema=schema, timeout=600)
+        name = new_collection(client, "bench_index")
         try:
             insert_s = insert_all(client, name, data)
             print(f"inserted and flushed {args.n:,} vectors in {insert_s:.1f} s")
