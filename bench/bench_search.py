@@ -67,6 +67,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import time
 from pathlib import Path
 
@@ -368,7 +369,7 @@ def run_sweep(args) -> None:
         for name, extra, target, chosen in configs:
             env = {**base_env, **extra}
             print(f"\n== server {name}: {' '.join(f'{k}={v}' for k, v in extra.items())}", flush=True)
-            log_name = name.replace(", ", "_").replace(" ", "_")
+            log_name = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")  # "lever: HNSW" -> lever_HNSW
             with (
                 # A first start with ENCODER_BACKEND=auto exports and verifies the ONNX towers.
                 UvicornProcess(env, OUT / f"sweep_server_{log_name}.log", timeout=900) as srv,
