@@ -64,11 +64,13 @@ def sweep(kind: str, quick: bool, ef: list[int] | None = None, nprobe: list[int]
     return [{"nprobe": p} for p in (nprobe or ((4, 16, 64) if quick else (4, 8, 16, 32, 64, 128)))]
 
 
-def wait_segments_stable(client, name: str, quiet_s: float, timeout_s: float) -> float | None:
-    """Seconds until the query node's set of segments has not changed for `quiet_s` (None past
-    `timeout_s`). "Nothing pending" is not enough: a merged segment's index can be built while
-    the query node still serves the segments it replaces, and the search cost depends on which
-    it serves (seen at 1,000,000: 4 segments served while a further merge was already indexed)."""
+def wait_segments_stable(client, name: str, quiet_s: float, timeout_s: float, index: str) -> float | None:
+    """Seconds until the query node's set of segments has not changed, and no row has waited
+    for an index, for `quiet_s` (None past `timeout_s`). "Nothing pending" once is not enough: a
+    merged segment's index can be built while the query node still serves the segments it
+    replaces (seen at 1,000,000: 4 segments served while a further merge was already indexed);
+    and unchanged segments are not either: a later merge can start indexing after them (seen
+    at 1,000,000 with IVF_FLAT: 1,000,000 rows pending again while the bench searched)."""
     if quiet_s <= 0:
         return 0.0
     t0 = time.perf_counter()
@@ -77,8 +79,9 @@ def wait_segments_stable(client, name: str, quiet_s: float, timeout_s: float) ->
     while time.perf_counter() - t0 < timeout_s:
         served = client._get_connection().get_query_segment_info(name, timeout=60)
         ids = {int(seg.segmentID) for seg in served}
+        pending = int(client.describe_index(name, index).get("pending_index_rows", 0))
         now = time.perf_counter()
-        if ids != last:
+        if ids != last or pending:
             last, since = ids, now
         elif now - since >= quiet_s:
             return round(now - t0, 1)
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         "--stable-s",
         type=float,
         default=120.0,
-        help="after indexing settles, wait until the query node's segments stay unchanged this long (0: no)",
+        help="after indexing settles, wait until segments stay unchanged and none pending this long (0: no)",
     )
     ap.add_argument(
         "--milvus-config",
@@ -235,7 +238,7 @@ def main(argv: list[str] | None = None) -> None:
                 # builds their indexes again: measured once that has settled, as users meet it.
                 (index_name,) = client.list_indexes(name, timeout=600)
                 settle = wait_indexed(mv.uri, name, args.n, 3600, index_name)
-                stable_s = wait_segments_stable(client, name, args.stable_s, 3600)
+                stable_s = wait_segments_stable(client, name, args.stable_s, 3600, index_name)
                 time.sleep(1.0)
                 rss_after = tree_rss_mb(mv.pid)
                 # A search runs every sealed segment's index and merges: their number is part of its cost.

