@@ -42,6 +42,7 @@ import time
 import numpy as np
 
 from bench._common import machine, median, other_load, table, tree_cpu_s
+from bench.bench_index import build_params, insert_all, int_list, new_collection
 
 DIM = 1024
 TARGET_LONE_MS = 20.0
@@ -138,10 +139,6 @@ def numpy_scan_ms(vectors: np.ndarray, queries: np.ndarray, rounds: int) -> floa
     return round(median(times), 2)
 
 
-def int_list(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=31_783, help="vectors in the collection (the sweep's 31,783)")
@@ -157,7 +154,6 @@ def main(argv: list[str] | None = None) -> None:
 
     from pymilvus import MilvusClient
 
-    from bench.bench_index import build_params, insert_all, new_collection
     from bench.realistic_features import FeatureModel
     from scripts.dev_services import milvus_server
 

@@ -6,8 +6,10 @@ while a writer sees its own add or delete at once."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -73,6 +75,18 @@ class SlowEncoder:
         self.batch_sizes.append(len(images))
         time.sleep(self.pass_s)
         return self.inner.encode_images(images)
+
+
+@contextlib.contextmanager
+def serving_services(settings, encoder) -> Iterator:
+    """Services over `encoder`, with the serving threads and both stores closed afterwards."""
+    svc = build_services(settings, encoder=encoder)
+    try:
+        yield svc
+    finally:
+        svc.close_serving()
+        svc.vectors.close()
+        svc.images.close()
 
 
 QUERIES = [
@@ -200,8 +214,7 @@ def _decode(images):
 def test_batching_off_answers_the_same(request, tmp_path):
     settings = backend_settings(request, tmp_path, "lite", batch_window_ms=0, query_cache_size=0)
     encoder = SlowEncoder(HashEncoder(), pass_s=0.005)
-    svc = build_services(settings, encoder=encoder)
-    try:
+    with serving_services(settings, encoder) as svc:
         name = unique("bo")
         svc.ensure_collection(name, encoder)
         add_images(svc, name, [Upload(f"{i}.jpg", jpeg(i)) for i in range(12)])
@@ -218,17 +231,12 @@ def test_batching_off_answers_the_same(request, tmp_path):
         assert got == want
         assert set(encoder.batch_sizes) == {1}
         assert svc.serving.stats()["vector_search"]["mean_batch"] == 1.0
-    finally:
-        svc.close_serving()
-        svc.vectors.close()
-        svc.images.close()
 
 
 def test_repeated_query_is_served_from_the_cache(request, tmp_path):
     settings = backend_settings(request, tmp_path, "lite", query_cache_size=16)
     encoder = SlowEncoder(tiny_encoder(), pass_s=0.0)
-    svc = build_services(settings, encoder=encoder)
-    try:
+    with serving_services(settings, encoder) as svc:
         name = unique("qc")
         svc.ensure_collection(name, encoder)
         add_images(svc, name, [Upload(f"{i}.jpg", jpeg(i)) for i in range(8)])
@@ -240,10 +248,6 @@ def test_repeated_query_is_served_from_the_cache(request, tmp_path):
         assert again.timings_ms["encode"] == 0.0
         stats = svc.serving.stats()["query_cache"]
         assert (stats["hits"], stats["misses"]) == (1, 1)
-    finally:
-        svc.close_serving()
-        svc.vectors.close()
-        svc.images.close()
 
 
 def test_a_composed_query_encodes_in_one_batch_through_the_cache(request, tmp_path):
@@ -253,8 +257,7 @@ def test_a_composed_query_encodes_in_one_batch_through_the_cache(request, tmp_pa
 
     settings = backend_settings(request, tmp_path, "lite", query_cache_size=16, result_cache_size=0)
     encoder = SlowEncoder(tiny_encoder(), pass_s=0.0)
-    svc = build_services(settings, encoder=encoder)
-    try:
+    with serving_services(settings, encoder) as svc:
         name = unique("cq")
         svc.ensure_collection(name, encoder)
         add_images(svc, name, [Upload(f"{i}.jpg", jpeg(i)) for i in range(12)])
@@ -273,10 +276,6 @@ def test_a_composed_query_encodes_in_one_batch_through_the_cache(request, tmp_pa
         again_with_image, _ = relevance_search(svc, name, image_rq)
         assert encoder.batch_sizes == [2, 1, 1]  # images are not cached: encoded again, alone
         assert [m.row.id for m in again_with_image.matches] == [m.row.id for m in with_image.matches]
-    finally:
-        svc.close_serving()
-        svc.vectors.close()
-        svc.images.close()
 
 
 def test_two_models_never_share_cached_vectors(request, tmp_path):
