@@ -159,6 +159,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _fmt(v: Any) -> str:
+    if v is None:  # not measured
+        return "-"
     if isinstance(v, float):
         if math.isnan(v):
             return "-"

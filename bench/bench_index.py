@@ -2,7 +2,8 @@
 
     python -m bench.bench_index [--n 100000] [--queries 200] [--quick] [--uniform]
                                 [--indexes FLAT,IVF_FLAT,HNSW,IVF_SQ8,IVF_PQ] [--query-kind text|image]
-                                [--ef 16,32,64,128,256] [--nprobe 4,8,16,32,64,128]
+                                [--ef 16,32,64,128,256] [--nprobe 4,8,16,32,64,128] [--hnsw-m 16,32]
+                                [--hnsw-efc 200,400] [--recall-only]
                                 [--milvus-config dataCoord.segment.maxSize=4096 ...]
 
 N realistic features (bench/realistic_features.py: narrow cone, clusters, near-duplicates;
@@ -42,16 +43,34 @@ MAX_ROWS_PER_INSERT = 3000  # ~12 MB a message, under Milvus' 64 MB limit
 INDEXES = ("FLAT", "IVF_FLAT", "HNSW", "IVF_SQ8", "IVF_PQ")
 
 
-def build_params(kind: str, n: int) -> dict:
-    """Build parameters: HNSW M=16/efConstruction=200; IVF nlist ~ 4 sqrt(n), a power of two."""
+def build_params(kind: str, n: int, hnsw_m: int = 16, hnsw_efc: int = 200) -> dict:
+    """Build parameters: HNSW M=16/efConstruction=200 (or `hnsw_m`/`hnsw_efc`); IVF nlist ~
+    4 sqrt(n), a power of two."""
     nlist = max(16, min(65536, 2 ** round(math.log2(4 * math.sqrt(n)))))
     return {
         "FLAT": {},
-        "HNSW": {"M": 16, "efConstruction": 200},
+        "HNSW": {"M": hnsw_m, "efConstruction": hnsw_efc},
         "IVF_FLAT": {"nlist": nlist},
         "IVF_SQ8": {"nlist": nlist},
         "IVF_PQ": {"nlist": nlist, "m": 64, "nbits": 8},  # 16 dims per sub-quantizer
     }[kind]
+
+
+def hnsw_label(m: int, efc: int) -> str:
+    """ "HNSW" for the standing build (M 16, efConstruction 200), else what differs."""
+    return "HNSW" + (f" M{m}" if m != 16 else "") + (f" efC{efc}" if efc != 200 else "")
+
+
+def build_plan(
+    kinds: list[str], n: int, hnsw_m: list[int], hnsw_efc: list[int]
+) -> list[tuple[str, str, dict]]:
+    """(label, index type, build params) of each build, in order: HNSW once per (M, efConstruction)."""
+    return [
+        (hnsw_label(m, efc) if k == "HNSW" else k, k, build_params(k, n, m, efc))
+        for k in kinds
+        for m in (hnsw_m if k == "HNSW" else [16])
+        for efc in (hnsw_efc if k == "HNSW" else [200])
+    ]
 
 
 def sweep(kind: str, quick: bool, ef: list[int] | None = None, nprobe: list[int] | None = None) -> list[dict]:
@@ -157,10 +176,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ef", type=int_list, default=None, help="HNSW ef values, e.g. 64,128,256,512")
     ap.add_argument("--nprobe", type=int_list, default=None, help="IVF nprobe values, e.g. 16,64,128")
     ap.add_argument(
+        "--hnsw-m",
+        type=int_list,
+        default=[16],
+        help="HNSW M values, one build each, e.g. 16,32 (more links: more recall per ef, longer build)",
+    )
+    ap.add_argument(
+        "--hnsw-efc",
+        type=int_list,
+        default=[200],
+        help="HNSW efConstruction values, one build each with every M (a wider build beam: a better graph)",
+    )
+    ap.add_argument(
         "--stable-s",
         type=float,
         default=120.0,
         help="after indexing settles, wait until segments stay unchanged and none pending this long (0: no)",
+    )
+    ap.add_argument(
+        "--recall-only",
+        action="store_true",
+        help="search once the index is built, without waiting for compaction's merges to be indexed "
+        "again: recall only (the server is still indexing, so no latency is reported)",
     )
     ap.add_argument(
         "--milvus-config",
@@ -177,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
     for k in kinds:
         if k not in INDEXES:
             ap.error(f"unknown index {k}; one of {INDEXES}")
+    plan = build_plan(kinds, args.n, args.hnsw_m, args.hnsw_efc)
 
     from pymilvus import MilvusClient
 
@@ -219,15 +257,13 @@ def main(argv: list[str] | None = None) -> None:
         try:
             insert_s = insert_all(client, name, data)
             print(f"inserted and flushed {args.n:,} vectors in {insert_s:.1f} s")
-            for kind in kinds:
+            for label, kind, bparams in plan:
                 client.release_collection(name, timeout=600)
                 for idx in client.list_indexes(name, timeout=600):
                     client.drop_index(name, idx, timeout=600)
                 rss_before = tree_rss_mb(mv.pid)
                 params = client.prepare_index_params()
-                params.add_index(
-                    field_name="vector", index_type=kind, metric_type="IP", params=build_params(kind, args.n)
-                )
+                params.add_index(field_name="vector", index_type=kind, metric_type="IP", params=bparams)
                 t = time.perf_counter()
                 client.create_index(name, params, timeout=3600, sync=True)
                 build_s = time.perf_counter() - t
@@ -237,16 +273,19 @@ def main(argv: list[str] | None = None) -> None:
                 # The 2.3 server compacts small sealed segments into larger ones after a flush and
                 # builds their indexes again: measured once that has settled, as users meet it.
                 (index_name,) = client.list_indexes(name, timeout=600)
-                settle = wait_indexed(mv.uri, name, args.n, 3600, index_name)
-                stable_s = wait_segments_stable(client, name, args.stable_s, 3600, index_name)
+                if args.recall_only:
+                    settle, stable_s = {"settled_s": None}, None
+                else:
+                    settle = wait_indexed(mv.uri, name, args.n, 3600, index_name)
+                    stable_s = wait_segments_stable(client, name, args.stable_s, 3600, index_name)
                 time.sleep(1.0)
                 rss_after = tree_rss_mb(mv.pid)
                 # A search runs every sealed segment's index and merges: their number is part of its cost.
                 segments = client._get_connection().get_query_segment_info(name, timeout=60)
                 builds.append(
                     {
-                        "index": kind,
-                        "build_params": build_params(kind, args.n),
+                        "index": label,
+                        "build_params": bparams,
                         "build_s": round(build_s, 1),
                         "load_s": round(load_s, 1),
                         "settled_after_load_s": settle["settled_s"],
@@ -258,11 +297,13 @@ def main(argv: list[str] | None = None) -> None:
                     }
                 )
                 # Each build as it ends: a long run stopped part-way keeps what it measured.
-                print(f"  {kind} built: {json.dumps(builds[-1])}", flush=True)
+                print(f"  {label} built: {json.dumps(builds[-1])}", flush=True)
                 for sp in sweep(kind, args.quick, args.ef, args.nprobe):
-                    r = measure(client, name, kind, sp, queries, exact)
+                    r = measure(client, name, label, sp, queries, exact)
+                    if args.recall_only:  # timed while the server indexes merges: not a latency
+                        r["median_ms"] = r["p90_ms"] = None
                     rows.append(r)
-                    line = f"  {kind} {sp}: recall@10 {r['recall@10']:.4f}, median {r['median_ms']} ms"
+                    line = f"  {label} {sp}: recall@10 {r['recall@10']:.4f}, median {r['median_ms']} ms"
                     print(line, flush=True)
         finally:
             client.drop_collection(name, timeout=600)
@@ -323,6 +364,7 @@ def main(argv: list[str] | None = None) -> None:
                 "features": "uniform" if args.uniform else "realistic",
                 "seed": args.seed,
                 "quick": args.quick,
+                "recall_only": args.recall_only,
                 "milvus_config": milvus_config,
                 "builds": builds,
                 "search": rows,
