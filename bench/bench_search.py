@@ -81,6 +81,7 @@ from bench._common import (
     pct,
     run_child,
     table,
+    tree_cpu_s,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -341,6 +342,8 @@ def run_sweep(args) -> None:
         ]
     results: dict[str, dict[str, dict]] = {name: {} for name, *_ in configs}
     batches: dict[str, dict[str, dict]] = {name: {} for name, *_ in configs}
+    # CPU ms per answer by process and the cores they kept busy, per server and run.
+    cpu: dict[str, dict[str, dict]] = {name: {} for name, *_ in configs}
     backends: dict[str, str] = {}
     loads = [("FLAT", "", None)]
     if not args.no_variants:
@@ -382,6 +385,16 @@ def run_sweep(args) -> None:
                 def stats(c=c) -> dict:
                     r = c.get("/img/stats")
                     return r.json() if r.status_code == 200 else {}
+
+                def cpu_now(srv=srv) -> dict:
+                    # Cumulative CPU seconds of each process on the machine's cores; the generator
+                    # is this process (its stats calls fall outside the measured window).
+                    return {
+                        "service": tree_cpu_s(srv.proc.pid),
+                        "Milvus": tree_cpu_s(mv.pid),
+                        "MariaDB": tree_cpu_s(db.pid),
+                        "generator": time.process_time(),
+                    }
 
                 for q in ("热身", "一只猫", "两个人在街上走"):  # first passes pay lazy init
                     c.post("/img/search", json={"query": q, "collection": target})
@@ -431,7 +444,7 @@ def run_sweep(args) -> None:
                         ),
                     ]
                 for label, clients, make in runs:
-                    res = sl.run_closed_loop(srv.url, label, clients, make, duration, warmup, stats)
+                    res = sl.run_closed_loop(srv.url, label, clients, make, duration, warmup, stats, cpu_now)
                     summary = {
                         role: {**res.summary(role), "generator_lag_ms": res.generator_lag_ms}
                         for role in ("text", "image", "add", "delete")
@@ -439,6 +452,10 @@ def run_sweep(args) -> None:
                     }
                     results[name][label] = summary
                     batches[name][label] = res.stats_delta
+                    cpu[name][label] = {
+                        "ms_per_answer": res.cpu_ms_per_answer(),
+                        "cores_busy": res.cores_busy(),
+                    }
                     if not summary:
                         print(f"   {label:<48} no answer arrived within the window", flush=True)
                         continue
@@ -451,6 +468,7 @@ def run_sweep(args) -> None:
                         flush=True,
                     )
     _print_sweep(results, batches, backends, levels, args, info.n, duration, warmup)
+    _print_cpu(cpu)
     enc = None
     if not (quick or args.no_encode_check):
         enc = encode_batch_check()
@@ -469,6 +487,7 @@ def run_sweep(args) -> None:
                 "backends": backends,
                 "results": results,
                 "batches": batches,
+                "cpu": cpu,
                 "encode_ms_per_query": enc,
             },
             ensure_ascii=False,
@@ -675,6 +694,26 @@ def _print_sweep(results, batches, backends, levels, args, n, duration, warmup) 
                 f"64 clients {c64.get('qps')} QPS, p99 {c64.get('p99_ms')} ms, {c64.get('errors')} errors, "
                 f"{c64.get('shed_503')} shed"
             )
+
+
+CPU_PROCESSES = ("service", "Milvus", "MariaDB", "generator")
+
+
+def _print_cpu(cpu: dict) -> None:
+    """Where the cores went: CPU ms per answer of each process, over each run's window."""
+    rows = [
+        [name, label, *(c["ms_per_answer"].get(k) for k in (*CPU_PROCESSES, "total")), c["cores_busy"]]
+        for name, by_label in cpu.items()
+        for label, c in by_label.items()
+        if c["ms_per_answer"]
+    ]
+    if not rows:
+        return
+    print(
+        "\nCPU per answer (ms of CPU of each process over the measured window / answers, any status); "
+        "cores busy = their CPU seconds per second (2 cores: at most 2):"
+    )
+    print(table(["server", "run", *CPU_PROCESSES, "total", "cores busy"], rows))
 
 
 def _num(v):

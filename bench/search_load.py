@@ -51,6 +51,29 @@ class RunResult:
     stats_delta: dict = field(default_factory=dict)
     # The generator's event-loop lag during the run, ms: {"p99": ..., "max": ...}.
     generator_lag_ms: dict = field(default_factory=dict)
+    # CPU seconds each process spent between the two reads ({} when not probed), and the
+    # seconds between the reads (the reads run on the generator's loop: a few ms late at times).
+    cpu_s: dict = field(default_factory=dict)
+    cpu_read_s: float = 0.0
+
+    def _cpu_rates(self) -> dict:
+        # CPU seconds per second of each process, over the reads' own interval.
+        return {k: v / self.cpu_read_s for k, v in self.cpu_s.items()} if self.cpu_read_s > 0 else {}
+
+    def cpu_ms_per_answer(self) -> dict:
+        """CPU ms per answer (any status) of each probed process, and their total: its CPU rate
+        times the window, over the answers that arrived in the window."""
+        rates = self._cpu_rates()
+        if not rates or not self.samples:
+            return {}
+        out = {k: round(r * self.seconds * 1000 / len(self.samples), 2) for k, r in rates.items()}
+        out["total"] = round(sum(rates.values()) * self.seconds * 1000 / len(self.samples), 2)
+        return out
+
+    def cores_busy(self) -> float | None:
+        """CPU seconds of the probed processes per second."""
+        rates = self._cpu_rates()
+        return round(sum(rates.values()), 2) if rates else None
 
     def of(self, role: str | None = None) -> list[Sample]:
         return [s for s in self.samples if role is None or s.role == role]
@@ -146,13 +169,33 @@ async def _watch_lag(start_at: float, end_at: float, lags: list[float]) -> None:
             lags.append((time.perf_counter() - now - 0.01) * 1000)
 
 
+async def _cpu_window(start_at: float, end_at: float, cpu: Callable[[], dict], out: dict) -> None:
+    """CPU seconds of each process (`cpu()`: cumulative seconds by name) between reads at the
+    window's ends, and the seconds between the reads (key None)."""
+    await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
+    t0, before = time.perf_counter(), cpu()
+    await asyncio.sleep(max(0.0, end_at - time.perf_counter()))
+    t1, after = time.perf_counter(), cpu()
+    out.update({k: after[k] - before[k] for k in after if k in before})
+    out[None] = t1 - t0
+
+
 def run_closed_loop(
-    url: str, label: str, clients: int, make: RequestMaker, duration_s: float, warmup_s: float, stats=None
+    url: str,
+    label: str,
+    clients: int,
+    make: RequestMaker,
+    duration_s: float,
+    warmup_s: float,
+    stats=None,
+    cpu: Callable[[], dict] | None = None,
 ) -> RunResult:
-    """`clients` closed-loop clients for warm-up + duration; samples from after the warm-up."""
+    """`clients` closed-loop clients for warm-up + duration; samples from after the warm-up.
+    `cpu`: cumulative CPU seconds by process, read at the window's start and end."""
     import httpx
 
     lags: list[float] = []
+    cpu_s: dict = {}
 
     async def main() -> list[Sample]:
         out: list[Sample] = []
@@ -169,6 +212,7 @@ def run_closed_loop(
             start_at, end_at = begin + warmup_s, begin + warmup_s + duration_s
             await asyncio.gather(
                 _watch_lag(start_at, end_at, lags),
+                *([_cpu_window(start_at, end_at, cpu, cpu_s)] if cpu else []),
                 *(_client_loop(c, i, make, start_at, end_at, out) for i, c in enumerate(pool)),
             )
         return out
@@ -177,7 +221,8 @@ def run_closed_loop(
     samples = asyncio.run(main())
     after = stats() if stats else {}
     lag = {"p99": round(pct(lags, 99), 1), "max": round(max(lags), 1)} if lags else {}
-    return RunResult(label, clients, duration_s, samples, _delta(before, after), lag)
+    read_s = cpu_s.pop(None, 0.0)
+    return RunResult(label, clients, duration_s, samples, _delta(before, after), lag, cpu_s, read_s)
 
 
 def _delta(before: dict, after: dict) -> dict:

@@ -4,6 +4,7 @@ window, 503s are waited out, and the generator reports its own event-loop lag.""
 from __future__ import annotations
 
 import itertools
+import time
 
 import pytest
 from starlette.applications import Starlette
@@ -31,7 +32,16 @@ def test_clients_are_counted_503s_waited_out_and_the_generators_lag_reported():
     server = ServerThread(_app()).start()
     try:
         queries = sl.QueryStream(f"query {i}" for i in itertools.count())
-        res = sl.run_closed_loop(server.url, "t", 32, sl.text_search(queries, "c", 10), 0.5, 0.2)
+        # A "CPU" that is the wall clock (one core always busy) and one that never moves.
+        res = sl.run_closed_loop(
+            server.url,
+            "t",
+            32,
+            sl.text_search(queries, "c", 10),
+            0.5,
+            0.2,
+            cpu=lambda: {"clock": time.perf_counter(), "idle": 7.0},
+        )
     finally:
         server.stop()
     s = res.summary("text")
@@ -39,3 +49,8 @@ def test_clients_are_counted_503s_waited_out_and_the_generators_lag_reported():
     assert s["shed_with_retry_after"] == s["shed_503"]
     assert s["encode_ms"] == 0.5
     assert set(res.generator_lag_ms) == {"p99", "max"} and res.generator_lag_ms["max"] >= 0
+    assert 0.4 < res.cpu_s["clock"] < 0.6 and res.cpu_s["idle"] == 0.0, res.cpu_s
+    assert res.cores_busy() == 1.0
+    per = res.cpu_ms_per_answer()  # one busy core over the 0.5 s window, shared by its answers
+    assert per["idle"] == 0.0 and per["clock"] == per["total"]
+    assert per["clock"] == pytest.approx(500 / len(res.samples), rel=0.01)
