@@ -2,6 +2,7 @@
 
     python -m scripts.cli load --dataset datasets/data/demo --split valid --collection demo
     python -m scripts.cli list | count NAME | drop NAME | repair NAME | search NAME "红色的圆形"
+    python -m scripts.cli upgrade-ids NAME  # SQLite tables of older versions: ids never given again
     python -m scripts.cli add-folder shop datasets/data/demo/text_images --ocr
     python -m scripts.cli ocr NAME          # turn OCR on and read the images already stored
     python -m scripts.cli phash NAME        # pHashes for images stored without one (a dataset load's)
@@ -139,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="collections with model, index and counts")
     for name in ("count", "drop", "repair"):
         sub.add_parser(name).add_argument("collection")
+    sub.add_parser(
+        "upgrade-ids",
+        help="SQLite: rebuild an image table of an older version so that a deleted image's id is never "
+        "given again (copies every row once; run it with the server stopped)",
+    ).add_argument("collection")
     p = sub.add_parser("search", help="search from the terminal (query language: 海边 -人物, 红色:2 汽车)")
     p.add_argument("collection")
     p.add_argument("query")
@@ -231,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "drop":
             drop_collection(svc, collection)
             print(f"dropped {collection}")
+        elif args.command == "upgrade-ids":
+            copied = svc.images.stop_id_reuse(collection)
+            done = "nothing to do" if copied is None else f"table rebuilt, {copied} rows"
+            print(f"{collection}: {done}; a deleted image's id is never given again")
         elif args.command == "repair":
             print(f"indexed {repair_unindexed(svc, collection)} rows")
         elif args.command == "add-folder":

@@ -4,8 +4,8 @@ Each subcommand runs an existing module exactly as `python -m <module>` does (sa
 exit status), so both spellings keep working:
 
     imgsearch serve [--host H --port P]     python -m app.main
-    imgsearch load|list|count|drop|repair|search|calibrate|add-folder|ocr|phash|duplicates|retention|
-              rebuild|switch ...
+    imgsearch load|list|count|drop|repair|upgrade-ids|search|calibrate|add-folder|ocr|phash|duplicates|
+              retention|rebuild|switch ...
                                             python -m scripts.cli ...
     imgsearch eval build-lmdb|extract|predict|evaluate|crosscheck ...
                                             python -m operations.evaluation.cli ...
@@ -36,6 +36,7 @@ CLI_COMMANDS = (
     "count",
     "drop",
     "repair",
+    "upgrade-ids",
     "search",
     "calibrate",
     "add-folder",

@@ -12,6 +12,7 @@ two stores leaves rows that the next run finds and finishes.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ from operations.domain import ImageRow, InsertResult, SearchFilter
 from operations.errors import NotFound, PayloadTooLarge
 from operations.names import TAG_SEPARATOR, validate_name
 from operations.stores.sql_pool import SqlPool, is_integrity_error
+
+log = logging.getLogger(__name__)
 
 
 def encode_tags(tags: tuple[str, ...] | list[str]) -> str:
@@ -160,8 +163,64 @@ class SqlImageStore:
         if collection not in self._known:
             if not self.has_collection(collection):
                 raise NotFound(f"collection {collection!r} has no image table", collection=collection)
+            self._warn_if_ids_reused(collection)
             self._known.add(collection)
         return self._q(table)
+
+    # -- ids never given again ----------------------------------------------------
+    def reuses_ids(self, collection: str) -> bool:
+        """Whether a deleted image's id can be given to a later image: only a SQLite table made
+        before its id became AUTOINCREMENT (SQLite's plain INTEGER PRIMARY KEY hands out the
+        largest id again once its row is deleted; MySQL's AUTO_INCREMENT never does)."""
+        if self.pool.dialect != "sqlite":
+            return False
+        rows = self.pool.query(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table_name(collection),)
+        )
+        if not rows:
+            raise NotFound(f"collection {collection!r} has no image table", collection=collection)
+        return "AUTOINCREMENT" not in str(rows[0][0]).upper()
+
+    def _warn_if_ids_reused(self, collection: str) -> None:
+        if self.reuses_ids(collection):
+            log.warning(
+                "collection %s: its SQLite image table can give a deleted image's id to a later one "
+                "(made by an older version); a failed add's late clean-up could then remove the newer "
+                "image. Run `python -m scripts.cli upgrade-ids %s` once to stop it.",
+                collection,
+                collection,
+            )
+
+    def stop_id_reuse(self, collection: str) -> int | None:
+        """Rebuild a table that `reuses_ids` as one that never does; the rows copied (None:
+        nothing to do).
+
+        One transaction: a table of the current form is made beside it, every row is copied with
+        its id (images included: the database briefly needs room for a second copy), the old
+        table is dropped and the new one takes its name and indexes. A failure leaves the old
+        table as it was.
+        """
+        if not self.reuses_ids(collection):
+            return None
+        table = table_name(collection)
+        building = table + "__upgrade"
+        indexes = _ddl("sqlite", table)[1:]
+        with self.pool.transaction("upgrade ids") as cur:
+            cur.execute(f'DROP TABLE IF EXISTS "{building}"')  # a crashed run's leftover
+            cur.execute(_ddl("sqlite", building)[0])
+            cur.execute(f'PRAGMA table_info("{table}")')
+            present = {r[1] for r in cur.fetchall()}
+            # Names from the schema, kept only when they are the store's own columns.
+            columns = ", ".join(c for c in (*_COLUMNS, "image_b64") if c in present)
+            cur.execute(f'INSERT INTO "{building}" ({columns}) SELECT {columns} FROM "{table}" ORDER BY id')
+            copied = cur.rowcount
+            cur.execute(f'DROP TABLE "{table}"')
+            cur.execute(f'ALTER TABLE "{building}" RENAME TO "{table}"')
+            for statement in indexes:
+                cur.execute(statement)
+        self._created_indexed.add(table)
+        log.info("collection %s: image table rebuilt, %d rows; ids are never given again", collection, copied)
+        return copied
 
     def ping(self) -> None:
         self.pool.query("SELECT 1")
