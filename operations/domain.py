@@ -245,6 +245,9 @@ class CollectionInfo:
     dim: int
     index: IndexSpec
     count: int
+    # This making of the collection (the Milvus server's collection id): another value after
+    # it is dropped and made again, by any process. None where there is none (Milvus Lite).
+    incarnation: int | None = None
 
 
 def check_model(info: CollectionInfo, model_name: str, dim: int) -> None:

@@ -279,8 +279,14 @@ def _take_back(svc, collection, new, *, vectors_sent: bool = False, unsure_shas:
     whose outcome is unknown (`unsure_shas`), go to the row cleanup, which removes
     them once the store answers (operations/row_cleanup.py).
     """
+    # Which making of the collection the rows and vectors belong to (no call: what this process
+    # described): a cleanup that runs after another replica made it again must not touch it.
+    try:
+        incarnation = svc.vectors.incarnation(collection)
+    except Exception:  # a failure path must not fail again here; None: no check, as before
+        incarnation = None
     if unsure_shas:
-        svc.row_cleanup.submit(collection, shas=unsure_shas)
+        svc.row_cleanup.submit(collection, shas=unsure_shas, incarnation=incarnation)
     ids = [r.id for r, _, _ in new]
     if not ids:
         return
@@ -291,12 +297,12 @@ def _take_back(svc, collection, new, *, vectors_sent: bool = False, unsure_shas:
             log.warning("rows of a failed add are removed once the SQL store answers (%s)", exc.message)
         else:
             log.exception("could not remove rows of a failed add; the row cleanup retries")
-        svc.row_cleanup.submit(collection, ids)
+        svc.row_cleanup.submit(collection, ids, incarnation=incarnation)
         return
     # Only once the rows are gone: a row left behind (its process died before the row
     # cleanup removed it) is indexed again by a repair, whose vector must stay.
     if vectors_sent:
-        svc.vector_cleanup.submit(collection, ids)
+        svc.vector_cleanup.submit(collection, ids, incarnation)
 
 
 def _report_near_duplicates(svc, collection, new, vectors: np.ndarray) -> None:

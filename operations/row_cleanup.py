@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from operations.deferred_deletes import RETRY_S, DeferredDeletes
+from operations.deferred_deletes import RETRY_S, DeferredDeletes, Incarnation
 from operations.errors import NotFound
 from operations.stores.image_base import ImageStore
 from operations.vector_cleanup import VectorCleanup
@@ -37,14 +37,23 @@ class RowCleanup(DeferredDeletes):
     label = "row cleanup"
 
     def __init__(self, images: ImageStore, vectors: VectorCleanup, retry_s: float = RETRY_S) -> None:
-        super().__init__(retry_s)
+        super().__init__(retry_s, vectors.incarnation_now)
         self._images = images
         self._vectors = vectors
 
-    def submit(self, collection: str, ids: Iterable[int] = (), shas: Iterable[str] = ()) -> None:
-        self._submit(collection, [("id", int(i)) for i in ids] + [("sha", str(s)) for s in shas])
+    def submit(
+        self,
+        collection: str,
+        ids: Iterable[int] = (),
+        shas: Iterable[str] = (),
+        incarnation: Incarnation = None,
+    ) -> None:
+        """Remove these rows of the collection's `incarnation` once SQL answers (see
+        VectorCleanup.submit)."""
+        keys = [("id", int(i)) for i in ids] + [("sha", str(s)) for s in shas]
+        self._submit(collection, keys, incarnation)
 
-    def _delete(self, collection: str, batch: list) -> None:
+    def _delete(self, collection: str, batch: list, incarnation: Incarnation) -> None:
         if not self._images.has_collection(collection):
             raise NotFound(f"collection {collection} is gone")
         ids = [value for kind, value in batch if kind == "id"]
@@ -55,4 +64,4 @@ class RowCleanup(DeferredDeletes):
         if ids:
             self._images.delete(collection, ids)
             log.info("row cleanup: removed %d rows of a failed add from %s", len(ids), collection)
-            self._vectors.submit(collection, ids)
+            self._vectors.submit(collection, ids, incarnation)

@@ -71,6 +71,9 @@ class InMemoryVectorStore:
 
     describe_meta = describe
 
+    def incarnation(self, name: str, fresh: bool = False) -> int | None:
+        return None  # one process: its own drops forget its cleanups
+
     def get_vectors(self, name, ids) -> dict[int, np.ndarray]:
         c = self._get(name)
         return {int(i): c["vectors"][int(i)] for i in ids if int(i) in c["vectors"]}

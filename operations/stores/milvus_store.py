@@ -140,6 +140,11 @@ def _import_task(st: object) -> ImportTask:
 _answered = threading.local()  # .n: server calls this thread got an answer to
 
 
+def _incarnation(desc: dict, lite: bool) -> int | None:
+    # Milvus Lite answers 0 for every collection: no identity there.
+    return None if lite else int(desc.get("collection_id") or 0) or None
+
+
 def _one_deadline(method: Callable[..., T]) -> Callable[..., T]:
     """The method and every Milvus call it makes share one deadline. Its outcome
     feeds the outage log (outermost methods only; one answered from the cache
@@ -491,9 +496,25 @@ class MilvusVectorStore:
                 idx.get("time_partitions") or None,
             ),
             0,
+            _incarnation(desc, self.is_lite),
         )
         self._info_cache[name] = info
         return info
+
+    def incarnation(self, name: str, fresh: bool = False) -> int | None:
+        """The server's collection id (see VectorStore); Milvus Lite has none (it gives 0)."""
+        if self.is_lite:
+            return None
+        if not fresh:
+            info = self._info_cache.get(name)
+            return info.incarnation if info is not None else None
+        return self._described_incarnation(name)
+
+    @_one_deadline
+    def _described_incarnation(self, name: str) -> int | None:
+        return _incarnation(
+            self._call(lambda c: c.describe_collection(name, timeout=self.timeout), name), False
+        )
 
     @_one_deadline
     def describe(self, name: str) -> CollectionInfo:

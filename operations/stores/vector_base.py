@@ -50,6 +50,11 @@ class VectorStore(Protocol):
     def wait_visible(self, name: str) -> None:
         """Return once this process's writes to `name` are visible to every later search."""
 
+    def incarnation(self, name: str, fresh: bool = False) -> int | None:
+        """This making of the collection: a value that differs once it is dropped and made again,
+        by this process or another (None where there is none: Milvus Lite, one process). Without
+        `fresh`, what this process last described, with no call (None if it has not)."""
+
     def write_generation(self, name: str) -> int:
         """A number this process's writes to `name` advance (when one starts, ends and
         becomes visible): a search result may be reused only while it is unchanged."""

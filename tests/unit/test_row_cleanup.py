@@ -32,11 +32,16 @@ class FlakyImages(SqlImageStore):
 
 
 class RecordedVectorCleanup:
-    def __init__(self) -> None:
-        self.submitted: list[tuple[str, list[int]]] = []
+    """Records what the row cleanup hands on; the collection is in its 5th making."""
 
-    def submit(self, collection, ids) -> None:
-        self.submitted.append((collection, sorted(ids)))
+    def __init__(self) -> None:
+        self.submitted: list[tuple[str, list[int], int | None]] = []
+
+    def incarnation_now(self, collection) -> int:
+        return 5
+
+    def submit(self, collection, ids, incarnation=None) -> None:
+        self.submitted.append((collection, sorted(ids), incarnation))
 
 
 def _row(seed: int) -> ImageRow:
@@ -61,12 +66,12 @@ def test_retries_then_removes_rows_by_id_and_unindexed_rows_by_sha(tmp_path):
     images.mark_indexed("c", [ids[3]])  # finished by a later add of the same bytes: kept
     vectors = RecordedVectorCleanup()
     cleanup = RowCleanup(images, vectors, retry_s=0.01)  # type: ignore[arg-type]
-    cleanup.submit("c", ids=[ids[0]], shas=[rows[1].sha256, rows[3].sha256, "0" * 64])
+    cleanup.submit("c", ids=[ids[0]], shas=[rows[1].sha256, rows[3].sha256, "0" * 64], incarnation=5)
     _wait_drained(cleanup)
     cleanup.close()
     assert images.attempts == 3
     assert sorted(images.get_rows("c", ids)) == [ids[2], ids[3]]
-    assert vectors.submitted == [("c", sorted([ids[0], ids[1]]))]
+    assert vectors.submitted == [("c", sorted([ids[0], ids[1]]), 5)]  # the same making, handed on
 
 
 def test_a_dropped_collection_ends_its_row_cleanup(tmp_path):
@@ -77,3 +82,17 @@ def test_a_dropped_collection_ends_its_row_cleanup(tmp_path):
     _wait_drained(cleanup)
     cleanup.close()
     assert images.attempts == 0 and not vectors.submitted
+
+
+def test_rows_of_an_earlier_making_of_the_collection_are_left_alone(tmp_path):
+    # Made again (by another replica) since: its rows with these ids are new images.
+    images = FlakyImages(SqlPool("", tmp_path / "i.sqlite3", 5, 2), failures=0)
+    images.ensure_collection("c")
+    new_id = images.insert_new("c", _row(1))[0]
+    vectors = RecordedVectorCleanup()
+    cleanup = RowCleanup(images, vectors, retry_s=0.01)  # type: ignore[arg-type]
+    cleanup.submit("c", ids=[new_id], shas=[_row(1).sha256], incarnation=4)
+    _wait_drained(cleanup)
+    cleanup.close()
+    assert images.attempts == 0 and not vectors.submitted
+    assert sorted(images.get_rows("c", [new_id])) == [new_id]

@@ -104,3 +104,47 @@ def test_forget_waits_out_a_delete_under_way_so_none_reaches_a_collection_made_a
     _wait_drained(cleanup)
     assert store.count("c") == 0
     cleanup.close()
+
+
+class RemadeStore(FlakyStore):
+    """A store whose collections report an incarnation, as the Milvus server's collection id;
+    `unreachable` makes that question fail like an outage."""
+
+    def __init__(self) -> None:
+        super().__init__(failures=0)
+        self.made = {"c": 1}
+        self.unreachable = False
+        self.asked = 0
+
+    def incarnation(self, name, fresh: bool = False):
+        self.asked += 1
+        if self.unreachable:
+            raise DependencyUnavailable("milvus", "no answer within 2 s")
+        return self.made.get(name)
+
+
+def test_ids_of_an_earlier_making_of_the_collection_are_dropped_not_deleted():
+    # Another process (an API replica) dropped the collection and made it again: its new
+    # images start again at id 1, so the ids held for the making before must not be deleted.
+    store = RemadeStore()
+    store.create_collection("c", 4, "m", IndexSpec())
+    store.upsert("c", [1, 2], np.eye(4, dtype=np.float32)[:2])
+    store.made["c"] = 2
+    store.unreachable = True  # the question waits for Milvus like a delete does
+    cleanup = VectorCleanup(store, retry_s=0.01)
+    cleanup.submit("c", [1], incarnation=1)
+    deadline = time.monotonic() + 10
+    while store.asked < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert cleanup.pending() == 1 and store.attempts == 0
+    store.unreachable = False
+    _wait_drained(cleanup)
+    assert store.attempts == 0 and store.existing_ids("c", [1, 2]) == {1, 2}
+    # Ids of the making that holds the name are deleted; ids with no known making as before.
+    cleanup.submit("c", [1], incarnation=2)
+    _wait_drained(cleanup)
+    cleanup.submit("c", [2])
+    _wait_drained(cleanup)
+    assert store.existing_ids("c", [1, 2]) == set() and store.attempts == 2
+    cleanup.close()
