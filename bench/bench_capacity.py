@@ -1,7 +1,7 @@
 """What one search costs in CPU, and so how many searches a second a machine can serve at most.
 
     python -m bench.bench_capacity [--n 31783] [--batches 1,4,8,12,16,32] [--index FLAT|HNSW]
-                                   [--int8] [--quick]
+                                   [--int8] [--queries short|sweep] [--quick]
 
 Issue 11's targets (a lone search <= 20 ms; 64 clients >= 100 searches/s) are set for FLAT and
 the float32 text tower on 2 cores. The sweep (`bench_search --sweep`) shows where they stand;
@@ -15,8 +15,9 @@ this bench shows why, from the two stages that dominate a search, each measured 
   query of a batch on its own (knowhere's brute force switches to BLAS only from 16,384 queries
   a call), so batching queries into one call saves calls, not scans.
 - **Encode stage**: the service's own encoder (`ENCODER_BACKEND=auto`: ONNX when it verifies),
-  RN50 architecture with random weights, a short Chinese query per row; per query at each batch
-  size: wall and this process's CPU time; and a lone query on every core as the service runs it.
+  RN50 architecture with random weights, a short Chinese query per row (`--queries sweep`: the
+  sweep's own sentences, longer); per query at each batch size: wall and this process's CPU
+  time; and a lone query on every core as the service runs it.
 - **A scan in numpy** (one `vectors @ query` over the same matrix) as the memory floor of one
   FLAT query on this machine.
 
@@ -35,9 +36,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -91,7 +94,20 @@ def vector_stage(
     return rows
 
 
-def encode_stage(int8: bool, batches: list[int], per_batch: int) -> tuple[str, list, float]:
+def query_texts(kind: str) -> Iterator[str]:
+    """Distinct query texts: "short", one 14-character template numbered (the first runs'), or
+    "sweep", the sweep's own sentences (bench_search.endless_queries: 9-33 characters, median
+    22; an encode costs about its tokens)."""
+    if kind == "sweep":
+        from bench.bench_search import endless_queries
+
+        return endless_queries(1)  # another seed than the sweep's: the same kind of sentences
+    return (QUERY.format(i) for i in itertools.count())
+
+
+def encode_stage(
+    int8: bool, batches: list[int], per_batch: int, kind: str = "short"
+) -> tuple[str, list, float]:
     from config.settings import load_settings
     from operations.encoding.base import on_every_core
     from operations.factory import build_encoder
@@ -99,15 +115,15 @@ def encode_stage(int8: bool, batches: list[int], per_batch: int) -> tuple[str, l
     settings = load_settings(model_name="RN50", model_random_init=True, device="cpu", text_int8=int8)
     enc = build_encoder(settings)
     label = f"{type(enc).__name__}{' int8' if int8 else ''}"
-    counter = iter(range(10**9))
-    enc.encode_texts([QUERY.format(next(counter)) for _ in range(8)])  # warm-up
+    texts = query_texts(kind)
+    enc.encode_texts([next(texts) for _ in range(8)])  # warm-up
     rows = []
     for b in batches:
         rounds = max(8, per_batch // b)
         times = []
         cpu0 = time.process_time()
         for _ in range(rounds):
-            batch = [QUERY.format(next(counter)) for _ in range(b)]
+            batch = [next(texts) for _ in range(b)]
             t = time.perf_counter()
             enc.encode_texts(batch)
             times.append((time.perf_counter() - t) * 1000 / b)
@@ -122,7 +138,7 @@ def encode_stage(int8: bool, batches: list[int], per_batch: int) -> tuple[str, l
         print(f"  encode batch={b}: {rows[-1]}", flush=True)
     lone = []
     for _ in range(max(8, per_batch // 4)):
-        q = QUERY.format(next(counter))
+        q = next(texts)
         t = time.perf_counter()
         with on_every_core():
             enc.encode_texts([q])
@@ -146,6 +162,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--index", choices=("FLAT", "HNSW"), default="FLAT")
     ap.add_argument("--int8", action="store_true", help="the int8 text tower (TEXT_INT8) instead of float32")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--queries",
+        choices=("short", "sweep"),
+        default="short",
+        help="the encoded texts: a 14-character template, or the sweep's sentences (9-33 characters)",
+    )
     ap.add_argument("--quick", action="store_true", help="5,000 vectors, fewer rounds")
     args = ap.parse_args(argv)
     per_batch = 64 if args.quick else 320
@@ -165,8 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     vectors = np.asarray(model.rows(0, args.n), np.float32)
     queries = np.asarray(model.queries(256), np.float32)
 
-    print(f"encoder (RN50 random weights, {'int8' if args.int8 else 'float32'} text tower):", flush=True)
-    enc_label, enc_rows, lone_encode_ms = encode_stage(args.int8, args.batches, per_batch)
+    tower = "int8" if args.int8 else "float32"
+    print(f"encoder (RN50 random weights, {tower} text tower, {args.queries} queries):", flush=True)
+    enc_label, enc_rows, lone_encode_ms = encode_stage(args.int8, args.batches, per_batch, args.queries)
     scan_ms = numpy_scan_ms(vectors, queries, 20 if args.quick else 100)
     print(f"  lone query on every core: {lone_encode_ms} ms; numpy scan of {args.n:,} x {DIM}: {scan_ms} ms")
 
@@ -242,6 +265,7 @@ def main(argv: list[str] | None = None) -> None:
                 "n": args.n,
                 "index": args.index,
                 "encoder": enc_label,
+                "queries": args.queries,
                 "quick": args.quick,
                 "encode": enc_rows,
                 "lone_encode_ms": lone_encode_ms,
