@@ -112,6 +112,22 @@ def tree_cpu_s(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def wait_quiet(
+    pid: int, rate: float = 0.1, window_s: float = 10.0, timeout_s: float = 900.0
+) -> tuple[float, float]:
+    """Wait until the process tree `pid` uses at most `rate` cores over `window_s` (a server done
+    with its background work: Milvus compacts and indexes for minutes after a load). Returns
+    (seconds waited, the last window's rate); past `timeout_s` it returns what it saw."""
+    start = time.perf_counter()
+    while True:
+        before = tree_cpu_s(pid)
+        time.sleep(window_s)
+        seen = (tree_cpu_s(pid) - before) / window_s
+        waited = time.perf_counter() - start
+        if seen <= rate or waited >= timeout_s:
+            return round(waited, 1), round(seen, 3)
+
+
 def last_json(text: str) -> dict:
     """The last line of `text` that parses as a JSON object."""
     for line in reversed(text.strip().splitlines()):

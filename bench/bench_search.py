@@ -28,7 +28,11 @@ the new server only: 256 clients (past MAX_IN_FLIGHT: 503 + Retry-After expected
 how fast), one client repeating one query (cache hits: the query and result caches), and 8 clients read-only
 (6 text + 2 image searches) against 8 clients mixed (4 text, 2 image searches, one
 adding single images, one deleting them). Each issue target is printed beside its
-figure, met or NOT met.
+figure, met or NOT met. Each server's runs start once the Milvus server is idle (at most
+0.1 cores over 10 s; the wait is printed): after a load, and after the mixed run's writes, it
+compacts and indexes in the background for minutes, which took up to a core from the runs
+before this wait existed. Per run, the CPU each process spent per answer (the service,
+Milvus, MariaDB, the generator itself) shows where the cores went.
 
 --lone-ab: one client against four servers started together and taking turns
 (--rounds turns of --duration seconds each, alternating order): the new path with
@@ -82,6 +86,7 @@ from bench._common import (
     run_child,
     table,
     tree_cpu_s,
+    wait_quiet,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -286,6 +291,8 @@ TWO_SHARDS_SUFFIX = "_2shards"
 # (TEXT_INT8), an HNSW collection of the same split (M 16, efConstruction 200, ef 64), both.
 INT8_ENV = {**NEW_ENV, "TEXT_INT8": "true"}
 LEVER_LEVELS = (1, 64)
+# Each server's runs start once Milvus uses at most this many cores (its idle rate is ~0.04).
+QUIET_CORES = 0.1
 LEVERS = ("lever: int8 text", "lever: HNSW", "lever: HNSW + int8")
 TARGETS = {
     "single_median_ms": 20.0,
@@ -344,6 +351,7 @@ def run_sweep(args) -> None:
     batches: dict[str, dict[str, dict]] = {name: {} for name, *_ in configs}
     # CPU ms per answer by process and the cores they kept busy, per server and run.
     cpu: dict[str, dict[str, dict]] = {name: {} for name, *_ in configs}
+    quiet: dict[str, dict] = {}  # how long each server's runs waited for Milvus to be idle
     backends: dict[str, str] = {}
     loads = [("FLAT", "", None)]
     if not args.no_variants:
@@ -372,6 +380,11 @@ def run_sweep(args) -> None:
         for name, extra, target, chosen in configs:
             env = {**base_env, **extra}
             print(f"\n== server {name}: {' '.join(f'{k}={v}' for k, v in extra.items())}", flush=True)
+            # Milvus compacts and indexes in the background for minutes after a load (and after
+            # the mixed run's writes): measured, it took up to a core from the first servers' runs.
+            waited, rate = wait_quiet(mv.pid, QUIET_CORES)
+            quiet[name] = {"waited_s": waited, "milvus_cores": rate}
+            print(f"   Milvus quiet after {waited:.0f} s ({rate:.2f} cores over 10 s)", flush=True)
             log_name = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")  # "lever: HNSW" -> lever_HNSW
             with (
                 # A first start with ENCODER_BACKEND=auto exports and verifies the ONNX towers.
@@ -488,6 +501,7 @@ def run_sweep(args) -> None:
                 "results": results,
                 "batches": batches,
                 "cpu": cpu,
+                "milvus_quiet": quiet,
                 "encode_ms_per_query": enc,
             },
             ensure_ascii=False,
