@@ -112,6 +112,13 @@ def tree_cpu_s(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_rate(pid: int, seconds: float) -> float:
+    """Cores the process tree `pid` keeps busy over the next `seconds` (its CPU seconds a second)."""
+    before = tree_cpu_s(pid)
+    time.sleep(seconds)
+    return (tree_cpu_s(pid) - before) / seconds
+
+
 def wait_quiet(
     pid: int, rate: float = 0.1, window_s: float = 10.0, timeout_s: float = 900.0
 ) -> tuple[float, float]:
@@ -120,9 +127,7 @@ def wait_quiet(
     (seconds waited, the last window's rate); past `timeout_s` it returns what it saw."""
     start = time.perf_counter()
     while True:
-        before = tree_cpu_s(pid)
-        time.sleep(window_s)
-        seen = (tree_cpu_s(pid) - before) / window_s
+        seen = cpu_rate(pid, window_s)
         waited = time.perf_counter() - start
         if seen <= rate or waited >= timeout_s:
             return round(waited, 1), round(seen, 3)

@@ -44,20 +44,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from bench._common import machine, median, other_load, table, tree_cpu_s
+from bench._common import cpu_rate, machine, median, other_load, table, tree_cpu_s
 from bench.bench_index import build_params, insert_all, int_list, new_collection
 
 DIM = 1024
 TARGET_LONE_MS = 20.0
 TARGET_QPS = 100.0
 QUERY = "一只在草地上奔跑的小狗 {}"
-
-
-def idle_cpu_rate(pid: int, seconds: float) -> float:
-    """CPU seconds per second the server spends with no request (its own timers and flushes)."""
-    before = tree_cpu_s(pid)
-    time.sleep(seconds)
-    return (tree_cpu_s(pid) - before) / seconds
 
 
 def vector_stage(
@@ -68,7 +61,7 @@ def vector_stage(
     client.search(name, data=qs[:1], limit=10, search_params=sp, consistency_level="Eventually")
     for nq in batches:
         calls = max(8, per_batch // nq)
-        idle = idle_cpu_rate(pid, 3.0)
+        idle = cpu_rate(pid, 3.0)  # with no request: its own timers and flushes
         times = []
         cpu0, t0 = tree_cpu_s(pid), time.perf_counter()
         for c in range(calls):

@@ -36,16 +36,19 @@ import uuid
 import numpy as np
 
 from bench._common import machine, median, other_load, pct, table, tree_rss_mb
+from operations.domain import AUTO_HNSW_BUILD
 
 DIM = 1024
 MAX_ROWS_PER_INSERT = 3000  # ~12 MB a message, under Milvus' 64 MB limit
 
 INDEXES = ("FLAT", "IVF_FLAT", "HNSW", "IVF_SQ8", "IVF_PQ")
+# The standing HNSW build, the AUTO index's; --hnsw-m / --hnsw-efc build others beside it.
+HNSW_M, HNSW_EFC = int(AUTO_HNSW_BUILD["M"]), int(AUTO_HNSW_BUILD["efConstruction"])
 
 
-def build_params(kind: str, n: int, hnsw_m: int = 16, hnsw_efc: int = 200) -> dict:
-    """Build parameters: HNSW M=16/efConstruction=200 (or `hnsw_m`/`hnsw_efc`); IVF nlist ~
-    4 sqrt(n), a power of two."""
+def build_params(kind: str, n: int, hnsw_m: int = HNSW_M, hnsw_efc: int = HNSW_EFC) -> dict:
+    """Build parameters: HNSW M 16 / efConstruction 200 unless told; IVF nlist ~ 4 sqrt(n), a
+    power of two."""
     nlist = max(16, min(65536, 2 ** round(math.log2(4 * math.sqrt(n)))))
     return {
         "FLAT": {},
@@ -57,8 +60,8 @@ def build_params(kind: str, n: int, hnsw_m: int = 16, hnsw_efc: int = 200) -> di
 
 
 def hnsw_label(m: int, efc: int) -> str:
-    """ "HNSW" for the standing build (M 16, efConstruction 200), else what differs."""
-    return "HNSW" + (f" M{m}" if m != 16 else "") + (f" efC{efc}" if efc != 200 else "")
+    """The standing build is "HNSW"; another is named by what differs ("HNSW M32 efC400")."""
+    return "HNSW" + (f" M{m}" if m != HNSW_M else "") + (f" efC{efc}" if efc != HNSW_EFC else "")
 
 
 def build_plan(
@@ -68,8 +71,8 @@ def build_plan(
     return [
         (hnsw_label(m, efc) if k == "HNSW" else k, k, build_params(k, n, m, efc))
         for k in kinds
-        for m in (hnsw_m if k == "HNSW" else [16])
-        for efc in (hnsw_efc if k == "HNSW" else [200])
+        for m in (hnsw_m if k == "HNSW" else [HNSW_M])
+        for efc in (hnsw_efc if k == "HNSW" else [HNSW_EFC])
     ]
 
 
@@ -178,13 +181,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--hnsw-m",
         type=int_list,
-        default=[16],
+        default=[HNSW_M],
         help="HNSW M values, one build each, e.g. 16,32 (more links: more recall per ef, longer build)",
     )
     ap.add_argument(
         "--hnsw-efc",
         type=int_list,
-        default=[200],
+        default=[HNSW_EFC],
         help="HNSW efConstruction values, one build each with every M (a wider build beam: a better graph)",
     )
     ap.add_argument(

@@ -169,15 +169,14 @@ async def _watch_lag(start_at: float, end_at: float, lags: list[float]) -> None:
             lags.append((time.perf_counter() - now - 0.01) * 1000)
 
 
-async def _cpu_window(start_at: float, end_at: float, cpu: Callable[[], dict], out: dict) -> None:
+async def _cpu_window(start_at: float, end_at: float, cpu: Callable[[], dict]) -> tuple[dict, float]:
     """CPU seconds of each process (`cpu()`: cumulative seconds by name) between reads at the
-    window's ends, and the seconds between the reads (key None)."""
+    window's ends, and the seconds between the reads."""
     await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
     t0, before = time.perf_counter(), cpu()
     await asyncio.sleep(max(0.0, end_at - time.perf_counter()))
     t1, after = time.perf_counter(), cpu()
-    out.update({k: after[k] - before[k] for k in after if k in before})
-    out[None] = t1 - t0
+    return {k: after[k] - before[k] for k in after if k in before}, t1 - t0
 
 
 def run_closed_loop(
@@ -195,7 +194,11 @@ def run_closed_loop(
     import httpx
 
     lags: list[float] = []
-    cpu_s: dict = {}
+    cpu_read: list[tuple[dict, float]] = []  # (CPU seconds by process, seconds between the reads)
+
+    async def read_cpu(start_at: float, end_at: float) -> None:
+        if cpu is not None:
+            cpu_read.append(await _cpu_window(start_at, end_at, cpu))
 
     async def main() -> list[Sample]:
         out: list[Sample] = []
@@ -212,7 +215,7 @@ def run_closed_loop(
             start_at, end_at = begin + warmup_s, begin + warmup_s + duration_s
             await asyncio.gather(
                 _watch_lag(start_at, end_at, lags),
-                *([_cpu_window(start_at, end_at, cpu, cpu_s)] if cpu else []),
+                read_cpu(start_at, end_at),
                 *(_client_loop(c, i, make, start_at, end_at, out) for i, c in enumerate(pool)),
             )
         return out
@@ -221,7 +224,7 @@ def run_closed_loop(
     samples = asyncio.run(main())
     after = stats() if stats else {}
     lag = {"p99": round(pct(lags, 99), 1), "max": round(max(lags), 1)} if lags else {}
-    read_s = cpu_s.pop(None, 0.0)
+    cpu_s, read_s = cpu_read[0] if cpu_read else ({}, 0.0)
     return RunResult(label, clients, duration_s, samples, _delta(before, after), lag, cpu_s, read_s)
 
 

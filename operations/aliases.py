@@ -145,6 +145,7 @@ WRITES = frozenset(
         "enable",
         "copy_rows",
         "drop_partitions",
+        "stop_id_reuse",
     }
 )
 # Methods whose first argument is a collection name (everything else passes straight through).
