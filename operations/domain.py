@@ -260,6 +260,20 @@ def check_model(info: CollectionInfo, model_name: str, dim: int) -> None:
         )
 
 
+def check_written_model(info: CollectionInfo, model_name: str | None) -> None:
+    """Refuse a write whose vectors were encoded with `model_name` (None: not known, no check)
+    when the collection is another model's: another process dropped it and made it again under
+    the same name since the writer described it. Nothing is written; sent again, the write
+    is encoded with the collection's model."""
+    if model_name is not None and info.model_name != model_name:
+        raise Conflict(
+            f"collection {info.name!r} is now built with model {info.model_name} (made again by "
+            f"another process); this write was encoded with {model_name}: nothing was written, "
+            "send it again",
+            collection=info.name,
+        )
+
+
 @dataclass
 class ImageRow:
     """One stored image. `image_b64` is None when only metadata was fetched."""

@@ -262,7 +262,7 @@ def _index(svc, collection, encoder, prepared: _Prepared, near_duplicates: bool,
     # Visible at once only when the next chunk's near-duplicate check must see
     # this one; otherwise the final flush waits once for the whole add.
     prepared.vectors_sent = True
-    svc.vectors.upsert(collection, ids, vectors, attrs, visible=near_duplicates)
+    svc.vectors.upsert(collection, ids, vectors, attrs, visible=near_duplicates, model=encoder.model_name)
     svc.images.mark_indexed(collection, ids)
     for result, _, _ in new:
         result.status = "added"
@@ -402,7 +402,14 @@ def repair_unindexed(svc: Services, collection: str, batch: int = BATCH) -> int:
                 svc.images.delete(collection, [image_id])
         if keep:
             attrs = [VectorAttrs(rows[i].source, rows[i].tags, rows[i].created_at) for i in keep]
-            svc.vectors.upsert(collection, keep, encoder.encode_images(images), attrs, visible=False)
+            svc.vectors.upsert(
+                collection,
+                keep,
+                encoder.encode_images(images),
+                attrs,
+                visible=False,
+                model=encoder.model_name,
+            )
             svc.images.mark_indexed(collection, keep)
             repaired += len(keep)
     if repaired:

@@ -397,7 +397,14 @@ class _SplitLoad:
         if not batch.ids_to_index:
             return
         attrs = [VectorAttrs(r.source, r.tags, r.created_at) for r in batch.rows]
-        self.svc.vectors.upsert(self.collection, batch.ids_to_index, batch.vectors, attrs, visible=False)
+        self.svc.vectors.upsert(
+            self.collection,
+            batch.ids_to_index,
+            batch.vectors,
+            attrs,
+            visible=False,
+            model=self.encoder.model_name,
+        )
         self.svc.images.mark_indexed(self.collection, batch.ids_to_index)
         self.indexed(len(batch.ids_to_index))
 

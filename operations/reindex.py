@@ -11,7 +11,7 @@ check finds or raises.
 
 The check (`start_if_due`), each step cheap and the first that fails ends it quietly:
 - the name is one clients use (not a rebuild's version) and rebuilds are possible here (SQL);
-- its index was chosen by AUTO and is FLAT (cached collection metadata, no I/O);
+- its index was chosen by AUTO and is FLAT (cached collection metadata);
 - it holds >= AUTO_INDEX_FLAT_BELOW vectors (one count call);
 - the latest rebuild of the name: none active (one at a time), and none that failed or was
   cancelled: a rebuild that failed would fail again on every write, each leaving a half-built
@@ -75,7 +75,7 @@ def start_if_due(svc: Services, runner: JobRunner, collection: str) -> str | Non
         return None
     store = svc.store_name(collection)
     try:
-        index = svc.vectors.describe_meta(store).index  # cached: no I/O after the first
+        index = svc.vectors.describe_meta(store).index  # cached (DESCRIPTION_RECHECK_S)
     except NotFound:  # dropped meanwhile
         return None
     flat_below = settings.auto_index_flat_below

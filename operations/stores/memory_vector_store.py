@@ -17,6 +17,7 @@ from operations.domain import (
     SearchFilter,
     VectorAttrs,
     check_model,
+    check_written_model,
     partition_period,
     period_partition,
 )
@@ -85,8 +86,11 @@ class InMemoryVectorStore:
         self._collections.pop(validate_name(name), None)
         self._advance(name)
 
-    def upsert(self, name, ids, vectors, attrs=None, *, visible: bool = True) -> int:
+    def upsert(
+        self, name, ids, vectors, attrs=None, *, visible: bool = True, model: str | None = None
+    ) -> int:
         c = self._get(name)
+        check_written_model(self.describe_meta(name), model)
         vectors = np.asarray(vectors, dtype=np.float32)
         for i, image_id in enumerate(ids):
             c["vectors"][int(image_id)] = vectors[i]

@@ -58,6 +58,7 @@ from operations.domain import (
     SearchFilter,
     VectorAttrs,
     check_model,
+    check_written_model,
     partition_period,
     period_partition,
 )
@@ -91,6 +92,10 @@ _CONTENT_HINTS = (
 STORE = "milvus"
 # Milvus calls of one process in flight at once (request threads plus a load's stages).
 CALL_THREADS = 32
+# How long a search trusts this process's description of a collection (model, dim, index)
+# before asking the server again: another replica may drop the collection and make it again
+# under the same name, for another model or index. Writes ask on every write (upsert).
+DESCRIPTION_RECHECK_S = 5.0
 
 
 def _classify(exc: Exception, name: str | None) -> ServiceError:
@@ -197,6 +202,8 @@ class MilvusVectorStore:
         self._create_lock = threading.Lock()
         self._loaded: set[str] = set()
         self._info_cache: dict[str, CollectionInfo] = {}
+        self._described_at: dict[str, float] = {}  # time.monotonic() of each description
+        self.description_recheck_s = DESCRIPTION_RECHECK_S
         # Time partitions known to exist, per collection (created on demand by upserts).
         self._partitions: dict[str, set[str]] = {}
         # Writes per collection not yet known to be visible to Bounded reads.
@@ -469,12 +476,40 @@ class MilvusVectorStore:
 
     @_one_deadline
     def describe_meta(self, name: str) -> CollectionInfo:
-        """Model, dim and index of a collection, count 0 (cached: they never change)."""
-        if name in self._info_cache:
-            return self._info_cache[name]
-        if not self.has_collection(name):
+        """Model, dim and index of a collection, count 0. Cached: they never change while the
+        collection lives; on a server the description is asked again after
+        DESCRIPTION_RECHECK_S, in case another process made the collection again."""
+        info = self._info_cache.get(name)
+        if info is not None and (
+            self.is_lite or time.monotonic() - self._described_at.get(name, 0.0) < self.description_recheck_s
+        ):
+            return info
+        if info is None and not self.has_collection(name):
             raise NotFound(f"collection {name!r} does not exist", collection=name)
+        return self._describe_afresh(name)
+
+    def _describe_afresh(self, name: str) -> CollectionInfo:
+        """Ask the server for the description and cache it; a collection made again since the
+        last description (another incarnation) starts with nothing this process knew of the
+        one before: not loaded, no partitions, no cached results."""
+        before = self._info_cache.get(name)
+        self._described_at[name] = time.monotonic()  # one recheck at a time, not one a thread
         desc = self._call(lambda c: c.describe_collection(name, timeout=self.timeout), name)
+        info = self._info_from(name, desc)
+        if before is not None and before.incarnation != info.incarnation:
+            log.info(
+                "collection %r was made again by another process (model %s, was %s): described afresh",
+                name,
+                info.model_name,
+                before.model_name,
+            )
+            self._loaded.discard(name)
+            self._partitions.pop(name, None)
+            self._advance(name)
+        self._info_cache[name] = info
+        return info
+
+    def _info_from(self, name: str, desc: dict) -> CollectionInfo:
         props = desc.get("properties") or {}
         try:
             described = json.loads(desc.get("description") or "{}")
@@ -483,7 +518,7 @@ class MilvusVectorStore:
         model = props.get(PROP_MODEL) or described.get("model") or "unknown"
         dim = next((f["params"].get("dim") for f in desc["fields"] if f["name"] == "vector"), None)
         idx = json.loads(props.get(PROP_INDEX) or '{"type": "FLAT"}')
-        info = CollectionInfo(
+        return CollectionInfo(
             name,
             model,
             int(dim or described.get("dim") or 0),
@@ -498,8 +533,6 @@ class MilvusVectorStore:
             0,
             _incarnation(desc, self.is_lite),
         )
-        self._info_cache[name] = info
-        return info
 
     def incarnation(self, name: str, fresh: bool = False) -> int | None:
         """The server's collection id (see VectorStore); Milvus Lite has none (it gives 0)."""
@@ -622,11 +655,16 @@ class MilvusVectorStore:
         attrs: Sequence[VectorAttrs] | None = None,
         *,
         visible: bool = True,
+        model: str | None = None,
     ) -> int:
         """Write vectors by id; with `visible`, return once searches see them (else
-        the caller ends its writes with `flush` or `wait_visible`)."""
+        the caller ends its writes with `flush` or `wait_visible`). `model`: see VectorStore."""
         vectors = np.asarray(vectors, dtype=np.float32)
-        meta = self.describe_meta(name)
+        # A write asks the server what the collection is now (one call; searches trust their
+        # description for DESCRIPTION_RECHECK_S): vectors of the old model written into a
+        # collection another replica made again would stay wrong, not just be late.
+        meta = self.describe_meta(name) if self.is_lite else self._describe_afresh(name)
+        check_written_model(meta, model)
         if vectors.ndim != 2 or vectors.shape[1] != meta.dim or len(ids) != len(vectors):
             raise InvalidInput(f"vectors must be ({len(ids)}, {meta.dim}), got {vectors.shape}")
         self._advance(name)

@@ -38,8 +38,11 @@ class VectorStore(Protocol):
         attrs: Sequence[VectorAttrs] | None = None,
         *,
         visible: bool = True,
+        model: str | None = None,
     ) -> int:
-        """Write vectors by id; `visible`: return once searches see them."""
+        """Write vectors by id; `visible`: return once searches see them. `model`: what the
+        vectors were encoded with, checked against the collection as it is now (Conflict,
+        nothing written, when another process made it again for another model)."""
 
     def delete(self, name: str, ids: Sequence[int], *, visible: bool = True) -> None:
         """Delete by id; `visible`: return once searches no longer see them."""

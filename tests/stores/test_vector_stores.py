@@ -106,6 +106,15 @@ def test_collection_records_its_model(filled):
     assert name in store.list_collections()
 
 
+def test_a_write_encoded_with_another_model_is_refused_and_stores_nothing(filled):
+    store, _, name, _, vecs = filled
+    with pytest.raises(Conflict, match="other-model"):
+        store.upsert(name, [900], vecs[:1], model="other-model")
+    assert store.existing_ids(name, [900]) == set()
+    assert store.upsert(name, [900], vecs[:1], model="m1") == 1  # the collection's own model
+    assert store.existing_ids(name, [900]) == {900}
+
+
 def test_unknown_and_invalid_names(store):
     with pytest.raises(NotFound):
         store.search(unique("missing"), unit_rows(1, DIM, 0), 3)

@@ -1,0 +1,85 @@
+"""Another replica drops a collection and makes it again under the same name, for another
+model of the same dimension: this process described the collection before and must not go
+on writing or searching it with the old model. Writes ask the server afresh and refuse
+(409, nothing stored) when the model changed; searches describe it again within
+DESCRIPTION_RECHECK_S. Two services on the Milvus 2.3 server and MariaDB, as two API
+replicas run; on Milvus Lite one process owns the file, so there is no other replica."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from operations.collections import create_collection, drop_collection
+from operations.errors import Conflict
+from operations.ingest import Upload, add_images
+from operations.search import search_image, search_text
+from tests.fixtures_stack import backend_settings
+from tests.stack import TINY_ARCH, jpeg, make_services, unique
+
+pytestmark = pytest.mark.services
+
+SECOND_MODEL = {"tiny-b": {"arch": str(TINY_ARCH), "random_init": True, "seed": 7}}
+
+
+@pytest.fixture
+def replicas(request, tmp_path, milvus_server, mariadb):
+    settings = backend_settings(request, tmp_path, "server", extra_models=SECOND_MODEL)
+    pair = make_services(settings), make_services(settings)
+    yield pair
+    for s in pair:
+        s.close_serving()
+        s.vectors.close()
+        s.images.close()
+
+
+def _add(svc, name: str, seed: int) -> int:
+    [result] = add_images(svc, name, [Upload(f"{seed}.jpg", jpeg(seed))])
+    assert result.status == "added", result
+    return int(result.id)
+
+
+def test_an_add_after_another_replica_remade_the_collection_for_another_model(replicas):
+    svc, other = replicas
+    name = unique()
+    create_collection(svc, name)
+    _add(svc, name, 1)  # svc has described it: model "tiny"
+    drop_collection(other, name)
+    create_collection(other, name, model="tiny-b")
+    theirs = _add(other, name, 2)
+    assert svc.encoders.get("tiny").encode_texts(["红"]).tolist() != (
+        svc.encoders.get("tiny-b").encode_texts(["红"]).tolist()
+    )  # two models in truth, not two names of one
+
+    # Encoded with "tiny" from what svc knew: refused, and nothing of it is left.
+    with pytest.raises(Conflict, match="tiny-b"):
+        add_images(svc, name, [Upload("3.jpg", jpeg(3))])
+    assert other.vectors.count(name) == 1
+    assert other.images.ids_after(name, 0, 10) == [theirs]
+
+    # Asked again, it is added with the collection's model: its own image finds it exactly.
+    mine = _add(svc, name, 3)
+    found = search_image(other, name, data=jpeg(3), top_k=1)
+    assert found.model == "tiny-b"
+    assert found.matches[0].row.id == mine and found.matches[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_searches_follow_another_replicas_new_collection_within_the_recheck(replicas):
+    svc, other = replicas
+    name = unique()
+    create_collection(svc, name)
+    _add(svc, name, 1)
+    assert search_text(svc, name, "红色").model == "tiny"
+    svc.vectors.description_recheck_s = 0.5  # DESCRIPTION_RECHECK_S, shortened for the test
+    drop_collection(other, name)
+    create_collection(other, name, model="tiny-b")
+    for seed in (11, 12, 13):
+        _add(other, name, seed)
+    time.sleep(0.6)
+
+    mine, theirs = search_text(svc, name, "红色", top_k=3), search_text(other, name, "红色", top_k=3)
+    assert mine.model == theirs.model == "tiny-b"
+    assert [m.row.id for m in mine.matches] == [m.row.id for m in theirs.matches]
+    assert np.allclose([m.score for m in mine.matches], [m.score for m in theirs.matches], atol=1e-5)
