@@ -374,6 +374,12 @@ class MariaDBServer(_Service):
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def tmpdir(self) -> Path:
+        # Its own, not /tmp: an install failed once when its temporary table file in the shared
+        # /tmp vanished ("Error on delete of '/tmp/#sql-temptable-...'") under a parallel run.
+        return self.base / "tmp"
+
     def _root_user_args(self) -> list[str]:
         return ["--user=root"] if os.geteuid() == 0 else []
 
@@ -381,10 +387,12 @@ class MariaDBServer(_Service):
         if (self.datadir / "mysql").is_dir():
             return
         self.datadir.mkdir(parents=True, exist_ok=True)
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
         cmd = [
             _which("mariadb-install-db"),
             "--no-defaults",
             f"--datadir={self.datadir}",
+            f"--tmpdir={self.tmpdir}",  # passed on to the bootstrap server
             *self._root_user_args(),
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
@@ -405,6 +413,7 @@ class MariaDBServer(_Service):
             "--no-defaults",
             f"--datadir={self.datadir}",
             f"--socket={self.socket}",
+            f"--tmpdir={self.tmpdir}",
             f"--port={self.port}",
             "--bind-address=127.0.0.1",
             *self._root_user_args(),
@@ -450,6 +459,7 @@ class MariaDBServer(_Service):
         if self.running:
             return
         self._install()
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, self.START_ATTEMPTS + 1):
             try:
                 conn = self._start_once(timeout)
