@@ -3,7 +3,9 @@
 Each image goes SQL first (the UNIQUE sha256 decides, inside the database,
 whether it is new), then Milvus, then the row is marked indexed. Two identical
 uploads at the same moment therefore leave one row, and the loser gets the
-winner's id back as "present".
+winner's id back as "present" once the winner's row has its vector: if the
+winner's add fails, it takes its row back, and the loser stores the image
+itself instead of naming an id that is gone.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ BATCH = 32
 # waits at most one chunk behind a bulk add; per image, chunks of 8 and of
 # 32 cost about the same on CPU (bench/README.md, the add findings).
 ADD_CHUNK = 8
+# How long an add waits for another add's row of the same bytes to get its vector before it
+# answers "present" anyway (that add is slow, or its process died and a repair will index it).
+HOLDER_WAIT_S = 10.0
+HOLDER_POLL_S = 0.05
 
 
 @dataclass
@@ -116,8 +122,11 @@ def add_images(
         # log lines carry the request's id (operations/tracing.py).
         def submit(chunk: tuple[int, list[Upload]]) -> Future[_Prepared]:
             context = contextvars.copy_context()
-            return pool.submit(lambda: context.run(_prepare, svc, collection, encoder, *chunk, progress))
+            return pool.submit(
+                lambda: context.run(_prepare, svc, collection, encoder, *chunk, progress, mine)
+            )
 
+        mine: set[int] = set()  # ids this add created (a repeat of its own bytes waits for nobody)
         pending: Future[_Prepared] | None = submit(chunks[0]) if chunks else None
         for k in range(len(chunks)):
             assert pending is not None  # set for every k < len(chunks)
@@ -165,7 +174,9 @@ class _Prepared:
     vectors_sent: bool = False  # their vector write began: it may land even if it failed here
 
 
-def _prepare(svc, collection, encoder, offset: int, batch: list[Upload], progress: Progress) -> _Prepared:
+def _prepare(
+    svc, collection, encoder, offset: int, batch: list[Upload], progress: Progress, mine: set[int]
+) -> _Prepared:
     """Check and decode a chunk, insert its new SQL rows (indexed=0), preprocess their pixels."""
     results: list[AddResult] = []
     checked: list[tuple[AddResult, Upload, CheckedImage]] = []
@@ -187,7 +198,7 @@ def _prepare(svc, collection, encoder, offset: int, batch: list[Upload], progres
     new: list[tuple[AddResult, Upload, CheckedImage]] = []
     inserting: list[str] = []
     try:
-        _insert_rows(svc, collection, checked, new, inserting, progress)
+        _insert_rows(svc, collection, checked, new, inserting, progress, mine)
         prepared = _Prepared(results, new)
         if new and hasattr(encoder, "preprocess_images") and hasattr(encoder, "encode_pixels"):
             prepared.pixels = encoder.preprocess_images([img.image for _, _, img in new])
@@ -201,8 +212,11 @@ def _prepare(svc, collection, encoder, offset: int, batch: list[Upload], progres
     return prepared
 
 
-def _insert_rows(svc, collection, checked, new, inserting: list[str], progress: Progress) -> None:
-    """Insert the chunk's rows (indexed=0); each created one is appended to `new` at once.
+def _insert_rows(
+    svc, collection, checked, new, inserting: list[str], progress: Progress, mine: set[int]
+) -> None:
+    """Insert the chunk's rows (indexed=0); each created one is appended to `new` (and its id
+    to `mine`) at once.
 
     `inserting` holds the sha256 of an insert under way: if it raises, its outcome
     is unknown (the row may exist under an id nobody was told).
@@ -224,8 +238,11 @@ def _insert_rows(svc, collection, checked, new, inserting: list[str], progress: 
         )
         inserting[:] = [img.sha256]
         result.id, created = svc.images.insert_new(collection, row)
+        if not created and result.id not in mine:
+            result.id, created = _after_holder(svc, collection, row, result.id)
         inserting.clear()
         if created:
+            mine.add(result.id)
             new.append((result, up, img))
             # Checked before this image's own hash is stored; earlier images of the
             # same add are stored already, so a re-encoded copy within one add is found.
@@ -240,6 +257,29 @@ def _insert_rows(svc, collection, checked, new, inserting: list[str], progress: 
             result.status = "present"
             result.duplicate_tier = "exact"
             progress.advance(1)
+
+
+def _after_holder(svc, collection: str, row: ImageRow, holder: int) -> tuple[int, bool]:
+    """(id, created) for bytes another add holds as `holder`: once its row has its vector, the
+    holder's id (present); if that add failed and took its row back, this add's own insert."""
+    deadline = time.monotonic() + HOLDER_WAIT_S
+    while True:
+        if svc.images.indexed_ids(collection, [holder]):
+            return holder, False
+        if svc.images.find_by_sha(collection, row.sha256) != holder:  # taken back
+            holder, created = svc.images.insert_new(collection, row)
+            if created:
+                return holder, True
+            continue  # a third add stored them meanwhile: wait for it instead
+        if time.monotonic() >= deadline:
+            log.info(
+                "image %s of %s has no vector after %.0f s; reported present",
+                holder,
+                collection,
+                HOLDER_WAIT_S,
+            )
+            return holder, False
+        time.sleep(HOLDER_POLL_S)
 
 
 def _index(svc, collection, encoder, prepared: _Prepared, near_duplicates: bool, progress: Progress) -> None:
