@@ -260,11 +260,18 @@ def check_model(info: CollectionInfo, model_name: str, dim: int) -> None:
         )
 
 
-def check_written_model(info: CollectionInfo, model_name: str | None) -> None:
+def check_written_model(info: CollectionInfo, model_name: str | None, incarnation: int | None = None) -> None:
     """Refuse a write whose vectors were encoded with `model_name` (None: not known, no check)
-    when the collection is another model's: another process dropped it and made it again under
-    the same name since the writer described it. Nothing is written; sent again, the write
-    is encoded with the collection's model."""
+    when the collection is another model's, or that began on another `incarnation` of it
+    (None: no check; its ids were given by the SQL table of that making): another process
+    dropped it and made it again under the same name since the writer described it. Nothing
+    is written; sent again, the write is encoded with the collection's model."""
+    if incarnation is not None and info.incarnation != incarnation:
+        raise Conflict(
+            f"collection {info.name!r} was dropped and made again by another process while this "
+            "write ran: nothing was written, send it again",
+            collection=info.name,
+        )
     if model_name is not None and info.model_name != model_name:
         raise Conflict(
             f"collection {info.name!r} is now built with model {info.model_name} (made again by "

@@ -11,6 +11,7 @@ itself instead of naming an id that is gone.
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,10 +41,11 @@ BATCH = 32
 # waits at most one chunk behind a bulk add; per image, chunks of 8 and of
 # 32 cost about the same on CPU (bench/README.md, the add findings).
 ADD_CHUNK = 8
-# How long an add waits for another add's row of the same bytes to get its vector before it
-# answers "present" anyway (that add is slow, or its process died and a repair will index it).
+# How long an add, its own images done, waits for other adds' rows of the same bytes to get
+# their vectors before it answers "present" anyway; a row older than this is a dead add's
+# (`imgsearch repair` or a folder add indexes it) and is waited for not at all.
 HOLDER_WAIT_S = 10.0
-HOLDER_POLL_S = 0.05
+HOLDER_POLL_S = 0.05  # the first pause between looks; each next one twice as long, at most 1 s
 
 
 @dataclass
@@ -94,6 +96,7 @@ def add_images(
     *,
     near_duplicates: bool = False,
     progress: Progress | None = None,
+    settle_held: bool = True,
 ) -> list[AddResult]:
     """Add uploads to `collection`; every upload gets a result, bad ones a reason.
 
@@ -109,6 +112,10 @@ def add_images(
     # Resolved once (operations.aliases): the encoder and every write are the same collection's.
     collection = svc.store_name(collection, write=True)
     svc.require_collection(collection)
+    # The making of the collection this add writes to, asked now (a server: one call; it also
+    # renews this process's description, so the encoder below is the collection's model): a
+    # vector write refuses to land in a collection another replica made again after this.
+    made = svc.vectors.incarnation(collection, fresh=True)
     encoder = svc.encoder_for(collection)
     progress = progress or Counter()
     # OCR reads run in their own bounded pool beside the encoder; a collection
@@ -127,6 +134,7 @@ def add_images(
             )
 
         mine: set[int] = set()  # ids this add created (a repeat of its own bytes waits for nobody)
+        held: list[tuple[AddResult, str, Upload]] = []  # "present" for other adds' unfinished rows
         pending: Future[_Prepared] | None = submit(chunks[0]) if chunks else None
         for k in range(len(chunks)):
             assert pending is not None  # set for every k < len(chunks)
@@ -135,7 +143,7 @@ def add_images(
             if k + 1 < len(chunks) and not progress.cancelled():
                 pending = submit(chunks[k + 1])
             try:
-                _index(svc, collection, encoder, prepared, near_duplicates, progress)
+                _index(svc, collection, encoder, prepared, near_duplicates, progress, made)
             except BaseException:
                 _take_back(svc, collection, prepared.new, vectors_sent=prepared.vectors_sent)
                 if pending is not None:
@@ -149,11 +157,14 @@ def add_images(
                         _take_back(svc, collection, next_chunk.new)
                 raise
             results.extend(prepared.results)
+            held.extend(prepared.held)
             if reads is not None:
                 for result, _, img in prepared.new:
                     reads.submit(result.id, img.image)  # type: ignore[arg-type]  # a new image has its id
             if pending is None:
                 break
+    if held and settle_held:
+        _settle_held(svc, collection, held, near_duplicates, progress)
     if any(r.status == "added" for r in results):
         svc.vectors.flush(collection)  # returns once searches see the new images
     if reads is not None:
@@ -161,8 +172,9 @@ def add_images(
         for r in results:
             if r.status == "added" and r.id in report:
                 r.ocr = report[r.id]
-    for r in results:
-        metrics.ADD_RESULTS.labels(r.status).inc()
+    if settle_held:  # the top call counts; a settling call's results are copied into its caller's
+        for r in results:
+            metrics.ADD_RESULTS.labels(r.status).inc()
     return results
 
 
@@ -172,6 +184,8 @@ class _Prepared:
     new: list[tuple[AddResult, Upload, CheckedImage]]
     pixels: object = None  # the encoder's preprocessed batch of `new`, when it has that step
     vectors_sent: bool = False  # their vector write began: it may land even if it failed here
+    # "present" for bytes another add stored: (result, sha256, upload), settled by _settle_held.
+    held: list[tuple[AddResult, str, Upload]] = field(default_factory=list)
 
 
 def _prepare(
@@ -198,8 +212,9 @@ def _prepare(
     new: list[tuple[AddResult, Upload, CheckedImage]] = []
     inserting: list[str] = []
     try:
-        _insert_rows(svc, collection, checked, new, inserting, progress, mine)
-        prepared = _Prepared(results, new)
+        held: list[tuple[AddResult, str, Upload]] = []
+        _insert_rows(svc, collection, checked, new, inserting, progress, mine, held)
+        prepared = _Prepared(results, new, held=held)
         if new and hasattr(encoder, "preprocess_images") and hasattr(encoder, "encode_pixels"):
             prepared.pixels = encoder.preprocess_images([img.image for _, _, img in new])
     except BaseException as exc:
@@ -213,10 +228,10 @@ def _prepare(
 
 
 def _insert_rows(
-    svc, collection, checked, new, inserting: list[str], progress: Progress, mine: set[int]
+    svc, collection, checked, new, inserting: list[str], progress: Progress, mine: set[int], held: list
 ) -> None:
     """Insert the chunk's rows (indexed=0); each created one is appended to `new` (and its id
-    to `mine`) at once.
+    to `mine`) at once; bytes another add stored go to `held`.
 
     `inserting` holds the sha256 of an insert under way: if it raises, its outcome
     is unknown (the row may exist under an id nobody was told).
@@ -238,8 +253,6 @@ def _insert_rows(
         )
         inserting[:] = [img.sha256]
         result.id, created = svc.images.insert_new(collection, row)
-        if not created and result.id not in mine:
-            result.id, created = _after_holder(svc, collection, row, result.id)
         inserting.clear()
         if created:
             mine.add(result.id)
@@ -256,33 +269,68 @@ def _insert_rows(
         else:
             result.status = "present"
             result.duplicate_tier = "exact"
+            if result.id not in mine:
+                held.append((result, img.sha256, up))
             progress.advance(1)
 
 
-def _after_holder(svc, collection: str, row: ImageRow, holder: int) -> tuple[int, bool]:
-    """(id, created) for bytes another add holds as `holder`: once its row has its vector, the
-    holder's id (present); if that add failed and took its row back, this add's own insert."""
+def _settle_held(svc, collection: str, held: list, near_duplicates: bool, progress: Progress) -> None:
+    """Answer "present" for bytes another add stored only once that add's row has its vector;
+    if that add failed and took its row back, store them with a settling add instead (its
+    result replaces the "present"). Run once this add's own rows are indexed, so two adds
+    holding each other's bytes do not wait on each other; one wait of at most HOLDER_WAIT_S
+    for the whole add, one query a look."""
+    waiting: dict[int, list[tuple[AddResult, str, Upload]]] = {}
+    for entry in held:
+        waiting.setdefault(entry[0].id, []).append(entry)
     deadline = time.monotonic() + HOLDER_WAIT_S
-    while True:
-        if svc.images.indexed_ids(collection, [holder]):
-            return holder, False
-        if svc.images.find_by_sha(collection, row.sha256) != holder:  # taken back
-            holder, created = svc.images.insert_new(collection, row)
-            if created:
-                return holder, True
-            continue  # a third add stored them meanwhile: wait for it instead
+    pause = HOLDER_POLL_S
+    while waiting and not progress.cancelled():
+        rows = svc.images.get_rows(collection, list(waiting))
+        dead_before = time.time() - HOLDER_WAIT_S  # a row this old is a dead add's: no wait
+        gone: list[tuple[AddResult, str, Upload]] = []
+        for image_id in list(waiting):
+            row = rows.get(image_id)
+            if row is None or row.sha256 != waiting[image_id][0][1]:
+                gone.extend(waiting.pop(image_id))  # taken back by its failed add
+            elif row.indexed or row.added_at < dead_before:
+                del waiting[image_id]
+        if gone:
+            _store_again(svc, collection, gone, near_duplicates)
+        if not waiting:
+            return
         if time.monotonic() >= deadline:
             log.info(
-                "image %s of %s has no vector after %.0f s; reported present",
-                holder,
+                "%d images of %s held by other adds have no vector after %.0f s; reported present",
+                len(waiting),
                 collection,
                 HOLDER_WAIT_S,
             )
-            return holder, False
-        time.sleep(HOLDER_POLL_S)
+            return
+        time.sleep(pause)
+        pause = min(2 * pause, 1.0)
 
 
-def _index(svc, collection, encoder, prepared: _Prepared, near_duplicates: bool, progress: Progress) -> None:
+def _store_again(svc, collection: str, gone: list, near_duplicates: bool) -> None:
+    """Add the uploads whose holder took its row back; their results replace the "present"
+    ones (the same bytes twice come back "added", then "present": one add's own repeat)."""
+    try:
+        again = add_images(
+            svc, collection, [up for _, _, up in gone], near_duplicates=near_duplicates, settle_held=False
+        )
+    except ServiceError as exc:  # this add's own images are stored: only these fail
+        for result, _, _ in gone:
+            result.status, result.id, result.duplicate_tier, result.error = "failed", None, None, exc.message
+        return
+    for (result, _, _), settled in zip(gone, again, strict=True):
+        for f in dataclasses.fields(AddResult):
+            if f.name not in ("index", "filename"):
+                setattr(result, f.name, getattr(settled, f.name))
+
+
+def _index(
+    svc, collection, encoder, prepared: _Prepared, near_duplicates: bool, progress: Progress, made: int | None
+) -> None:
     """Encode a prepared chunk's new images and write their vectors."""
     new = prepared.new
     if not new:
@@ -302,7 +350,9 @@ def _index(svc, collection, encoder, prepared: _Prepared, near_duplicates: bool,
     # Visible at once only when the next chunk's near-duplicate check must see
     # this one; otherwise the final flush waits once for the whole add.
     prepared.vectors_sent = True
-    svc.vectors.upsert(collection, ids, vectors, attrs, visible=near_duplicates, model=encoder.model_name)
+    svc.vectors.upsert(
+        collection, ids, vectors, attrs, visible=near_duplicates, model=encoder.model_name, incarnation=made
+    )
     svc.images.mark_indexed(collection, ids)
     for result, _, _ in new:
         result.status = "added"
@@ -331,6 +381,12 @@ def _take_back(svc, collection, new, *, vectors_sent: bool = False, unsure_shas:
     if not ids:
         return
     try:
+        # Only rows that are still this add's (the same id and bytes): if another replica
+        # dropped the collection and made it again meanwhile, these ids may name its images.
+        stored = svc.images.get_rows(collection, ids)
+        ids = [r.id for r, _, img in new if r.id in stored and stored[r.id].sha256 == img.sha256]
+        if not ids:
+            return
         svc.images.delete(collection, ids)
     except Exception as exc:
         if isinstance(exc, ServiceError):  # the SQL store is what failed: one line, no traceback

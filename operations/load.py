@@ -195,6 +195,8 @@ def _load_split(
         bulk = BulkImporter(svc, collection, progress, lambda n: None, bulk_file_rows or ROWS_PER_FILE)
     is_new = not svc.vectors.has_collection(collection)
     encoder = svc.ensure_collection(collection, encoder, index, expected_vectors=total or 0)
+    if bulk is not None:
+        bulk.model = encoder.model_name
     if is_new and svc.settings.ocr_enabled:
         enable_ocr(svc, collection)
     progress.set_total(total)

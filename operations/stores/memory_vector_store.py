@@ -70,7 +70,8 @@ class InMemoryVectorStore:
         c = self._get(name)
         return CollectionInfo(name, c["model"], c["dim"], c["index"], len(c["vectors"]))
 
-    describe_meta = describe
+    def describe_meta(self, name: str, fresh: bool = False) -> CollectionInfo:
+        return self.describe(name)  # one process: always what the collection is now
 
     def incarnation(self, name: str, fresh: bool = False) -> int | None:
         return None  # one process: its own drops forget its cleanups
@@ -87,10 +88,18 @@ class InMemoryVectorStore:
         self._advance(name)
 
     def upsert(
-        self, name, ids, vectors, attrs=None, *, visible: bool = True, model: str | None = None
+        self,
+        name,
+        ids,
+        vectors,
+        attrs=None,
+        *,
+        visible: bool = True,
+        model: str | None = None,
+        incarnation=None,
     ) -> int:
         c = self._get(name)
-        check_written_model(self.describe_meta(name), model)
+        check_written_model(self.describe_meta(name), model, incarnation)
         vectors = np.asarray(vectors, dtype=np.float32)
         for i, image_id in enumerate(ids):
             c["vectors"][int(image_id)] = vectors[i]

@@ -203,6 +203,11 @@ class MilvusVectorStore:
         self._loaded: set[str] = set()
         self._info_cache: dict[str, CollectionInfo] = {}
         self._described_at: dict[str, float] = {}  # time.monotonic() of each description
+        # Descriptions answered out of order must not put an older one back: each is numbered
+        # when asked, and stored only if none asked later was stored first.
+        self._describe_lock = threading.Lock()
+        self._describe_seq = 0
+        self._stored_seq: dict[str, int] = {}
         self.description_recheck_s = DESCRIPTION_RECHECK_S
         # Time partitions known to exist, per collection (created on demand by upserts).
         self._partitions: dict[str, set[str]] = {}
@@ -395,7 +400,7 @@ class MilvusVectorStore:
         if self.has_collection(name):
             self._repair_index(name, index)
             with self._fresh_deadline():  # a repair may have waited long for an index build
-                check_model(self.describe_meta(name), model_name, dim)
+                check_model(self.describe_meta(name, fresh=True), model_name, dim)
             return
         schema = MilvusClient.create_schema(
             auto_id=False,
@@ -475,10 +480,12 @@ class MilvusVectorStore:
         return bool(self._call(lambda c: c.has_collection(name, timeout=self.timeout), name))
 
     @_one_deadline
-    def describe_meta(self, name: str) -> CollectionInfo:
+    def describe_meta(self, name: str, fresh: bool = False) -> CollectionInfo:
         """Model, dim and index of a collection, count 0. Cached: they never change while the
         collection lives; on a server the description is asked again after
-        DESCRIPTION_RECHECK_S, in case another process made the collection again."""
+        DESCRIPTION_RECHECK_S, or now with `fresh`, in case another process made it again."""
+        if fresh and not self.is_lite:
+            return self._describe_afresh(name)
         info = self._info_cache.get(name)
         if info is not None and (
             self.is_lite or time.monotonic() - self._described_at.get(name, 0.0) < self.description_recheck_s
@@ -492,10 +499,19 @@ class MilvusVectorStore:
         """Ask the server for the description and cache it; a collection made again since the
         last description (another incarnation) starts with nothing this process knew of the
         one before: not loaded, no partitions, no cached results."""
-        before = self._info_cache.get(name)
-        self._described_at[name] = time.monotonic()  # one recheck at a time, not one a thread
+        with self._describe_lock:
+            self._describe_seq += 1
+            seq = self._describe_seq
+            # Marked before the call: other threads go on with the cached description meanwhile.
+            self._described_at[name] = time.monotonic()
         desc = self._call(lambda c: c.describe_collection(name, timeout=self.timeout), name)
         info = self._info_from(name, desc)
+        with self._describe_lock:
+            if seq < self._stored_seq.get(name, 0):
+                return self._info_cache.get(name, info)  # a description asked later is stored
+            self._stored_seq[name] = seq
+            before = self._info_cache.get(name)
+            self._info_cache[name] = info
         if before is not None and before.incarnation != info.incarnation:
             log.info(
                 "collection %r was made again by another process (model %s, was %s): described afresh",
@@ -506,7 +522,6 @@ class MilvusVectorStore:
             self._loaded.discard(name)
             self._partitions.pop(name, None)
             self._advance(name)
-        self._info_cache[name] = info
         return info
 
     def _info_from(self, name: str, desc: dict) -> CollectionInfo:
@@ -541,13 +556,7 @@ class MilvusVectorStore:
         if not fresh:
             info = self._info_cache.get(name)
             return info.incarnation if info is not None else None
-        return self._described_incarnation(name)
-
-    @_one_deadline
-    def _described_incarnation(self, name: str) -> int | None:
-        return _incarnation(
-            self._call(lambda c: c.describe_collection(name, timeout=self.timeout), name), False
-        )
+        return self.describe_meta(name, fresh=True).incarnation
 
     @_one_deadline
     def describe(self, name: str) -> CollectionInfo:
@@ -656,15 +665,17 @@ class MilvusVectorStore:
         *,
         visible: bool = True,
         model: str | None = None,
+        incarnation: int | None = None,
     ) -> int:
         """Write vectors by id; with `visible`, return once searches see them (else
-        the caller ends its writes with `flush` or `wait_visible`). `model`: see VectorStore."""
+        the caller ends its writes with `flush` or `wait_visible`). `model`, `incarnation`:
+        see VectorStore."""
         vectors = np.asarray(vectors, dtype=np.float32)
         # A write asks the server what the collection is now (one call; searches trust their
         # description for DESCRIPTION_RECHECK_S): vectors of the old model written into a
         # collection another replica made again would stay wrong, not just be late.
-        meta = self.describe_meta(name) if self.is_lite else self._describe_afresh(name)
-        check_written_model(meta, model)
+        meta = self.describe_meta(name, fresh=True)
+        check_written_model(meta, model, incarnation)
         if vectors.ndim != 2 or vectors.shape[1] != meta.dim or len(ids) != len(vectors):
             raise InvalidInput(f"vectors must be ({len(ids)}, {meta.dim}), got {vectors.shape}")
         self._advance(name)

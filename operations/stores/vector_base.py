@@ -26,7 +26,10 @@ class VectorStore(Protocol):
     def create_collection(self, name: str, dim: int, model_name: str, index: IndexSpec) -> None: ...
     def has_collection(self, name: str) -> bool: ...
     def describe(self, name: str) -> CollectionInfo: ...
-    def describe_meta(self, name: str) -> CollectionInfo: ...
+    def describe_meta(self, name: str, fresh: bool = False) -> CollectionInfo:
+        """Model, dim, index and incarnation, count 0; `fresh`: asked of the store now, not
+        taken from what this process cached (another process may have made it again)."""
+
     def get_vectors(self, name: str, ids: Sequence[int]) -> dict[int, np.ndarray]: ...
     def list_collections(self) -> list[str]: ...
     def drop_collection(self, name: str) -> None: ...
@@ -39,10 +42,12 @@ class VectorStore(Protocol):
         *,
         visible: bool = True,
         model: str | None = None,
+        incarnation: int | None = None,
     ) -> int:
         """Write vectors by id; `visible`: return once searches see them. `model`: what the
-        vectors were encoded with, checked against the collection as it is now (Conflict,
-        nothing written, when another process made it again for another model)."""
+        vectors were encoded with; `incarnation`: the making of the collection the write began
+        on (`incarnation(fresh=True)`); both checked against the collection as it is now
+        (Conflict, nothing written: see domain.check_written_model)."""
 
     def delete(self, name: str, ids: Sequence[int], *, visible: bool = True) -> None:
         """Delete by id; `visible`: return once searches no longer see them."""

@@ -69,13 +69,13 @@ def test_the_second_add_of_the_same_bytes_waits_for_the_first(services, monkeypa
 
 
 def test_a_row_that_never_gets_its_vector_is_reported_present_after_the_wait(services, monkeypatch):
-    """The holder's process died (its row stays without a vector until a repair): the
-    second add answers "present" after HOLDER_WAIT_S, as before, instead of waiting on."""
+    """The holder is stuck (its vector write hangs): the second add answers "present" after
+    HOLDER_WAIT_S, as before, instead of waiting on."""
     svc = services
     name = unique()
     create_collection(svc, name)
     started, release = _first_write_held(monkeypatch, svc, fails=True)
-    monkeypatch.setattr(ingest, "HOLDER_WAIT_S", 0.5)
+    monkeypatch.setattr(ingest, "HOLDER_WAIT_S", 3.0)  # > 1 s: added_at is in whole seconds
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(add_images, svc, name, [Upload("a.jpg", jpeg(6))])
         assert started.wait(30)
@@ -86,7 +86,7 @@ def test_a_row_that_never_gets_its_vector_is_reported_present_after_the_wait(ser
         release.set()
         with pytest.raises(DependencyUnavailable):
             first.result(timeout=30)
-    assert (result.status, result.id) == ("present", holder) and 0.5 <= waited < 5
+    assert (result.status, result.id) == ("present", holder) and 2.0 <= waited < 8  # added_at: whole s
 
 
 def test_the_same_bytes_twice_in_one_add_wait_for_nobody(services):
@@ -97,3 +97,54 @@ def test_the_same_bytes_twice_in_one_add_wait_for_nobody(services):
     results = add_images(svc, name, [Upload("a.jpg", jpeg(7)), Upload("again.jpg", jpeg(7))])
     assert [r.status for r in results] == ["added", "present"] and results[0].id == results[1].id
     assert time.monotonic() - t < ingest.HOLDER_WAIT_S
+
+
+def test_a_row_a_dead_add_left_waits_for_nobody(services):
+    """A row older than HOLDER_WAIT_S without its vector is a dead process's (a repair indexes
+    it): an add of its bytes answers "present" at once."""
+    from operations.domain import ImageRow
+    from operations.images import check_image
+
+    svc = services
+    name = unique()
+    create_collection(svc, name)
+    img = check_image(jpeg(8), svc.settings.max_upload_bytes, svc.settings.max_image_pixels)
+    old = int(time.time()) - 3600
+    row = ImageRow(None, img.sha256, img.b64, img.mime, img.width, img.height, created_at=old, added_at=old)
+    left, created = svc.images.insert_new(name, row)
+    assert created
+    t = time.monotonic()
+    [result] = add_images(svc, name, [Upload("a.jpg", jpeg(8))])
+    assert (result.status, result.id) == ("present", left) and time.monotonic() - t < 2
+
+
+def test_two_adds_holding_each_others_bytes_do_not_wait_on_each_other(services, monkeypatch):
+    """Add A sends [X, Y], add B [Y, X]; each stores its first image before it meets the other's:
+    each indexes its own, then finds the other's indexed, well within HOLDER_WAIT_S."""
+    svc = services
+    name = unique()
+    create_collection(svc, name)
+    real_insert = svc.images.insert_new
+    both_first = threading.Barrier(2, timeout=30)
+    firsts: set[int] = set()
+    lock = threading.Lock()
+
+    def insert_new(collection, row):
+        out = real_insert(collection, row)
+        with lock:
+            first = threading.get_ident() not in firsts  # each add prepares on a thread of its own
+            firsts.add(threading.get_ident())
+        if first:
+            both_first.wait()  # both adds have stored their first image
+        return out
+
+    monkeypatch.setattr(svc.images, "insert_new", insert_new)
+    x, y = Upload("x.jpg", jpeg(31)), Upload("y.jpg", jpeg(32))
+    t = time.monotonic()
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(add_images, svc, name, [x, y])
+        b = pool.submit(add_images, svc, name, [Upload("y.jpg", y.data), Upload("x.jpg", x.data)])
+        ra, rb = a.result(timeout=60), b.result(timeout=60)
+    assert time.monotonic() - t < ingest.HOLDER_WAIT_S / 2
+    assert [r.status for r in ra] == ["added", "present"] and [r.status for r in rb] == ["added", "present"]
+    assert {ra[0].id, ra[1].id} == {rb[0].id, rb[1].id} and svc.images.count(name) == 2

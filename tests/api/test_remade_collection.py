@@ -86,3 +86,30 @@ def test_searches_follow_another_replicas_new_collection_within_the_recheck(repl
     assert mine.model == theirs.model == "tiny-b"
     assert [m.row.id for m in mine.matches] == [m.row.id for m in theirs.matches]
     assert np.allclose([m.score for m in mine.matches], [m.score for m in theirs.matches], atol=1e-5)
+
+
+def test_a_remake_while_an_add_encodes_refuses_its_write_and_spares_the_new_images(replicas, monkeypatch):
+    """The re-make (same model this time) lands between the add's SQL insert and its vector
+    write: the write is refused (another making of the collection), and taking the add's row
+    back must not delete the new collection's images that now carry the same ids."""
+    svc, other = replicas
+    name = unique()
+    create_collection(svc, name)
+    _add(svc, name, 1)
+    real_upsert = svc.vectors.upsert
+    theirs: list[int] = []
+
+    def remade_first(*args, **kwargs):
+        if not theirs:
+            drop_collection(other, name)
+            create_collection(other, name)
+            theirs.extend(_add(other, name, seed) for seed in (21, 22))
+        return real_upsert(*args, **kwargs)
+
+    monkeypatch.setattr(svc.vectors, "upsert", remade_first)
+    with pytest.raises(Conflict, match="made again"):
+        add_images(svc, name, [Upload("3.jpg", jpeg(3))])
+    assert theirs == [1, 2]  # the add's row had id 2 in the table that was dropped
+    time.sleep(1.5)  # past a retry of the cleanups' threads
+    assert sorted(other.images.get_rows(name, theirs)) == theirs
+    assert other.vectors.existing_ids(name, theirs) == set(theirs)
