@@ -3,7 +3,7 @@
     python -m bench.bench_index [--n 100000] [--queries 200] [--quick] [--uniform]
                                 [--indexes FLAT,IVF_FLAT,HNSW,IVF_SQ8,IVF_PQ] [--query-kind text|image]
                                 [--ef 16,32,64,128,256] [--nprobe 4,8,16,32,64,128] [--hnsw-m 16,32]
-                                [--hnsw-efc 200,400] [--recall-only] [--compact-first-s 300]
+                                [--hnsw-efc 200,400] [--recall-only]
                                 [--milvus-config dataCoord.segment.maxSize=4096 ...]
 
 N realistic features (bench/realistic_features.py: narrow cone, clusters, near-duplicates;
@@ -111,27 +111,6 @@ def wait_segments_stable(client, name: str, quiet_s: float, timeout_s: float, in
     return None
 
 
-def wait_compacted(client, name: str, quiet_s: float, timeout_s: float) -> tuple[float | None, list[int]]:
-    """Before any index: seconds until the collection's stored segments have not changed for
-    `quiet_s` (None past `timeout_s`), and their row counts. An index created on the segments a
-    flush leaves is built again on each segment compaction merges them into; created on the
-    merged ones, it is built once."""
-    t0 = time.perf_counter()
-    last: list[tuple[int, int]] | None = None
-    since = t0
-    while True:
-        infos = client._get_connection().get_persistent_segment_infos(name, timeout=60)
-        now_segments = sorted((int(s.segmentID), int(s.num_rows)) for s in infos)
-        now = time.perf_counter()
-        if now_segments != last:
-            last, since = now_segments, now
-        elif now - since >= quiet_s:
-            return round(now - t0, 1), sorted(rows for _, rows in now_segments)
-        if now - t0 >= timeout_s:
-            return None, sorted(rows for _, rows in now_segments)
-        time.sleep(5)
-
-
 def int_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
@@ -218,13 +197,6 @@ def main(argv: list[str] | None = None) -> None:
         help="after indexing settles, wait until segments stay unchanged and none pending this long (0: no)",
     )
     ap.add_argument(
-        "--compact-first-s",
-        type=float,
-        default=0.0,
-        help="before the first index, wait until the stored segments stay unchanged this long "
-        "(compaction's merges done), so the index is built once on the merged segments (0: no)",
-    )
-    ap.add_argument(
         "--recall-only",
         action="store_true",
         help="search once the index is built, without waiting for compaction's merges to be indexed "
@@ -279,7 +251,6 @@ def main(argv: list[str] | None = None) -> None:
 
     rows: list[dict] = []
     builds: list[dict] = []
-    compacted: dict | None = None  # --compact-first-s: the stored segments the index was built on
     milvus_config = dict(item.split("=", 1) for item in args.milvus_config)
     if milvus_config:
         print(f"Milvus settings: {milvus_config}")
@@ -289,13 +260,6 @@ def main(argv: list[str] | None = None) -> None:
         try:
             insert_s = insert_all(client, name, data)
             print(f"inserted and flushed {args.n:,} vectors in {insert_s:.1f} s")
-            if args.compact_first_s > 0:
-                compacted_s, seg_rows = wait_compacted(client, name, args.compact_first_s, 3600)
-                compacted = {"after_s": compacted_s, "segment_rows": seg_rows}
-                print(
-                    f"stored segments unchanged for {args.compact_first_s:.0f} s "
-                    f"after {compacted_s} s: {seg_rows}"
-                )
             for label, kind, bparams in plan:
                 client.release_collection(name, timeout=600)
                 for idx in client.list_indexes(name, timeout=600):
@@ -404,7 +368,6 @@ def main(argv: list[str] | None = None) -> None:
                 "seed": args.seed,
                 "quick": args.quick,
                 "recall_only": args.recall_only,
-                "compacted_first": compacted,
                 "milvus_config": milvus_config,
                 "builds": builds,
                 "search": rows,
