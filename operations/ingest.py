@@ -42,9 +42,14 @@ BATCH = 32
 # 32 cost about the same on CPU (bench/README.md, the add findings).
 ADD_CHUNK = 8
 # How long an add, its own images done, waits for other adds' rows of the same bytes to get
-# their vectors before it answers "present" anyway; a row older than this is a dead add's
-# (`imgsearch repair` or a folder add indexes it) and is waited for not at all.
+# their vectors before it answers "present" anyway.
 HOLDER_WAIT_S = 10.0
+# A row without its vector older than this (by its added_at, the adding replica's clock) is a
+# dead add's (`imgsearch repair` or a folder add indexes it) and is waited for not at all:
+# far above a live add's rows (inserted one chunk ahead of their encoding) and clock skews.
+HOLDER_DEAD_AFTER_S = 300.0
+# Settling adds within settling adds (a third add held the bytes meanwhile): at most this deep.
+HOLDER_SETTLE_DEPTH = 2
 HOLDER_POLL_S = 0.05  # the first pause between looks; each next one twice as long, at most 1 s
 
 
@@ -96,7 +101,7 @@ def add_images(
     *,
     near_duplicates: bool = False,
     progress: Progress | None = None,
-    settle_held: bool = True,
+    settle_depth: int = 0,
 ) -> list[AddResult]:
     """Add uploads to `collection`; every upload gets a result, bad ones a reason.
 
@@ -130,7 +135,7 @@ def add_images(
         def submit(chunk: tuple[int, list[Upload]]) -> Future[_Prepared]:
             context = contextvars.copy_context()
             return pool.submit(
-                lambda: context.run(_prepare, svc, collection, encoder, *chunk, progress, mine)
+                lambda: context.run(_prepare, svc, collection, encoder, *chunk, progress, mine, made)
             )
 
         mine: set[int] = set()  # ids this add created (a repeat of its own bytes waits for nobody)
@@ -145,7 +150,7 @@ def add_images(
             try:
                 _index(svc, collection, encoder, prepared, near_duplicates, progress, made)
             except BaseException:
-                _take_back(svc, collection, prepared.new, vectors_sent=prepared.vectors_sent)
+                _take_back(svc, collection, prepared.new, made, vectors_sent=prepared.vectors_sent)
                 if pending is not None:
                     # The next chunk's rows are in SQL already: take them back too. A chunk
                     # whose preparing failed took its own rows back (_prepare).
@@ -154,7 +159,7 @@ def add_images(
                     except Exception:
                         next_chunk = None
                     if next_chunk is not None:
-                        _take_back(svc, collection, next_chunk.new)
+                        _take_back(svc, collection, next_chunk.new, made)
                 raise
             results.extend(prepared.results)
             held.extend(prepared.held)
@@ -163,8 +168,8 @@ def add_images(
                     reads.submit(result.id, img.image)  # type: ignore[arg-type]  # a new image has its id
             if pending is None:
                 break
-    if held and settle_held:
-        _settle_held(svc, collection, held, near_duplicates, progress)
+    if held and settle_depth < HOLDER_SETTLE_DEPTH:
+        _settle_held(svc, collection, held, near_duplicates, progress, settle_depth)
     if any(r.status == "added" for r in results):
         svc.vectors.flush(collection)  # returns once searches see the new images
     if reads is not None:
@@ -172,7 +177,7 @@ def add_images(
         for r in results:
             if r.status == "added" and r.id in report:
                 r.ocr = report[r.id]
-    if settle_held:  # the top call counts; a settling call's results are copied into its caller's
+    if settle_depth == 0:  # the top call counts; a settling call's results are copied into its caller's
         for r in results:
             metrics.ADD_RESULTS.labels(r.status).inc()
     return results
@@ -189,7 +194,14 @@ class _Prepared:
 
 
 def _prepare(
-    svc, collection, encoder, offset: int, batch: list[Upload], progress: Progress, mine: set[int]
+    svc,
+    collection,
+    encoder,
+    offset: int,
+    batch: list[Upload],
+    progress: Progress,
+    mine: set[int],
+    made: int | None,
 ) -> _Prepared:
     """Check and decode a chunk, insert its new SQL rows (indexed=0), preprocess their pixels."""
     results: list[AddResult] = []
@@ -222,7 +234,7 @@ def _prepare(
         # have landed too: take them back, as a failed add leaves nothing. (An insert
         # refused for its values stored nothing, and its bytes may be another add's.)
         store_failed = isinstance(exc, DependencyUnavailable) or not isinstance(exc, ServiceError)
-        _take_back(svc, collection, new, unsure_shas=inserting if store_failed else [])
+        _take_back(svc, collection, new, made, unsure_shas=inserting if store_failed else [])
         raise
     return prepared
 
@@ -274,20 +286,29 @@ def _insert_rows(
             progress.advance(1)
 
 
-def _settle_held(svc, collection: str, held: list, near_duplicates: bool, progress: Progress) -> None:
+def _settle_held(
+    svc, collection: str, held: list, near_duplicates: bool, progress: Progress, depth: int
+) -> None:
     """Answer "present" for bytes another add stored only once that add's row has its vector;
     if that add failed and took its row back, store them with a settling add instead (its
     result replaces the "present"). Run once this add's own rows are indexed, so two adds
     holding each other's bytes do not wait on each other; one wait of at most HOLDER_WAIT_S
-    for the whole add, one query a look."""
+    for the whole add, one query a look. A store that fails meanwhile ends the wait: this add's
+    own images are stored, and what is still waiting is answered "present", as at the deadline."""
     waiting: dict[int, list[tuple[AddResult, str, Upload]]] = {}
     for entry in held:
         waiting.setdefault(entry[0].id, []).append(entry)
     deadline = time.monotonic() + HOLDER_WAIT_S
     pause = HOLDER_POLL_S
     while waiting and not progress.cancelled():
-        rows = svc.images.get_rows(collection, list(waiting))
-        dead_before = time.time() - HOLDER_WAIT_S  # a row this old is a dead add's: no wait
+        try:
+            rows = svc.images.get_rows(collection, list(waiting))
+        except Exception as exc:
+            log.warning(
+                "could not settle %d held images of %s (%s); reported present", len(waiting), collection, exc
+            )
+            return
+        dead_before = time.time() - HOLDER_DEAD_AFTER_S
         gone: list[tuple[AddResult, str, Upload]] = []
         for image_id in list(waiting):
             row = rows.get(image_id)
@@ -296,7 +317,7 @@ def _settle_held(svc, collection: str, held: list, near_duplicates: bool, progre
             elif row.indexed or row.added_at < dead_before:
                 del waiting[image_id]
         if gone:
-            _store_again(svc, collection, gone, near_duplicates)
+            _store_again(svc, collection, gone, near_duplicates, progress, depth)
         if not waiting:
             return
         if time.monotonic() >= deadline:
@@ -311,16 +332,25 @@ def _settle_held(svc, collection: str, held: list, near_duplicates: bool, progre
         pause = min(2 * pause, 1.0)
 
 
-def _store_again(svc, collection: str, gone: list, near_duplicates: bool) -> None:
+def _store_again(
+    svc, collection: str, gone: list, near_duplicates: bool, progress: Progress, depth: int
+) -> None:
     """Add the uploads whose holder took its row back; their results replace the "present"
     ones (the same bytes twice come back "added", then "present": one add's own repeat)."""
     try:
+        # Settling in turn (to HOLDER_SETTLE_DEPTH): a third add may hold the bytes by now.
         again = add_images(
-            svc, collection, [up for _, _, up in gone], near_duplicates=near_duplicates, settle_held=False
+            svc,
+            collection,
+            [up for _, _, up in gone],
+            near_duplicates=near_duplicates,
+            settle_depth=depth + 1,
         )
-    except ServiceError as exc:  # this add's own images are stored: only these fail
-        for result, _, _ in gone:
-            result.status, result.id, result.duplicate_tier, result.error = "failed", None, None, exc.message
+    except Exception as exc:  # this add's own images are stored: only these fail
+        reason = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"[:300]
+        for result, _, up in gone:
+            result.status, result.id, result.duplicate_tier, result.error = "failed", None, None, reason
+            progress.fail(up.filename, reason)
         return
     for (result, _, _), settled in zip(gone, again, strict=True):
         for f in dataclasses.fields(AddResult):
@@ -359,7 +389,9 @@ def _index(
     progress.advance(len(new))
 
 
-def _take_back(svc, collection, new, *, vectors_sent: bool = False, unsure_shas: Sequence[str] = ()) -> None:
+def _take_back(
+    svc, collection, new, made: int | None, *, vectors_sent: bool = False, unsure_shas: Sequence[str] = ()
+) -> None:
     """Remove the rows of a chunk that failed, so no image is left without its vector.
 
     A vector write that failed may still land (a frozen server applies it when it
@@ -369,12 +401,10 @@ def _take_back(svc, collection, new, *, vectors_sent: bool = False, unsure_shas:
     whose outcome is unknown (`unsure_shas`), go to the row cleanup, which removes
     them once the store answers (operations/row_cleanup.py).
     """
-    # Which making of the collection the rows and vectors belong to (no call: what this process
-    # described): a cleanup that runs after another replica made it again must not touch it.
-    try:
-        incarnation = svc.vectors.incarnation(collection)
-    except Exception:  # a failure path must not fail again here; None: no check, as before
-        incarnation = None
+    # Which making of the collection the rows and vectors belong to: the one the add began on
+    # (`made`; not what this process describes now, which a refused write has just renewed): a
+    # cleanup that runs after another replica made it again must not touch the new one.
+    incarnation = made
     if unsure_shas:
         svc.row_cleanup.submit(collection, shas=unsure_shas, incarnation=incarnation)
     ids = [r.id for r, _, _ in new]

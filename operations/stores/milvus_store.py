@@ -508,7 +508,7 @@ class MilvusVectorStore:
         info = self._info_from(name, desc)
         with self._describe_lock:
             if seq < self._stored_seq.get(name, 0):
-                return self._info_cache.get(name, info)  # a description asked later is stored
+                return info  # a description asked later is stored: this one is not cached
             self._stored_seq[name] = seq
             before = self._info_cache.get(name)
             self._info_cache[name] = info

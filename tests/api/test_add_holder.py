@@ -148,3 +148,75 @@ def test_two_adds_holding_each_others_bytes_do_not_wait_on_each_other(services, 
     assert time.monotonic() - t < ingest.HOLDER_WAIT_S / 2
     assert [r.status for r in ra] == ["added", "present"] and [r.status for r in rb] == ["added", "present"]
     assert {ra[0].id, ra[1].id} == {rb[0].id, rb[1].id} and svc.images.count(name) == 2
+
+
+def test_a_third_add_holding_the_bytes_meanwhile_is_waited_for_too(services, monkeypatch):
+    """A's add fails and takes its row back; before B stores the bytes itself, a third add C
+    stores them (a row without its vector) and then fails too: B waits for C as for A, and
+    ends up storing the image itself, instead of answering "present" with C's vanished id."""
+    from operations.domain import ImageRow
+    from operations.images import check_image
+
+    svc = services
+    name = unique()
+    create_collection(svc, name)
+    started, release = _first_write_held(monkeypatch, svc, fails=True)
+    img = check_image(jpeg(9), svc.settings.max_upload_bytes, svc.settings.max_image_pixels)
+    real_get_rows = svc.images.get_rows
+    third: list[int] = []
+
+    def get_rows(collection, ids, with_image=False):
+        rows = real_get_rows(collection, ids, with_image)
+        if not third and ids and not rows:  # A's row is gone: C stores the bytes now, and fails later
+            now = int(time.time())
+            row = ImageRow(
+                None, img.sha256, img.b64, img.mime, img.width, img.height, created_at=now, added_at=now
+            )
+            third.append(svc.images.insert_new(collection, row)[0])
+            threading.Timer(0.5, lambda: svc.images.delete(collection, third)).start()
+        return rows
+
+    monkeypatch.setattr(svc.images, "get_rows", get_rows)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(add_images, svc, name, [Upload("a.jpg", jpeg(9))])
+        assert started.wait(30)
+        second = threading.Thread(
+            target=lambda: results.extend(add_images(svc, name, [Upload("b.jpg", jpeg(9))]))
+        )
+        results: list = []
+        second.start()
+        time.sleep(0.3)
+        release.set()
+        with pytest.raises(DependencyUnavailable):
+            first.result(timeout=30)
+        second.join(30)
+    [result] = results
+    assert third and result.status == "added" and result.id not in third
+    assert svc.vectors.existing_ids(name, [result.id]) == {result.id}
+    assert sorted(svc.images.get_rows(name, [result.id])) == [result.id]
+
+
+def test_a_store_failing_while_settling_leaves_the_add_done(services, monkeypatch):
+    """The SQL store fails while the add waits on another add's row: the add's own image is
+    stored and answered "added"; the held one is answered "present", as at the deadline."""
+    svc = services
+    name = unique()
+    create_collection(svc, name)
+    started, release = _first_write_held(monkeypatch, svc, fails=False)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(add_images, svc, name, [Upload("a.jpg", jpeg(10))])
+        assert started.wait(30)
+        [holder] = svc.images.ids_after(name, 0, 10)
+        real_get_rows = svc.images.get_rows
+
+        def get_rows(collection, ids, with_image=False):
+            if list(ids) == [holder]:
+                raise DependencyUnavailable("sql", "no answer within 2 s")
+            return real_get_rows(collection, ids, with_image)
+
+        monkeypatch.setattr(svc.images, "get_rows", get_rows)
+        results = add_images(svc, name, [Upload("own.jpg", jpeg(11)), Upload("b.jpg", jpeg(10))])
+        release.set()
+        first.result(timeout=30)
+    assert [r.status for r in results] == ["added", "present"] and results[1].id == holder
+    assert svc.vectors.existing_ids(name, [results[0].id]) == {results[0].id}
