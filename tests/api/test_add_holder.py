@@ -14,7 +14,9 @@ import pytest
 
 from operations import ingest
 from operations.collections import create_collection
+from operations.domain import ImageRow
 from operations.errors import DependencyUnavailable
+from operations.images import check_image
 from operations.ingest import Upload, add_images
 from operations.search import search_image
 from tests.stack import jpeg, unique
@@ -38,11 +40,23 @@ def _first_write_held(monkeypatch, svc, fails: bool):
     return started, release
 
 
-@pytest.mark.parametrize("first_fails", [True, False])
-def test_the_second_add_of_the_same_bytes_waits_for_the_first(services, monkeypatch, first_fails):
-    svc = services
+def _new_collection(svc) -> str:
     name = unique()
     create_collection(svc, name)
+    return name
+
+
+def _row_without_vector(svc, seed: int, added_at: int) -> ImageRow:
+    """The row another add stored for jpeg(seed) before its vector (a live or a dead add's)."""
+    img = check_image(jpeg(seed), svc.settings.max_upload_bytes, svc.settings.max_image_pixels)
+    return ImageRow(
+        None, img.sha256, img.b64, img.mime, img.width, img.height, created_at=added_at, added_at=added_at
+    )
+
+
+@pytest.mark.parametrize("first_fails", [True, False])
+def test_the_second_add_of_the_same_bytes_waits_for_the_first(services, monkeypatch, first_fails):
+    svc, name = services, _new_collection(services)
     started, release = _first_write_held(monkeypatch, svc, fails=first_fails)
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(add_images, svc, name, [Upload("a.jpg", jpeg(5))])
@@ -71,9 +85,7 @@ def test_the_second_add_of_the_same_bytes_waits_for_the_first(services, monkeypa
 def test_a_row_that_never_gets_its_vector_is_reported_present_after_the_wait(services, monkeypatch):
     """The holder is stuck (its vector write hangs): the second add answers "present" after
     HOLDER_WAIT_S, as before, instead of waiting on."""
-    svc = services
-    name = unique()
-    create_collection(svc, name)
+    svc, name = services, _new_collection(services)
     started, release = _first_write_held(monkeypatch, svc, fails=True)
     monkeypatch.setattr(ingest, "HOLDER_WAIT_S", 3.0)  # > 1 s: added_at is in whole seconds
     with ThreadPoolExecutor(1) as pool:
@@ -90,9 +102,7 @@ def test_a_row_that_never_gets_its_vector_is_reported_present_after_the_wait(ser
 
 
 def test_the_same_bytes_twice_in_one_add_wait_for_nobody(services):
-    svc = services
-    name = unique()
-    create_collection(svc, name)
+    svc, name = services, _new_collection(services)
     t = time.monotonic()
     results = add_images(svc, name, [Upload("a.jpg", jpeg(7)), Upload("again.jpg", jpeg(7))])
     assert [r.status for r in results] == ["added", "present"] and results[0].id == results[1].id
@@ -102,16 +112,8 @@ def test_the_same_bytes_twice_in_one_add_wait_for_nobody(services):
 def test_a_row_a_dead_add_left_waits_for_nobody(services):
     """A row older than HOLDER_WAIT_S without its vector is a dead process's (a repair indexes
     it): an add of its bytes answers "present" at once."""
-    from operations.domain import ImageRow
-    from operations.images import check_image
-
-    svc = services
-    name = unique()
-    create_collection(svc, name)
-    img = check_image(jpeg(8), svc.settings.max_upload_bytes, svc.settings.max_image_pixels)
-    old = int(time.time()) - 3600
-    row = ImageRow(None, img.sha256, img.b64, img.mime, img.width, img.height, created_at=old, added_at=old)
-    left, created = svc.images.insert_new(name, row)
+    svc, name = services, _new_collection(services)
+    left, created = svc.images.insert_new(name, _row_without_vector(svc, 8, int(time.time()) - 3600))
     assert created
     t = time.monotonic()
     [result] = add_images(svc, name, [Upload("a.jpg", jpeg(8))])
@@ -121,9 +123,7 @@ def test_a_row_a_dead_add_left_waits_for_nobody(services):
 def test_two_adds_holding_each_others_bytes_do_not_wait_on_each_other(services, monkeypatch):
     """Add A sends [X, Y], add B [Y, X]; each stores its first image before it meets the other's:
     each indexes its own, then finds the other's indexed, well within HOLDER_WAIT_S."""
-    svc = services
-    name = unique()
-    create_collection(svc, name)
+    svc, name = services, _new_collection(services)
     real_insert = svc.images.insert_new
     both_first = threading.Barrier(2, timeout=30)
     firsts: set[int] = set()
@@ -154,25 +154,15 @@ def test_a_third_add_holding_the_bytes_meanwhile_is_waited_for_too(services, mon
     """A's add fails and takes its row back; before B stores the bytes itself, a third add C
     stores them (a row without its vector) and then fails too: B waits for C as for A, and
     ends up storing the image itself, instead of answering "present" with C's vanished id."""
-    from operations.domain import ImageRow
-    from operations.images import check_image
-
-    svc = services
-    name = unique()
-    create_collection(svc, name)
+    svc, name = services, _new_collection(services)
     started, release = _first_write_held(monkeypatch, svc, fails=True)
-    img = check_image(jpeg(9), svc.settings.max_upload_bytes, svc.settings.max_image_pixels)
     real_get_rows = svc.images.get_rows
     third: list[int] = []
 
     def get_rows(collection, ids, with_image=False):
         rows = real_get_rows(collection, ids, with_image)
         if not third and ids and not rows:  # A's row is gone: C stores the bytes now, and fails later
-            now = int(time.time())
-            row = ImageRow(
-                None, img.sha256, img.b64, img.mime, img.width, img.height, created_at=now, added_at=now
-            )
-            third.append(svc.images.insert_new(collection, row)[0])
+            third.append(svc.images.insert_new(collection, _row_without_vector(svc, 9, int(time.time())))[0])
             threading.Timer(0.5, lambda: svc.images.delete(collection, third)).start()
         return rows
 
@@ -199,9 +189,7 @@ def test_a_third_add_holding_the_bytes_meanwhile_is_waited_for_too(services, mon
 def test_a_store_failing_while_settling_leaves_the_add_done(services, monkeypatch):
     """The SQL store fails while the add waits on another add's row: the add's own image is
     stored and answered "added"; the held one is answered "present", as at the deadline."""
-    svc = services
-    name = unique()
-    create_collection(svc, name)
+    svc, name = services, _new_collection(services)
     started, release = _first_write_held(monkeypatch, svc, fails=False)
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(add_images, svc, name, [Upload("a.jpg", jpeg(10))])
