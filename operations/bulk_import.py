@@ -124,9 +124,11 @@ class BulkImporter:
         self.waited = {"task_s": 0.0, "visible_s": 0.0}  # the vector stage blocked on the server
         # Nothing can be in the collection unmarked if it holds no vector at all.
         self.check_existing = True
-        # The model the load's vectors were encoded with (set once the load has made the
-        # collection): checked before every write, as another process may make it again.
+        # The model the load's vectors were encoded with and the making of the collection it
+        # began on (set once the load has made the collection): checked before every write, as
+        # another process may drop the collection and make it again.
         self.model: str | None = None
+        self.incarnation: int | None = None
 
     # --- before the pipeline ------------------------------------------------------------
     def recover(self) -> None:
@@ -175,7 +177,13 @@ class BulkImporter:
                 up_ids = [i for i, k in zip(ids, keep, strict=True) if not k]
                 up_attrs = [a for a, k in zip(attrs, keep, strict=True) if not k]
                 self.store.upsert(
-                    self.collection, up_ids, vectors[sel], up_attrs, visible=False, model=self.model
+                    self.collection,
+                    up_ids,
+                    vectors[sel],
+                    up_attrs,
+                    visible=False,
+                    model=self.model,
+                    incarnation=self.incarnation,
                 )
                 self._mark(up_ids)
                 self.upserted += len(up_ids)
@@ -224,7 +232,9 @@ class BulkImporter:
         path, ids = self._path, np.asarray(self._ids, dtype=np.int64)
         self._ids = []
         np.save(path.with_suffix(".ids.npy"), ids)  # from here on, recover() looks for its task
-        check_written_model(self.store.describe_meta(self.collection, fresh=True), self.model)
+        check_written_model(
+            self.store.describe_meta(self.collection, fresh=True), self.model, self.incarnation
+        )
         task_id = self.store.start_import(self.collection, str(path))
         log.info("bulk import: task %d for %s (%d rows)", task_id, path.name, len(ids))
         self._pending.append(_Pending(path, ids, task_id, time.monotonic()))

@@ -195,8 +195,12 @@ def _load_split(
         bulk = BulkImporter(svc, collection, progress, lambda n: None, bulk_file_rows or ROWS_PER_FILE)
     is_new = not svc.vectors.has_collection(collection)
     encoder = svc.ensure_collection(collection, encoder, index, expected_vectors=total or 0)
+    # The making of the collection the load writes into: every vector write checks it, since
+    # another replica may drop the name and make it again (same model or not) while a long
+    # load runs, and the new collection's own images may hold the ids this load writes.
+    made = svc.vectors.incarnation(collection, fresh=True)
     if bulk is not None:
-        bulk.model = encoder.model_name
+        bulk.model, bulk.incarnation = encoder.model_name, made
     if is_new and svc.settings.ocr_enabled:
         enable_ocr(svc, collection)
     progress.set_total(total)
@@ -212,6 +216,7 @@ def _load_split(
         origin,
         paths.img_feat.name,
         feat_file,
+        made,
     )
     if bulk is not None:
         bulk.on_indexed = split_load.indexed
@@ -277,8 +282,10 @@ class _SplitLoad:
         origin: str,
         feat_name: str,
         feat_file: Path | None,
+        made: int | None,
     ) -> None:
         self.svc, self.collection, self.progress = svc, collection, progress
+        self.made = made  # the collection's making the load began on (VectorStore.incarnation)
         self.source, self.encoder = source, encoder
         self.records, self.origin, self.feat_name = records, origin, feat_name
         self.features: FeatureIndex | None = None
@@ -406,6 +413,7 @@ class _SplitLoad:
             attrs,
             visible=False,
             model=self.encoder.model_name,
+            incarnation=self.made,
         )
         self.svc.images.mark_indexed(self.collection, batch.ids_to_index)
         self.indexed(len(batch.ids_to_index))

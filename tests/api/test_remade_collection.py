@@ -16,9 +16,11 @@ import pytest
 from operations.collections import create_collection, drop_collection
 from operations.errors import Conflict
 from operations.ingest import Upload, add_images
+from operations.load import load_split
+from operations.progress import Counter
 from operations.search import search_image, search_text
 from tests.fixtures_stack import backend_settings
-from tests.stack import TINY_ARCH, jpeg, make_services, unique
+from tests.stack import TINY_ARCH, jpeg, make_services, unique, write_dataset
 
 pytestmark = pytest.mark.services
 
@@ -27,7 +29,9 @@ SECOND_MODEL = {"tiny-b": {"arch": str(TINY_ARCH), "random_init": True, "seed": 
 
 @pytest.fixture
 def replicas(request, tmp_path, milvus_server, mariadb):
-    settings = backend_settings(request, tmp_path, "server", extra_models=SECOND_MODEL)
+    settings = backend_settings(
+        request, tmp_path, "server", extra_models=SECOND_MODEL, milvus_import_dir=str(tmp_path / "import")
+    )
     pair = make_services(settings), make_services(settings)
     yield pair
     for s in pair:
@@ -109,3 +113,32 @@ def test_a_remake_while_an_add_encodes_refuses_its_write_and_spares_the_new_imag
     time.sleep(1.5)  # past a retry of the cleanups' threads
     assert sorted(other.images.get_rows(name, theirs)) == theirs
     assert other.vectors.existing_ids(name, theirs) == set(theirs)
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["streaming", "bulk import"])
+def test_a_remake_while_a_load_runs_refuses_its_writes_and_spares_the_new_images(replicas, monkeypatch, bulk):
+    """Another replica makes the collection again (the same model) once a load has written its
+    first rows: the load's vector writes are refused, so its vectors never land on the new
+    collection's images, which hold the same ids as the load's first rows."""
+    svc, other = replicas
+    name = unique()
+    data = svc.settings.data_root / "ds"
+    ids, _ = write_dataset(data, "valid", 300, 32, seed=5)
+    real_insert = svc.images.insert_rows
+    theirs: list[int] = []
+
+    def remade_after_insert(*args, **kwargs):
+        result = real_insert(*args, **kwargs)
+        if not theirs:
+            drop_collection(other, name)
+            create_collection(other, name)
+            theirs.extend(_add(other, name, seed) for seed in (21, 22))
+        return result
+
+    monkeypatch.setattr(svc.images, "insert_rows", remade_after_insert)
+    with pytest.raises(Conflict, match="made again"):
+        load_split(svc, name, data, "valid", Counter(), bulk_import=bulk, bulk_file_rows=100)
+    assert theirs == [1, 2] and set(theirs) <= set(ids)
+    assert other.vectors.existing_ids(name, ids) == set(theirs)  # no vector of the load's
+    found = search_image(other, name, data=jpeg(21), top_k=1)
+    assert found.matches[0].row.id == theirs[0] and found.matches[0].score == pytest.approx(1.0, abs=1e-4)
