@@ -524,14 +524,18 @@ class SqlImageStore:
                 f"UPDATE {table} SET indexed = 1 WHERE id IN ({_placeholders(len(chunk))})", chunk
             )
 
-    def unindexed_ids(self, collection: str, limit: int) -> list[int]:
+    def unindexed_ids(self, collection: str, limit: int, added_before: int | None = None) -> list[int]:
+        """Ids of rows still waiting for their vector, lowest first; with `added_before` (epoch
+        seconds), only rows whose added_at (set at insert) is earlier: a dead add's, not a live
+        one's (operations.ingest.HOLDER_DEAD_AFTER_S)."""
         table = self._table(collection)
-        return [
-            int(r[0])
-            for r in self.pool.query(
-                f"SELECT id FROM {table} WHERE indexed = 0 ORDER BY id LIMIT ?", (int(limit),)
-            )
-        ]
+        params: tuple[int, ...]
+        if added_before is None:
+            sql, params = f"SELECT id FROM {table} WHERE indexed = 0 ORDER BY id LIMIT ?", (int(limit),)
+        else:
+            sql = f"SELECT id FROM {table} WHERE indexed = 0 AND added_at < ? ORDER BY id LIMIT ?"
+            params = (int(added_before), int(limit))
+        return [int(r[0]) for r in self.pool.query(sql, params)]
 
     def indexed_ids(self, collection: str, ids: Sequence[int]) -> set[int]:
         table = self._table(collection)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import os
 import threading
+import time
 
 import pytest
 
@@ -78,6 +80,32 @@ def test_indexed_flag_tracks_rows_waiting_for_their_vector(store):
     store.mark_indexed(c, [1, 3])
     assert store.unindexed_ids(c, 10) == [2, 4]
     assert store.indexed_ids(c, [1, 2, 3]) == {1, 3}
+
+
+def test_unindexed_ids_by_age_leave_younger_rows_out(store):
+    """added_before (epoch seconds, against added_at): the rows a dead add left, not a live add's."""
+    c = unique()
+    store.ensure_collection(c)
+    store.insert_rows(c, [_row(i, added_at=1000 * i) for i in range(1, 5)])  # 1000, 2000, 3000, 4000
+    store.mark_indexed(c, [1])
+    assert store.unindexed_ids(c, 10, added_before=3000) == [2]  # strictly earlier
+    assert store.unindexed_ids(c, 10, added_before=3001) == [2, 3]
+    assert store.unindexed_ids(c, 1, added_before=10**10) == [2]
+    assert store.unindexed_ids(c, 10, added_before=None) == store.unindexed_ids(c, 10) == [2, 3, 4]
+    assert store.unindexed_ids(c, 10, added_before=0) == []
+
+
+def test_rows_are_stamped_with_their_insert_time(store):
+    """added_at is set at insert (epoch seconds) when the row does not carry one."""
+    c = unique()
+    store.ensure_collection(c)
+    before = int(time.time())
+    store.insert_rows(c, [_row(1)])
+    new_id, _ = store.insert_new(c, dataclasses.replace(_row(2), id=None))
+    after = int(time.time())
+    assert all(before <= r.added_at <= after for r in store.get_rows(c, [1, new_id]).values())
+    assert store.unindexed_ids(c, 10, added_before=before) == []
+    assert store.unindexed_ids(c, 10, added_before=after + 1) == sorted([1, new_id])
 
 
 def test_same_upload_at_the_same_moment_is_stored_once(store):
