@@ -14,7 +14,7 @@ import contextvars
 import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +45,9 @@ ADD_CHUNK = 8
 # their vectors before it answers "present" anyway.
 HOLDER_WAIT_S = 10.0
 # A row without its vector older than this (by its added_at, the adding replica's clock) is a
-# dead add's (`imgsearch repair` or a folder add indexes it) and is waited for not at all:
-# far above a live add's rows (inserted one chunk ahead of their encoding) and clock skews.
+# dead add's (the server's periodic repair, a folder add or `imgsearch repair` indexes it) and is
+# waited for not at all: far above a live add's rows (inserted one chunk ahead of their
+# encoding) and clock skews.
 HOLDER_DEAD_AFTER_S = 300.0
 # Settling adds within settling adds (a third add held the bytes meanwhile): at most this deep.
 HOLDER_SETTLE_DEPTH = 2
@@ -472,7 +473,8 @@ def add_folder(
     check_metadata(source, tags, created_at, None)
     collection = svc.store_name(collection, write=True)
     svc.require_collection(collection)
-    repair_unindexed(svc, collection)
+    # Only a dead add's rows: a live add (another replica, another thread) indexes its own.
+    repair_unindexed(svc, collection, older_than_s=HOLDER_DEAD_AFTER_S)
     files = list(iter_folder(folder))
     progress.set_total(len(files))
     added = present = 0
@@ -512,11 +514,46 @@ def _read_file(path: Path, max_bytes: int, data_root: Path | None) -> bytes:
     return path.read_bytes()
 
 
-def repair_unindexed(svc: Services, collection: str, batch: int = BATCH) -> int:
-    """Index rows a killed add or load left with indexed=0; returns how many."""
-    encoder = svc.encoder_for(collection)
+def repair_unindexed(
+    svc: Services,
+    collection: str,
+    batch: int = BATCH,
+    older_than_s: float | None = None,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+) -> int:
+    """Index rows a killed add or load left with indexed=0 (from their stored images); returns
+    how many.
+
+    older_than_s: only rows added longer ago than that (by added_at). With HOLDER_DEAD_AFTER_S
+    (a folder add, the server's periodic repair in operations/unindexed_repair.py) that is a
+    dead add's rows and never a live add's, which inserts a chunk's rows just before encoding
+    them. None: every row without its vector (`imgsearch repair`, the operator's command).
+    The call ends: a store error ends it with that error (what was indexed stays indexed), a
+    row that cannot be decoded is deleted, rows added after it began are never its business,
+    and a row it meets again after indexing it (its mark did not hold) ends it with a warning
+    instead of a loop. `should_stop` is asked between batches (a server that is stopping).
+    """
+    collection = svc.store_name(collection, write=True)  # one collection for the whole call
+    # Its making before any row is read: a vector write is refused (409) once another replica
+    # has dropped the collection and made it again, whose new images may hold the same ids.
+    made = svc.vectors.incarnation(collection, fresh=True)
+    encoder = None  # asked for once there is something to encode
+    added_before = None if older_than_s is None else int(time.time() - older_than_s)
     repaired = 0
-    while ids := svc.images.unindexed_ids(collection, batch):
+    seen: set[int] = set()
+    while not (should_stop is not None and should_stop()):
+        ids = svc.images.unindexed_ids(collection, batch, added_before)
+        if not ids:
+            break
+        if again := seen.intersection(ids):
+            log.warning(
+                "rows %s of %s are still not marked indexed after this repair indexed them; stopping",
+                sorted(again)[:10],
+                collection,
+            )
+            break
+        seen.update(ids)
         rows = svc.images.get_rows(collection, ids, with_image=True)
         images, keep = [], []
         for image_id in ids:
@@ -526,18 +563,24 @@ def repair_unindexed(svc: Services, collection: str, batch: int = BATCH) -> int:
             except (ServiceError, ValueError, KeyError) as exc:
                 log.warning("row %s of %s cannot be decoded (%s); removing it", image_id, collection, exc)
                 svc.images.delete(collection, [image_id])
-        if keep:
-            attrs = [VectorAttrs(rows[i].source, rows[i].tags, rows[i].created_at) for i in keep]
-            svc.vectors.upsert(
-                collection,
-                keep,
-                encoder.encode_images(images),
-                attrs,
-                visible=False,
-                model=encoder.model_name,
-            )
-            svc.images.mark_indexed(collection, keep)
-            repaired += len(keep)
+        if not keep:
+            continue
+        encoder = encoder or svc.encoder_for(collection)
+        vectors = encoder.encode_images(images)
+        # A row a live writer indexed while this batch was encoded keeps that writer's vector
+        # (a command-line load, not a job, may write features from its dataset file).
+        if already := svc.images.indexed_ids(collection, keep):
+            mask = [i not in already for i in keep]
+            keep, vectors = [i for i in keep if i not in already], vectors[mask]
+            if not keep:
+                continue
+        attrs = [VectorAttrs(rows[i].source, rows[i].tags, rows[i].created_at) for i in keep]
+        svc.vectors.upsert(
+            collection, keep, vectors, attrs, visible=False, model=encoder.model_name, incarnation=made
+        )
+        svc.images.mark_indexed(collection, keep)
+        repaired += len(keep)
+        metrics.REPAIRED_ROWS.inc(len(keep))
     if repaired:
         svc.vectors.wait_visible(collection)
     return repaired

@@ -93,6 +93,11 @@ ADD_RESULTS = Counter(
     "Images an add handled (a request or a folder job), by status: added, present, failed",
     ["status"],
 )
+REPAIRED_ROWS = Counter(
+    "imgsearch_repaired_rows_total",
+    "Rows a dead add or load left without their vector that a repair indexed (the periodic "
+    "repair, a folder add's, the command line's)",
+)
 
 # --- background jobs (operations/jobs.py, operations/progress.py) ------------------
 JOBS_STARTED = Counter("imgsearch_jobs_started_total", "Background jobs that started running", ["kind"])

@@ -138,8 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--bulk-file-rows", type=int, default=None, help="rows per import file (default 20000)")
     sub.add_parser("list", help="collections with model, index and counts")
-    for name in ("count", "drop", "repair"):
+    for name in ("count", "drop"):
         sub.add_parser(name).add_argument("collection")
+    sub.add_parser(
+        "repair",
+        help="index every row without its vector now, whatever its age (the servers' periodic repair, "
+        "REPAIR_INTERVAL_S, takes only rows added over 300 s ago); run it when no add is under way",
+    ).add_argument("collection")
     sub.add_parser(
         "upgrade-ids",
         help="SQLite: rebuild an image table of an older version so that a deleted image's id is never "
