@@ -25,6 +25,7 @@ from operations.jobs import JobRunner
 from operations.ocr import close_ocr
 from operations.tracing import configure_logging
 from operations.tracing import install as install_log_ids
+from operations.unindexed_repair import UnindexedRepair
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -70,9 +71,15 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             # running theirs right now, so nothing is marked at start.
             runner = JobRunner(svc)
         app.state.runner = runner
+        # Rows a dead add or load left without their vector are indexed by this replica too
+        # (REPAIR_INTERVAL_S; operations/unindexed_repair.py).
+        repair = UnindexedRepair(svc, runner)
+        repair.start()
+        app.state.unindexed_repair = repair
         try:
             yield
         finally:
+            await anyio.to_thread.run_sync(repair.stop)
             if runner is not None:
                 await anyio.to_thread.run_sync(runner.shutdown)
             svc.close_serving()

@@ -272,6 +272,14 @@ class Settings(BaseSettings):
         description="a job's lease: its replica renews it every second; when a replica dies, "
         "another takes its jobs over once this has passed (database clock)",
     )
+    repair_interval_s: float = Field(
+        600.0,
+        ge=0,
+        le=86400,
+        description="every this many seconds (the first round within 30 s of the start) the server "
+        "indexes rows a dead add or load left without their vector (added over 300 s ago); "
+        "collections a job works on are skipped; 0 = off",
+    )
     alias_refresh_s: float = Field(
         2.0,
         ge=0,
