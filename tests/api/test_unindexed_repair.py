@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from app.main import create_app
-from operations import unindexed_repair
+from operations import ingest, unindexed_repair
 from operations.collections import create_collection
 from operations.domain import ImageRow, VectorAttrs
 from operations.errors import DependencyUnavailable
@@ -268,6 +268,24 @@ def test_a_folder_add_repairs_only_a_dead_adds_rows(lite):
     (folder / "a.jpg").write_bytes(jpeg(83))
     assert add_folder(svc, name, folder, Counter())["added"] == 1
     assert _indexed(svc, name, dead) and _untouched(svc, name, live)
+
+
+def test_a_taken_over_folder_add_leaves_its_first_runs_young_rows_to_the_repair(lite, monkeypatch):
+    """What README says of a folder add taken over from a dead replica (after its lease): the row
+    its first run stored without a vector is younger than HOLDER_DEAD_AFTER_S, so the add waits
+    HOLDER_WAIT_S, answers it "present", and leaves it to a later repair."""
+    monkeypatch.setattr(ingest, "HOLDER_WAIT_S", 0.5)
+    svc, name = lite, unique()
+    create_collection(svc, name)
+    first_run = _leave(svc, name, 85, 40)  # stored 40 s ago by the replica that died
+    folder = svc.settings.data_root / "f"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(jpeg(85))
+    (folder / "b.jpg").write_bytes(jpeg(86))
+    assert add_folder(svc, name, folder, Counter()) == {"added": 1, "present": 1, "failed": 0, "total": 2}
+    assert _untouched(svc, name, first_run)
+    assert repair_unindexed(svc, name) == 1  # `imgsearch repair NAME`, or a round 300 s on
+    assert _found(svc, name, 85) == first_run
 
 
 def test_a_store_error_ends_the_repair_with_that_error(lite, monkeypatch):
