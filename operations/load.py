@@ -321,6 +321,10 @@ class _SplitLoad:
 
     def _make_batch(self, chunk: list[ImageRecord]) -> _Batch | None:
         rows, vectors, pending_images = [], [], []
+        # Stamped per batch, not per load: a row waiting for its vector longer than
+        # HOLDER_DEAD_AFTER_S is taken for a dead writer's by the servers' periodic repair
+        # (operations/unindexed_repair.py), and a command-line load is no job it could skip.
+        added_at = int(time.time())
         looked_up = self.features.get_many([r.image_id for r in chunk]) if self.features else {}
         for rec in chunk:
             where = f"{self.origin} line {rec.line_no} (image {rec.image_id})"
@@ -353,7 +357,7 @@ class _SplitLoad:
                     height=height,
                     source=self.source,
                     created_at=self.now,
-                    added_at=self.now,
+                    added_at=added_at,
                 )
             )
         if not rows:

@@ -46,6 +46,9 @@ def make_settings(tmp: Path, milvus_uri: str | None = None, mysql_url: str = "",
         milvus_timeout_s=5,
         sql_timeout_s=5,
         default_collection="test",
+        # No periodic repair rounds in the background of tests that do not ask for them
+        # (tests/api/test_unindexed_repair.py does): a round would be one more writer.
+        repair_interval_s=0,
     )
     base.update(overrides)
     (tmp / "data").mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
 from app.main import create_app
+from config.settings import Settings
 from operations import ingest, unindexed_repair
 from operations.collections import create_collection
 from operations.domain import ImageRow, VectorAttrs
@@ -191,7 +192,8 @@ def test_the_first_round_comes_soon_after_the_start(tmp_path, monkeypatch):
 
 
 def test_the_default_interval_starts_the_thread_and_the_app_stops_it(tmp_path):
-    c = _app(make_settings(tmp_path))
+    default = Settings.model_fields["repair_interval_s"].default  # make_settings turns it off
+    c = _app(make_settings(tmp_path, repair_interval_s=default))
     with c:
         repair = c.app.state.unindexed_repair
         assert repair.interval_s == 600 and repair.thread.is_alive()
