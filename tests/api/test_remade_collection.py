@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from operations.collections import create_collection, drop_collection
+from operations.domain import ImageRow
 from operations.errors import Conflict
-from operations.ingest import Upload, add_images
+from operations.images import check_image
+from operations.ingest import HOLDER_DEAD_AFTER_S, Upload, add_images, repair_unindexed
 from operations.load import load_split
 from operations.progress import Counter
 from operations.search import search_image, search_text
@@ -137,8 +139,44 @@ def test_a_remake_while_a_load_runs_refuses_its_writes_and_spares_the_new_images
 
     monkeypatch.setattr(svc.images, "insert_rows", remade_after_insert)
     with pytest.raises(Conflict, match="made again"):
-        load_split(svc, name, data, "valid", Counter(), bulk_import=bulk, bulk_file_rows=100)
+        # One batch: its rows go to the table that is then dropped, before any vector write.
+        load_split(
+            svc, name, data, "valid", Counter(), batch_size=len(ids), bulk_import=bulk, bulk_file_rows=100
+        )
     assert theirs == [1, 2] and set(theirs) <= set(ids)
     assert other.vectors.existing_ids(name, ids) == set(theirs)  # no vector of the load's
     found = search_image(other, name, data=jpeg(21), top_k=1)
     assert found.matches[0].row.id == theirs[0] and found.matches[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_remake_while_a_repair_encodes_refuses_its_write_and_spares_the_new_images(replicas, monkeypatch):
+    """The periodic repair (operations/unindexed_repair.py) indexes a dead add's row; another
+    replica makes the collection again while the repair encodes it: the repair's write is
+    refused and the new collection's image with the same id keeps its own vector."""
+    svc, other = replicas
+    name = unique()
+    create_collection(svc, name)
+    img = check_image(jpeg(31), svc.settings.max_upload_bytes, svc.settings.max_image_pixels)
+    old = int(time.time() - HOLDER_DEAD_AFTER_S - 60)
+    row = ImageRow(None, img.sha256, img.b64, img.mime, img.width, img.height, created_at=old, added_at=old)
+    dead, created = svc.images.insert_new(name, row)  # a dead add's row, without its vector
+    assert created
+    real_indexed_ids = svc.images.indexed_ids
+    theirs: list[int] = []
+
+    def remade_after_the_last_look(*args, **kwargs):
+        # After the repair's last look at its rows (none indexed by a live writer meanwhile),
+        # just before its vector write.
+        found = real_indexed_ids(*args, **kwargs)
+        if not theirs:
+            drop_collection(other, name)
+            create_collection(other, name)
+            theirs.append(_add(other, name, 32))
+        return found
+
+    monkeypatch.setattr(svc.images, "indexed_ids", remade_after_the_last_look)
+    with pytest.raises(Conflict, match="made again"):
+        repair_unindexed(svc, name, older_than_s=HOLDER_DEAD_AFTER_S)
+    assert theirs == [dead]  # the new collection's first image has the dead row's id
+    found = search_image(other, name, data=jpeg(32), top_k=1)
+    assert found.matches[0].row.id == dead and found.matches[0].score == pytest.approx(1.0, abs=1e-4)
