@@ -39,6 +39,15 @@ def module_client(request, tmp_path_factory):
 
 
 @pytest.fixture
+def lite_services(tmp_path):
+    """Services on Milvus Lite + SQLite alone (a path only the embedded default has)."""
+    svc = make_services(make_settings(tmp_path))
+    yield svc
+    svc.vectors.close()
+    svc.images.close()
+
+
+@pytest.fixture
 def services(stack_settings):
     svc = make_services(stack_settings)
     yield svc

@@ -62,14 +62,6 @@ def test_load_reads_the_text_of_a_new_collection_with_ocr_enabled(ocr_services):
     assert load_split(svc, collection, data, "valid", Counter()).ocr == {"read": 0, "failed": 0}
 
 
-@pytest.fixture
-def lite(tmp_path):
-    svc = make_services(make_settings(tmp_path))
-    yield svc
-    svc.vectors.close()
-    svc.images.close()
-
-
 def test_an_image_ocr_cannot_read_is_added_and_reported(lite_ocr, monkeypatch):
     svc = lite_ocr
     collection = unique("fail")
@@ -99,8 +91,8 @@ def test_an_image_ocr_cannot_read_is_added_and_reported(lite_ocr, monkeypatch):
     assert record.status == "failed" and "model exploded" in record.error
 
 
-def test_a_collection_without_ocr_never_starts_the_ocr_engine(lite):
-    svc = lite
+def test_a_collection_without_ocr_never_starts_the_ocr_engine(lite_services):
+    svc = lite_services
     collection = unique("plain")
     from operations.collections import create_collection
 

@@ -243,16 +243,8 @@ def _within(timeout_s: float, fn, *args):
     return value
 
 
-@pytest.fixture
-def lite(tmp_path):
-    svc = make_services(make_settings(tmp_path))
-    yield svc
-    svc.vectors.close()
-    svc.images.close()
-
-
-def test_the_age_bound_leaves_young_rows_and_the_command_line_repair_takes_all(lite):
-    svc, name = lite, unique()
+def test_the_age_bound_leaves_young_rows_and_the_command_line_repair_takes_all(lite_services):
+    svc, name = lite_services, unique()
     create_collection(svc, name)
     dead, live = _leave(svc, name, 71, DEAD), _leave(svc, name, 72, 10)
     assert repair_unindexed(svc, name, older_than_s=HOLDER_DEAD_AFTER_S) == 1
@@ -261,8 +253,8 @@ def test_the_age_bound_leaves_young_rows_and_the_command_line_repair_takes_all(l
     assert _indexed(svc, name, live) and _found(svc, name, 72) == live
 
 
-def test_a_folder_add_repairs_only_a_dead_adds_rows(lite):
-    svc, name = lite, unique()
+def test_a_folder_add_repairs_only_a_dead_adds_rows(lite_services):
+    svc, name = lite_services, unique()
     create_collection(svc, name)
     dead, live = _leave(svc, name, 81, DEAD), _leave(svc, name, 82, 0)
     folder = svc.settings.data_root / "f"
@@ -272,12 +264,12 @@ def test_a_folder_add_repairs_only_a_dead_adds_rows(lite):
     assert _indexed(svc, name, dead) and _untouched(svc, name, live)
 
 
-def test_a_taken_over_folder_add_leaves_its_first_runs_young_rows_to_the_repair(lite, monkeypatch):
+def test_a_taken_over_folder_add_leaves_its_first_runs_young_rows_to_the_repair(lite_services, monkeypatch):
     """What README says of a folder add taken over from a dead replica (after its lease): the row
     its first run stored without a vector is younger than HOLDER_DEAD_AFTER_S, so the add waits
     HOLDER_WAIT_S, answers it "present", and leaves it to a later repair."""
     monkeypatch.setattr(ingest, "HOLDER_WAIT_S", 0.5)
-    svc, name = lite, unique()
+    svc, name = lite_services, unique()
     create_collection(svc, name)
     first_run = _leave(svc, name, 85, 40)  # stored 40 s ago by the replica that died
     folder = svc.settings.data_root / "f"
@@ -290,8 +282,8 @@ def test_a_taken_over_folder_add_leaves_its_first_runs_young_rows_to_the_repair(
     assert _found(svc, name, 85) == first_run
 
 
-def test_a_store_error_ends_the_repair_with_that_error(lite, monkeypatch):
-    svc, name = lite, unique()
+def test_a_store_error_ends_the_repair_with_that_error(lite_services, monkeypatch):
+    svc, name = lite_services, unique()
     create_collection(svc, name)
     left = _leave(svc, name, 91, DEAD)
 
@@ -304,8 +296,8 @@ def test_a_store_error_ends_the_repair_with_that_error(lite, monkeypatch):
     assert _untouched(svc, name, left)
 
 
-def test_a_mark_that_does_not_hold_ends_the_repair_instead_of_a_loop(lite, monkeypatch, caplog):
-    svc, name = lite, unique()
+def test_a_mark_that_does_not_hold_ends_the_repair_instead_of_a_loop(lite_services, monkeypatch, caplog):
+    svc, name = lite_services, unique()
     create_collection(svc, name)
     left = _leave(svc, name, 92, DEAD)
     monkeypatch.setattr(svc.images, "mark_indexed", lambda collection, ids: None)
@@ -313,10 +305,12 @@ def test_a_mark_that_does_not_hold_ends_the_repair_instead_of_a_loop(lite, monke
     assert "still not marked indexed" in caplog.text and svc.images.unindexed_ids(name, 10) == [left]
 
 
-def test_a_row_its_writer_indexed_while_the_repair_encoded_keeps_that_writers_vector(lite, monkeypatch):
-    """A live writer (a command-line load: not a job, its rows stamped with its start) that writes
-    its vector and marks the row while the repair encodes it: the repair leaves the row alone."""
-    svc, name = lite, unique()
+def test_a_row_its_writer_indexed_while_the_repair_encoded_keeps_that_writers_vector(
+    lite_services, monkeypatch
+):
+    """A slow live writer (a command-line load, not a job, whose batch waited over 300 s) that
+    writes its vector and marks the row while the repair encodes it: the repair leaves it alone."""
+    svc, name = lite_services, unique()
     create_collection(svc, name)
     left = _leave(svc, name, 93, DEAD)
     encoder = svc.encoder_for(name)
