@@ -48,6 +48,31 @@ def _add(svc, name: str, seed: int) -> int:
     return int(result.id)
 
 
+def _remade_by_other(monkeypatch, store, method: str, other, name: str, seeds, *, before: bool = False):
+    """Patch `store.method` so that at its first call (before or after the real one) the other
+    replica drops `name`, makes it again with the same model and adds jpeg(seed) for each seed:
+    returns the list that then holds the ids those images got."""
+    real = getattr(store, method)
+    theirs: list[int] = []
+
+    def remake_once() -> None:
+        if not theirs:
+            drop_collection(other, name)
+            create_collection(other, name)
+            theirs.extend(_add(other, name, seed) for seed in seeds)
+
+    def patched(*args, **kwargs):
+        if before:
+            remake_once()
+        out = real(*args, **kwargs)
+        if not before:
+            remake_once()
+        return out
+
+    monkeypatch.setattr(store, method, patched)
+    return theirs
+
+
 def test_an_add_after_another_replica_remade_the_collection_uses_its_new_model(replicas):
     svc, other = replicas
     name = unique()
@@ -98,17 +123,7 @@ def test_a_remake_while_an_add_encodes_refuses_its_write_and_spares_the_new_imag
     name = unique()
     create_collection(svc, name)
     _add(svc, name, 1)
-    real_upsert = svc.vectors.upsert
-    theirs: list[int] = []
-
-    def remade_first(*args, **kwargs):
-        if not theirs:
-            drop_collection(other, name)
-            create_collection(other, name)
-            theirs.extend(_add(other, name, seed) for seed in (21, 22))
-        return real_upsert(*args, **kwargs)
-
-    monkeypatch.setattr(svc.vectors, "upsert", remade_first)
+    theirs = _remade_by_other(monkeypatch, svc.vectors, "upsert", other, name, (21, 22), before=True)
     with pytest.raises(Conflict, match="made again"):
         add_images(svc, name, [Upload("3.jpg", jpeg(3))])
     assert theirs == [1, 2]  # the add's row had id 2 in the table that was dropped
@@ -126,18 +141,7 @@ def test_a_remake_while_a_load_runs_refuses_its_writes_and_spares_the_new_images
     name = unique()
     data = svc.settings.data_root / "ds"
     ids, _ = write_dataset(data, "valid", 300, 32, seed=5)
-    real_insert = svc.images.insert_rows
-    theirs: list[int] = []
-
-    def remade_after_insert(*args, **kwargs):
-        result = real_insert(*args, **kwargs)
-        if not theirs:
-            drop_collection(other, name)
-            create_collection(other, name)
-            theirs.extend(_add(other, name, seed) for seed in (21, 22))
-        return result
-
-    monkeypatch.setattr(svc.images, "insert_rows", remade_after_insert)
+    theirs = _remade_by_other(monkeypatch, svc.images, "insert_rows", other, name, (21, 22))
     with pytest.raises(Conflict, match="made again"):
         # One batch: its rows go to the table that is then dropped, before any vector write.
         load_split(
@@ -161,20 +165,9 @@ def test_a_remake_while_a_repair_encodes_refuses_its_write_and_spares_the_new_im
     row = ImageRow(None, img.sha256, img.b64, img.mime, img.width, img.height, created_at=old, added_at=old)
     dead, created = svc.images.insert_new(name, row)  # a dead add's row, without its vector
     assert created
-    real_indexed_ids = svc.images.indexed_ids
-    theirs: list[int] = []
-
-    def remade_after_the_last_look(*args, **kwargs):
-        # After the repair's last look at its rows (none indexed by a live writer meanwhile),
-        # just before its vector write.
-        found = real_indexed_ids(*args, **kwargs)
-        if not theirs:
-            drop_collection(other, name)
-            create_collection(other, name)
-            theirs.append(_add(other, name, 32))
-        return found
-
-    monkeypatch.setattr(svc.images, "indexed_ids", remade_after_the_last_look)
+    # After the repair's last look at its rows (none indexed by a live writer meanwhile), just
+    # before its vector write.
+    theirs = _remade_by_other(monkeypatch, svc.images, "indexed_ids", other, name, (32,))
     with pytest.raises(Conflict, match="made again"):
         repair_unindexed(svc, name, older_than_s=HOLDER_DEAD_AFTER_S)
     assert theirs == [dead]  # the new collection's first image has the dead row's id
