@@ -14,6 +14,7 @@ from operations.errors import Conflict, NotFound
 from operations.relevance.calibration_store import CalibrationBook, CalibrationState
 from operations.stores.image_base import ImageStore
 from operations.stores.job_store import JobStore
+from operations.stores.sql_writer_leases import WriterLeases
 from operations.stores.vector_base import VectorStore
 
 if TYPE_CHECKING:
@@ -65,6 +66,9 @@ class Services:
     # The collection names clients use -> the collections answering them (operations.aliases);
     # None: every name is its own collection (no SQL store to keep the table in).
     aliases: AliasBook | None = None
+    # Leases of writers that are not jobs (a command-line load), which the automatic repair of
+    # rows without their vector leaves alone; None: no SQL store to keep them in.
+    writers: WriterLeases | None = None
     _serving: Serving | None = field(default=None, init=False, repr=False)
     _serving_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _cleanup: VectorCleanup | None = field(default=None, init=False, repr=False)

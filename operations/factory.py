@@ -15,6 +15,7 @@ from operations.stores.job_store import JobStore
 from operations.stores.milvus_store import MilvusVectorStore
 from operations.stores.sql_alias_store import SqlAliasStore
 from operations.stores.sql_image_store import SqlImageStore
+from operations.stores.sql_writer_leases import WriterLeases
 
 if TYPE_CHECKING:
     from operations.encoding.base import Encoder
@@ -129,6 +130,7 @@ def build_services(settings: Settings, encoder=None, lazy_model: bool = False) -
         vectors=cast(MilvusVectorStore, ResolvingStore(build_vector_store(settings), aliases)),
         images=cast(SqlImageStore, ResolvingStore(images, aliases)),
         jobs=JobStore(images.pool),
+        writers=WriterLeases(images.pool),
         calibrations=build_calibrations(settings),
         aliases=aliases,
     )

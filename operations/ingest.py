@@ -528,13 +528,20 @@ def repair_unindexed(
     older_than_s: only rows added longer ago than that (by added_at). With HOLDER_DEAD_AFTER_S
     (a folder add, the server's periodic repair in operations/unindexed_repair.py) that is a
     dead add's rows and never a live add's, which inserts a chunk's rows just before encoding
-    them. None: every row without its vector (`imgsearch repair`, the operator's command).
+    them; and nothing while a writer that is not a job (a command-line load) holds a live lease
+    on the collection (operations.stores.sql_writer_leases). None: every row without its vector
+    (`imgsearch repair`, the operator's command).
     The call ends: a store error ends it with that error (what was indexed stays indexed), a
     row that cannot be decoded is deleted, rows added after it began are never its business,
     and a row it meets again after indexing it (its mark did not hold) ends it with a warning
     instead of a loop. `should_stop` is asked between batches (a server that is stopping).
     """
     collection = svc.store_name(collection, write=True)  # one collection for the whole call
+    # A live writer that is not a job (a command-line load) may keep rows waiting for their
+    # vectors past the age bound; only the operator's unbounded repair goes ahead of it.
+    if older_than_s is not None and svc.writers is not None and (writing := svc.writers.live_on(collection)):
+        log.info("repair of %s left for later: %s writes to it", collection, "; ".join(writing))
+        return 0
     # Its making before any row is read: a vector write is refused (409) once another replica
     # has dropped the collection and made it again, whose new images may hold the same ids.
     made = svc.vectors.incarnation(collection, fresh=True)

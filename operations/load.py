@@ -55,6 +55,7 @@ from operations.names import check_label
 from operations.ocr import enable_ocr, ocr_enabled, read_backlog
 from operations.pipeline import Stage, run_stages
 from operations.progress import Progress
+from operations.stores.sql_writer_leases import held
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ def load_split(
     data_root: Path | None = None,
     bulk_import: bool = False,
     bulk_file_rows: int | None = None,
+    writer: str | None = None,
 ) -> LoadReport:
     """Load `split` of `dataset_dir` into `collection`; see the module docstring.
 
@@ -137,13 +139,20 @@ def load_split(
     pipeline read+make -> SQL rows -> vectors + mark indexed, then flush the collection.
     With `data_root` (every load the server runs), each file is opened and checked to lie
     under it before it is read (operations.data_root). `bulk_import`: the vectors go through
-    the server's import of files (operations.bulk_import), `bulk_file_rows` rows a file."""
-    with contextlib.ExitStack() as files:
+    the server's import of files (operations.bulk_import), `bulk_file_rows` rows a file.
+    `writer` (a load that is not a job: the command line's, described): the load holds a writer
+    lease on its collection while it runs, so the servers' automatic repair leaves its waiting
+    rows alone (operations.stores.sql_writer_leases)."""
+    with contextlib.ExitStack() as stack:
 
         def readable(path: Path) -> Path:
             if data_root is None:
                 return path
-            return Path(files.enter_context(opened_under(data_root, path)))
+            return Path(stack.enter_context(opened_under(data_root, path)))
+
+        def lease(store: str) -> None:
+            if writer is not None:
+                stack.enter_context(held(svc.writers, store, writer))
 
         return _load_split(
             svc,
@@ -159,6 +168,7 @@ def load_split(
             data_root,
             bulk_import,
             bulk_file_rows,
+            lease,
         )
 
 
@@ -176,11 +186,13 @@ def _load_split(
     data_root: Path | None,
     bulk_import: bool = False,
     bulk_file_rows: int | None = None,
+    lease: Callable[[str], None] = lambda store: None,
 ) -> LoadReport:
     started = time.perf_counter()
     # Resolved once (operations.aliases): every batch goes to the same collection, and a switch
     # of the name under the load fails it (503) rather than leave batches behind.
     collection = svc.store_name(collection, write=True)
+    lease(collection)  # before any row is written
     if data_root is not None:
         dataset_dir = check_under(data_root, dataset_dir)
     if not Path(dataset_dir).is_dir():

@@ -9,6 +9,9 @@ rows older than a live add's ever are touched. Skipped:
 - a collection any job of any replica has queued or running (`JobRunner.running_on`): a load
   writes its rows before their vectors and a bulk import may take long, and the job indexes its
   own rows (taken over by another replica if its own died);
+- a collection a command-line load writes (a live writer lease, operations.stores.
+  sql_writer_leases; checked in `repair_unindexed`): that load is no job, and its rows may wait
+  longer than the age bound for a bulk import;
 - a rebuild's versions that no name points at (one being built: its job writes its vectors; one
   left behind by a switch or a failed rebuild: no search reaches it; `imgsearch repair NAME`
   repairs one by hand).

@@ -46,6 +46,7 @@ from operations.relevance.calibrate import calibrate_model
 from operations.relevance.cutoff import CutOptions
 from operations.relevance.search import RelevanceQuery, relevance_search
 from operations.retention import RetentionRule, apply_retention
+from operations.stores.sql_writer_leases import this_process
 from operations.tracing import configure_logging
 
 
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 bulk_import=args.bulk_import,
                 bulk_file_rows=args.bulk_file_rows,
+                writer=this_process("imgsearch load"),
             )
             print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
             _reindex_hint(svc, collection)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from operations.errors import Conflict, NotFound
-from operations.stores.sql_pool import SqlPool
+from operations.stores.sql_pool import DB_NOW, SqlPool
 
 MAX_FAILURES_KEPT = 10_000
 ACTIVE_STATES = ("queued", "running")
@@ -34,14 +34,6 @@ ACTIVE_STATES = ("queued", "running")
 # job whose lease lapsed is taken over by a replica without being asked.
 RESUMABLE_STATES = ("interrupted", "failed")
 
-# The database's clock as seconds since the epoch, evaluated by the server in
-# the statement that uses it. MySQL: UTC_TIMESTAMP does not depend on the
-# session time zone and TIMESTAMPDIFF has no 2038 limit (UNIX_TIMESTAMP has on
-# older servers). SQLite: the clock of the one machine that holds the file.
-_NOW = {
-    "mysql": "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) / 1000000.0)",
-    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
-}
 # Lease columns added to job tables made before leases existed.
 _LEASE_COLUMNS = {
     "owner": "VARCHAR(128) NULL",
@@ -105,7 +97,7 @@ def _token() -> str:
 class JobStore:
     def __init__(self, pool: SqlPool) -> None:
         self.pool = pool
-        self._now = _NOW[pool.dialect]
+        self._now = DB_NOW[pool.dialect]
 
     # -- tables ------------------------------------------------------------------
     def ensure_tables(self) -> None:

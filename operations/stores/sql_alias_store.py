@@ -19,12 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from operations.names import validate_name
-from operations.stores.sql_pool import SqlPool, is_integrity_error
-
-_NOW = {
-    "mysql": "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) / 1000000.0)",
-    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
-}
+from operations.stores.sql_pool import DB_NOW, SqlPool, is_integrity_error
 
 
 @dataclass(frozen=True)
@@ -41,7 +36,7 @@ class SqlAliasStore:
 
     def __init__(self, pool: SqlPool) -> None:
         self.pool = pool
-        self._now = _NOW[pool.dialect]
+        self._now = DB_NOW[pool.dialect]
         self._ready = False
 
     def ensure_table(self) -> None:

@@ -32,6 +32,14 @@ log = logging.getLogger(__name__)
 
 # Connections older than this are replaced: MySQL closes idle ones
 # ("server has gone away") after wait_timeout.
+# The database's clock in seconds since the epoch, as an SQL expression: leases (jobs, names,
+# writers) are measured by it, so the clocks of the machines holding them do not matter.
+# MySQL: UTC_TIMESTAMP does not depend on the session time zone and TIMESTAMPDIFF has no 2038
+# limit (UNIX_TIMESTAMP has on older servers). SQLite: the clock of the one machine with the file.
+DB_NOW = {
+    "mysql": "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) / 1000000.0)",
+    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
+}
 RECYCLE_S = 1800
 DEADLOCK_RETRIES = 3
 

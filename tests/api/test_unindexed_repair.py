@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 
 from app.main import create_app
 from config.settings import Settings
-from operations import ingest, unindexed_repair
+from operations import ingest, load, unindexed_repair
 from operations.collections import create_collection
 from operations.domain import ImageRow, VectorAttrs
 from operations.errors import DependencyUnavailable
@@ -28,8 +28,9 @@ from operations.ingest import HOLDER_DEAD_AFTER_S, add_folder, repair_unindexed
 from operations.progress import Counter
 from operations.search import search_image
 from operations.unindexed_repair import repair_round, repair_targets
+from scripts import cli
 from tests.fixtures_stack import BACKENDS, backend_settings
-from tests.stack import jpeg, make_services, make_settings, unique, unit_rows
+from tests.stack import jpeg, make_services, make_settings, unique, unit_rows, write_dataset
 
 INTERVAL_S = 0.3  # the repair's interval in these tests (its first round comes as soon)
 DEAD = int(HOLDER_DEAD_AFTER_S) + 60  # seconds: the age of a dead add's row
@@ -326,3 +327,64 @@ def test_a_row_its_writer_indexed_while_the_repair_encoded_keeps_that_writers_ve
     monkeypatch.setattr(encoder, "encode_images", encode_images)
     assert repair_unindexed(svc, name, older_than_s=HOLDER_DEAD_AFTER_S) == 0
     np.testing.assert_allclose(svc.vectors.get_vectors(name, [left])[left], own[0], atol=1e-6)
+
+
+def test_a_live_command_line_writers_lease_keeps_the_automatic_repairs_away(lite_services):
+    """A writer lease (a command-line load's) on a collection: the periodic and the folder add's
+    repairs leave its old rows alone while the lease is live, the operator's repair does not; a
+    released lease, or one its dead holder stopped renewing, lets them in again."""
+    svc, name = lite_services, unique()
+    create_collection(svc, name)
+    first, second = _leave(svc, name, 101, DEAD), _leave(svc, name, 102, DEAD)
+    lease = svc.writers.hold(name, "imgsearch load on elsewhere pid 1")
+    assert repair_round(svc, None) == {}
+    assert repair_unindexed(svc, name, older_than_s=HOLDER_DEAD_AFTER_S) == 0
+    assert _untouched(svc, name, first) and _untouched(svc, name, second)
+    svc.writers.release(lease)
+    assert repair_round(svc, None) == {name: 2}
+    assert _found(svc, name, 101) == first and _found(svc, name, 102) == second
+
+    third = _leave(svc, name, 103, DEAD)
+    svc.writers.hold(name, "a load killed: never renewed", lease_s=0.5)
+    assert repair_unindexed(svc, name, older_than_s=HOLDER_DEAD_AFTER_S) == 0
+    time.sleep(1.0)
+    assert repair_unindexed(svc, name, older_than_s=HOLDER_DEAD_AFTER_S) == 1
+    assert _indexed(svc, name, third)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_command_line_load_holds_its_lease_while_its_rows_wait(request, tmp_path, backend, monkeypatch):
+    """`imgsearch load` holds a writer lease on the collection from before its first row to its
+    end: an automatic repair run while a batch waits for its vectors (its rows taken as old as a
+    dead add's: older_than_s < 0) indexes nothing. The same load without a lease (a job's, which
+    the periodic repair skips by its job instead) would have had them repaired under it."""
+    settings = backend_settings(request, tmp_path, backend)
+    svc = make_services(settings)
+    data = settings.data_root / "ds"
+    write_dataset(data, "valid", 12, svc.encoder.dim, seed=5)
+    seen: list[tuple[list[str], int]] = []
+    real_index = load._SplitLoad.index_vectors
+
+    def index_vectors(self, batch):
+        seen.append((svc.writers.live_on(self.collection), repair_unindexed(svc, name, older_than_s=-3600)))
+        real_index(self, batch)
+
+    monkeypatch.setattr(load._SplitLoad, "index_vectors", index_vectors)
+    monkeypatch.setattr(cli, "build_services", lambda settings, lazy_model=False: svc)
+    name = unique("cliload")
+    args = ["load", "--dataset", str(data), "--split", "valid", "--collection", name, "--batch-size", "4"]
+    assert cli.main(args) == 0
+    assert len(seen) == 3
+    assert all(len(holders) == 1 and holders[0].startswith("imgsearch load on ") for holders, _ in seen)
+    assert [repaired for _, repaired in seen] == [0, 0, 0]
+    assert svc.writers.live_on(name) == [] and svc.images.unindexed_ids(name, 100) == []
+
+    seen.clear()
+    other = name
+    name = unique("jobload")
+    load.load_split(svc, name, data, "valid", Counter(), batch_size=4)
+    assert [holders for holders, _ in seen] == [[], [], []]
+    assert sum(repaired for _, repaired in seen) > 0  # the repair took the waiting rows
+    assert svc.vectors.count(name) == svc.vectors.count(other) == 12
+    svc.vectors.close()
+    svc.images.close()

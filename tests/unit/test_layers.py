@@ -40,6 +40,7 @@ STORE_FAMILIES = {
         "operations.stores.sql_ocr_store",
         "operations.stores.sql_duplicate_store",
         "operations.stores.sql_alias_store",
+        "operations.stores.sql_writer_leases",
     },
     "memory": {"operations.stores.memory_vector_store"},
 }
