@@ -304,7 +304,7 @@ class CollectionCreate(BaseModel):
     ocr: bool | None = Field(
         None, description="read the text in this collection's images (default: the server's OCR_ENABLED)"
     )
-    index_type: Literal["FLAT", "IVF_FLAT", "HNSW", "AUTO"] | None = Field(
+    index_type: Literal["FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "AUTO"] | None = Field(
         None,
         description="default: the server's INDEX_TYPE; AUTO: FLAT (exact) below the server's "
         "AUTO_INDEX_FLAT_BELOW expected vectors, else HNSW tuned for recall@10 >= 0.99 (no params)",
@@ -513,7 +513,7 @@ class RebuildRequest(BaseModel):
         },
     )
     model: Text | None = Field(None, description="a model the server runs (default: the collection's own)")
-    index_type: Literal["FLAT", "IVF_FLAT", "HNSW", "AUTO"] | None = Field(
+    index_type: Literal["FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "AUTO"] | None = Field(
         None,
         description="default: the collection's own index (AUTO re-chosen for its current size)",
     )

@@ -123,7 +123,7 @@ class Settings(BaseSettings):
         description="shards of a new collection on a Milvus server (Milvus Lite has one); a search "
         "reads the shards' segments in parallel, so 2 on a 2-core node shortens a lone search",
     )
-    index_type: Literal["FLAT", "IVF_FLAT", "HNSW", "AUTO"] = Field(
+    index_type: Literal["FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "AUTO"] = Field(
         "FLAT",
         description="index of new collections; AUTO: FLAT below AUTO_INDEX_FLAT_BELOW expected vectors, "
         "else HNSW tuned for recall@10 >= 0.99 (README)",

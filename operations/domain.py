@@ -15,7 +15,9 @@ from datetime import UTC, datetime
 from operations.errors import Conflict, InvalidInput
 from operations.names import check_label
 
-INDEX_TYPES = ("FLAT", "IVF_FLAT", "HNSW")
+# IVF_SQ8 keeps IVF_FLAT's lists with 8-bit codes: a quarter of the vectors' memory for a little
+# recall (bench/README.md, "IVF_SQ8's latency at 1,000,000"); the choice where RAM is the limit.
+INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW")
 # "AUTO" in a request: the service picks FLAT (exact) for a collection expected to hold fewer
 # than AUTO_INDEX_FLAT_BELOW vectors, else HNSW with the parameters below, chosen as the cheapest
 # that reached recall@10 >= 0.99 on realistic features (bench/README.md, "Index choice"). It is
@@ -81,6 +83,7 @@ class IndexSpec:
         allowed: tuple[set[str], set[str]] = {
             "FLAT": (set(), set()),
             "IVF_FLAT": ({"nlist"}, {"nprobe"}),
+            "IVF_SQ8": ({"nlist"}, {"nprobe"}),
             "HNSW": ({"M", "efConstruction"}, {"ef"}),
         }[self.type]
         for given, ok, what in (

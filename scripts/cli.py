@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("collection")
     p.add_argument("--model", default=None, help="a configured model (default: the collection's)")
-    p.add_argument("--index-type", choices=("FLAT", "IVF_FLAT", "HNSW", "AUTO"), default=None)
+    p.add_argument("--index-type", choices=("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "AUTO"), default=None)
     p.add_argument("--index-params", type=json.loads, default={}, help='JSON, e.g. {"M": 16}')
     p.add_argument("--search-params", type=json.loads, default={}, help='JSON, e.g. {"ef": 64}')
     p.add_argument("--dataset", type=Path, default=None, help="a labelled split's directory (recall check)")

@@ -370,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--load", action="store_true", help="upsert the image features into the collection first")
     g.add_argument("--recreate", action="store_true", help="drop and re-create the collection, then load")
     g.add_argument("--store-model-name", help="model label stored on the collection (default MODEL_NAME)")
-    g.add_argument("--index-type", choices=("FLAT", "IVF_FLAT", "HNSW"), help="default INDEX_TYPE")
+    g.add_argument("--index-type", choices=("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW"), help="default INDEX_TYPE")
     g.add_argument("--index-params", help='JSON, e.g. {"nlist":128}')
     g.add_argument("--search-params", help='JSON, e.g. {"nprobe":16}')
     g.add_argument("--load-batch-size", type=int, default=1000)

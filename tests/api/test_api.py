@@ -401,6 +401,40 @@ def test_collections_with_chosen_index_and_drop(client):
     assert client.get(f"/img/collections/{name}").status_code == 404
 
 
+def test_an_ivf_sq8_collection_is_made_described_and_searched(client):
+    """IVF_SQ8 (8-bit codes: the index for RAM) through the API: made with its IVF parameters,
+    described as made, an added image found by its own bytes; HNSW's parameters refused."""
+    name = unique("sq8")
+    r = client.post(
+        "/img/collections",
+        json={
+            "name": name,
+            "index_type": "IVF_SQ8",
+            "index_params": {"nlist": 8},
+            "search_params": {"nprobe": 8},
+        },
+    )
+    assert r.status_code == 201, r.text
+    described = client.get(f"/img/collections/{name}").json()
+    assert (described["index_type"], described["index_params"], described["search_params"]) == (
+        "IVF_SQ8",
+        {"nlist": 8},
+        {"nprobe": 8},
+    )
+    files = [("files", (f"{i}.jpg", jpeg(600 + i), "image/jpeg")) for i in range(6)]
+    added = client.post(f"/img/images/{name}", files=files)
+    assert added.status_code == 200, added.text
+    ids = [a["id"] for a in added.json()["results"]]
+    query = {"file": ("q.jpg", jpeg(603), "image/jpeg")}
+    found = client.post("/img/search/image", data={"collection": name, "top_k": "1"}, files=query)
+    assert found.status_code == 200, found.text
+    assert found.json()["results"][0]["id"] == ids[3]
+    hnsw_params = {"name": unique("x"), "index_type": "IVF_SQ8", "search_params": {"ef": 8}}
+    bad = client.post("/img/collections", json=hnsw_params)
+    assert bad.status_code == 422
+    assert client.delete(f"/img/collections/{name}").status_code == 200
+
+
 def test_collection_partitioned_by_source(client):
     """Created through the API with a partition key on source: adds land in it,
     and source filters give exactly that source's images."""

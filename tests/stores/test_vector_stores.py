@@ -126,6 +126,7 @@ def test_unknown_and_invalid_names(store):
     "index",
     [
         IndexSpec("IVF_FLAT", {"nlist": 8}, {"nprobe": 8}),
+        IndexSpec("IVF_SQ8", {"nlist": 8}, {"nprobe": 8}),
         IndexSpec("HNSW", {"M": 8, "efConstruction": 64}, {"ef": 64}),
     ],
 )

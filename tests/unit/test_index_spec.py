@@ -37,3 +37,13 @@ def test_auto_takes_no_parameters_and_stores_refuse_it_unresolved() -> None:
 def test_settings_take_auto() -> None:
     s = load_settings(index_type="AUTO", auto_index_flat_below=1000)
     assert (s.index_type, s.auto_index_flat_below) == ("AUTO", 1000)
+
+
+def test_ivf_sq8_takes_the_ivf_parameters_only() -> None:
+    sq8 = IndexSpec("IVF_SQ8", {"nlist": 4096}, {"nprobe": 128})
+    assert sq8.check() is sq8 and sq8.resolve(10**9, 1) is sq8
+    with pytest.raises(InvalidInput, match="IVF_SQ8 takes no build parameter 'M'"):
+        IndexSpec("IVF_SQ8", {"M": 16}).check()
+    with pytest.raises(InvalidInput, match="IVF_SQ8 takes no search parameter 'ef'"):
+        IndexSpec("IVF_SQ8", search_params={"ef": 64}).check()
+    assert load_settings(index_type="IVF_SQ8").index_type == "IVF_SQ8"
