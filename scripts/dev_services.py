@@ -198,9 +198,19 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _preexec() -> Any:
-    # PDEATHSIG fires when the *thread* that forked exits, so only use it from the main thread.
-    return _die_with_parent if threading.current_thread() is threading.main_thread() else None
+def _dying_with_parent(cmd: list[str]) -> tuple[list[str], Any]:
+    """`cmd` and the preexec_fn to start it with, so that the kernel SIGKILLs it when this
+    process goes away. setpriv (util-linux) sets that in the child and execs `cmd`, so no Python
+    runs between fork and exec: a preexec_fn makes subprocess fork for real, and in a test process
+    with gRPC channels open (pymilvus) such children were seen to abort (SIGABRT, gRPC's poller
+    writing "epoll_wait error: Bad file descriptor" to the child's output) before mariadbd ran,
+    twice in a row. The preexec_fn only where setpriv is missing. PDEATHSIG fires when the
+    *thread* that started the child exits, so it is asked for from the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return cmd, None
+    if setpriv := shutil.which("setpriv"):
+        return [setpriv, "--pdeathsig", "KILL", "--", *cmd], None
+    return cmd, _die_with_parent
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -479,12 +489,13 @@ class MariaDBServer(_Service):
             raise ServiceError(f"port {self.port} is already taken; cannot start MariaDB there")
         out = open(self.base / "mariadbd.out", "ab")  # noqa: SIM115 - lives as long as the process
         try:
+            cmd, preexec = _dying_with_parent(self._server_cmd())
             self._proc = subprocess.Popen(
-                self._server_cmd(),
+                cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_preexec(),  # noqa: PLW1509 - PDEATHSIG needs it
+                preexec_fn=preexec,  # noqa: PLW1509 - only without setpriv
             )
         finally:
             out.close()
@@ -675,14 +686,15 @@ def _milvus_classes() -> tuple[type, type]:
             for name in ("stdout", "stderr"):
                 path = os.path.join(self.config.base_data_dir, "logs", f"milvus-{name}.log")
                 self.proc_fds[name] = open(path, "a", encoding="utf-8")  # noqa: SIM115
+            cmd, preexec = _dying_with_parent([exe, "run", "standalone"])
             self.server_proc = subprocess.Popen(
-                [exe, "run", "standalone"],
+                cmd,
                 cwd=self.config.base_data_dir,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=self.proc_fds["stdout"],
                 stderr=self.proc_fds["stderr"],
-                preexec_fn=_preexec(),  # noqa: PLW1509
+                preexec_fn=preexec,  # noqa: PLW1509 - only without setpriv
             )
             if self.wait_for_started:
                 self.wait_started()
