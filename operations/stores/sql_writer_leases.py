@@ -8,7 +8,7 @@ imported yet, whose import landing after the repair's write would hold the id tw
 So such a load holds a lease on its collection while it runs, renewed by a thread on the
 database's clock, and the automatic repair leaves a collection with a live lease alone. A load
 that dies stops renewing; its lease lapses after LEASE_S and its rows are repaired as any dead
-writer's.
+writer's; the next load deletes its row a day later (LAPSED_KEPT_S).
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 # A lease lasts this long past its last renewal; the holder renews every third of it, so a
 # renewal or two may fail (a short SQL outage) before the servers take the load for dead.
 LEASE_S = 60.0
+# A killed load leaves its row behind, lapsed. The next `hold` deletes rows lapsed this long
+# ago: long enough that a writer cut off from the database by an outage finds its row again
+# when the outage ends (a lapsed row has no effect; a deleted one stops its renewals), short
+# enough that the table holds about one day of killed loads.
+LAPSED_KEPT_S = 86_400.0
 
 
 class WriterLeases:
@@ -47,6 +52,9 @@ class WriterLeases:
     def hold(self, collection: str, holder: str, lease_s: float = LEASE_S) -> str:
         """Take a lease on `collection` for `holder` (a description: command, host, pid); its id."""
         self.ensure_table()  # a command line may run before any server made the tables
+        self.pool.execute(
+            f"DELETE FROM writer_leases WHERE lease_until < {self._now} - ?", (float(LAPSED_KEPT_S),)
+        )
         lease_id = uuid.uuid4().hex
         self.pool.execute(
             "INSERT INTO writer_leases (id, collection, holder, lease_until) "

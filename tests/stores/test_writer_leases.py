@@ -55,6 +55,19 @@ def test_a_lease_not_renewed_lapses_and_a_renewed_one_does_not(leases):
     assert not leases.renew(dead, 1.0)  # gone
 
 
+def test_the_next_hold_deletes_rows_lapsed_over_a_day_ago_and_keeps_recent_ones(leases, monkeypatch):
+    import operations.stores.sql_writer_leases as module
+
+    old = leases.hold("images", "killed long ago", lease_s=-3.0)  # lapsed 3 s ago
+    recent = leases.hold("images", "killed just now", lease_s=-0.5)
+    monkeypatch.setattr(module, "LAPSED_KEPT_S", 2.0)  # "a day" is 2 s here
+    new = leases.hold("images", "the next load")
+    ids = {r[0] for r in leases.pool.query("SELECT id FROM writer_leases")}
+    assert ids == {recent, new}
+    assert old not in ids
+    assert leases.live_on("images") == ["the next load"]
+
+
 def test_held_renews_for_the_whole_block_and_releases_at_its_end(leases):
     with held(leases, "images", this_process("test"), lease_s=0.6):
         holder = leases.live_on("images")
