@@ -19,7 +19,7 @@ from cn_clip.clip import _tokenizer, tokenize
 from cn_clip.clip.model import CLIP
 from PIL import Image
 
-from operations.encoding.base import FairLock, l2_normalise
+from operations.encoding.base import FairLock, encode_in_length_groups, l2_normalise
 from operations.encoding.model_files import (
     CONTEXT_LENGTH,
     ModelSpec,
@@ -183,12 +183,16 @@ class ClipEncoder:
         out = []
         for start in range(0, len(texts), batch_size):
             batch = texts[start : start + batch_size]
-            tokens = self.tokenize(batch)
+            tokens = self.tokenize(batch).numpy()
             with self._lock:
                 torch.set_num_threads(self.text_threads if len(batch) <= 8 else self.image_threads)
-                feats = self.model.encode_text(tokens.to(self.device))
-            out.append(feats.float().cpu().numpy())
+                out.append(encode_in_length_groups(tokens, self._encode_tokens, self.dim))
         return l2_normalise(np.concatenate(out) if out else np.zeros((0, self.dim)))
+
+    @torch.no_grad()
+    def _encode_tokens(self, tokens: np.ndarray) -> np.ndarray:
+        feats = self.model.encode_text(torch.from_numpy(tokens).to(self.device))
+        return feats.float().cpu().numpy()
 
     def preprocess_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The published cn_clip transform, stacked: callers may run it in other threads."""

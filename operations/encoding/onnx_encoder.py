@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 from PIL import Image
 
-from operations.encoding.base import FairLock, every_core_requested, l2_normalise
+from operations.encoding.base import FairLock, encode_in_length_groups, every_core_requested, l2_normalise
 from operations.encoding.clip_encoder import ClipEncoder
 from operations.encoding.model_files import resolve_threads
 
@@ -121,18 +121,23 @@ class OnnxClipEncoder:
         return self._bulk_text
 
     def _run_text(self, tokens: np.ndarray) -> np.ndarray:
+        # The session is chosen by the whole batch's size; its length groups
+        # (base.LENGTH_SPREAD) then run one after another on it.
         spreads = self.image_threads > self.text_threads
         if spreads and len(tokens) > SMALL_TEXT_BATCH:
             with self._all_cores:
-                return self._bulk_text_session().run(None, {"text": tokens})[0]
+                return self._run_groups(self._bulk_text_session(), tokens)
         # A lone query (`every_core_requested`) takes every core only if no
         # image batch holds them or waits for them: it never queues behind an add.
         if spreads and every_core_requested() and self._all_cores.try_acquire():
             try:
-                return self._bulk_text_session().run(None, {"text": tokens})[0]
+                return self._run_groups(self._bulk_text_session(), tokens)
             finally:
                 self._all_cores.release()
-        return self._text.run(None, {"text": tokens})[0]
+        return self._run_groups(self._text, tokens)
+
+    def _run_groups(self, session: ort.InferenceSession, tokens: np.ndarray) -> np.ndarray:
+        return encode_in_length_groups(tokens, lambda part: session.run(None, {"text": part})[0], self.dim)
 
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         out = [

@@ -10,6 +10,7 @@ import torch
 from cn_clip.clip import tokenize
 from PIL import Image
 
+from operations.encoding.base import encode_in_length_groups, length_groups
 from operations.encoding.clip_encoder import ClipEncoder
 from operations.encoding.model_files import ModelSpec, ModelUnavailable, resolve_architecture
 from operations.errors import InvalidInput
@@ -28,6 +29,49 @@ def test_outputs_are_normalised_float32_and_batch_independent():
     feats = enc.encode_images(images)
     assert feats.dtype == np.float32 and feats.shape == (3, enc.dim)
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1, atol=1e-5)
+
+
+def test_length_groups_cover_every_row_once_within_the_spread():
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 2, 7, 40):
+        lengths = rng.integers(3, 53, n)
+        groups = length_groups(lengths, spread=4)
+        rows = np.concatenate(groups) if groups else np.zeros(0, int)
+        assert sorted(rows.tolist()) == list(range(n))
+        for g in groups:
+            assert lengths[g].max() - lengths[g].min() <= 4
+        # Shortest first, and no two neighbouring groups could have been one.
+        for a, b in zip(groups, groups[1:], strict=False):
+            assert lengths[b].max() - lengths[a].min() > 4 and lengths[a].max() <= lengths[b].min()
+
+
+def test_encode_in_length_groups_trims_each_group_and_keeps_row_order():
+    tokens = np.array(
+        [[101, 5, 102, 0, 0, 0, 0, 0, 0], [101, 5, 6, 7, 8, 9, 10, 11, 102], [101, 102, 0, 0, 0, 0, 0, 0, 0]]
+    )
+    widths = []
+
+    def run(part):
+        widths.append(part.shape)
+        return part[:, :2].astype(np.float32) * 0 + part.shape[1]  # each row answers its pass's width
+
+    out = encode_in_length_groups(tokens, run, dim=2)
+    assert widths == [(2, 3), (1, 9)]
+    assert out[:, 0].tolist() == [3, 9, 3]
+
+
+def test_torch_encoder_runs_mixed_lengths_in_groups_and_equals_one_by_one():
+    enc = tiny_encoder()
+    texts = ["猫", "一只在草地上奔跑的小狗，旁边有一个蓝色的球", "红色", "左边有一个红色的圆形"]
+    widths = []
+    real = enc._encode_tokens
+    enc._encode_tokens = lambda part: widths.append(part.shape) or real(part)
+    batch = enc.encode_texts(texts)
+    assert widths == [(2, 4), (1, 12), (1, 23)]
+    one_by_one = np.concatenate([real(enc.tokenize([t]).numpy()) for t in texts])
+    np.testing.assert_allclose(
+        batch, one_by_one / np.linalg.norm(one_by_one, axis=1, keepdims=True), atol=1e-5
+    )
 
 
 def test_trimmed_padding_gives_the_published_full_context_features():

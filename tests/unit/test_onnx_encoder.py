@@ -115,6 +115,29 @@ def test_text_input_is_as_wide_as_the_longest_text_not_52(demo_pair):
     assert seen == [(1, 3), (2, 7)]
 
 
+def test_a_batch_of_mixed_lengths_runs_in_length_groups_with_each_text_its_own_result(demo_pair):
+    torch_enc, onnx_enc = demo_pair
+    texts = ["猫", "一只在草地上奔跑的小狗，旁边有一个蓝色的球", "红色", "左边有一个红色的圆形", "狗"]
+    seen = []
+    real_run = onnx_enc._text.run
+
+    class Spy:
+        def run(self, names, feeds):
+            seen.append(feeds["text"].shape)
+            return real_run(names, feeds)
+
+    onnx_enc._text, original = Spy(), onnx_enc._text
+    try:
+        batch = onnx_enc.encode_texts(texts)
+    finally:
+        onnx_enc._text = original
+    # 3, 3 and 4 tokens in one pass; 12 and 23 apart: no pass pads a text by more than 4 tokens.
+    assert seen == [(3, 4), (1, 12), (1, 23)]
+    alone = np.concatenate([onnx_enc.encode_texts([t]) for t in texts])
+    np.testing.assert_allclose(batch, alone, atol=1e-5)
+    np.testing.assert_allclose(batch, torch_enc.encode_texts(texts), atol=1e-4)
+
+
 def test_a_lone_query_spreads_over_every_core_unless_an_image_batch_holds_them(demo_pair):
     torch_enc, verified = demo_pair
     enc = OnnxClipEncoder(
