@@ -72,7 +72,7 @@ def encode_in_length_groups(
     lengths = np.maximum((np.asarray(tokens) != 0).sum(axis=1), 1)
     out = np.zeros((len(tokens), dim), np.float32)
     for rows in length_groups(lengths):
-        out[rows] = run(tokens[rows][:, : int(lengths[rows].max())])
+        out[rows] = run(np.ascontiguousarray(tokens[rows][:, : int(lengths[rows].max())]))
     return out
 
 

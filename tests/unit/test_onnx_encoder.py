@@ -8,6 +8,7 @@ only the exports a test is about run in it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import shutil
@@ -96,8 +97,9 @@ def test_demo_model_onnx_equals_torch(demo_pair):
     np.testing.assert_allclose(onnx_enc.encode_pixels(pixels), torch_enc.encode_pixels(pixels), atol=1e-4)
 
 
-def test_text_input_is_as_wide_as_the_longest_text_not_52(demo_pair):
-    _, onnx_enc = demo_pair
+@contextlib.contextmanager
+def text_passes(onnx_enc):
+    """The shapes of the token arrays the small-batch text session runs within the block."""
     seen = []
     real_run = onnx_enc._text.run
 
@@ -108,29 +110,24 @@ def test_text_input_is_as_wide_as_the_longest_text_not_52(demo_pair):
 
     onnx_enc._text, original = Spy(), onnx_enc._text
     try:
-        onnx_enc.encode_texts(["猫"])
-        onnx_enc.encode_texts(["红色的圆形", "猫"])
+        yield seen
     finally:
         onnx_enc._text = original
+
+
+def test_text_input_is_as_wide_as_the_longest_text_not_52(demo_pair):
+    _, onnx_enc = demo_pair
+    with text_passes(onnx_enc) as seen:
+        onnx_enc.encode_texts(["猫"])
+        onnx_enc.encode_texts(["红色的圆形", "猫"])
     assert seen == [(1, 3), (2, 7)]
 
 
 def test_a_batch_of_mixed_lengths_runs_in_length_groups_with_each_text_its_own_result(demo_pair):
     torch_enc, onnx_enc = demo_pair
     texts = ["猫", "一只在草地上奔跑的小狗，旁边有一个蓝色的球", "红色", "左边有一个红色的圆形", "狗"]
-    seen = []
-    real_run = onnx_enc._text.run
-
-    class Spy:
-        def run(self, names, feeds):
-            seen.append(feeds["text"].shape)
-            return real_run(names, feeds)
-
-    onnx_enc._text, original = Spy(), onnx_enc._text
-    try:
+    with text_passes(onnx_enc) as seen:
         batch = onnx_enc.encode_texts(texts)
-    finally:
-        onnx_enc._text = original
     # 3, 3 and 4 tokens in one pass; 12 and 23 apart: no pass pads a text by more than 4 tokens.
     assert seen == [(3, 4), (1, 12), (1, 23)]
     alone = np.concatenate([onnx_enc.encode_texts([t]) for t in texts])
