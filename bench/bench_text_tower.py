@@ -1,29 +1,33 @@
-"""Can the float32 text tower get cheaper on this CPU? ONNX Runtime's BERT fusions against the floor.
+"""Can the float32 text tower get cheaper on this CPU? Graph rewrites and less work, against the floor.
 
     python -m bench.bench_text_tower [--batches 1,8,32] [--threads 1,2] [--rounds 40]
 
 Issue 11's two unmet targets (FLAT + the float32 text tower on 2 cores) are bounded by the text
-encoder's CPU per query (`bench_capacity.py`). This bench tries the one graph-level lever the
-service does not use yet and shows how far the tower is from the machine's arithmetic floor:
+encoder's CPU per query (`bench_capacity.py`). This bench exports the RN50 architecture's text
+tower (random weights, seed 0: the model MODEL_NAME=RN50 MODEL_RANDOM_INIT=true serves) with
+the service's own exporter (`onnx_export.export_text_tower`) twice and times, on the same
+sentences and threads:
 
-- **exported**: the service's own text tower (`ENCODER_BACKEND=auto`: the file `onnx_export`
-  wrote and verified for the RN50 architecture with random weights), run as the service runs
-  it (ORT_ENABLE_ALL, no spinning);
-- **fused**: the same file through `onnxruntime.transformers.optimizer` (model_type "bert",
-  12 heads, hidden 768): EmbedLayerNormalization, fused Attention, SkipLayerNormalization and
-  BiasGelu, the rewrites ORT publishes for BERT inference on CPU. Checked against the exported
-  tower on the service's probe texts (worst cosine printed; the service's bar is 0.9999);
-- **exported, length groups**: the exported tower run as the service now runs a batch, in
-  groups of texts whose token counts differ by at most 4, each group trimmed to its longest
-  (`operations.encoding.base.encode_in_length_groups`): less padding multiplied.
+- **published**: cn_clip's `encode_text` as published, every position through every layer,
+  run as the service runs a graph (ORT_ENABLE_ALL, no spinning): the baseline of each row;
+- **published, ORT BERT fusions**: that graph through `onnxruntime.transformers.optimizer`
+  (model_type "bert"): EmbedLayerNormalization, fused Attention, SkipLayerNormalization and
+  BiasGelu, the rewrites ORT publishes for BERT inference on CPU;
+- **last layer for [CLS] only**: the graph the service exports (operations.encoding.cls_text:
+  the last layer's query, attention output and feed-forward pass for [CLS] alone, the only
+  position `encode_text` reads);
+- **[CLS] only, length groups (served)**: that graph run as the service runs a batch, in groups
+  of texts whose token counts differ by at most 4, each trimmed to its own longest
+  (`operations.encoding.base.encode_in_length_groups`).
 
-Queries are the sweep's sentences (9-33 characters), tokenised by the service's tokenizer, so a
-batch is as wide as its longest query, as in the service. For each batch size and intra-op
-thread count it prints the median wall time per query and, from the graph's own MatMul shapes,
-the multiply-adds per query and the arithmetic rate reached (GFLOP/s = 2 x MACs / time): a
-rate near the core's peak means no graph rewrite can make the float32 tower much cheaper. The
-peak is measured in the same run: torch's float32 2048 x 2048 matrix product on the same
-thread counts (the rate a large, ideal sgemm reaches here).
+Each rewritten graph's worst cosine to the published one on the service's probe texts is
+printed (the service's bar is 0.9999). Queries are the sweep's sentences (9-33 characters), so
+a batch is as wide as its longest query, as in the service. Per batch size and intra-op thread
+count: the median wall time a query, its ratio to the published graph's, and for the graphs
+that do all the work the arithmetic rate reached (GFLOP/s = 2 x the graph's MatMul
+multiply-adds a token x tokens / time) against torch's float32 2048 x 2048 matrix product on
+the same threads in the same run: a rate near that one means no graph rewrite can make the
+tower much cheaper, only less arithmetic can.
 """
 
 from __future__ import annotations
@@ -37,6 +41,14 @@ import numpy as np
 
 from bench._common import machine, median, other_load, table
 from bench.bench_index import int_list
+
+# (label, graph, run in length groups): the published graph first, the baseline of each row.
+VARIANTS = (
+    ("published", "published", False),
+    ("published, ORT BERT fusions", "fused", False),
+    ("last layer for [CLS] only", "cls", False),
+    ("[CLS] only, length groups (served)", "cls", True),
+)
 
 
 def session(path: Path, threads: int):
@@ -153,54 +165,57 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     from bench.bench_search import endless_queries
-    from config.settings import load_settings
-    from operations.encoding.onnx_encoder import OnnxClipEncoder
-    from operations.encoding.onnx_export import PROBE_TEXT_BATCHES
-    from operations.factory import build_encoder
+    from operations.encoding.clip_encoder import ClipEncoder
+    from operations.encoding.model_files import ModelSpec
+    from operations.encoding.onnx_export import PROBE_TEXT_BATCHES, export_text_tower
 
     print(f"machine: {machine()}; load average before start: {other_load():.2f}", flush=True)
     t_all = time.perf_counter()
-    enc = build_encoder(load_settings(model_name="RN50", model_random_init=True, device="cpu"))
-    if not isinstance(enc, OnnxClipEncoder):
-        raise SystemExit(f"the ONNX towers did not verify here ({type(enc).__name__}): nothing to compare")
-    exported = enc.text_model
-    bert = enc.base.model.bert.config if enc.base.model is not None else None
-    heads = int(getattr(bert, "num_attention_heads", 12))
-    hidden = int(getattr(bert, "hidden_size", 768))
-    print(f"text tower: {exported} (heads {heads}, hidden {hidden})", flush=True)
+    # The model the service builds for MODEL_NAME=RN50 MODEL_RANDOM_INIT=true (seed 0).
+    enc = ClipEncoder.load(ModelSpec(name="RN50", random_init=True, seed=0, device="cpu"))
+    bert = enc.model.bert.config
+    heads, hidden = int(bert.num_attention_heads), int(bert.hidden_size)
+    print(f"RN50 text tower: {bert.num_hidden_layers} layers, {heads} heads, hidden {hidden}", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        fused = Path(tmp) / "text.fused.onnx"
-        stats = fuse(exported, fused, heads, hidden)
+        published, cls_only, fused = (Path(tmp) / f for f in ("published.onnx", "cls.onnx", "fused.onnx"))
+        export_text_tower(enc, published, cls_only=False)
+        export_text_tower(enc, cls_only)  # what the service exports and serves
+        stats = fuse(published, fused, heads, hidden)
         print(f"fused operators: {stats}", flush=True)
-        macs = matmul_macs_per_token(exported, hidden)
-        print(f"MatMul multiply-adds per token: {macs / 1e6:.1f} M", flush=True)
+        macs = matmul_macs_per_token(published, hidden)
+        print(f"MatMul multiply-adds per token (published graph): {macs / 1e6:.1f} M", flush=True)
 
-        probe = [enc.base.tokenize(b).numpy() for b in PROBE_TEXT_BATCHES]
+        probe = [enc.tokenize(b).numpy() for b in PROBE_TEXT_BATCHES]
         queries = endless_queries()
         rows = []
         for threads in args.threads:
-            base_s, fused_s = session(exported, threads), session(fused, threads)
-            cos = worst_cosine(base_s, fused_s, probe)
+            sessions = {path: session(path, threads) for path in (published, fused, cls_only)}
+            worst = {p.stem: worst_cosine(sessions[published], sessions[p], probe) for p in (fused, cls_only)}
             peak = sgemm_gflops(threads)
             print(
-                f"threads {threads}: worst cosine fused vs exported on the probe texts {cos:.7f}; "
-                f"sgemm 2048^3 {peak:.0f} GFLOP/s",
+                f"threads {threads}: worst cosine to the published graph on the probe texts "
+                + ", ".join(f"{k} {v:.7f}" for k, v in worst.items())
+                + f"; sgemm 2048^3 {peak:.0f} GFLOP/s",
                 flush=True,
             )
             for b in args.batches:
                 texts = [[next(queries) for _ in range(b)] for _ in range(8)]
-                token_batches = [enc.base.tokenize(batch).numpy() for batch in texts]
-                for label, sess in (
-                    ("exported", base_s),
-                    ("fused", fused_s),
-                    ("exported, length groups", base_s),
-                ):
-                    run = GroupedRun(sess) if label.endswith("groups") else sess
+                token_batches = [enc.tokenize(batch).numpy() for batch in texts]
+                first_ms = None
+                for label, path, groups in VARIANTS:
+                    sess = {"published": published, "fused": fused, "cls": cls_only}[path]
+                    run = GroupedRun(sessions[sess]) if groups else sessions[sess]
                     ms, width = time_per_query(run, token_batches, args.rounds)
-                    gflops = 2 * macs * width / (ms / 1000) / 1e9
-                    rate = f"{gflops:.0f}", f"{gflops / peak:.2f}"
-                    rows.append([label, threads, b, f"{width:.1f}", f"{ms:.2f}", *rate])
+                    first_ms = first_ms or ms
+                    if path == "cls":  # fewer multiply-adds than `macs` a token: no rate
+                        rate = ("-", "-")
+                    else:
+                        gflops = 2 * macs * width / (ms / 1000) / 1e9
+                        rate = (f"{gflops:.0f}", f"{gflops / peak:.2f}")
+                    rows.append(
+                        [label, threads, b, f"{width:.1f}", f"{ms:.2f}", f"{ms / first_ms:.2f}", *rate]
+                    )
                     print(f"  {label} threads={threads} batch={b}: {ms:.2f} ms a query", flush=True)
     print()
     print(
@@ -211,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
                 "batch",
                 "tokens a query (padded)",
                 "ms a query",
+                "vs published",
                 "GFLOP/s (MatMuls)",
                 "of sgemm's rate",
             ],

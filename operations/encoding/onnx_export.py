@@ -4,9 +4,13 @@ Rules:
 - The towers are exported from the very model object the torch encoder
   serves, as `encode_text` and `encode_image` themselves: the text graph
   builds the attention mask from the pad id (0), runs BERT, takes the [CLS]
-  position (index 0) and applies `text_projection`, exactly as cn_clip does.
-  A hand-written graph that skips the mask or pools another position looks
-  plausible and is wrong.
+  position (index 0) and applies `text_projection`, exactly as cn_clip does,
+  except that BERT's last layer is computed for [CLS] alone, the only
+  position read (operations.encoding.cls_text: the same arithmetic for it,
+  about 28% less work for RN50's 3-layer tower). A hand-written graph that
+  skips the mask or pools another position looks plausible and is wrong; the
+  torch encoder keeps cn_clip's own `encode_text`, the reference every export
+  is verified against.
 - Both inputs have a dynamic batch axis; the text input also a dynamic length
   axis, so a batch is only as wide as its longest text (never padded to 52).
 - Exporter: torch's TorchScript-based exporter (`dynamo=False`). Both it and
@@ -47,13 +51,14 @@ from PIL import Image
 
 from operations.encoding.base import l2_normalise
 from operations.encoding.clip_encoder import ClipEncoder
+from operations.encoding.cls_text import encode_text_cls_only, supports_cls_only
 from operations.encoding.model_files import ModelSpec, locate_model
 
 log = logging.getLogger(__name__)
 
 # Bump when the exported graphs change (wrapper, opset, export options): old
 # cache folders are then ignored.
-EXPORTER_VERSION = 1
+EXPORTER_VERSION = 2  # 2: the text tower's last layer for [CLS] only (cls_text)
 OPSET = 17
 MIN_COSINE = 0.9999
 # int8 is an approximation the operator opts into; this bound catches a broken
@@ -187,11 +192,14 @@ def cache_folder(spec: ModelSpec, cache_dir: Path) -> tuple[Path, dict]:
 
 
 class _TextTower(torch.nn.Module):
-    def __init__(self, model: CLIP) -> None:
+    def __init__(self, model: CLIP, cls_only: bool = True) -> None:
         super().__init__()
         self.model = model
+        self.cls_only = cls_only and supports_cls_only(model)
 
     def forward(self, text: torch.Tensor) -> torch.Tensor:
+        if self.cls_only:
+            return encode_text_cls_only(self.model, text)
         return self.model.encode_text(text)
 
 
@@ -219,6 +227,24 @@ def _quiet_export():
         logging.disable(previous)
 
 
+def export_text_tower(encoder: ClipEncoder, path: Path, cls_only: bool = True) -> None:
+    """Write `encoder`'s float32 text tower to `path` (cls_only=False: cn_clip's `encode_text`
+    as published, every position through the last layer; bench/bench_text_tower.py compares)."""
+    text = encoder.tokenize(["一只黑色的猫在草地上", "红色"])
+    # Traced with batch 2 and 12 tokens: a size-1 axis could be folded into the graph.
+    with _quiet_export(), torch.no_grad():
+        torch.onnx.export(
+            _TextTower(encoder.model, cls_only).eval(),
+            (text,),
+            str(path),
+            input_names=["text"],
+            output_names=["features"],
+            dynamic_axes={"text": {0: "batch", 1: "length"}, "features": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
 def export_towers(encoder: ClipEncoder, folder: Path) -> None:
     """Write TEXT_FILE and IMAGE_FILE for `encoder`'s float32 model into `folder`."""
     model = encoder.model
@@ -226,24 +252,14 @@ def export_towers(encoder: ClipEncoder, folder: Path) -> None:
         raise ExportFailed("the torch model is not float32 (TEXT_INT8 or HALF_PRECISION applied first)")
     was_device = next(model.parameters()).device
     model.to("cpu").eval()
-    text = encoder.tokenize(["一只黑色的猫在草地上", "红色"])
-    # Traced with batch 2 and 12 tokens: a size-1 axis could be folded into the graph.
+    # Traced with batch 2: a size-1 axis could be folded into the graph.
     image = encoder.preprocess_images(probe_images(encoder.image_resolution)[:2])
     # The wrappers must be in eval mode: the exporter restores the module's
     # training flag afterwards, and a fresh nn.Module is in training mode,
     # which would put the served model's BatchNorm layers into training.
     try:
+        export_text_tower(encoder, folder / TEXT_FILE)
         with _quiet_export(), torch.no_grad():
-            torch.onnx.export(
-                _TextTower(model).eval(),
-                (text,),
-                str(folder / TEXT_FILE),
-                input_names=["text"],
-                output_names=["features"],
-                dynamic_axes={"text": {0: "batch", 1: "length"}, "features": {0: "batch"}},
-                opset_version=OPSET,
-                dynamo=False,
-            )
             torch.onnx.export(
                 _ImageTower(model).eval(),
                 (image,),
