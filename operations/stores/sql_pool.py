@@ -30,8 +30,6 @@ from operations.stores.outage import OutageLog
 
 log = logging.getLogger(__name__)
 
-# Connections older than this are replaced: MySQL closes idle ones
-# ("server has gone away") after wait_timeout.
 # The database's clock in seconds since the epoch, as an SQL expression: leases (jobs, names,
 # writers) are measured by it, so the clocks of the machines holding them do not matter.
 # MySQL: UTC_TIMESTAMP does not depend on the session time zone and TIMESTAMPDIFF has no 2038
@@ -40,6 +38,8 @@ DB_NOW = {
     "mysql": "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) / 1000000.0)",
     "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
 }
+# Connections older than this are replaced: MySQL closes idle ones
+# ("server has gone away") after wait_timeout.
 RECYCLE_S = 1800
 DEADLOCK_RETRIES = 3
 
