@@ -41,6 +41,8 @@ import numpy as np
 
 from bench._common import machine, median, other_load, table
 from bench.bench_index import int_list
+from operations.encoding.base import encode_in_length_groups, l2_normalise
+from operations.encoding.onnx_encoder import open_session
 
 # (label, graph, run in length groups): the published graph first, the baseline of each row.
 VARIANTS = (
@@ -51,13 +53,7 @@ VARIANTS = (
 )
 
 
-def session(path: Path, threads: int):
-    from operations.encoding.onnx_encoder import open_session
-
-    return open_session(path, threads)
-
-
-def matmul_macs_per_token(path: Path, hidden: int) -> float:
+def matmul_macs_per_token(path: Path) -> float:
     """Multiply-adds per token of the projections and feed-forward layers (the graph's 2-D weights).
 
     Attention's own products (QK^T and its product with V) grow with the sequence and are small
@@ -121,8 +117,6 @@ class GroupedRun:
         self.tokens_run = 0
 
     def run(self, names, feeds):
-        from operations.encoding.base import encode_in_length_groups
-
         def one(part: np.ndarray) -> np.ndarray:
             self.tokens_run += part.size
             return self.sess.run(names, {"text": part})[0]
@@ -136,7 +130,7 @@ def worst_cosine(a_sess, b_sess, batches: list[np.ndarray]) -> float:
     for tokens in batches:
         a = a_sess.run(None, {"text": tokens})[0]
         b = b_sess.run(None, {"text": tokens})[0]
-        cos = np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        cos = np.sum(l2_normalise(a) * l2_normalise(b), axis=1)
         worst = min(worst, float(cos.min()))
     return worst
 
@@ -183,14 +177,14 @@ def main(argv: list[str] | None = None) -> None:
         export_text_tower(enc, cls_only)  # what the service exports and serves
         stats = fuse(published, fused, heads, hidden)
         print(f"fused operators: {stats}", flush=True)
-        macs = matmul_macs_per_token(published, hidden)
+        macs = matmul_macs_per_token(published)
         print(f"MatMul multiply-adds per token (published graph): {macs / 1e6:.1f} M", flush=True)
 
         probe = [enc.tokenize(b).numpy() for b in PROBE_TEXT_BATCHES]
         queries = endless_queries()
         rows = []
         for threads in args.threads:
-            sessions = {path: session(path, threads) for path in (published, fused, cls_only)}
+            sessions = {path: open_session(path, threads) for path in (published, fused, cls_only)}
             worst = {p.stem: worst_cosine(sessions[published], sessions[p], probe) for p in (fused, cls_only)}
             peak = sgemm_gflops(threads)
             print(
