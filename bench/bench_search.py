@@ -32,7 +32,10 @@ figure, met or NOT met. Each server's runs start once the Milvus server is idle 
 0.1 cores over 10 s; the wait is printed): after a load, and after the mixed run's writes, it
 compacts and indexes in the background for minutes, which took up to a core from the runs
 before this wait existed. Per run, the CPU each process spent per answer (the service,
-Milvus, MariaDB, the generator itself) shows where the cores went.
+Milvus, MariaDB, the generator itself) shows where the cores went. The clients are the lean
+HTTP/1.1 client of bench/raw_http.py (`--generator httpx`: httpx.AsyncClient, as before
+2026-12-04's thirteenth session); the new server also runs 1 and 64 clients with the other
+generator, so the generator's own share is measured in the same run.
 
 --lone-ab: one client against four servers started together and taking turns
 (--rounds turns of --duration seconds each, alternating order): the new path with
@@ -291,6 +294,9 @@ TWO_SHARDS_SUFFIX = "_2shards"
 # (TEXT_INT8), an HNSW collection of the same split (M 16, efConstruction 200, ef 64), both.
 INT8_ENV = {**NEW_ENV, "TEXT_INT8": "true"}
 LEVER_LEVELS = (1, 64)
+# The new server runs these levels once more with the generator not chosen (--generator):
+# what the generator's own CPU, on the same two cores, costs the server's figures.
+GENERATOR_LEVELS = (1, 64)
 # Each server's runs start once Milvus uses at most this many cores (its idle rate is ~0.04).
 QUIET_CORES = 0.1
 LEVERS = ("lever: int8 text", "lever: HNSW", "lever: HNSW + int8")
@@ -412,12 +418,19 @@ def run_sweep(args) -> None:
                 for q in ("热身", "一只猫", "两个人在街上走"):  # first passes pay lazy init
                     c.post("/img/search", json={"query": q, "collection": target})
                 queries = sl.QueryStream(endless_queries(args.seed))
+                by_generator: dict[str, str] = {}  # runs with the other generator, by label
                 runs = [
                     (f"{k} clients", k, sl.text_search(queries, target, args.top_k))
                     for k in levels
                     if chosen is None or k in chosen
                 ]
                 if name == "new":
+                    other = next(g for g in sl.GENERATORS if g != args.generator)
+                    for k in GENERATOR_LEVELS:
+                        if k in levels:
+                            label = f"{k} clients ({other} generator)"
+                            by_generator[label] = other
+                            runs.append((label, k, sl.text_search(queries, target, args.top_k)))
                     runs += [
                         (
                             f"{args.shed_clients} clients (past the limit)",
@@ -457,7 +470,10 @@ def run_sweep(args) -> None:
                         ),
                     ]
                 for label, clients, make in runs:
-                    res = sl.run_closed_loop(srv.url, label, clients, make, duration, warmup, stats, cpu_now)
+                    generator = by_generator.get(label, args.generator)
+                    res = sl.run_closed_loop(
+                        srv.url, label, clients, make, duration, warmup, stats, cpu_now, generator
+                    )
                     summary = {
                         role: {**res.summary(role), "generator_lag_ms": res.generator_lag_ms}
                         for role in ("text", "image", "add", "delete")
@@ -690,6 +706,17 @@ def _print_sweep(results, batches, backends, levels, args, n, duration, warmup) 
         "encode",
     )
     compare("two shards (MILVUS_SHARDS=2)", TWO_SHARDS_LEVELS, two_shards, new, "with one", "vector_search")
+    from bench.search_load import GENERATORS
+
+    for k in GENERATOR_LEVELS:
+        other = next(g for g in GENERATORS if g != args.generator)
+        a, b = get(new, f"{k} clients"), get(new, f"{k} clients ({other} generator)")
+        if a.get("median_ms") and b.get("median_ms"):
+            print(
+                f"  the generator, {k} clients: {args.generator} {a['qps']} QPS, median {a['median_ms']} ms, "
+                f"p99 {a['p99_ms']} ms, HTTP {a.get('http_ms')} ms; {other} {b['qps']} QPS, median "
+                f"{b['median_ms']} ms, p99 {b['p99_ms']} ms, HTTP {b.get('http_ms')} ms"
+            )
     ratios = []
     for k in levels:
         b_qps = get(base, f"{k} clients").get("qps")
@@ -857,6 +884,12 @@ def main() -> None:
     ap.add_argument("--warmup-s", type=float, default=3.0, help="--sweep: unmeasured seconds before each run")
     ap.add_argument("--clients", default="1,4,16,64", help="--sweep: concurrency levels of the sweep")
     ap.add_argument("--shed-clients", type=int, default=256, help="--sweep: clients of the shedding run")
+    ap.add_argument(
+        "--generator",
+        choices=("raw", "httpx"),
+        default="raw",
+        help="--sweep: the clients' HTTP (raw: bench/raw_http.py, lean; httpx: httpx.AsyncClient)",
+    )
     ap.add_argument(
         "--levers",
         action="store_true",

@@ -31,6 +31,9 @@ from dataclasses import dataclass, field
 from bench._common import median, pct
 
 STAGES = ("queue", "encode", "vector_search", "image_fetch")
+# The clients' HTTP implementation: the lean one (bench/raw_http.py, the default: it leaves
+# the cores to the server) or httpx (what the sweeps before 2026-12-04's thirteenth session used).
+GENERATORS = ("raw", "httpx")
 
 
 @dataclass
@@ -134,6 +137,8 @@ async def _client_loop(
 ) -> None:
     import httpx
 
+    from bench.raw_http import RawHttpError
+
     for seq in itertools.count():
         now = time.perf_counter()
         if now >= end_at:
@@ -148,7 +153,7 @@ async def _client_loop(
             status = r.status_code
             body = r.json() if status == 200 and "json" in r.headers.get("content-type", "") else None
             retry = r.headers.get("retry-after")
-        except httpx.HTTPError:
+        except (httpx.HTTPError, RawHttpError):
             status, body, retry = 599, None, None
         done = time.perf_counter()
         dt = (done - t) * 1000
@@ -188,10 +193,17 @@ def run_closed_loop(
     warmup_s: float,
     stats=None,
     cpu: Callable[[], dict] | None = None,
+    generator: str = "raw",
 ) -> RunResult:
     """`clients` closed-loop clients for warm-up + duration; samples from after the warm-up.
-    `cpu`: cumulative CPU seconds by process, read at the window's start and end."""
+    `cpu`: cumulative CPU seconds by process, read at the window's start and end.
+    `generator`: "raw" (bench.raw_http, the lean client) or "httpx" (httpx.AsyncClient)."""
     import httpx
+
+    from bench.raw_http import RawHttpClient
+
+    if generator not in GENERATORS:
+        raise ValueError(f"generator {generator!r}: one of {GENERATORS}")
 
     lags: list[float] = []
     cpu_read: list[tuple[dict, float]] = []  # (CPU seconds by process, seconds between the reads)
@@ -204,13 +216,14 @@ def run_closed_loop(
         out: list[Sample] = []
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
         shared_ssl = ssl.create_default_context()  # unused on http://, but httpx builds one per client
+
+        def new_client():
+            if generator == "raw":
+                return RawHttpClient(url, timeout=120)
+            return httpx.AsyncClient(base_url=url, timeout=120, limits=limits, verify=shared_ssl)
+
         async with contextlib.AsyncExitStack() as stack:
-            pool = [
-                await stack.enter_async_context(
-                    httpx.AsyncClient(base_url=url, timeout=120, limits=limits, verify=shared_ssl)
-                )
-                for _ in range(clients)
-            ]
+            pool = [await stack.enter_async_context(new_client()) for _ in range(clients)]
             begin = time.perf_counter()  # after the clients exist: building them is not load
             start_at, end_at = begin + warmup_s, begin + warmup_s + duration_s
             await asyncio.gather(
