@@ -243,7 +243,7 @@ def test_rows_of_an_add_that_met_a_mariadb_kill_are_removed_when_it_returns(
 T_S = 2.0  # MILVUS_TIMEOUT_S and SQL_TIMEOUT_S of these scenarios
 # A request may take this much beyond T_S: HTTP, encoding, and a 2-core machine that is also
 # starting the killed server again (a 503 took T_S + 1.57 s once during a Milvus restart, with
-# 1.5 s allowed); a request that waited for a dead store would take 10 s or more.
+# 1.5 s allowed). What the check is for: a request whose store call is not bounded by T_S.
 MARGIN_S = 2.0
 RECOVER_S = 15.0  # the first successful search comes within this after the server is back
 FAULT_S = 6.0  # how long a server stays frozen, or dead before it is started again
