@@ -4,11 +4,13 @@ the Retry-After it was given, at most 1 s, as a well-behaved client does).
 
 Used by `bench.bench_search --sweep`: the concurrency sweep, the shedding run past the
 queue limit, the repeated-query (cache hit) run and the mixed read/write run.
-The clients are asyncio tasks with one httpx.AsyncClient (one connection) each, so
-64 or 256 clients cost the bench process little CPU; it still shares the machine's
-cores with the server, Milvus and MariaDB (the load average is printed).
+The clients are asyncio tasks with one connection each: bench/raw_http.py's lean client
+by default (0.3-0.6 ms of CPU a request here), or httpx.AsyncClient (`generator="httpx"`:
+1.2-2 ms). The generator shares the machine's cores with the server, Milvus and MariaDB
+(its CPU a request is reported), so the lean one leaves the server what it would have
+with its clients on other machines.
 
-The clients are built before the clock starts, all on one SSL context: httpx builds a
+The clients are built before the clock starts, httpx's all on one SSL context: it builds a
 context per client otherwise (it reads the CA bundle, ~30-40 ms each), and 256 clients
 built inside their tasks held the generator's event loop for about 10 s, longer than
 the warm-up, so late answers were read seconds after they arrived and counted as the

@@ -140,7 +140,8 @@ def test_a_closed_loop_run_counts_the_same_answers_with_either_generator(generat
     s = res.summary("text")
     assert s["ok"] > 8 and s["errors"] == 0 and s["encode_ms"] == 0.25, s
     with pytest.raises(ValueError, match="generator"):
-        sl.run_closed_loop(app_server.url, "t", 1, sl.text_search(queries, "c", 10), 0.1, 0.0, generator="curl")
+        make = sl.text_search(queries, "c", 10)
+        sl.run_closed_loop(app_server.url, "t", 1, make, 0.1, 0.0, generator="curl")
 
 
 def _search_app() -> Starlette:
