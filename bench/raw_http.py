@@ -120,7 +120,10 @@ class RawHttpClient:
         while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
             name, _, value = line.decode("latin-1").partition(":")
             headers[name.strip().lower()] = value.strip()
-        if "content-length" in headers:
+        code = int(status)
+        if code in (204, 304) or 100 <= code < 200:  # no body, whatever the headers say
+            content = b""
+        elif "content-length" in headers:
             content = await reader.readexactly(int(headers["content-length"]))
         elif headers.get("transfer-encoding", "").lower() == "chunked":
             content = await self._read_chunks(reader)
@@ -129,7 +132,7 @@ class RawHttpClient:
             headers["connection"] = "close"
         if headers.get("connection", "").lower() == "close":
             await self.aclose()
-        return RawResponse(int(status), headers, content)
+        return RawResponse(code, headers, content)
 
     @staticmethod
     async def _read_chunks(reader: asyncio.StreamReader) -> bytes:

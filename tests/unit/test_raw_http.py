@@ -12,7 +12,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bench import search_load as sl
@@ -47,6 +47,9 @@ def _app() -> Starlette:
     async def closing(_request: Request):
         return PlainTextResponse("bye", headers={"Connection": "close"})
 
+    async def nothing(_request: Request):
+        return Response(status_code=204)
+
     async def gone(request: Request):
         return JSONResponse({"deleted": int(request.path_params["n"])}, status_code=404)
 
@@ -57,6 +60,7 @@ def _app() -> Starlette:
             Route("/chunks", chunks),
             Route("/close", closing),
             Route("/items/{n}", gone, methods=["DELETE"]),
+            Route("/nothing", nothing),
         ]
     )
 
@@ -102,15 +106,18 @@ def test_multipart_upload_matches_what_httpx_would_send(server):
     assert ctype.startswith("multipart/form-data; boundary=") and body.count(b'name="files"') == 1
 
 
-def test_chunked_answers_statuses_and_a_server_that_closes_the_connection(server):
+def test_chunked_and_empty_answers_and_a_server_that_closes_the_connection(server):
     async def go():
         async with RawHttpClient(server.url) as c:
             chunked = await c.get("/chunks")
             closed = await c.get("/close")
             after = await c.delete("/items/7")  # a new connection, opened by itself
-            return chunked, closed, after
+            empty = await c.get("/nothing")  # 204: no body to wait for
+            again = await c.get("/chunks")  # the connection still in step after it
+            return chunked, closed, after, empty, again
 
-    chunked, closed, after = _run(go())
+    chunked, closed, after, empty, again = _run(go())
+    assert empty.status_code == 204 and empty.content == b"" and again.content == chunked.content
     assert chunked.content == b"part0;part1;part2;part3;part4;"
     assert closed.status_code == 200 and closed.content == b"bye"
     assert after.status_code == 404 and after.json() == {"deleted": 7}
