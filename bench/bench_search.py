@@ -708,15 +708,9 @@ def _print_sweep(results, batches, backends, levels, args, n, duration, warmup) 
     compare("two shards (MILVUS_SHARDS=2)", TWO_SHARDS_LEVELS, two_shards, new, "with one", "vector_search")
     from bench.search_load import GENERATORS
 
-    for k in GENERATOR_LEVELS:
-        other = next(g for g in GENERATORS if g != args.generator)
-        a, b = get(new, f"{k} clients"), get(new, f"{k} clients ({other} generator)")
-        if a.get("median_ms") and b.get("median_ms"):
-            print(
-                f"  the generator, {k} clients: {args.generator} {a['qps']} QPS, median {a['median_ms']} ms, "
-                f"p99 {a['p99_ms']} ms, HTTP {a.get('http_ms')} ms; {other} {b['qps']} QPS, median "
-                f"{b['median_ms']} ms, p99 {b['p99_ms']} ms, HTTP {b.get('http_ms')} ms"
-            )
+    other = next(g for g in GENERATORS if g != args.generator)
+    with_other = {f"{k} clients": new.get(f"{k} clients ({other} generator)", {}) for k in GENERATOR_LEVELS}
+    compare(f"the {args.generator} generator", GENERATOR_LEVELS, new, with_other, f"with {other}", "http")
     ratios = []
     for k in levels:
         b_qps = get(base, f"{k} clients").get("qps")
