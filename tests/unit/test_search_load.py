@@ -53,4 +53,6 @@ def test_clients_are_counted_503s_waited_out_and_the_generators_lag_reported():
     assert res.cores_busy() == 1.0
     per = res.cpu_ms_per_answer()  # one busy core over the 0.5 s window, shared by its answers
     assert per["idle"] == 0.0 and per["clock"] == per["total"]
-    assert per["clock"] == pytest.approx(500 / len(res.samples), rel=0.01)
+    # cpu_ms_per_answer rounds to 0.01 ms: with the lean generator's ~1,500 answers that is
+    # more than 1% of the ~0.33 ms each gets.
+    assert per["clock"] == pytest.approx(500 / len(res.samples), rel=0.01, abs=0.006)
