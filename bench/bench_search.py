@@ -91,6 +91,7 @@ from bench._common import (
     tree_cpu_s,
     wait_quiet,
 )
+from bench.search_load import GENERATORS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -425,7 +426,7 @@ def run_sweep(args) -> None:
                     if chosen is None or k in chosen
                 ]
                 if name == "new":
-                    other = next(g for g in sl.GENERATORS if g != args.generator)
+                    other = next(g for g in GENERATORS if g != args.generator)
                     for k in GENERATOR_LEVELS:
                         if k in levels:
                             label = f"{k} clients ({other} generator)"
@@ -706,8 +707,6 @@ def _print_sweep(results, batches, backends, levels, args, n, duration, warmup) 
         "encode",
     )
     compare("two shards (MILVUS_SHARDS=2)", TWO_SHARDS_LEVELS, two_shards, new, "with one", "vector_search")
-    from bench.search_load import GENERATORS
-
     other = next(g for g in GENERATORS if g != args.generator)
     with_other = {f"{k} clients": new.get(f"{k} clients ({other} generator)", {}) for k in GENERATOR_LEVELS}
     compare(f"the {args.generator} generator", GENERATOR_LEVELS, new, with_other, f"with {other}", "http")
@@ -880,7 +879,7 @@ def main() -> None:
     ap.add_argument("--shed-clients", type=int, default=256, help="--sweep: clients of the shedding run")
     ap.add_argument(
         "--generator",
-        choices=("raw", "httpx"),
+        choices=GENERATORS,
         default="raw",
         help="--sweep: the clients' HTTP (raw: bench/raw_http.py, lean; httpx: httpx.AsyncClient)",
     )

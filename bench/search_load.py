@@ -216,8 +216,9 @@ def run_closed_loop(
 
     async def main() -> list[Sample]:
         out: list[Sample] = []
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        shared_ssl = ssl.create_default_context()  # unused on http://, but httpx builds one per client
+        if generator == "httpx":
+            limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+            shared_ssl = ssl.create_default_context()  # unused on http://, but httpx builds one per client
 
         def new_client():
             if generator == "raw":
