@@ -96,6 +96,14 @@ CALL_THREADS = 32
 # before asking the server again: another replica may drop the collection and make it again
 # under the same name, for another model or index. Writes ask on every write (upsert).
 DESCRIPTION_RECHECK_S = 5.0
+# gRPC options of a Milvus Lite connection. Lite serves gRPC from a thread of this process with
+# gRPC's default server policy (at most one ping without data in 5 minutes), while pymilvus
+# pings every 10 s even with no call in flight: an idle connection is closed after about a minute
+# with GOAWAY "too_many_pings" (an error line from gRPC on stderr, and a reconnect on the next
+# call). A ping to a server in this same process guards against nothing, so none is sent (a
+# keepalive time of INT_MAX is gRPC's "off"). A server URI keeps pymilvus' keepalive: Milvus
+# permits it, and it finds a dead connection to another machine.
+LITE_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 2**31 - 1, "grpc.keepalive_permit_without_calls": 0}
 
 
 def _classify(exc: Exception, name: str | None) -> ServiceError:
@@ -302,10 +310,14 @@ class MilvusVectorStore:
             raise DependencyUnavailable(STORE, f"no connection within {d.timeout_s:g} s")
         try:
             if self._client is None:
+                options: dict[str, object] = {}
                 if self.is_lite:
                     Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+                    options = {"grpc_options": LITE_GRPC_OPTIONS}
                 try:
-                    self._client = MilvusClient(uri=self.uri, token=self._token, timeout=d.left_or_raise())
+                    self._client = MilvusClient(
+                        uri=self.uri, token=self._token, timeout=d.left_or_raise(), **options
+                    )
                 except ServiceError:
                     raise
                 except Exception as exc:  # connection refused, lite file locked, ...
