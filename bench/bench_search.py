@@ -88,6 +88,7 @@ from bench._common import (
     pct,
     run_child,
     table,
+    thp_mode,
     tree_cpu_s,
     wait_quiet,
 )
@@ -337,7 +338,10 @@ def run_sweep(args) -> None:
     def fresh(i: int) -> bytes:
         return fresh_jpegs(1, f"{fresh_tag}-{i}", pool_size=pool)[0]
 
-    print(f"load average before start: {other_load():.2f} (2 cores)", flush=True)
+    print(
+        f"load average before start: {other_load():.2f} (2 cores); transparent huge pages: {thp_mode()}",
+        flush=True,
+    )
     t_all = time.perf_counter()
     sharded = collection + TWO_SHARDS_SUFFIX
     hnsw = f"{COLLECTION}_hnsw"
