@@ -37,11 +37,12 @@ HTTP/1.1 client of bench/raw_http.py (`--generator httpx`: httpx.AsyncClient, as
 2026-12-04's thirteenth session); the new server also runs 1 and 64 clients with the other
 generator, so the generator's own share is measured in the same run.
 
---lone-ab: one client against four servers started together and taking turns
-(--rounds turns of --duration seconds each, alternating order): the new path with
-neither lever for a lone search, with the lone query spread over every core
+--lone-ab: one client (--ab-clients N: N clients) against four servers started together
+and taking turns (--rounds turns of --duration seconds each, alternating order): the new
+path with neither lever for a lone search, with the lone query spread over every core
 (ENCODER_SPREAD_LONE_QUERY), with the collection in two shards (MILVUS_SHARDS=2), and
-with both; the median of each server's round medians and its ratio to "neither".
+with both; the median of each server's round medians (latency, QPS, p99) and its ratio to
+"neither".
 
 Without --sweep: latency per variant, one client:
 
@@ -779,9 +780,12 @@ def run_lone_ab(args) -> None:
 
     n = QUICK_N if args.quick else args.n
     rounds, seconds = (2, 3.0) if args.quick else (args.rounds, args.duration)
+    clients = args.ab_clients
+    # One client is answered within a second of the turn's start; many queue for longer.
+    warmup = 1.0 if clients == 1 or args.quick else args.warmup_s
     info = ensure_split(n, args.seed, pool_size=QUICK_POOL if args.quick else 300)
     collection = f"{COLLECTION}_flat"
-    print(f"load average before start: {other_load():.2f} (2 cores)", flush=True)
+    print(f"load average before start: {other_load():.2f} (2 cores); clients: {clients}", flush=True)
     t_all = time.perf_counter()
     samples: dict[str, list[dict]] = {label: [] for label, _, _ in LONE_AB}
     with services() as (db, mv):
@@ -818,17 +822,18 @@ def run_lone_ab(args) -> None:
                     res = sl.run_closed_loop(
                         servers[label].url,
                         label,
-                        1,
+                        clients,
                         sl.text_search(queries, collection + suffix, args.top_k),
                         seconds,
-                        1.0,
+                        warmup,
                     )
                     summary = res.summary("text")
                     samples[label].append(summary)
                     print(
-                        f"   round {r + 1} {label:<18} median {summary['median_ms']} ms  encode "
+                        f"   round {r + 1} {label:<18} {summary['qps']} q/s  median "
+                        f"{summary['median_ms']} ms  p99 {summary['p99_ms']}  encode "
                         f"{summary.get('encode_ms')}  vector {summary.get('vector_search_ms')}  "
-                        f"errors {summary['errors']}",
+                        f"errors {summary['errors']}  503 {summary['shed_503']}",
                         flush=True,
                     )
         finally:
@@ -842,28 +847,41 @@ def run_lone_ab(args) -> None:
         out[label] = {
             "median_ms": round(med, 2),
             "round_medians_ms": [s["median_ms"] for s in got],
+            "qps": round(median([s["qps"] for s in got]), 2),
+            "p99_ms": round(median([s["p99_ms"] for s in got]), 2),
             "encode_ms": round(median([s["encode_ms"] for s in got]), 2),
             "vector_search_ms": round(median([s["vector_search_ms"] for s in got]), 2),
             "ratio_vs_neither": round(med / ref, 3),
             "errors": sum(s["errors"] for s in got),
+            "shed_503": sum(s["shed_503"] for s in got),
         }
         rows.append(
             [
                 label,
                 out[label]["median_ms"],
                 out[label]["ratio_vs_neither"],
+                out[label]["qps"],
+                out[label]["p99_ms"],
                 out[label]["encode_ms"],
                 out[label]["vector_search_ms"],
                 " / ".join(str(m) for m in out[label]["round_medians_ms"]),
             ]
         )
     print(
-        f"\nOne client, {info.n:,} images x 1024-d FLAT, RN50 random weights on CPU (ONNX); "
-        f"{rounds} rounds of {seconds:.0f} s per server, servers in turn; medians of the round medians, ms"
+        f"\n{clients} client{'s' if clients > 1 else ''}, {info.n:,} images x 1024-d FLAT, RN50 random "
+        f"weights on CPU (ONNX); {rounds} rounds of {seconds:.0f} s per server, servers in turn; medians "
+        "of the round medians, ms"
     )
-    print(table(["lone search", "median", "vs neither", "encode", "vector", "round medians"], rows))
+    heads = ["server", "median", "vs neither", "QPS", "p99", "encode", "vector", "round medians"]
+    print(table(heads, rows))
+    errors, shed = (sum(o[k] for o in out.values()) for k in ("errors", "shed_503"))
+    print(f"errors: {errors}, 503s: {shed}")
     print(f"total bench time {time.perf_counter() - t_all:.0f} s; load average now {other_load():.2f}")
-    print(json.dumps({"bench": "search_lone_ab", "n": info.n, "machine": machine(), "results": out}))
+    print(
+        json.dumps(
+            {"bench": "search_lone_ab", "n": info.n, "clients": clients, "machine": machine(), "results": out}
+        )
+    )
 
 
 def main() -> None:
@@ -875,6 +893,7 @@ def main() -> None:
         help="one client: the lone-query spread and MILVUS_SHARDS=2, alone and together, servers in turn",
     )
     ap.add_argument("--rounds", type=int, default=5, help="--lone-ab: turns per server")
+    ap.add_argument("--ab-clients", type=int, default=1, help="--lone-ab: concurrent clients of each turn")
     ap.add_argument(
         "--duration", type=float, default=20.0, help="--sweep: measured seconds per run (--lone-ab: per turn)"
     )
