@@ -379,16 +379,7 @@ def run_sweep(args) -> None:
             print(
                 f"query nodes serve all rows from sealed segments {waited:.1f} s after the load", flush=True
             )
-        base_env = {
-            "MODEL_NAME": "RN50",
-            "MODEL_RANDOM_INIT": "true",
-            "DEVICE": "cpu",
-            "MILVUS_URI": mv.uri,
-            "MYSQL_URL": db.url,
-            "DEFAULT_COLLECTION": collection,
-            "DATA_ROOT": str(OUT / "data"),
-            "MAX_BATCH_UPLOAD": "16",
-        }
+        base_env = {**server_env(mv, db, collection), "MAX_BATCH_UPLOAD": "16"}
         for name, extra, target, chosen in configs:
             env = {**base_env, **extra}
             print(f"\n== server {name}: {' '.join(f'{k}={v}' for k, v in extra.items())}", flush=True)
@@ -755,6 +746,20 @@ def _print_cpu(cpu: dict) -> None:
     print(table(["server", "run", *CPU_PROCESSES, "total", "cores busy"], rows))
 
 
+def server_env(mv, db, collection: str) -> dict[str, str]:
+    """A bench server's environment: RN50 architecture with random weights on CPU, over the
+    bench's Milvus server and MariaDB, `collection` by default."""
+    return {
+        "MODEL_NAME": "RN50",
+        "MODEL_RANDOM_INIT": "true",
+        "DEVICE": "cpu",
+        "MILVUS_URI": mv.uri,
+        "MYSQL_URL": db.url,
+        "DEFAULT_COLLECTION": collection,
+        "DATA_ROOT": str(OUT / "data"),
+    }
+
+
 def _num(v):
     return "-" if v is None else v
 
@@ -795,15 +800,7 @@ def run_lone_ab(args) -> None:
             print(
                 f"loaded {collection + suffix} ({load['seconds']:.1f} s; served sealed after {waited:.1f} s)"
             )
-        base_env = {
-            "MODEL_NAME": "RN50",
-            "MODEL_RANDOM_INIT": "true",
-            "DEVICE": "cpu",
-            "MILVUS_URI": mv.uri,
-            "MYSQL_URL": db.url,
-            "DEFAULT_COLLECTION": collection,
-            "DATA_ROOT": str(OUT / "data"),
-        }
+        base_env = server_env(mv, db, collection)
         servers = {
             label: UvicornProcess({**base_env, **env}, OUT / f"lone_ab_{i}.log", timeout=900, wait=False)
             for i, (label, env, _) in enumerate(LONE_AB)
@@ -991,15 +988,9 @@ def main() -> None:
             for key in server_keys:
                 lv, tx = key.split("/")
                 env = {
-                    "MODEL_NAME": "RN50",
-                    "MODEL_RANDOM_INIT": "true",
-                    "DEVICE": "cpu",
-                    "MILVUS_URI": mv.uri,
-                    "MYSQL_URL": db.url,
-                    "DEFAULT_COLLECTION": f"{COLLECTION}_{indexes[0].lower()}",
+                    **server_env(mv, db, f"{COLLECTION}_{indexes[0].lower()}"),
                     "MILVUS_CONSISTENCY": lv,
                     "TEXT_INT8": "true" if tx == "int8" else "false",
-                    "DATA_ROOT": str(OUT / "data"),
                 }
                 if args.torch_threads != "default":
                     env["OMP_NUM_THREADS"] = args.torch_threads

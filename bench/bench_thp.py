@@ -51,6 +51,7 @@ from bench.bench_search import (
     QUIET_CORES,
     endless_queries,
     load_collection,
+    server_env,
     wait_until_sealed_served,
 )
 
@@ -127,16 +128,7 @@ def run(args) -> None:
         load = load_collection(mv, db, info, "FLAT")
         print(f"loaded {load['loaded']:,} images into {collection} in {load['seconds']:.1f} s", flush=True)
         wait_until_sealed_served(mv.uri, collection, info.n)
-        env = {
-            "MODEL_NAME": "RN50",
-            "MODEL_RANDOM_INIT": "true",
-            "DEVICE": "cpu",
-            "MILVUS_URI": mv.uri,
-            "MYSQL_URL": db.url,
-            "DEFAULT_COLLECTION": collection,
-            "DATA_ROOT": str(OUT / "data"),
-            **NEW_ENV,
-        }
+        env = {**server_env(mv, db, collection), **NEW_ENV}
         queries = sl.QueryStream(endless_queries(args.seed))
         for turn, mode in enumerate(turn_order(rounds), 1):
             set_mode(mode)
