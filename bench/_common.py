@@ -202,7 +202,8 @@ THP_ENABLED = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 def thp_mode(path: Path = THP_ENABLED) -> str | None:
     """The host's transparent huge page mode ("always [madvise] never" -> "madvise"); None
-    without THP. It changes Milvus' FLAT scans by about 15% of their CPU (bench/bench_thp.py)."""
+    without THP. Printed with bench figures: `always` cut Milvus' CPU for a FLAT scan by about 15%
+    on one machine and not at all on another (bench/bench_thp.py, bench/README.md)."""
     try:
         text = path.read_text()
     except OSError:

@@ -220,8 +220,17 @@ def print_summary(runs: dict, levels: list[int], rounds: int, duration: float, n
                 "",
             ]
         )
-    headers = ["clients", "THP", "QPS", "median", "p99", "vector", "service CPU", "Milvus CPU"]
-    headers.append("Milvus huge MiB")
+    headers = [
+        "clients",
+        "THP",
+        "QPS",
+        "median",
+        "p99",
+        "vector",
+        "service CPU",
+        "Milvus CPU",
+        "Milvus huge MiB",
+    ]
     print(table(headers, rows))
     errors = sum(r["errors"] + r["shed"] for m in MODES for c in levels for r in runs[m][c])
     print(f"errors and 503s over every run: {errors}")
